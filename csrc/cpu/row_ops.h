@@ -1,0 +1,34 @@
+// Row-wise float loops used by the CPU kernels. They live in row_ops.cpp, compiled with
+// GCC's target_clones so that one binary carries AVX-512, AVX2+FMA and baseline versions
+// and picks one at load time (no -march=native: the wheel must run on any x86-64).
+#pragma once
+#include <cstdint>
+
+namespace attnsteer::cpu {
+
+// max over s[0:n); -inf for n == 0 or an all -inf row.
+float row_max(const float* s, int64_t n);
+// s[j] = exp(s[j] - m) in place (exp(-inf) = 0 exactly); returns the sum.
+float exp_sub_sum(float* s, int64_t n, float m);
+// sum_j p[j] where span_weights[j] != 0.
+float span_sum(const float* p, const float* span_weights, int64_t n);
+// s[j] *= key_scale where span_weights[j] != 0.
+void scale_span(float* s, const float* span_weights, int64_t n, float key_scale);
+// s[j] += bias * span_weights[j].
+void add_span_bias(float* s, const float* span_weights, int64_t n, float bias);
+// s[j] = cap * tanh(s[j] / cap).
+void soft_cap(float* s, int64_t n, float cap);
+// x[j] *= f.
+void scale_inplace(float* x, int64_t n, float f);
+// y[j] = a * x[j] + y[j]
+void axpy(float* y, const float* x, int64_t n, float a);
+// s[j] = -inf where keep(j) is false: keep_span selects span keys (true) or the rest (false).
+void mask_by_span(float* s, const float* span_weights, int64_t n, bool keep_span);
+
+// Row-major single-precision GEMM: C(MxN) = alpha * op(A) * op(B) + beta * C.
+// op(A) is MxK, op(B) is KxN; lda/ldb/ldc are row strides.
+void gemm_rowmajor(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
+                   const float* A, int64_t lda, const float* B, int64_t ldb, float beta,
+                   float* C, int64_t ldc);
+
+}  // namespace attnsteer::cpu

@@ -1,0 +1,403 @@
+// Fused steered attention on CPU: flash-style blocked online softmax, no Tq x Tk buffer.
+//
+// Work unit: (batch, kv head, query block, key split). The query rows of all G query heads
+// that share a kv head are packed into one block, so each K/V block is read once per group
+// and QK^T / PV are single GEMMs. Key splits only exist when there are too few work units
+// to fill the threads (decoding); their partial softmax states are merged afterwards.
+//
+// Logit order per row (DESIGN section 2): s = scale*q.k; span keys s *= key_scale; softcap;
+// span keys s += bias*m; masks; softmax. With a target, span and rest keep separate
+// (max, sum, acc) channels so that the span mass p is known before they are combined.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "attention_common.h"
+#include "row_ops.h"
+
+namespace attnsteer::cpu {
+namespace {
+
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+struct Problem {
+  // q (B,Hq,Tq,D), k/v (B,Hkv,Tk,D) float32, last dim contiguous, arbitrary other strides.
+  const float *q, *k, *v;
+  int64_t q_sb, q_sh, q_st, k_sb, k_sh, k_st, v_sb, v_sh, v_st;
+  float* out;         // (B,Hq,Tq,D) contiguous float32
+  float* span_mass;   // (B,Hq,Tq) or nullptr
+  const float* span;  // (B,Tk) span weights, 0 = not span
+  const int64_t* span_prefix;  // (B,Tk+1) prefix counts of span keys
+  const float* bias;           // (B,Hq)
+  const float* key_scale;      // (B,Hq)
+  const bool* query_mask;      // (B,Tq) or nullptr
+  MaskView attn_mask;
+  int64_t B, Hq, Hkv, G, Tq, Tk, D;
+  bool causal;
+  int64_t window;  // <= 0: none
+  float softcap;   // <= 0: none
+  float scale;
+  float target;  // <= 0: none
+  bool target_exact;
+};
+
+// Softmax state of `rows` rows in one channel.
+struct Channel {
+  float* m;    // running max
+  float* l;    // running sum
+  float* ls;   // running span sum (span-mass diagnostics, one-channel mode)
+  float* acc;  // rows x D
+};
+
+// Online-softmax update of one row with logits s[0:n) (already masked); turns s into
+// probabilities relative to the new max and rescales the row's accumulator.
+inline void update_row(float* s, int64_t n, float& m, float& l, float* ls, float* acc_row,
+                       int64_t D, const float* span_w) {
+  const float bm = row_max(s, n);
+  const float new_m = std::max(m, bm);
+  if (new_m == kNegInf) {  // nothing visible yet
+    std::fill(s, s + n, 0.f);
+    return;
+  }
+  const float sum = exp_sub_sum(s, n, new_m);
+  const float alpha = m == kNegInf ? 0.f : std::exp(m - new_m);
+  if (alpha != 1.f) {
+    scale_inplace(acc_row, D, alpha);
+    if (ls) *ls *= alpha;
+  }
+  l = l * alpha + sum;
+  if (ls) *ls += span_sum(s, span_w, n);
+  m = new_m;
+}
+
+struct Workspace {
+  std::vector<float> qpack, scores, scores2, state;
+  int64_t* row_pos = nullptr;
+};
+
+// Runs key range [k_begin, k_end) for query rows [q0, q0+qlen) of all G heads of kv head hkv.
+// Leaves the un-normalised state in ch[0] (and ch[1] when the problem has a target).
+void run_block(const Problem& P, int64_t b, int64_t hkv, int64_t q0, int64_t qlen,
+               int64_t k_begin, int64_t k_end, int64_t kblock, Workspace& ws, Channel* ch) {
+  const int64_t G = P.G, D = P.D, rows = G * qlen;
+  const bool two_channels = P.target > 0.f;
+  const int nch = two_channels ? 2 : 1;
+  for (int c = 0; c < nch; ++c) {
+    std::fill(ch[c].m, ch[c].m + rows, kNegInf);
+    std::fill(ch[c].l, ch[c].l + rows, 0.f);
+    if (ch[c].ls) std::fill(ch[c].ls, ch[c].ls + rows, 0.f);
+    std::fill(ch[c].acc, ch[c].acc + rows * D, 0.f);
+  }
+  if (k_begin >= k_end) return;
+
+  // Pack the scaled query rows of the group: row r = g*qlen + ii.
+  float* qp = ws.qpack.data();
+  for (int64_t g = 0; g < G; ++g) {
+    const int64_t hq = hkv * G + g;
+    for (int64_t ii = 0; ii < qlen; ++ii) {
+      const float* src = P.q + b * P.q_sb + hq * P.q_sh + (q0 + ii) * P.q_st;
+      float* dst = qp + (g * qlen + ii) * D;
+      for (int64_t d = 0; d < D; ++d) dst[d] = src[d] * P.scale;
+    }
+  }
+  const float* kbase = P.k + b * P.k_sb + hkv * P.k_sh;
+  const float* vbase = P.v + b * P.v_sb + hkv * P.v_sh;
+  const float* span_b = P.span + b * P.Tk;
+  const int64_t* prefix = P.span_prefix + b * (P.Tk + 1);
+
+  // Rows whose visible range cuts into a block need per-row masking.
+  const RowRange first = visible_range(q0, P.Tq, P.Tk, P.causal, P.window);
+  const RowRange last = visible_range(q0 + qlen - 1, P.Tq, P.Tk, P.causal, P.window);
+
+  float* S = ws.scores.data();
+  float* S2 = ws.scores2.data();
+  for (int64_t j0 = k_begin; j0 < k_end; j0 += kblock) {
+    const int64_t n = std::min(kblock, k_end - j0);
+    const int64_t n_span = prefix[j0 + n] - prefix[j0];
+    const bool any_span = n_span > 0;
+    const bool all_span = n_span == n;
+    const bool needs_range = j0 < last.lo || j0 + n - 1 > first.hi;
+    const float* span_w = span_b + j0;
+
+    gemm_rowmajor(false, true, rows, n, D, 1.f, qp, D, kbase + j0 * P.k_st, P.k_st, 0.f, S, n);
+
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t g = r / qlen, ii = r % qlen, hq = hkv * G + g, i = q0 + ii;
+      float* s = S + r * n;
+      const bool steered = P.query_mask == nullptr || P.query_mask[b * P.Tq + i];
+      if (steered && any_span) {
+        const float ks = P.key_scale[b * P.Hq + hq];
+        if (ks != 1.f) scale_span(s, span_w, n, ks);
+      }
+      if (P.softcap > 0.f) soft_cap(s, n, P.softcap);
+      if (steered && any_span) {
+        const float bias = P.bias[b * P.Hq + hq];
+        if (bias != 0.f) add_span_bias(s, span_w, n, bias);
+      }
+      if (P.attn_mask.defined()) P.attn_mask.apply(s, b, hq, i, j0, n);
+      if (needs_range) {
+        const RowRange rr = visible_range(i, P.Tq, P.Tk, P.causal, P.window);
+        for (int64_t j = 0; j < n; ++j)
+          if (j0 + j < rr.lo || j0 + j > rr.hi) s[j] = kNegInf;
+      }
+      if (!two_channels) {
+        update_row(s, n, ch[0].m[r], ch[0].l[r], ch[0].ls ? ch[0].ls + r : nullptr,
+                   ch[0].acc + r * D, D, span_w);
+      } else if (all_span || !any_span) {
+        const int c = all_span ? 0 : 1;
+        update_row(s, n, ch[c].m[r], ch[c].l[r], nullptr, ch[c].acc + r * D, D, span_w);
+      } else {  // mixed block: split the row into its span and rest parts
+        float* s2 = S2 + r * n;
+        std::copy(s, s + n, s2);
+        mask_by_span(s, span_w, n, true);
+        mask_by_span(s2, span_w, n, false);
+        update_row(s, n, ch[0].m[r], ch[0].l[r], nullptr, ch[0].acc + r * D, D, span_w);
+        update_row(s2, n, ch[1].m[r], ch[1].l[r], nullptr, ch[1].acc + r * D, D, span_w);
+      }
+    }
+    const float* vb = vbase + j0 * P.v_st;
+    if (!two_channels) {
+      gemm_rowmajor(false, false, rows, D, n, 1.f, S, n, vb, P.v_st, 1.f, ch[0].acc, D);
+    } else if (all_span || !any_span) {
+      gemm_rowmajor(false, false, rows, D, n, 1.f, S, n, vb, P.v_st, 1.f, ch[all_span ? 0 : 1].acc, D);
+    } else {
+      gemm_rowmajor(false, false, rows, D, n, 1.f, S, n, vb, P.v_st, 1.f, ch[0].acc, D);
+      gemm_rowmajor(false, false, rows, D, n, 1.f, S2, n, vb, P.v_st, 1.f, ch[1].acc, D);
+    }
+  }
+}
+
+// Writes the normalised output (and span mass) of the rows held in ch.
+void finalize_block(const Problem& P, int64_t b, int64_t hkv, int64_t q0, int64_t qlen,
+                    const Channel* ch) {
+  const int64_t G = P.G, D = P.D;
+  for (int64_t r = 0; r < G * qlen; ++r) {
+    const int64_t g = r / qlen, ii = r % qlen, hq = hkv * G + g, i = q0 + ii;
+    float* o = P.out + ((b * P.Hq + hq) * P.Tq + i) * D;
+    float mass = 0.f;
+    std::fill(o, o + D, 0.f);
+    if (P.target <= 0.f) {
+      const float l = ch[0].l[r];
+      if (l > 0.f) {
+        axpy(o, ch[0].acc + r * D, D, 1.f / l);
+        if (ch[0].ls) mass = ch[0].ls[r] / l;
+      }
+    } else {
+      const float m0 = ch[0].m[r], m1 = ch[1].m[r];
+      const float M = std::max(m0, m1);
+      if (M != kNegInf) {
+        const float a0 = ch[0].l[r] > 0.f ? ch[0].l[r] * std::exp(m0 - M) : 0.f;
+        const float a1 = ch[1].l[r] > 0.f ? ch[1].l[r] * std::exp(m1 - M) : 0.f;
+        const float tot = a0 + a1;
+        const float p = a0 / tot, rest = a1 / tot;
+        float w = p;
+        const bool steered = P.query_mask == nullptr || P.query_mask[b * P.Tq + i];
+        if (steered && p > 0.f && p < P.target) {
+          w = P.target_exact ? P.target : P.target / (P.target + rest);
+        }
+        if (ch[0].l[r] > 0.f) axpy(o, ch[0].acc + r * D, D, w / ch[0].l[r]);
+        if (ch[1].l[r] > 0.f) axpy(o, ch[1].acc + r * D, D, (1.f - w) / ch[1].l[r]);
+        mass = w;
+      }
+    }
+    if (P.span_mass) P.span_mass[(b * P.Hq + hq) * P.Tq + i] = mass;
+  }
+}
+
+// Layout of one block's state inside a flat float buffer.
+struct StateLayout {
+  int64_t rows, D, nch;
+  int64_t per_channel() const { return rows * (3 + D); }
+  int64_t size() const { return nch * per_channel(); }
+  void bind(float* base, Channel* ch, bool with_ls) const {
+    for (int64_t c = 0; c < nch; ++c) {
+      float* p = base + c * per_channel();
+      ch[c].m = p;
+      ch[c].l = p + rows;
+      ch[c].ls = with_ls && c == 0 ? p + 2 * rows : nullptr;
+      ch[c].acc = p + 3 * rows;
+    }
+  }
+};
+
+void run(const Problem& P) {
+  const int64_t threads = at::get_num_threads();
+  const int64_t G = P.G, D = P.D;
+  // Query block: enough rows for efficient GEMMs, bounded so the score block stays in cache.
+  const int64_t qblock = std::max<int64_t>(1, std::min<int64_t>(P.Tq, std::max<int64_t>(16, 128 / G)));
+  const int64_t kblock = 256;
+  const int64_t n_qblocks = (P.Tq + qblock - 1) / qblock;
+  const int64_t units = P.B * P.Hkv * n_qblocks;
+  // Split keys when the units cannot keep every thread busy (decode, small batches).
+  int64_t n_splits = 1;
+  if (units < 4 * threads && P.Tk >= 2 * kblock) {
+    n_splits = std::min<int64_t>((P.Tk + kblock - 1) / kblock, (8 * threads + units - 1) / units);
+  }
+  const int64_t nch = P.target > 0.f ? 2 : 1;
+  const bool with_ls = P.span_mass != nullptr && nch == 1;
+  const int64_t max_rows = G * qblock;
+  const StateLayout layout{max_rows, D, nch};
+
+  std::vector<float> partials;
+  if (n_splits > 1) partials.resize(units * n_splits * layout.size());
+
+  at::parallel_for(0, units * n_splits, 1, [&](int64_t begin, int64_t end) {
+    Workspace ws;
+    ws.qpack.resize(max_rows * D);
+    ws.scores.resize(max_rows * kblock);
+    if (nch == 2) ws.scores2.resize(max_rows * kblock);
+    std::vector<float> local(n_splits == 1 ? layout.size() : 0);
+    Channel ch[2];
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t unit = t / n_splits, split = t % n_splits;
+      const int64_t qb = unit % n_qblocks, bh = unit / n_qblocks;
+      const int64_t hkv = bh % P.Hkv, b = bh / P.Hkv;
+      const int64_t q0 = qb * qblock, qlen = std::min(qblock, P.Tq - q0);
+      const StateLayout lay{G * qlen, D, nch};
+      lay.bind(n_splits == 1 ? local.data() : partials.data() + t * layout.size(), ch, with_ls);
+      // Keys any row of the block can see.
+      const RowRange first = visible_range(q0, P.Tq, P.Tk, P.causal, P.window);
+      const RowRange last = visible_range(q0 + qlen - 1, P.Tq, P.Tk, P.causal, P.window);
+      const int64_t lo = first.lo, hi = std::min<int64_t>(last.hi, P.Tk - 1) + 1;
+      int64_t k_begin = lo, k_end = hi;
+      if (n_splits > 1 && hi > lo) {
+        const int64_t blocks = (hi - lo + kblock - 1) / kblock;
+        const int64_t per = (blocks + n_splits - 1) / n_splits;
+        k_begin = std::min(hi, lo + split * per * kblock);
+        k_end = std::min(hi, lo + (split + 1) * per * kblock);
+      }
+      run_block(P, b, hkv, q0, qlen, k_begin, k_end, kblock, ws, ch);
+      if (n_splits == 1) finalize_block(P, b, hkv, q0, qlen, ch);
+    }
+  });
+  if (n_splits == 1) return;
+
+  // Merge the key splits of every unit, then normalise.
+  at::parallel_for(0, units, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> merged(layout.size());
+    Channel out_ch[2], part[2];
+    for (int64_t unit = begin; unit < end; ++unit) {
+      const int64_t qb = unit % n_qblocks, bh = unit / n_qblocks;
+      const int64_t hkv = bh % P.Hkv, b = bh / P.Hkv;
+      const int64_t q0 = qb * qblock, qlen = std::min(qblock, P.Tq - q0);
+      const int64_t rows = G * qlen;
+      const StateLayout lay{rows, D, nch};
+      lay.bind(merged.data(), out_ch, with_ls);
+      for (int64_t c = 0; c < nch; ++c) {
+        for (int64_t r = 0; r < rows; ++r) {
+          float M = kNegInf;
+          for (int64_t s = 0; s < n_splits; ++s) {
+            lay.bind(partials.data() + (unit * n_splits + s) * layout.size(), part, with_ls);
+            M = std::max(M, part[c].m[r]);
+          }
+          float l = 0.f, ls = 0.f;
+          float* acc = out_ch[c].acc + r * D;
+          std::fill(acc, acc + D, 0.f);
+          if (M != kNegInf) {
+            for (int64_t s = 0; s < n_splits; ++s) {
+              lay.bind(partials.data() + (unit * n_splits + s) * layout.size(), part, with_ls);
+              if (part[c].m[r] == kNegInf) continue;
+              const float f = std::exp(part[c].m[r] - M);
+              l += part[c].l[r] * f;
+              if (part[c].ls) ls += part[c].ls[r] * f;
+              axpy(acc, part[c].acc + r * D, D, f);
+            }
+          }
+          out_ch[c].m[r] = M;
+          out_ch[c].l[r] = l;
+          if (out_ch[c].ls) out_ch[c].ls[r] = ls;
+        }
+      }
+      finalize_block(P, b, hkv, q0, qlen, out_ch);
+    }
+  });
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> steered_attention_cpu(
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& span_weights,
+    const at::Tensor& bias, const at::Tensor& key_scale, c10::optional<double> target,
+    bool target_exact, const c10::optional<at::Tensor>& query_mask,
+    const c10::optional<at::Tensor>& attn_mask, bool is_causal, c10::optional<int64_t> window,
+    c10::optional<double> softcap, double scale, bool return_span_mass) {
+  TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4,
+              "steered_attention: q, k, v must be 4-D (B, H, T, D); got q ", q.sizes(), ", k ",
+              k.sizes(), ", v ", v.sizes());
+  const int64_t B = q.size(0), Hq = q.size(1), Tq = q.size(2), D = q.size(3);
+  const int64_t Hkv = k.size(1), Tk = k.size(2);
+  TORCH_CHECK(k.size(0) == B && v.size(0) == B && v.size(1) == Hkv && v.size(2) == Tk &&
+                  k.size(3) == D && v.size(3) == D,
+              "steered_attention: k and v must be (B, Hkv, Tk, D) = (", B, ", Hkv, Tk, ", D,
+              "); got k ", k.sizes(), ", v ", v.sizes());
+  TORCH_CHECK(Hkv > 0 && Hq % Hkv == 0, "steered_attention: query heads (", Hq,
+              ") must be a multiple of key/value heads (", Hkv, ")");
+  TORCH_CHECK(span_weights.sizes() == at::IntArrayRef({B, Tk}),
+              "steered_attention: span_weights must be (B, Tk) = (", B, ", ", Tk, "); got ",
+              span_weights.sizes());
+  TORCH_CHECK(bias.sizes() == at::IntArrayRef({B, Hq}) && key_scale.sizes() == at::IntArrayRef({B, Hq}),
+              "steered_attention: bias and key_scale must be (B, Hq) = (", B, ", ", Hq, "); got ",
+              bias.sizes(), " and ", key_scale.sizes());
+
+  auto f32 = [](const at::Tensor& t) {
+    at::Tensor x = t.scalar_type() == at::kFloat ? t : t.to(at::kFloat);
+    return x.stride(-1) == 1 ? x : x.contiguous();
+  };
+  const at::Tensor qf = f32(q), kf = f32(k), vf = f32(v);
+  const at::Tensor span = span_weights.to(at::kFloat).contiguous();
+  const at::Tensor span_prefix =
+      at::cat({at::zeros({B, 1}, span.options().dtype(at::kLong)), (span != 0).cumsum(1)}, 1)
+          .contiguous();
+  const at::Tensor bias_f = bias.to(at::kFloat).contiguous();
+  const at::Tensor ks_f = key_scale.to(at::kFloat).contiguous();
+  at::Tensor qmask;
+  if (query_mask.has_value() && query_mask->defined()) {
+    TORCH_CHECK(query_mask->sizes() == at::IntArrayRef({B, Tq}),
+                "steered_attention: query_mask must be (B, Tq) = (", B, ", ", Tq, "); got ",
+                query_mask->sizes());
+    qmask = query_mask->to(at::kBool).contiguous();
+  }
+  c10::optional<at::Tensor> mask;
+  if (attn_mask.has_value() && attn_mask->defined()) {
+    mask = attn_mask->scalar_type() == at::kBool ? *attn_mask : attn_mask->to(at::kFloat);
+  }
+
+  at::Tensor out = at::empty({B, Hq, Tq, D}, q.options().dtype(at::kFloat));
+  at::Tensor mass = return_span_mass ? at::empty({B, Hq, Tq}, q.options().dtype(at::kFloat))
+                                     : at::empty({0}, q.options().dtype(at::kFloat));
+  if (out.numel() > 0) {
+    Problem P;
+    P.q = qf.data_ptr<float>();
+    P.k = kf.data_ptr<float>();
+    P.v = vf.data_ptr<float>();
+    P.q_sb = qf.stride(0); P.q_sh = qf.stride(1); P.q_st = qf.stride(2);
+    P.k_sb = kf.stride(0); P.k_sh = kf.stride(1); P.k_st = kf.stride(2);
+    P.v_sb = vf.stride(0); P.v_sh = vf.stride(1); P.v_st = vf.stride(2);
+    P.out = out.data_ptr<float>();
+    P.span_mass = return_span_mass ? mass.data_ptr<float>() : nullptr;
+    P.span = span.data_ptr<float>();
+    P.span_prefix = span_prefix.data_ptr<int64_t>();
+    P.bias = bias_f.data_ptr<float>();
+    P.key_scale = ks_f.data_ptr<float>();
+    P.query_mask = qmask.defined() ? qmask.data_ptr<bool>() : nullptr;
+    P.attn_mask = make_mask_view(mask, B, Hq, Tq, Tk);
+    P.B = B; P.Hq = Hq; P.Hkv = Hkv; P.G = Hq / Hkv; P.Tq = Tq; P.Tk = Tk; P.D = D;
+    P.causal = is_causal;
+    P.window = window.has_value() ? *window : 0;
+    P.softcap = softcap.has_value() ? static_cast<float>(*softcap) : 0.f;
+    P.scale = static_cast<float>(scale);
+    P.target = target.has_value() ? static_cast<float>(*target) : 0.f;
+    P.target_exact = target_exact;
+    run(P);
+  }
+  if (q.scalar_type() != at::kFloat) out = out.to(q.scalar_type());
+  return {out, mass};
+}
+
+TORCH_LIBRARY_IMPL(attnsteer, CPU, m) { m.impl("steered_attention", &steered_attention_cpu); }
+
+}  // namespace attnsteer::cpu

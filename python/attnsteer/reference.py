@@ -1,0 +1,178 @@
+"""Pure-PyTorch reference of every attnsteer op.
+
+These functions materialise the full ``(B, H, Tq, Tk)`` logits and compute in float64 by
+default: they are the oracle the kernels are tested against, not a fast path (the
+no-extension fallback in :mod:`attnsteer._fallback` is blocked over queries and runs in
+float32). They follow ``DESIGN.md`` §2 literally; read them as the specification.
+
+Shapes: ``q (B, Hq, Tq, D)``, ``k``/``v`` ``(B, Hkv, Tk, D)``, ``span_weights (B, Tk)`` float
+(0 = not in the span), ``bias``/``key_scale`` ``(B, Hq)``, ``query_mask (B, Tq)`` bool.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+
+__all__ = ["steered_logits", "steered_softmax", "steered_attention", "span_bias", "scale_keys_"]
+
+
+def _visible(
+    Tq: int, Tk: int, is_causal: bool, window: Optional[int], device, q_offset: int = 0,
+    q_total: Optional[int] = None,
+) -> torch.Tensor:
+    """Bool (Tq, Tk): key j visible to query i (bottom-right causal, sliding window).
+
+    ``q_offset``/``q_total`` place these Tq rows inside a longer query sequence (blocked paths).
+    """
+    q_total = Tq if q_total is None else q_total
+    pos = torch.arange(Tq, device=device)[:, None] + (q_offset + Tk - q_total)
+    j = torch.arange(Tk, device=device)[None, :]
+    ok = torch.ones(Tq, Tk, dtype=torch.bool, device=device)
+    if is_causal:
+        ok &= j <= pos
+    if window is not None and window > 0:
+        ok &= (pos - j) < window
+    return ok
+
+
+def steered_logits(
+    logits: torch.Tensor,
+    span_weights: torch.Tensor,
+    bias: torch.Tensor,
+    key_scale: torch.Tensor,
+    *,
+    query_mask: Optional[torch.Tensor] = None,
+    attn_mask: Optional[torch.Tensor] = None,
+    is_causal: bool = False,
+    window: Optional[int] = None,
+    softcap: Optional[float] = None,
+    q_offset: int = 0,
+    q_total: Optional[int] = None,
+) -> torch.Tensor:
+    """Logits ``(B, H, Tq, Tk)`` after key scaling, soft-capping, span bias and masks."""
+    B, H, Tq, Tk = logits.shape
+    in_span = (span_weights != 0)[:, None, None, :]
+    steered = torch.ones(B, 1, Tq, 1, dtype=torch.bool, device=logits.device)
+    if query_mask is not None:
+        steered = query_mask[:, None, :, None].bool()
+    ks = key_scale.to(logits.dtype)[:, :, None, None]
+    s = torch.where(in_span & steered, logits * ks, logits)
+    if softcap is not None and softcap > 0:
+        s = softcap * torch.tanh(s / softcap)
+    b = bias.to(logits.dtype)[:, :, None, None] * span_weights.to(logits.dtype)[:, None, None, :]
+    s = s + torch.where(steered, b, torch.zeros_like(b))
+    if attn_mask is not None:
+        if attn_mask.dtype == torch.bool:
+            s = s.masked_fill(~attn_mask, float("-inf"))
+        else:
+            s = s + attn_mask.to(s.dtype)
+    s = s.masked_fill(~_visible(Tq, Tk, is_causal, window, s.device, q_offset, q_total), float("-inf"))
+    return s
+
+
+def steered_softmax(
+    logits: torch.Tensor,
+    span_weights: torch.Tensor,
+    bias: torch.Tensor,
+    key_scale: torch.Tensor,
+    *,
+    target: Optional[float] = None,
+    target_exact: bool = False,
+    query_mask: Optional[torch.Tensor] = None,
+    attn_mask: Optional[torch.Tensor] = None,
+    is_causal: bool = False,
+    window: Optional[int] = None,
+    softcap: Optional[float] = None,
+    q_offset: int = 0,
+    q_total: Optional[int] = None,
+) -> torch.Tensor:
+    """Steered attention weights ``(B, H, Tq, Tk)``; fully masked rows are zeros."""
+    s = steered_logits(
+        logits, span_weights, bias, key_scale, query_mask=query_mask, attn_mask=attn_mask,
+        is_causal=is_causal, window=window, softcap=softcap, q_offset=q_offset, q_total=q_total,
+    )
+    row_max = s.amax(-1, keepdim=True)
+    dead = torch.isneginf(row_max)
+    e = torch.exp(s - torch.where(dead, torch.zeros_like(row_max), row_max))
+    a = e / e.sum(-1, keepdim=True).clamp_min(torch.finfo(e.dtype).tiny)
+    a = torch.where(dead, torch.zeros_like(a), a)
+    if target is not None:
+        in_span = (span_weights != 0)[:, None, None, :]
+        p = (a * in_span).sum(-1, keepdim=True)
+        rest = (a * ~in_span).sum(-1, keepdim=True)
+        if target_exact:
+            w = torch.full_like(p, target)
+        else:  # + log(target / p) on span logits moves the mass to target / (target + 1 - p)
+            w = target / (target + rest)
+        move = (p > 0) & (p < target)
+        if query_mask is not None:
+            move &= query_mask[:, None, :, None].bool()
+        f_span = torch.where(move, w / p.clamp_min(torch.finfo(p.dtype).tiny), torch.ones_like(p))
+        f_rest = torch.where(move & (rest > 0), (1 - w) / rest.clamp_min(torch.finfo(p.dtype).tiny), torch.ones_like(p))
+        a = a * torch.where(in_span, f_span, f_rest)
+    return a
+
+
+def steered_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    span_weights: torch.Tensor,
+    bias: torch.Tensor,
+    key_scale: torch.Tensor,
+    *,
+    target: Optional[float] = None,
+    target_exact: bool = False,
+    query_mask: Optional[torch.Tensor] = None,
+    attn_mask: Optional[torch.Tensor] = None,
+    is_causal: bool = False,
+    window: Optional[int] = None,
+    softcap: Optional[float] = None,
+    scale: Optional[float] = None,
+    compute_dtype: torch.dtype = torch.float64,
+    return_span_mass: bool = False,
+):
+    """Materialised steered attention. Returns ``out (B, Hq, Tq, D)`` in q's dtype (and the span
+    mass of the final weights, ``(B, Hq, Tq)``, when ``return_span_mass``)."""
+    B, Hq, Tq, D = q.shape
+    Hkv = k.shape[1]
+    group = Hq // Hkv
+    scale = 1.0 / math.sqrt(D) if scale is None else scale
+    qc, kc, vc = (t.to(compute_dtype) for t in (q, k, v))
+    kc = kc.repeat_interleave(group, dim=1)
+    vc = vc.repeat_interleave(group, dim=1)
+    logits = scale * (qc @ kc.transpose(-1, -2))
+    a = steered_softmax(
+        logits, span_weights.to(compute_dtype), bias.to(compute_dtype), key_scale.to(compute_dtype),
+        target=target, target_exact=target_exact, query_mask=query_mask, attn_mask=attn_mask,
+        is_causal=is_causal, window=window, softcap=softcap,
+    )
+    out = (a @ vc).to(q.dtype)
+    if return_span_mass:
+        mass = (a * (span_weights != 0)[:, None, None, :]).sum(-1)
+        return out, mass
+    return out
+
+
+def span_bias(
+    span_weights: torch.Tensor,
+    bias: torch.Tensor,
+    *,
+    query_mask: Optional[torch.Tensor] = None,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Additive bias ``(B, H, 1, Tk)``, or ``(B, H, Tq, Tk)`` with a query mask."""
+    b = bias.double()[:, :, None, None] * span_weights.double()[:, None, None, :]
+    if query_mask is not None:
+        b = b * query_mask.bool()[:, None, :, None]
+    return b.to(dtype)
+
+
+def scale_keys_(keys: torch.Tensor, span_weights: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """In place: ``keys[b, h, j] *= factor[b, h]`` where ``span_weights[b, j] != 0``."""
+    sel = (span_weights != 0)[:, None, :, None]
+    scaled = (keys.double() * factor.double()[:, :, None, None]).to(keys.dtype)
+    keys.copy_(torch.where(sel, scaled, keys))
+    return keys
