@@ -48,19 +48,22 @@ def _extensions():
     from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
 
     sources = ["csrc/ops.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
-    cxx = ["-O3", "-fopenmp-simd", "-fno-math-errno", f'-DATTNSTEER_TORCH_VERSION="{torch.__version__}"']
+    # -fopenmp: at::parallel_for is header-inline and only runs in parallel when we compile
+    # with OpenMP (the libgomp that torch loads is reused).
+    cxx = ["-O3", "-fopenmp", "-fno-math-errno", "-fno-trapping-math", f'-DATTNSTEER_TORCH_VERSION="{torch.__version__}"']
     if _want_cuda(torch):
         sources += sorted(glob.glob("csrc/cuda/*.cu"))
         ext = CUDAExtension(
             "attnsteer._C",
             sources,
+            extra_link_args=["-fopenmp"],
             extra_compile_args={
                 "cxx": cxx + ["-DATTNSTEER_WITH_CUDA"],
                 "nvcc": ["-O3", "-DATTNSTEER_WITH_CUDA", "--use_fast_math", "-std=c++17"],
             },
         )
     else:
-        ext = CppExtension("attnsteer._C", sources, extra_compile_args={"cxx": cxx})
+        ext = CppExtension("attnsteer._C", sources, extra_compile_args={"cxx": cxx}, extra_link_args=["-fopenmp"])
     return [ext], {"build_ext": BuildExtension.with_options(use_ninja=shutil.which("ninja") is not None)}
 
 

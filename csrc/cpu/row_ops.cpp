@@ -5,12 +5,18 @@
 #include <cstring>
 #include <limits>
 
+#pragma GCC diagnostic ignored "-Wpsabi"
+
 // BLAS from the MKL/OpenBLAS that libtorch_cpu carries. Weak, so that a torch build without
 // an exported sgemm_ still loads us; then gemm_rowmajor goes through at::addmm_out.
 extern "C" void sgemm_(const char* transa, const char* transb, const int* m, const int* n,
                        const int* k, const float* alpha, const float* a, const int* lda,
                        const float* b, const int* ldb, const float* beta, float* c,
                        const int* ldc) __attribute__((weak));
+
+// MKL's per-thread thread count. Our kernels parallelise over blocks themselves; without this
+// MKL also spawns threads inside every GEMM of every worker and oversubscribes the cores.
+extern "C" int MKL_Set_Num_Threads_Local(int n) __attribute__((weak));
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define ATTNSTEER_CLONES \
@@ -24,64 +30,120 @@ namespace attnsteer::cpu {
 namespace {
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
-// Cephes-style expf: range reduction by ln2 and a degree-6 polynomial, written without
-// calls so the compiler vectorises it (about 2 ulp). exp(x) = 0 below -87.3, including -inf,
-// which masked keys rely on.
-inline float exp_poly(float x) {
-  const float xc = x > 88.3762626647949f ? 88.3762626647949f : x;
-  const float xl = xc < -87.3365447505531f ? -87.3365447505531f : xc;
-  const float fx = __builtin_floorf(xl * 1.44269504088896341f + 0.5f);
-  float r = xl - fx * 0.693359375f;
+// GCC vector extensions: 16 lanes, lowered to zmm / 2x ymm / 4x xmm by each target clone.
+typedef float vf __attribute__((vector_size(64)));
+typedef int32_t vi __attribute__((vector_size(64)));
+constexpr int64_t kLanes = 16;
+
+__attribute__((always_inline)) inline vf splat(float a) { return vf{} + a; }
+__attribute__((always_inline)) inline vf load(const float* p) {
+  vf v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+__attribute__((always_inline)) inline void store(float* p, vf v) { std::memcpy(p, &v, sizeof(v)); }
+// Partial load of n < 16 lanes, the rest filled with `fill`.
+__attribute__((always_inline)) inline vf load_tail(const float* p, int64_t n, float fill) {
+  alignas(64) float buf[kLanes];
+  for (int64_t j = 0; j < kLanes; ++j) buf[j] = j < n ? p[j] : fill;
+  return load(buf);
+}
+__attribute__((always_inline)) inline void store_tail(float* p, vf v, int64_t n) {
+  alignas(64) float buf[kLanes];
+  store(buf, v);
+  for (int64_t j = 0; j < n; ++j) p[j] = buf[j];
+}
+__attribute__((always_inline)) inline float hsum(vf v) {
+  float s = 0.f;
+  for (int j = 0; j < kLanes; ++j) s += v[j];
+  return s;
+}
+__attribute__((always_inline)) inline float hmax(vf v) {
+  float m = kNegInf;
+  for (int j = 0; j < kLanes; ++j) m = v[j] > m ? v[j] : m;
+  return m;
+}
+
+// Cephes-style expf: range reduction by ln2 and a degree-6 polynomial (about 2 ulp).
+// exp(x) = 0 below -87.3, including -inf, which masked keys rely on.
+__attribute__((always_inline)) inline vf vexp(vf x) {
+  const vf hi = splat(88.3762626647949f), lo = splat(-87.3365447505531f);
+  vf xl = x > hi ? hi : x;
+  xl = xl < lo ? lo : xl;
+  const vf t = xl * 1.44269504088896341f + 0.5f;
+  const vf tr = __builtin_convertvector(__builtin_convertvector(t, vi), vf);
+  const vf fx = tr > t ? tr - 1.0f : tr;  // floor(t)
+  vf r = xl - fx * 0.693359375f;
   r = r - fx * -2.12194440e-4f;
-  float y = 1.9875691500e-4f;
+  vf y = splat(1.9875691500e-4f);
   y = y * r + 1.3981999507e-3f;
   y = y * r + 8.3334519073e-3f;
   y = y * r + 4.1665795894e-2f;
   y = y * r + 1.6666665459e-1f;
   y = y * r + 5.0000001201e-1f;
   y = y * r * r + r + 1.0f;
-  const int32_t n = static_cast<int32_t>(fx) + 127;
-  float pow2;
-  const int32_t bits = n << 23;
-  std::memcpy(&pow2, &bits, sizeof(pow2));
-  const float out = y * pow2;
-  return x < -87.3365447505531f ? 0.0f : out;
+  const vi bits = (__builtin_convertvector(fx, vi) + 127) << 23;
+  const vf out = y * reinterpret_cast<const vf&>(bits);
+  return x < lo ? splat(0.f) : out;
 }
 }  // namespace
 
 ATTNSTEER_CLONES float row_max(const float* s, int64_t n) {
-  float m = kNegInf;
-#pragma omp simd reduction(max : m)
-  for (int64_t j = 0; j < n; ++j) m = s[j] > m ? s[j] : m;
-  return m;
+  vf m = splat(kNegInf);
+  int64_t j = 0;
+  for (; j + kLanes <= n; j += kLanes) {
+    const vf x = load(s + j);
+    m = x > m ? x : m;
+  }
+  if (j < n) {
+    const vf x = load_tail(s + j, n - j, kNegInf);
+    m = x > m ? x : m;
+  }
+  return hmax(m);
 }
 
 ATTNSTEER_CLONES float exp_sub_sum(float* s, int64_t n, float m) {
-  float sum = 0.f;
-#pragma omp simd reduction(+ : sum)
-  for (int64_t j = 0; j < n; ++j) {
-    const float e = exp_poly(s[j] - m);
-    s[j] = e;
+  vf sum = splat(0.f);
+  const vf mv = splat(m);
+  int64_t j = 0;
+  for (; j + kLanes <= n; j += kLanes) {
+    const vf e = vexp(load(s + j) - mv);
+    store(s + j, e);
     sum += e;
   }
-  return sum;
+  if (j < n) {
+    const vf e = vexp(load_tail(s + j, n - j, kNegInf) - mv);
+    store_tail(s + j, e, n - j);
+    sum += e;
+  }
+  return hsum(sum);
 }
 
 ATTNSTEER_CLONES float span_sum(const float* p, const float* span_weights, int64_t n) {
-  float sum = 0.f;
-#pragma omp simd reduction(+ : sum)
-  for (int64_t j = 0; j < n; ++j) sum += span_weights[j] != 0.f ? p[j] : 0.f;
-  return sum;
+  vf sum = splat(0.f);
+  int64_t j = 0;
+  for (; j + kLanes <= n; j += kLanes) {
+    const vf w = load(span_weights + j);
+    sum += w != 0.f ? load(p + j) : splat(0.f);
+  }
+  float tail = 0.f;
+  for (; j < n; ++j) tail += span_weights[j] != 0.f ? p[j] : 0.f;
+  return hsum(sum) + tail;
 }
 
 ATTNSTEER_CLONES void scale_span(float* s, const float* span_weights, int64_t n, float key_scale) {
-#pragma omp simd
-  for (int64_t j = 0; j < n; ++j) s[j] = span_weights[j] != 0.f ? s[j] * key_scale : s[j];
+  int64_t j = 0;
+  for (; j + kLanes <= n; j += kLanes) {
+    const vf x = load(s + j);
+    store(s + j, load(span_weights + j) != 0.f ? x * key_scale : x);
+  }
+  for (; j < n; ++j) s[j] = span_weights[j] != 0.f ? s[j] * key_scale : s[j];
 }
 
 ATTNSTEER_CLONES void add_span_bias(float* s, const float* span_weights, int64_t n, float bias) {
-#pragma omp simd
-  for (int64_t j = 0; j < n; ++j) s[j] += bias * span_weights[j];
+  int64_t j = 0;
+  for (; j + kLanes <= n; j += kLanes) store(s + j, load(s + j) + load(span_weights + j) * bias);
+  for (; j < n; ++j) s[j] += bias * span_weights[j];
 }
 
 void soft_cap(float* s, int64_t n, float cap) {
@@ -90,21 +152,29 @@ void soft_cap(float* s, int64_t n, float cap) {
 }
 
 ATTNSTEER_CLONES void scale_inplace(float* x, int64_t n, float f) {
-#pragma omp simd
-  for (int64_t j = 0; j < n; ++j) x[j] *= f;
+  int64_t j = 0;
+  for (; j + kLanes <= n; j += kLanes) store(x + j, load(x + j) * f);
+  for (; j < n; ++j) x[j] *= f;
 }
 
 ATTNSTEER_CLONES void axpy(float* y, const float* x, int64_t n, float a) {
-#pragma omp simd
-  for (int64_t j = 0; j < n; ++j) y[j] += a * x[j];
+  int64_t j = 0;
+  for (; j + kLanes <= n; j += kLanes) store(y + j, load(y + j) + load(x + j) * a);
+  for (; j < n; ++j) y[j] += a * x[j];
 }
 
-ATTNSTEER_CLONES void mask_by_span(float* s, const float* span_weights, int64_t n, bool keep_span) {
-#pragma omp simd
+void mask_by_span(float* s, const float* span_weights, int64_t n, bool keep_span) {
   for (int64_t j = 0; j < n; ++j) {
     const bool in_span = span_weights[j] != 0.f;
-    s[j] = in_span == keep_span ? s[j] : kNegInf;
+    if (in_span != keep_span) s[j] = kNegInf;
   }
+}
+
+SequentialBlas::SequentialBlas() {
+  if (MKL_Set_Num_Threads_Local != nullptr) previous_ = MKL_Set_Num_Threads_Local(1);
+}
+SequentialBlas::~SequentialBlas() {
+  if (MKL_Set_Num_Threads_Local != nullptr) MKL_Set_Num_Threads_Local(previous_);
 }
 
 void gemm_rowmajor(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,

@@ -25,6 +25,19 @@ void axpy(float* y, const float* x, int64_t n, float a);
 // s[j] = -inf where keep(j) is false: keep_span selects span keys (true) or the rest (false).
 void mask_by_span(float* s, const float* span_weights, int64_t n, bool keep_span);
 
+// Scope guard: BLAS calls on this thread run single-threaded (restores on exit). Use inside
+// at::parallel_for bodies that call gemm_rowmajor.
+class SequentialBlas {
+ public:
+  SequentialBlas();
+  ~SequentialBlas();
+  SequentialBlas(const SequentialBlas&) = delete;
+  SequentialBlas& operator=(const SequentialBlas&) = delete;
+
+ private:
+  int previous_ = 0;
+};
+
 // Row-major single-precision GEMM: C(MxN) = alpha * op(A) * op(B) + beta * C.
 // op(A) is MxK, op(B) is KxN; lda/ldb/ldc are row strides.
 void gemm_rowmajor(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,

@@ -228,6 +228,7 @@ void run(const Problem& P) {
   const int64_t threads = at::get_num_threads();
   const int64_t G = P.G, D = P.D;
   // Query block: enough rows for efficient GEMMs, bounded so the score block stays in cache.
+  // About 128 rows (all G heads of a kv head) x 256 keys: the score block stays in L2.
   const int64_t qblock = std::max<int64_t>(1, std::min<int64_t>(P.Tq, std::max<int64_t>(16, 128 / G)));
   const int64_t kblock = 256;
   const int64_t n_qblocks = (P.Tq + qblock - 1) / qblock;
@@ -246,6 +247,7 @@ void run(const Problem& P) {
   if (n_splits > 1) partials.resize(units * n_splits * layout.size());
 
   at::parallel_for(0, units * n_splits, 1, [&](int64_t begin, int64_t end) {
+    SequentialBlas sequential_blas;
     Workspace ws;
     ws.qpack.resize(max_rows * D);
     ws.scores.resize(max_rows * kblock);
