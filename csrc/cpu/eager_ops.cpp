@@ -105,6 +105,37 @@ at::Tensor steered_softmax_cpu(const at::Tensor& logits, const at::Tensor& span_
       const RowRange rr = visible_range(i, Tq, Tk, is_causal, win);
       for (int64_t j = 0; j < Tk; ++j)
         if (j < rr.lo || j > rr.hi) s[j] = neg_inf;
+      if (tau > 0.f) {
+        // Span and rest are normalised separately (own max each), then mixed with weights w and
+        // 1 - w, so that a span mass that underflows in float is still steered (as the fused op).
+        float m_span = neg_inf, m_rest = neg_inf;
+        for (int64_t j = 0; j < Tk; ++j) {
+          if (span_w[j] != 0.f) m_span = std::max(m_span, s[j]);
+          else m_rest = std::max(m_rest, s[j]);
+        }
+        const float M = std::max(m_span, m_rest);
+        if (M == neg_inf) {
+          std::fill(s, s + Tk, 0.f);
+          continue;
+        }
+        float z_span = 0.f, z_rest = 0.f;
+        for (int64_t j = 0; j < Tk; ++j) {
+          const bool in_span = span_w[j] != 0.f;
+          const float mref = in_span ? m_span : m_rest;
+          const float e = mref == neg_inf ? 0.f : std::exp(s[j] - mref);
+          s[j] = e;
+          (in_span ? z_span : z_rest) += e;
+        }
+        const float a0 = z_span > 0.f ? z_span * std::exp(m_span - M) : 0.f;
+        const float a1 = z_rest > 0.f ? z_rest * std::exp(m_rest - M) : 0.f;
+        const float p = a0 / (a0 + a1), rest = a1 / (a0 + a1);
+        float w = p;
+        if (steered && z_span > 0.f && p < tau) w = target_exact ? tau : tau / (tau + rest);
+        const float fs = z_span > 0.f ? w / z_span : 0.f;
+        const float fr = z_rest > 0.f ? (1.f - w) / z_rest : 0.f;
+        for (int64_t j = 0; j < Tk; ++j) s[j] *= span_w[j] != 0.f ? fs : fr;
+        continue;
+      }
       const float m = row_max(s, Tk);
       if (m == neg_inf) {
         std::fill(s, s + Tk, 0.f);
@@ -112,17 +143,6 @@ at::Tensor steered_softmax_cpu(const at::Tensor& logits, const at::Tensor& span_
       }
       const float sum = exp_sub_sum(s, Tk, m);
       scale_inplace(s, Tk, 1.f / sum);
-      if (tau > 0.f && steered) {
-        const float p = span_sum(s, span_w, Tk);
-        // The rest's mass is summed, not taken as 1 - p, to keep its precision for p near 1.
-        float rest = 0.f;
-        for (int64_t j = 0; j < Tk; ++j) rest += span_w[j] == 0.f ? s[j] : 0.f;
-        if (p > 0.f && p < tau) {
-          const float w = target_exact ? tau : tau / (tau + rest);
-          const float fs = w / p, fr = rest > 0.f ? (1.f - w) / rest : 0.f;
-          for (int64_t j = 0; j < Tk; ++j) s[j] *= span_w[j] != 0.f ? fs : fr;
-        }
-      }
     }
   });
   return x.to(logits.scalar_type());

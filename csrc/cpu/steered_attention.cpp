@@ -196,7 +196,9 @@ void finalize_block(const Problem& P, int64_t b, int64_t hkv, int64_t q0, int64_
         const float p = a0 / tot, rest = a1 / tot;
         float w = p;
         const bool steered = P.query_mask == nullptr || P.query_mask[b * P.Tq + i];
-        if (steered && p > 0.f && p < P.target) {
+        // p > 0 iff a span key is visible: a0 may underflow in float (span logits scaled by
+        // key_scale = 100 sit hundreds below the rest) while the true p is still positive.
+        if (steered && ch[0].l[r] > 0.f && p < P.target) {
           w = P.target_exact ? P.target : P.target / (P.target + rest);
         }
         if (ch[0].l[r] > 0.f) axpy(o, ch[0].acc + r * D, D, w / ch[0].l[r]);

@@ -93,25 +93,36 @@ def steered_softmax(
         logits, span_weights, bias, key_scale, query_mask=query_mask, attn_mask=attn_mask,
         is_causal=is_causal, window=window, softcap=softcap, q_offset=q_offset, q_total=q_total,
     )
-    row_max = s.amax(-1, keepdim=True)
-    dead = torch.isneginf(row_max)
-    e = torch.exp(s - torch.where(dead, torch.zeros_like(row_max), row_max))
-    a = e / e.sum(-1, keepdim=True).clamp_min(torch.finfo(e.dtype).tiny)
-    a = torch.where(dead, torch.zeros_like(a), a)
-    if target is not None:
-        in_span = (span_weights != 0)[:, None, None, :]
-        p = (a * in_span).sum(-1, keepdim=True)
-        rest = (a * ~in_span).sum(-1, keepdim=True)
-        if target_exact:
-            w = torch.full_like(p, target)
-        else:  # + log(target / p) on span logits moves the mass to target / (target + 1 - p)
-            w = target / (target + rest)
-        move = (p > 0) & (p < target)
-        if query_mask is not None:
-            move &= query_mask[:, None, :, None].bool()
-        f_span = torch.where(move, w / p.clamp_min(torch.finfo(p.dtype).tiny), torch.ones_like(p))
-        f_rest = torch.where(move & (rest > 0), (1 - w) / rest.clamp_min(torch.finfo(p.dtype).tiny), torch.ones_like(p))
-        a = a * torch.where(in_span, f_span, f_rest)
+    if target is None:
+        row_max = s.amax(-1, keepdim=True)
+        dead = torch.isneginf(row_max)
+        e = torch.exp(s - torch.where(dead, torch.zeros_like(row_max), row_max))
+        a = e / e.sum(-1, keepdim=True).clamp_min(torch.finfo(e.dtype).tiny)
+        return torch.where(dead, torch.zeros_like(a), a)
+    # Span and rest are normalised separately and mixed with w and 1 - w: the span mass p
+    # is known in log space, so a p that underflows is still steered.
+    in_span = (span_weights != 0)[:, None, None, :]
+    neg_inf = torch.tensor(float("-inf"), dtype=s.dtype, device=s.device)
+    s_span = torch.where(in_span, s, neg_inf)
+    s_rest = torch.where(in_span, neg_inf, s)
+    lse_span = torch.logsumexp(s_span, -1, keepdim=True)
+    lse_rest = torch.logsumexp(s_rest, -1, keepdim=True)
+    lse = torch.logaddexp(lse_span, lse_rest)
+    safe = lambda x: torch.where(torch.isneginf(x), torch.zeros_like(x), x)  # noqa: E731
+    p = torch.where(torch.isneginf(lse_span), torch.zeros_like(lse), torch.exp(lse_span - safe(lse)))
+    rest = torch.where(torch.isneginf(lse_rest), torch.zeros_like(lse), torch.exp(lse_rest - safe(lse)))
+    if target_exact:  # + log(target(1-p) / (p(1-target))) on span logits: mass becomes target
+        w = torch.full_like(p, target)
+    else:  # + log(target / p) on span logits: mass becomes target / (target + 1 - p)
+        w = target / (target + rest)
+    move = ~torch.isneginf(lse_span) & (p < target)
+    if query_mask is not None:
+        move &= query_mask[:, None, :, None].bool()
+    w = torch.where(move, w, p)
+    a_span = torch.exp(s_span - safe(lse_span)) * w
+    a_rest = torch.exp(s_rest - safe(lse_rest)) * (1 - w)
+    a = torch.where(in_span, a_span, a_rest)
+    return torch.where(torch.isneginf(lse), torch.zeros_like(a), a)
     return a
 
 
