@@ -1,0 +1,274 @@
+"""Speed and memory of steered attention on CPU, in one run.
+
+Providers:
+  attnsteer  the fused kernel (modes: bias, key_scale, target)
+  sdpa       unsteered torch SDPA with enable_gqa=True: the floor (the profiler confirms that
+             the CPU flash kernel ran, not the math fallback)
+  sdpa+bias  SDPA with an additive float mask (B, 1, Tq, Tk) carrying the bias (bias mode only)
+  eager      what the published reference code does: scores materialised, steering applied,
+             softmax, matmul (all modes)
+
+Each (shape, T, provider) point runs in its own subprocess so that peak memory (ru_maxrss,
+above the inputs) is its own. Outputs are verified against the float64 reference (on the last
+rows for long sequences) before timing. Writes CSV, a markdown table and a PNG plot.
+
+    python benchmarks/bench_attention.py              # full run (about 10 minutes, 2 cores)
+    python benchmarks/bench_attention.py --quick      # a few points
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+SHAPES = {"smollm2-135m": (9, 3, 64), "llama-8b": (32, 8, 128)}
+MODES = ["bias", "key_scale", "target"]
+MODE_ARGS = {"bias": dict(bias=2.0), "key_scale": dict(key_scale=100.0), "target": dict(target=0.3)}
+EAGER_LIMIT_BYTES = 6e9  # skip materialised providers whose (B, Hq, Tq, Tk) fp32 buffer exceeds this
+
+
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _inputs(shape: str, T: int, phase: str):
+    Hq, Hkv, D = SHAPES[shape]
+    Tq = T if phase == "prefill" else 1
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(1, Hq, Tq, D, generator=g)
+    k = torch.randn(1, Hkv, T, D, generator=g)
+    v = torch.randn(1, Hkv, T, D, generator=g)
+    span = torch.zeros(1, T, dtype=torch.bool)
+    span[0, T // 8: T // 8 + max(8, T // 16)] = True  # an instruction span inside the prompt
+    return q, k, v, span
+
+
+def _eager(q, k, v, span, mode, causal):
+    """The reference code's way: repeat K/V, materialise scores, steer, softmax, matmul."""
+    Hq, Hkv, D = q.shape[1], k.shape[1], q.shape[-1]
+    k = k.repeat_interleave(Hq // Hkv, 1)
+    v = v.repeat_interleave(Hq // Hkv, 1)
+    s = (q @ k.transpose(-1, -2)) / math.sqrt(D)
+    sp = span[:, None, None, :]
+    if mode == "key_scale":
+        s = torch.where(sp, s * 100.0, s)
+    elif mode == "bias":
+        s = s + 2.0 * sp
+    if causal:
+        Tq, Tk = s.shape[-2:]
+        s = s.masked_fill(torch.ones(Tq, Tk, dtype=torch.bool).triu(Tk - Tq + 1), float("-inf"))
+    a = torch.softmax(s, -1)
+    if mode == "target":
+        p = (a * sp).sum(-1, keepdim=True)
+        w = torch.where((p > 0) & (p < 0.3), 0.3 / (0.3 + 1 - p), p)
+        a = torch.where(sp, a * (w / p.clamp_min(1e-30)), a * ((1 - w) / (1 - p).clamp_min(1e-30)))
+    return a @ v
+
+
+def _run_fn(provider, mode, q, k, v, span, causal):
+    import attnsteer
+    import torch.nn.functional as F
+
+    if provider == "attnsteer":
+        return lambda: attnsteer.steered_attention(q, k, v, span, is_causal=causal, enable_gqa=True, **MODE_ARGS[mode])
+    if provider == "sdpa":
+        return lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=True)
+    if provider == "sdpa+bias":
+        def run():
+            Tq, Tk = q.shape[2], k.shape[2]
+            mask = (2.0 * span.float())[:, None, None, :].expand(1, 1, Tq, Tk).clone()
+            if causal:
+                mask.masked_fill_(torch.ones(Tq, Tk, dtype=torch.bool).triu(Tk - Tq + 1), float("-inf"))
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+        return run
+    return lambda: _eager(q, k, v, span, mode, causal)
+
+
+def _verify(provider, mode, out, q, k, v, span, causal):
+    """Against the float64 reference on the last rows (bottom-right causal alignment)."""
+    from attnsteer import reference
+
+    if provider in ("sdpa",) or (provider == "sdpa+bias" and mode != "bias"):
+        mode = None
+    rows = min(16, q.shape[2])
+    B, Hq = q.shape[:2]
+    args = MODE_ARGS.get(mode, {}) if mode else {}
+    ref = reference.steered_attention(
+        q[:, :, -rows:], k, v, span.double(), torch.full((B, Hq), args.get("bias", 0.0)),
+        torch.full((B, Hq), args.get("key_scale", 1.0)), target=args.get("target"), is_causal=causal)
+    err = (out[:, :, -rows:].double() - ref).abs().max().item()
+    if err > 2e-3:
+        raise AssertionError(f"{provider}/{mode}: output differs from the reference by {err:.3g}")
+    return err
+
+
+def child(spec: dict) -> dict:
+    """One point: memory of the first call, then median times of every mode."""
+    torch.set_num_threads(spec["threads"])
+    import attnsteer  # noqa: F401  (load the extension before measuring the baseline)
+
+    q, k, v, span = _inputs(spec["shape"], spec["T"], spec["phase"])
+    causal = spec["phase"] == "prefill"
+    provider = spec["provider"]
+    modes = {"attnsteer": MODES, "eager": MODES, "sdpa": ["none"], "sdpa+bias": ["bias"]}[provider]
+    result = {"modes": {}}
+    with torch.inference_mode():
+        base = _rss_mb()
+        out = _run_fn(provider, modes[0], q, k, v, span, causal)()
+        result["extra_mb"] = max(0.0, _rss_mb() - base)
+        for mode in modes:
+            fn = _run_fn(provider, mode, q, k, v, span, causal)
+            out = fn()
+            err = _verify(provider, mode, out, q, k, v, span, causal)
+            reps = spec["reps"]
+            times = []
+            for _ in range(reps):
+                t0 = time.perf_counter()
+                fn()
+                times.append(time.perf_counter() - t0)
+            result["modes"][mode] = {"median_ms": 1e3 * statistics.median(times), "max_err": err}
+    if provider == "sdpa" and spec["phase"] == "prefill":
+        from torch.profiler import ProfilerActivity, profile
+
+        with torch.inference_mode(), profile(activities=[ProfilerActivity.CPU]) as prof:
+            _run_fn("sdpa", "none", q, k, v, span, causal)()
+        names = {e.key for e in prof.key_averages()}
+        result["sdpa_kernel"] = "flash" if any("flash_attention" in n for n in names) else "math"
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="a few small points")
+    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--out", default=str(HERE / "results"))
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        print(json.dumps(child(json.loads(args.child))))
+        return
+
+    points = []
+    if args.quick:
+        prefill = {"smollm2-135m": [512, 2048]}
+        decode = {"smollm2-135m": [2048, 8192]}
+    else:
+        prefill = {"smollm2-135m": [512, 1024, 2048, 4096, 8192, 16384], "llama-8b": [512, 1024, 2048, 4096]}
+        decode = {"smollm2-135m": [1024, 4096, 8192, 16384], "llama-8b": [1024, 4096, 8192, 16384]}
+    for phase, table in (("prefill", prefill), ("decode", decode)):
+        for shape, Ts in table.items():
+            for T in Ts:
+                for provider in ("sdpa", "attnsteer", "sdpa+bias", "eager"):
+                    points.append(dict(shape=shape, phase=phase, T=T, provider=provider, threads=args.threads,
+                                       reps=3 if (phase == "prefill" and T >= 4096) else 7))
+
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover
+        tqdm = lambda x, **_: x  # noqa: E731
+    for spec in tqdm(points, desc="benchmark points"):
+        Hq = SHAPES[spec["shape"]][0]
+        Tq = spec["T"] if spec["phase"] == "prefill" else 1
+        buf_bytes = Hq * Tq * spec["T"] * 4
+        base = dict(shape=spec["shape"], phase=spec["phase"], T=spec["T"], provider=spec["provider"])
+        if spec["provider"] in ("eager", "sdpa+bias") and buf_bytes > EAGER_LIMIT_BYTES:
+            for mode in (MODES if spec["provider"] == "eager" else ["bias"]):
+                rows.append(dict(base, mode=mode, median_ms="", extra_mb=f"{buf_bytes / 2**20:.0f} (analytic, per buffer)", note="does not fit"))
+            continue
+        res = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True)
+        if res.returncode != 0:
+            for mode in (MODES if spec["provider"] in ("eager", "attnsteer") else ["bias"]):
+                rows.append(dict(base, mode=mode, median_ms="", extra_mb="", note=f"failed: {res.stderr.strip().splitlines()[-1][:80]}"))
+            continue
+        r = json.loads(res.stdout.strip().splitlines()[-1])
+        for mode, m in r["modes"].items():
+            rows.append(dict(base, mode=mode, median_ms=f"{m['median_ms']:.3f}", extra_mb=f"{r['extra_mb']:.1f}",
+                             note=r.get("sdpa_kernel", "")))
+
+    with open(out_dir / "bench_attention.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["shape", "phase", "T", "provider", "mode", "median_ms", "extra_mb", "note"])
+        w.writeheader()
+        w.writerows(rows)
+    md = _markdown(rows, args.threads)
+    (out_dir / "bench_attention.md").write_text(md)
+    print(md)
+    try:
+        _plot(rows, out_dir / "bench_attention.png")
+    except ImportError:
+        print("matplotlib not installed: no plot")
+
+
+def _markdown(rows, threads) -> str:
+    def get(shape, phase, T, provider, mode):
+        for r in rows:
+            if (r["shape"], r["phase"], r["T"], r["provider"], r["mode"]) == (shape, phase, T, provider, mode):
+                return r
+        return None
+
+    lines = [f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {threads} threads; "
+             f"torch {torch.__version__}. Times are medians (ms); ratios are time / unsteered SDPA; "
+             "memory is peak RSS above the inputs (MB).", "",
+             "| shape | phase | T | SDPA ms | bias × | key_scale × | target × | SDPA+bias × | eager bias × | attnsteer MB | SDPA MB | eager MB |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    keys = sorted({(r["shape"], r["phase"], r["T"]) for r in rows}, key=lambda x: (x[1] != "prefill", x[0], x[2]))
+    for shape, phase, T in keys:
+        sd = get(shape, phase, T, "sdpa", "none")
+        if sd is None or not sd["median_ms"]:
+            continue
+        base = float(sd["median_ms"])
+
+        def ratio(provider, mode):
+            r = get(shape, phase, T, provider, mode)
+            return f"{float(r['median_ms']) / base:.2f}" if r and r["median_ms"] else "—"
+
+        def mem(provider, mode):
+            r = get(shape, phase, T, provider, mode)
+            return r["extra_mb"] if r else "—"
+
+        lines.append(f"| {shape} | {phase} | {T} | {base:.2f} | {ratio('attnsteer', 'bias')} | {ratio('attnsteer', 'key_scale')} | "
+                     f"{ratio('attnsteer', 'target')} | {ratio('sdpa+bias', 'bias')} | {ratio('eager', 'bias')} | "
+                     f"{mem('attnsteer', 'bias')} | {mem('sdpa', 'none')} | {mem('eager', 'bias')} |")
+    return "\n".join(lines) + "\n"
+
+
+def _plot(rows, path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for ax, what in zip(axes, ("median_ms", "extra_mb")):
+        for provider, mode, style in (("sdpa", "none", "k-"), ("attnsteer", "bias", "C0-o"), ("attnsteer", "target", "C0--"),
+                                      ("sdpa+bias", "bias", "C1-s"), ("eager", "bias", "C3-^")):
+            sel = [r for r in rows if r["shape"] == "smollm2-135m" and r["phase"] == "prefill" and r["provider"] == provider
+                   and r["mode"] == mode and r[what] and "analytic" not in str(r[what])]
+            if sel:
+                ax.plot([r["T"] for r in sel], [float(r[what]) for r in sel], style, label=f"{provider} ({mode})")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("sequence length T (prefill, SmolLM2-135M heads 9/3, D=64)")
+        ax.set_ylabel("median time (ms)" if what == "median_ms" else "peak extra memory (MB)")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+if __name__ == "__main__":
+    main()
