@@ -1,0 +1,211 @@
+// CUDA kernels of span_bias, steered_softmax and scale_keys_ (semantics: csrc/cpu/eager_ops.cpp).
+#include <ATen/ATen.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include <limits>
+
+namespace attnsteer::cuda {
+namespace {
+
+constexpr int kWarp = 32;
+
+__device__ __forceinline__ float warp_max(float x) {
+  for (int o = kWarp / 2; o > 0; o /= 2) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, o));
+  return x;
+}
+__device__ __forceinline__ float warp_sum(float x) {
+  for (int o = kWarp / 2; o > 0; o /= 2) x += __shfl_xor_sync(0xffffffffu, x, o);
+  return x;
+}
+
+__global__ void span_bias_kernel(const float* span, const float* bias, const bool* qmask, float* out, int64_t B,
+                                 int64_t H, int64_t T, int64_t Tk) {
+  const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (idx >= B * H * T * Tk) return;
+  const int64_t j = idx % Tk, i = (idx / Tk) % T, bh = idx / (Tk * T), b = bh / H;
+  const bool on = qmask == nullptr || qmask[b * T + i];
+  out[idx] = on ? bias[bh] * span[b * Tk + j] : 0.f;
+}
+
+struct SoftmaxArgs {
+  float* x;  // (B,H,Tq,Tk) fp32, in place
+  const float* span;
+  const float* bias;
+  const float* key_scale;
+  const bool* qmask;
+  const void* mask;
+  bool mask_bool;
+  int64_t msb, msh, msq, msk;
+  int64_t B, H, Tq, Tk, window;
+  bool causal, exact;
+  float softcap, target;
+};
+
+__global__ void steered_softmax_kernel(SoftmaxArgs a) {
+  const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * (blockDim.x / kWarp) + warp;
+  if (row >= a.B * a.H * a.Tq) return;
+  const int64_t i = row % a.Tq, bh = row / a.Tq, h = bh % a.H, b = bh / a.H;
+  float* s = a.x + row * a.Tk;
+  const float* sp = a.span + b * a.Tk;
+  const bool steered = a.qmask == nullptr || a.qmask[b * a.Tq + i];
+  const float ks = steered ? a.key_scale[bh] : 1.f, bias = steered ? a.bias[bh] : 0.f;
+  const float neg_inf = -std::numeric_limits<float>::infinity();
+  const int64_t pos = i + a.Tk - a.Tq;
+  float m_span = neg_inf, m_rest = neg_inf;
+  for (int64_t j = lane; j < a.Tk; j += kWarp) {
+    float v = s[j];
+    const bool in_span = sp[j] != 0.f;
+    if (in_span) v *= ks;
+    if (a.softcap > 0.f) v = a.softcap * tanhf(v / a.softcap);
+    v += bias * sp[j];
+    if (a.mask != nullptr) {
+      const int64_t off = b * a.msb + h * a.msh + i * a.msq + j * a.msk;
+      if (a.mask_bool) {
+        if (!static_cast<const bool*>(a.mask)[off]) v = neg_inf;
+      } else {
+        v += static_cast<const float*>(a.mask)[off];
+      }
+    }
+    if ((a.causal && j > pos) || (a.window > 0 && pos - j >= a.window)) v = neg_inf;
+    s[j] = v;
+    if (in_span && a.target > 0.f) m_span = fmaxf(m_span, v);
+    else m_rest = fmaxf(m_rest, v);
+  }
+  m_span = warp_max(m_span);
+  m_rest = warp_max(m_rest);
+  const float M = fmaxf(m_span, m_rest);
+  if (M == neg_inf) {
+    for (int64_t j = lane; j < a.Tk; j += kWarp) s[j] = 0.f;
+    return;
+  }
+  float z_span = 0.f, z_rest = 0.f;
+  for (int64_t j = lane; j < a.Tk; j += kWarp) {
+    const bool in_span = a.target > 0.f && sp[j] != 0.f;
+    const float mref = in_span ? m_span : m_rest;
+    const float e = (s[j] == neg_inf || mref == neg_inf) ? 0.f : __expf(s[j] - mref);
+    s[j] = e;
+    if (in_span) z_span += e;
+    else z_rest += e;
+  }
+  z_span = warp_sum(z_span);
+  z_rest = warp_sum(z_rest);
+  float fs = 0.f, fr = z_rest > 0.f ? 1.f / z_rest : 0.f;
+  if (a.target > 0.f) {
+    const float a0 = z_span > 0.f ? z_span * __expf(m_span - M) : 0.f;
+    const float a1 = z_rest > 0.f ? z_rest * __expf(m_rest - M) : 0.f;
+    const float p = a0 / (a0 + a1), rest = a1 / (a0 + a1);
+    float w = p;
+    if (steered && z_span > 0.f && p < a.target) w = a.exact ? a.target : a.target / (a.target + rest);
+    fs = z_span > 0.f ? w / z_span : 0.f;
+    fr = z_rest > 0.f ? (1.f - w) / z_rest : 0.f;
+  }
+  for (int64_t j = lane; j < a.Tk; j += kWarp) s[j] *= (a.target > 0.f && sp[j] != 0.f) ? fs : fr;
+}
+
+template <typename scalar_t>
+__global__ void scale_keys_kernel(scalar_t* keys, const float* span, const float* factor, int64_t B, int64_t H,
+                                  int64_t T, int64_t D, int64_t sb, int64_t sh, int64_t st, int64_t sd) {
+  const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (idx >= B * H * T * D) return;
+  const int64_t d = idx % D, j = (idx / D) % T, h = (idx / (D * T)) % H, b = idx / (D * T * H);
+  if (span[b * T + j] == 0.f) return;
+  scalar_t* p = keys + b * sb + h * sh + j * st + d * sd;
+  *p = static_cast<scalar_t>(static_cast<float>(*p) * factor[b * H + h]);
+}
+
+}  // namespace
+
+at::Tensor span_bias_cuda(const at::Tensor& span_weights, const at::Tensor& bias,
+                          const c10::optional<at::Tensor>& query_mask, int64_t num_queries, at::ScalarType dtype) {
+  TORCH_CHECK(span_weights.dim() == 2 && bias.dim() == 2 && bias.size(0) == span_weights.size(0),
+              "span_bias: span_weights must be (B, Tk) and bias (B, H); got ", span_weights.sizes(), " and ",
+              bias.sizes());
+  c10::cuda::CUDAGuard guard(span_weights.device());
+  const int64_t B = span_weights.size(0), Tk = span_weights.size(1), H = bias.size(1);
+  const bool per_row = query_mask.has_value() && query_mask->defined();
+  const int64_t T = per_row ? num_queries : 1;
+  const at::Tensor span = span_weights.to(at::kFloat).contiguous();
+  const at::Tensor bias_f = bias.to(at::kFloat).contiguous();
+  const at::Tensor qm = per_row ? query_mask->to(at::kBool).contiguous() : at::Tensor();
+  at::Tensor out = at::empty({B, H, T, Tk}, span.options());
+  const int64_t n = out.numel();
+  if (n > 0) {
+    span_bias_kernel<<<(n + 255) / 256, 256, 0, at::cuda::getCurrentCUDAStream()>>>(
+        span.data_ptr<float>(), bias_f.data_ptr<float>(), per_row ? qm.data_ptr<bool>() : nullptr,
+        out.data_ptr<float>(), B, H, T, Tk);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  return dtype == at::kFloat ? out : out.to(dtype);
+}
+
+at::Tensor steered_softmax_cuda(const at::Tensor& logits, const at::Tensor& span_weights, const at::Tensor& bias,
+                                const at::Tensor& key_scale, c10::optional<double> target, bool target_exact,
+                                const c10::optional<at::Tensor>& query_mask,
+                                const c10::optional<at::Tensor>& attn_mask, bool is_causal,
+                                c10::optional<int64_t> window, c10::optional<double> softcap) {
+  TORCH_CHECK(logits.dim() == 4, "steered_softmax: logits must be (B, H, Tq, Tk); got ", logits.sizes());
+  c10::cuda::CUDAGuard guard(logits.device());
+  const int64_t B = logits.size(0), H = logits.size(1), Tq = logits.size(2), Tk = logits.size(3);
+  at::Tensor x = logits.to(at::kFloat).contiguous();
+  if (x.data_ptr() == logits.data_ptr()) x = x.clone();
+  const at::Tensor span = span_weights.to(at::kFloat).contiguous();
+  const at::Tensor bias_f = bias.to(at::kFloat).contiguous();
+  const at::Tensor ks_f = key_scale.to(at::kFloat).contiguous();
+  at::Tensor qm;
+  if (query_mask.has_value() && query_mask->defined()) qm = query_mask->to(at::kBool).contiguous();
+  at::Tensor mask;
+  SoftmaxArgs a{};
+  if (attn_mask.has_value() && attn_mask->defined()) {
+    mask = attn_mask->scalar_type() == at::kBool ? *attn_mask : attn_mask->to(at::kFloat);
+    std::vector<int64_t> shape(4 - mask.dim(), 1);
+    for (auto s : mask.sizes()) shape.push_back(s);
+    mask = mask.view(shape).expand({B, H, Tq, Tk});
+    a.mask = mask.data_ptr();
+    a.mask_bool = mask.scalar_type() == at::kBool;
+    a.msb = mask.stride(0); a.msh = mask.stride(1); a.msq = mask.stride(2); a.msk = mask.stride(3);
+  }
+  a.x = x.data_ptr<float>();
+  a.span = span.data_ptr<float>();
+  a.bias = bias_f.data_ptr<float>();
+  a.key_scale = ks_f.data_ptr<float>();
+  a.qmask = qm.defined() ? qm.data_ptr<bool>() : nullptr;
+  a.B = B; a.H = H; a.Tq = Tq; a.Tk = Tk;
+  a.window = window.has_value() ? *window : 0;
+  a.causal = is_causal;
+  a.exact = target_exact;
+  a.softcap = softcap.has_value() ? static_cast<float>(*softcap) : 0.f;
+  a.target = target.has_value() ? static_cast<float>(*target) : 0.f;
+  const int64_t rows = B * H * Tq;
+  if (rows > 0 && Tk > 0) {
+    steered_softmax_kernel<<<(rows + 3) / 4, 128, 0, at::cuda::getCurrentCUDAStream()>>>(a);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  return x.to(logits.scalar_type());
+}
+
+void scale_keys_cuda(at::Tensor& keys, const at::Tensor& span_weights, const at::Tensor& factor) {
+  TORCH_CHECK(keys.dim() == 4, "scale_keys_: keys must be (B, Hkv, T, D); got ", keys.sizes());
+  c10::cuda::CUDAGuard guard(keys.device());
+  const int64_t B = keys.size(0), H = keys.size(1), T = keys.size(2), D = keys.size(3);
+  const at::Tensor span = span_weights.to(at::kFloat).contiguous();
+  const at::Tensor fac = factor.to(at::kFloat).contiguous();
+  const int64_t n = keys.numel();
+  if (n == 0) return;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, keys.scalar_type(), "scale_keys_cuda", [&] {
+    scale_keys_kernel<scalar_t><<<(n + 255) / 256, 256, 0, at::cuda::getCurrentCUDAStream()>>>(
+        keys.data_ptr<scalar_t>(), span.data_ptr<float>(), fac.data_ptr<float>(), B, H, T, D, keys.stride(0),
+        keys.stride(1), keys.stride(2), keys.stride(3));
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
+TORCH_LIBRARY_IMPL(attnsteer, CUDA, m) {
+  m.impl("span_bias", &span_bias_cuda);
+  m.impl("steered_softmax", &steered_softmax_cuda);
+  m.impl("scale_keys_", &scale_keys_cuda);
+}
+
+}  // namespace attnsteer::cuda
