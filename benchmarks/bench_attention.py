@@ -172,7 +172,7 @@ def main() -> None:
             for T in Ts:
                 for provider in ("sdpa", "attnsteer", "sdpa+bias", "eager"):
                     points.append(dict(shape=shape, phase=phase, T=T, provider=provider, threads=args.threads,
-                                       reps=3 if (phase == "prefill" and T >= 4096) else 7))
+                                       reps=5 if (phase == "prefill" and T >= 4096) else (9 if phase == "prefill" else 51)))
 
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -33,7 +33,7 @@ def _tolerance(inp, ref64):
     lowp = _reference(inp, compute_dtype=torch.float32).to(inp["q"].dtype)
     own_err = (lowp.double() - ref64.double()).abs().max().item()
     # + one unit in the last place of the output dtype: the final rounding of out alone.
-    ulp = torch.finfo(inp["q"].dtype).eps * max(1.0, ref.abs().max().item())
+    ulp = torch.finfo(inp["q"].dtype).eps * max(1.0, ref64.abs().max().item())
     return 2 * own_err + ulp * amp
 
 

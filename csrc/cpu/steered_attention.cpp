@@ -353,9 +353,17 @@ std::tuple<at::Tensor, at::Tensor> steered_attention_cpu(
   };
   const at::Tensor qf = f32(q), kf = f32(k), vf = f32(v);
   const at::Tensor span = span_weights.to(at::kFloat).contiguous();
-  const at::Tensor span_prefix =
-      at::cat({at::zeros({B, 1}, span.options().dtype(at::kLong)), (span != 0).cumsum(1)}, 1)
-          .contiguous();
+  // Prefix counts of span keys: O(1) classification of key blocks (all / none / mixed).
+  at::Tensor span_prefix = at::empty({B, Tk + 1}, span.options().dtype(at::kLong));
+  {
+    const float* sp = span.data_ptr<float>();
+    int64_t* pp = span_prefix.data_ptr<int64_t>();
+    for (int64_t b = 0; b < B; ++b) {
+      pp[b * (Tk + 1)] = 0;
+      for (int64_t j = 0; j < Tk; ++j)
+        pp[b * (Tk + 1) + j + 1] = pp[b * (Tk + 1) + j] + (sp[b * Tk + j] != 0.f ? 1 : 0);
+    }
+  }
   const at::Tensor bias_f = bias.to(at::kFloat).contiguous();
   const at::Tensor ks_f = key_scale.to(at::kFloat).contiguous();
   at::Tensor qmask;

@@ -86,6 +86,12 @@ def _check_4d(name: str, t: torch.Tensor, expect: str) -> None:
 
 def _per_head(name: str, value: PerHead, B: int, H: int, device, *, positive: bool = False) -> torch.Tensor:
     """float | (H,) | (B, H) -> float32 (B, H) tensor on device."""
+    if isinstance(value, (int, float)):  # the common case, without a device sync
+        if not math.isfinite(value):
+            raise ValueError(f"{name} must be finite; got {value}")
+        if positive and value <= 0:
+            raise ValueError(f"{name} must be > 0; got {value}")
+        return torch.full((B, H), float(value), dtype=torch.float32, device=device)
     t = torch.as_tensor(value, dtype=torch.float32, device=device)
     if t.dim() == 0:
         t = t.expand(B, H)
