@@ -59,7 +59,7 @@ def _extensions():
             extra_link_args=["-fopenmp"],
             extra_compile_args={
                 "cxx": cxx + ["-DATTNSTEER_WITH_CUDA"],
-                "nvcc": ["-O3", "-DATTNSTEER_WITH_CUDA", "--use_fast_math", "-std=c++17"],
+                "nvcc": ["-O3", "-DATTNSTEER_WITH_CUDA", "--use_fast_math"],
             },
         )
     else:

@@ -1,6 +1,7 @@
 // CUDA kernels of span_bias, steered_softmax and scale_keys_ (semantics: csrc/cpu/eager_ops.cpp).
 #include <ATen/ATen.h>
-#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
@@ -133,7 +134,7 @@ at::Tensor span_bias_cuda(const at::Tensor& span_weights, const at::Tensor& bias
   at::Tensor out = at::empty({B, H, T, Tk}, span.options());
   const int64_t n = out.numel();
   if (n > 0) {
-    span_bias_kernel<<<(n + 255) / 256, 256, 0, at::cuda::getCurrentCUDAStream()>>>(
+    span_bias_kernel<<<(n + 255) / 256, 256, 0, c10::cuda::getCurrentCUDAStream()>>>(
         span.data_ptr<float>(), bias_f.data_ptr<float>(), per_row ? qm.data_ptr<bool>() : nullptr,
         out.data_ptr<float>(), B, H, T, Tk);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -180,7 +181,7 @@ at::Tensor steered_softmax_cuda(const at::Tensor& logits, const at::Tensor& span
   a.target = target.has_value() ? static_cast<float>(*target) : 0.f;
   const int64_t rows = B * H * Tq;
   if (rows > 0 && Tk > 0) {
-    steered_softmax_kernel<<<(rows + 3) / 4, 128, 0, at::cuda::getCurrentCUDAStream()>>>(a);
+    steered_softmax_kernel<<<(rows + 3) / 4, 128, 0, c10::cuda::getCurrentCUDAStream()>>>(a);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
   return x.to(logits.scalar_type());
@@ -195,7 +196,7 @@ void scale_keys_cuda(at::Tensor& keys, const at::Tensor& span_weights, const at:
   const int64_t n = keys.numel();
   if (n == 0) return;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, keys.scalar_type(), "scale_keys_cuda", [&] {
-    scale_keys_kernel<scalar_t><<<(n + 255) / 256, 256, 0, at::cuda::getCurrentCUDAStream()>>>(
+    scale_keys_kernel<scalar_t><<<(n + 255) / 256, 256, 0, c10::cuda::getCurrentCUDAStream()>>>(
         keys.data_ptr<scalar_t>(), span.data_ptr<float>(), fac.data_ptr<float>(), B, H, T, D, keys.stride(0),
         keys.stride(1), keys.stride(2), keys.stride(3));
     C10_CUDA_KERNEL_LAUNCH_CHECK();

@@ -7,7 +7,8 @@
 // by their query group (never repeated). This is the straightforward warp-per-row design; a
 // tiled tensor-core kernel is future work.
 #include <ATen/ATen.h>
-#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
@@ -86,8 +87,8 @@ __global__ void steered_attention_kernel(AttnArgs<scalar_t> a) {
   const float neg_inf = -std::numeric_limits<float>::infinity();
   const int64_t pos = i + a.Tk - a.Tq;
   int64_t lo = 0, hi = a.Tk - 1;
-  if (a.causal) hi = min(hi, pos);
-  if (a.window > 0) lo = max<int64_t>(0, pos - a.window + 1);
+  if (a.causal && pos < hi) hi = pos;
+  if (a.window > 0 && pos - a.window + 1 > 0) lo = pos - a.window + 1;
 
   ChannelState ch[2];
   for (int c = 0; c < 2; ++c) {
@@ -135,7 +136,7 @@ __global__ void steered_attention_kernel(AttnArgs<scalar_t> a) {
       if (!two) ch[c].ls = ch[c].ls * alpha + warp_sum(in_span ? p : 0.f);
       ch[c].m = new_m;
       for (int t = 0; t < kMaxDimPerLane; ++t) ch[c].acc[t] *= alpha;
-      const int64_t n = min<int64_t>(kWarp, hi - j0 + 1);
+      const int64_t n = hi - j0 + 1 < kWarp ? hi - j0 + 1 : static_cast<int64_t>(kWarp);
       for (int jj = 0; jj < n; ++jj) {
         const float pj = __shfl_sync(0xffffffffu, p, jj);
         if (pj == 0.f) continue;
@@ -251,7 +252,7 @@ std::tuple<at::Tensor, at::Tensor> steered_attention_cuda(
       const int64_t blocks = (rows + kWarpsPerBlock - 1) / kWarpsPerBlock;
       const size_t shmem = kWarpsPerBlock * D * sizeof(float);
       steered_attention_kernel<scalar_t><<<blocks, kWarpsPerBlock * kWarp, shmem,
-                                           at::cuda::getCurrentCUDAStream()>>>(a);
+                                           c10::cuda::getCurrentCUDAStream()>>>(a);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   }
