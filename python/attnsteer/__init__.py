@@ -2,11 +2,24 @@
 from __future__ import annotations
 
 from . import ops, reference
+from .hf import steer
+from .methods import GUIDE, PASTA, InstABoost, KeyScale, Method, SpotLight
 from .ops import backend, scale_keys_, span_bias, steered_attention, steered_softmax
+from .spans import MarkupError, highlight, show_spans
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "GUIDE",
+    "InstABoost",
+    "KeyScale",
+    "MarkupError",
+    "Method",
+    "PASTA",
+    "SpotLight",
+    "highlight",
+    "show_spans",
+    "steer",
     "backend",
     "ops",
     "reference",

@@ -1,0 +1,229 @@
+"""Hugging Face integration: ``with attnsteer.steer(model, method, spans=enc): ...``.
+
+One attention function and one mask function are registered under the name ``"attnsteer"``
+(``AttentionInterface`` / ``AttentionMaskInterface``). The mask function returns a small
+:class:`SteerMask` — the 2-D padding mask plus the absolute positions of the queries and keys
+of the forward — never a ``(B, 1, T, T)`` tensor, so memory stays O(T); the attention function
+lets the fused op do causal, window and padding masking, and maps the span mask onto the keys
+that are actually in the cache (sliding-window layers keep only the last W keys).
+
+The steering state belongs to the model object, so ``generate`` running in another thread (the
+``TextIteratorStreamer`` pattern) is steered too.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import threading
+from dataclasses import dataclass
+from typing import Any, Iterator, Optional, Union
+
+import torch
+
+from . import ops
+from .methods import LayerArgs, Method
+
+__all__ = ["steer", "SteerMask", "ATTN_NAME"]
+
+ATTN_NAME = "attnsteer"
+_REGISTERED = False
+_LOCK = threading.Lock()
+
+
+@dataclass
+class SteerMask:
+    """What the ``attnsteer`` mask function hands to the attention layers."""
+
+    padding: Optional[torch.Tensor]  # (B, kv_length) bool, True = attend; None = no padding
+    q_offset: int  # absolute (cache) position of the first query
+    kv_offset: int  # absolute position of the first key in this layer type's cache
+    kv_length: int
+
+
+class _State:
+    def __init__(self, model, method: Method, span_mask: torch.Tensor, prompt_length: int):
+        self.model = model
+        self.method = method
+        self.span_mask = span_mask  # (B, T_prompt) float weights
+        self.prompt_length = prompt_length
+        self.active_thread: Optional[int] = None
+
+
+def _mask_function(batch_size: int, q_length: int, kv_length: int, q_offset: Any = 0, kv_offset: Any = 0,
+                   mask_function=None, attention_mask: Optional[torch.Tensor] = None, **kwargs) -> SteerMask:
+    padding = None
+    if attention_mask is not None and attention_mask.dim() == 2:
+        padding = attention_mask[:, -kv_length:].bool()
+        if padding.shape[1] == kv_length and bool(padding.all()):
+            padding = None
+    return SteerMask(padding, int(q_offset), int(kv_offset), int(kv_length))
+
+
+def _ensure_registered() -> None:
+    global _REGISTERED
+    with _LOCK:
+        if _REGISTERED:
+            return
+        from transformers import AttentionInterface
+        from transformers.masking_utils import AttentionMaskInterface
+
+        AttentionInterface.register(ATTN_NAME, _attention_function)
+        AttentionMaskInterface.register(ATTN_NAME, _mask_function)
+        _REGISTERED = True
+
+
+def _expand_rows(t: torch.Tensor, batch: int, name: str) -> torch.Tensor:
+    if t.shape[0] == batch:
+        return t
+    if batch % t.shape[0] == 0:  # beams / num_return_sequences repeat each row in place
+        return t.repeat_interleave(batch // t.shape[0], dim=0)
+    raise RuntimeError(f"attnsteer: {name} has {t.shape[0]} rows but the model runs a batch of {batch}; "
+                       "pass the encoding the model is called with to steer(spans=...)")
+
+
+def _attention_function(module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                        attention_mask: Any, dropout: float = 0.0, scaling: Optional[float] = None,
+                        sliding_window: Optional[int] = None, softcap: Optional[float] = None, **kwargs):
+    state: Optional[_State] = getattr(module, "_attnsteer_state", None)
+    B, Hq, Tq, D = query.shape
+    Tk = key.shape[2]
+    if isinstance(attention_mask, SteerMask):
+        padding, q_off, kv_off = attention_mask.padding, attention_mask.q_offset, attention_mask.kv_offset
+    elif attention_mask is None:
+        padding, q_off, kv_off = None, Tk - Tq, 0
+        if sliding_window is not None:
+            raise RuntimeError("attnsteer: a sliding-window layer was called without the attnsteer mask; "
+                               "steer() must switch the model with set_attn_implementation")
+    else:
+        raise RuntimeError(
+            f"attnsteer: the model passed a {type(attention_mask).__name__} attention mask "
+            f"({tuple(getattr(attention_mask, 'shape', ()))}) instead of the attnsteer mask — this model builds "
+            "its own masks (e.g. bidirectional image tokens), which attnsteer does not support yet"
+        )
+    attn_mask = None
+    if padding is not None:
+        attn_mask = padding[:, None, None, -Tk:]
+    window = int(sliding_window) if sliding_window else None
+    layer_idx = getattr(module, "layer_idx", None)
+    args: Optional[LayerArgs] = None
+    if state is not None and layer_idx is not None:
+        args = state.method.layer_args(layer_idx, Hq)
+    zeros = torch.zeros(B, Tk, device=query.device)
+    if args is None:
+        out = ops.steered_attention(query, key, value, zeros, attn_mask=attn_mask, is_causal=True, window=window,
+                                    softcap=softcap, scale=scaling, enable_gqa=Hq != key.shape[1])
+        return out.transpose(1, 2).contiguous(), None
+
+    # Absolute positions of this forward's keys and queries; generated keys are never span.
+    T0 = state.prompt_length
+    key_pos = torch.arange(kv_off, kv_off + Tk, device=query.device)
+    in_prompt = key_pos < T0
+    span_prompt = _expand_rows(state.span_mask.to(query.device), B, "the span mask")
+    span = torch.zeros(B, Tk, device=query.device)
+    if bool(in_prompt.any()):
+        span[:, in_prompt] = span_prompt[:, key_pos[in_prompt]]
+    if args.span == "prompt_rest":  # PASTA: prompt tokens outside the highlight
+        rest = (span == 0) & in_prompt[None, :]
+        if padding is not None:
+            rest &= padding[:, -Tk:]
+        if getattr(state.method, "keep_sink", False):
+            first = _first_tokens(state, B, query.device)
+            rest &= key_pos[None, :] != first[:, None]
+        span = rest.float()
+    query_mask = None
+    q_pos = torch.arange(q_off, q_off + Tq, device=query.device)
+    if state.method.phases == "prefill":
+        query_mask = (q_pos < T0)[None, :].expand(B, Tq)
+    elif state.method.phases == "decode":
+        query_mask = (q_pos >= T0)[None, :].expand(B, Tq)
+    if query_mask is not None and not bool(query_mask.any()):
+        args = LayerArgs()  # nothing to steer in this forward
+    bias = args.bias
+    if isinstance(bias, torch.Tensor):
+        bias = bias.to(query.device)
+    target = args.target
+    common = dict(attn_mask=attn_mask, is_causal=True, window=window, softcap=softcap, scale=scaling,
+                  enable_gqa=Hq != key.shape[1], query_mask=query_mask)
+    if target is not None and args.pooled_target:
+        # SpotLight's released variant: span mass pooled over heads and steered rows, per sequence.
+        _, mass = ops.steered_attention(query, key, value, span, return_span_mass=True, **common)
+        rows = query_mask if query_mask is not None else torch.ones(B, Tq, dtype=torch.bool, device=query.device)
+        if padding is not None:  # padded query rows (left padding) do not count
+            rows = rows & padding[:, -Tq:]
+        w = rows[:, None, :].float()
+        psi = (mass * w).sum((1, 2)) / (w.sum((1, 2)) * Hq).clamp_min(1)
+        pooled_bias = torch.where((psi > 0) & (psi < target), torch.log(target / psi.clamp_min(1e-30)), torch.zeros_like(psi))
+        bias, target = pooled_bias[:, None].expand(B, Hq).float(), None
+    out = ops.steered_attention(query, key, value, span, bias=bias, key_scale=args.key_scale, target=target,
+                                target_exact=args.target_exact, **common)
+    return out.transpose(1, 2).contiguous(), None
+
+
+def _first_tokens(state: _State, batch: int, device) -> torch.Tensor:
+    first = getattr(state, "first_token", None)
+    if first is None:
+        return torch.zeros(batch, dtype=torch.long, device=device)
+    return _expand_rows(first.to(device), batch, "the prompt")
+
+
+def _attention_modules(model):
+    for m in model.modules():
+        if hasattr(m, "layer_idx") and any(hasattr(m, a) for a in ("q_proj", "qkv_proj", "query_key_value", "c_attn")):
+            yield m
+
+
+def _check_supported(model) -> None:
+    if not getattr(model, "_supports_attention_backend", False):
+        raise NotImplementedError(
+            f"{type(model).__name__} does not route attention through transformers' AttentionInterface "
+            "(_supports_attention_backend is False), so attnsteer cannot steer it. Supported: models whose "
+            "attention uses the interface — Llama, Mistral, Qwen2/Qwen3, Gemma2/Gemma3, Phi3 and most decoders."
+        )
+
+
+@contextlib.contextmanager
+def steer(model, method: Method, spans: Union[torch.Tensor, Any]) -> Iterator[Any]:
+    """Steer ``model`` with ``method`` toward ``spans`` inside the block; restore on every exit.
+
+    Args:
+        model: a Hugging Face causal LM whose attention goes through ``AttentionInterface``.
+        method: :class:`GUIDE`, :class:`InstABoost`, :class:`PASTA`, :class:`SpotLight`, :class:`KeyScale`.
+        spans: the encoding returned by :func:`attnsteer.highlight` (uses ``.span_mask``), or a
+            ``(B, T_prompt)`` bool/float span mask aligned with the prompt the model is given.
+
+    Inside the block, ``model(...)``, ``model.generate(...)`` (cache, beams, sampling, streaming)
+    run steered. Prompt positions are counted from the first forward of each generation.
+    """
+    _check_supported(model)
+    if not isinstance(method, Method):
+        raise TypeError(f"method must be an attnsteer method (GUIDE, InstABoost, PASTA, SpotLight, KeyScale); got {type(method).__name__}")
+    span_mask = getattr(spans, "span_mask", spans)
+    if not isinstance(span_mask, torch.Tensor) or span_mask.dim() != 2:
+        raise TypeError("spans must be the encoding from attnsteer.highlight(...) or a (B, T) span mask tensor")
+    num_layers = getattr(model.config, "num_hidden_layers", None) or getattr(getattr(model.config, "text_config", None), "num_hidden_layers", None)
+    if num_layers:
+        method.check_layers(num_layers)
+    if getattr(model, "_attnsteer_state", None) is not None:
+        raise RuntimeError("this model is already being steered (nested or concurrent steer() on one model); "
+                           "exit the other steer() block first, or steer a second copy of the model")
+    _ensure_registered()
+    state = _State(model, method, span_mask.float(), span_mask.shape[1])
+    if "attention_mask" in getattr(spans, "keys", lambda: [])():
+        am = spans["attention_mask"]
+        state.first_token = am.long().argmax(dim=1)  # first real token under left padding
+    previous = model.config._attn_implementation
+    modules = list(_attention_modules(model))
+    model._attnsteer_state = state
+    for m in modules:
+        m._attnsteer_state = state
+    try:
+        model.set_attn_implementation(ATTN_NAME)
+        yield model
+    finally:
+        try:
+            model.set_attn_implementation(previous)
+        finally:
+            for m in modules:
+                if hasattr(m, "_attnsteer_state"):
+                    del m._attnsteer_state
+            model._attnsteer_state = None

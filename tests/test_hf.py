@@ -1,0 +1,150 @@
+"""steer() on tiny random Hugging Face models: equivalences, generation, restoration."""
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+import attnsteer
+from attnsteer import GUIDE, PASTA, InstABoost, KeyScale, SpotLight
+from tiny import model as tiny_model
+from tiny import tokenizer
+
+KINDS = ["llama", "qwen2", "qwen3", "mistral", "gemma2", "gemma3", "phi3"]
+PROMPTS = ["Answer in French. <<Use at most twenty words.>> The quick brown fox jumps over the lazy dog.",
+           "<<Reply in JSON>> with a key. Write a short poem about the sea."]
+
+
+def _enc():
+    return attnsteer.highlight(tokenizer(), PROMPTS)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_neutral_method_gives_unpatched_logits(kind):
+    m = tiny_model(kind)
+    enc = _enc()
+    with torch.no_grad():
+        ref = m(**enc).logits
+        with attnsteer.steer(m, GUIDE(delta=0.0), spans=enc):
+            got = m(**enc).logits
+    assert m.config._attn_implementation == "sdpa"
+    mask = enc["attention_mask"].bool()
+    torch.testing.assert_close(got[mask], ref[mask], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2", "phi3"])
+def test_guide_equals_eager_with_4d_bias_mask(kind):
+    m = tiny_model(kind, std=0.2)
+    enc = _enc()
+    delta = 1.5
+    B, T = enc["input_ids"].shape
+    causal = torch.ones(T, T, dtype=torch.bool).tril()
+    allowed = causal[None] & enc["attention_mask"].bool()[:, None, :]
+    mask4d = torch.zeros(B, 1, T, T).masked_fill(~allowed[:, None], -1e9)  # finite, as HF (no NaN on pad rows)
+    mask4d = mask4d + delta * enc.span_mask.float()[:, None, None, :]
+    with torch.no_grad():
+        with attnsteer.steer(m, GUIDE(delta=delta), spans=enc):
+            got = m(**enc).logits
+        m.set_attn_implementation("eager")
+        ref = m(input_ids=enc["input_ids"], attention_mask=mask4d).logits
+        plain = m(**enc).logits
+    rows = enc["attention_mask"].bool()
+    torch.testing.assert_close(got[rows], ref[rows], atol=2e-4, rtol=1e-4)
+    assert (got[rows] - plain[rows]).abs().max() > 1e-3  # steering changed something
+
+
+@pytest.mark.parametrize("kind", ["llama", "mistral", "gemma3"])
+@pytest.mark.parametrize("method", [GUIDE(2.0), InstABoost(5.0), PASTA(0.01), SpotLight(0.4), KeyScale(4.0, phases="both"),
+                                    GUIDE(2.0, phases="prefill"), KeyScale(4.0)], ids=repr)
+def test_generation_with_cache_equals_without_cache(kind, method):
+    """Greedy tokens with KV cache == recomputing everything each step (also checks that
+    sliding-window layers keep the span on the right keys once the window slides)."""
+    m = tiny_model(kind, std=0.3)
+    enc = _enc()
+    kw = dict(max_new_tokens=12, min_new_tokens=12, do_sample=False, pad_token_id=0)
+    with torch.no_grad(), attnsteer.steer(m, method, spans=enc):
+        cached = m.generate(**enc, **kw)
+        uncached = m.generate(**enc, use_cache=False, **kw)
+    assert torch.equal(cached, uncached)
+
+
+def test_steering_changes_generation_and_restores_model():
+    m = tiny_model("llama", std=0.3)
+    enc = _enc()
+    kw = dict(max_new_tokens=10, do_sample=False, pad_token_id=0)
+    with torch.no_grad():
+        plain = m.generate(**enc, **kw)
+        with attnsteer.steer(m, GUIDE(8.0), spans=enc):
+            steered = m.generate(**enc, **kw)
+        again = m.generate(**enc, **kw)
+    assert not torch.equal(plain, steered)
+    assert torch.equal(plain, again)
+    assert m.config._attn_implementation == "sdpa"
+
+
+def test_restored_on_exception_and_nesting_is_an_error():
+    m = tiny_model("llama")
+    enc = _enc()
+    with pytest.raises(ZeroDivisionError):
+        with attnsteer.steer(m, GUIDE(2.0), spans=enc):
+            1 / 0
+    assert m.config._attn_implementation == "sdpa" and m._attnsteer_state is None
+    with attnsteer.steer(m, GUIDE(2.0), spans=enc):
+        with pytest.raises(RuntimeError, match="already being steered"):
+            with attnsteer.steer(m, GUIDE(1.0), spans=enc):
+                pass
+    assert m.config._attn_implementation == "sdpa"
+
+
+def test_streaming_thread_is_steered():
+    from transformers import TextIteratorStreamer
+
+    m = tiny_model("llama", std=0.3)
+    tok = tokenizer()
+    enc = _enc()
+    kw = dict(max_new_tokens=8, min_new_tokens=8, do_sample=False, pad_token_id=0)
+    one = {k: v[:1] for k, v in enc.items()}
+    with torch.no_grad(), attnsteer.steer(m, GUIDE(8.0), spans=enc.span_mask[:1]):
+        expected = m.generate(**one, **kw)
+        streamer = TextIteratorStreamer(tok, skip_prompt=True)
+        out = {}
+        th = threading.Thread(target=lambda: out.setdefault("ids", m.generate(**one, streamer=streamer, **kw)))
+        th.start()
+        "".join(streamer)
+        th.join()
+    assert torch.equal(out["ids"], expected)
+
+
+def test_beams_and_num_return_sequences_run_steered():
+    m = tiny_model("qwen2", std=0.3)
+    enc = _enc()
+    with torch.no_grad(), attnsteer.steer(m, GUIDE(2.0), spans=enc):
+        out = m.generate(**enc, max_new_tokens=5, num_beams=3, num_return_sequences=2, do_sample=False, pad_token_id=0)
+        sampled = m.generate(**enc, max_new_tokens=5, do_sample=True, num_return_sequences=2, pad_token_id=0)
+    assert out.shape[0] == 4 and sampled.shape[0] == 4
+
+
+@pytest.mark.parametrize("method", [GUIDE(3.0), SpotLight(0.5, pooled=True), PASTA(0.01, keep_sink=True)], ids=repr)
+def test_batch_rows_equal_single_prompts(method):
+    """Left padding and a different span per row: each row equals its prompt run alone (the
+    pooled SpotLight variant pools per sequence, never across the batch)."""
+    m = tiny_model("llama", std=0.3)
+    tok = tokenizer()
+    enc = _enc()
+    with torch.no_grad(), attnsteer.steer(m, method, spans=enc):
+        batch_logits = m(**enc).logits[:, -1]
+    for i, p in enumerate(PROMPTS):
+        single = attnsteer.highlight(tok, p)
+        with torch.no_grad(), attnsteer.steer(m, method, spans=single):
+            logits = m(**single).logits[:, -1]
+        torch.testing.assert_close(batch_logits[i], logits[0], atol=1e-4, rtol=1e-4)
+
+
+def test_unsupported_model_error():
+    class NotSupported(torch.nn.Module):
+        _supports_attention_backend = False
+
+    with pytest.raises(NotImplementedError, match="AttentionInterface"):
+        with attnsteer.steer(NotSupported(), GUIDE(1.0), spans=torch.ones(1, 3, dtype=torch.bool)):
+            pass
