@@ -28,10 +28,11 @@ class Task:
     check: Callable[[str], bool]
 
 
+# Picked by trying on the embedded model (greedy): unsteered, it drops these marked rules.
 TASKS: List[Task] = [
-    Task("uppercase", "Write your entire answer in capital letters only.",
-         "Summarise the text above in two sentences.",
-         lambda s: bool(re.search(r"[A-Za-z]", s)) and s.upper() == s),
+    Task("start-yes", "Start your answer with the word YES.",
+         "Summarise the text above in one sentence.",
+         lambda s: s.strip().startswith("YES")),
     Task("ends-with", "End your answer with the exact word GOODBYE.",
          "Summarise the text above in two sentences.",
          lambda s: s.strip().rstrip(".!").endswith("GOODBYE")),

@@ -53,10 +53,27 @@ def load(path: str, *, dtype=None, attn_implementation: str = "sdpa", progress: 
             raise FileNotFoundError(f"{path} is neither a local model directory nor a .gguf file (no downloads here)")
         tok = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    _fix_chat_special_tokens(model, tok)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"
     return model.eval(), tok
+
+
+def _fix_chat_special_tokens(model, tok) -> None:
+    """The SmolLM2 GGUF metadata names <|im_start|> as BOS, EOS and PAD; a chat turn ends with
+    <|im_end|>, so generation must stop there (as the Hugging Face release does)."""
+    end = "<|im_end|>"
+    if tok.eos_token == end or end not in tok.get_vocab() or end not in (tok.chat_template or ""):
+        return
+    tok.eos_token = end
+    tok.pad_token = end
+    end_id = tok.convert_tokens_to_ids(end)
+    model.config.eos_token_id = end_id
+    model.config.pad_token_id = end_id
+    if model.generation_config is not None:
+        model.generation_config.eos_token_id = end_id
+        model.generation_config.pad_token_id = end_id
 
 
 def load_default(*, progress: bool = True) -> Tuple[object, object]:

