@@ -148,3 +148,23 @@ def test_unsupported_model_error():
     with pytest.raises(NotImplementedError, match="AttentionInterface"):
         with attnsteer.steer(NotSupported(), GUIDE(1.0), spans=torch.ones(1, 3, dtype=torch.bool)):
             pass
+
+
+def test_output_attentions_are_the_steered_weights():
+    m = tiny_model("llama", std=0.2)
+    enc = _enc()
+    delta = 1.5
+    B, T = enc["input_ids"].shape
+    causal = torch.ones(T, T, dtype=torch.bool).tril()
+    allowed = causal[None] & enc["attention_mask"].bool()[:, None, :]
+    mask4d = torch.zeros(B, 1, T, T).masked_fill(~allowed[:, None], -1e9) + delta * enc.span_mask.float()[:, None, None, :]
+    with torch.no_grad():
+        with attnsteer.steer(m, GUIDE(delta=delta), spans=enc):
+            got = m(**enc, output_attentions=True).attentions
+        m.set_attn_implementation("eager")
+        ref = m(input_ids=enc["input_ids"], attention_mask=mask4d, output_attentions=True).attentions
+    assert got is not None and len(got) == len(ref) == m.config.num_hidden_layers
+    rows = enc["attention_mask"].bool()[:, None, :, None]
+    for g, r in zip(got, ref):
+        assert g.shape == r.shape
+        torch.testing.assert_close(g * rows, r * rows, atol=1e-5, rtol=1e-4)

@@ -108,11 +108,14 @@ def _attention_function(module, query: torch.Tensor, key: torch.Tensor, value: t
     args: Optional[LayerArgs] = None
     if state is not None and layer_idx is not None:
         args = state.method.layer_args(layer_idx, Hq)
-    zeros = torch.zeros(B, Tk, device=query.device)
+    want_weights = bool(kwargs.get("output_attentions", False)) or _collecting_attentions()
     if args is None:
+        zeros = torch.zeros(B, Tk, device=query.device)
         out = ops.steered_attention(query, key, value, zeros, attn_mask=attn_mask, is_causal=True, window=window,
                                     softcap=softcap, scale=scaling, enable_gqa=Hq != key.shape[1])
-        return out.transpose(1, 2).contiguous(), None
+        weights = _weights(query, key, zeros, dict(attn_mask=attn_mask, is_causal=True, window=window, softcap=softcap),
+                           scaling) if want_weights else None
+        return out.transpose(1, 2).contiguous(), weights
 
     # Absolute positions of this forward's keys and queries; generated keys are never span.
     T0 = state.prompt_length
@@ -156,7 +159,34 @@ def _attention_function(module, query: torch.Tensor, key: torch.Tensor, value: t
         bias, target = pooled_bias[:, None].expand(B, Hq).float(), None
     out = ops.steered_attention(query, key, value, span, bias=bias, key_scale=args.key_scale, target=target,
                                 target_exact=args.target_exact, **common)
-    return out.transpose(1, 2).contiguous(), None
+    weights = None
+    if want_weights:  # materialised on request only (output_attentions=True)
+        steer_kw = dict(bias=bias, key_scale=args.key_scale, target=target, target_exact=args.target_exact,
+                        query_mask=query_mask, attn_mask=attn_mask, is_causal=True, window=window, softcap=softcap)
+        weights = _weights(query, key, span, steer_kw, scaling)
+    return out.transpose(1, 2).contiguous(), weights
+
+
+def _collecting_attentions() -> bool:
+    """True when transformers' output recorder collects attention weights (output_attentions=True)."""
+    try:
+        from transformers.utils.output_capturing import _active_collector
+    except ImportError:  # pragma: no cover - other transformers layouts
+        return False
+    try:
+        collected = _active_collector.get()
+    except LookupError:
+        return False
+    return isinstance(collected, dict) and "attentions" in collected
+
+
+def _weights(query, key, span, steer_kw, scaling) -> torch.Tensor:
+    """Steered attention weights (B, Hq, Tq, Tk) for output_attentions."""
+    Hq, Hkv, D = query.shape[1], key.shape[1], query.shape[-1]
+    scale = scaling if scaling is not None else 1.0 / math.sqrt(D)
+    k = key.repeat_interleave(Hq // Hkv, dim=1) if Hq != Hkv else key
+    logits = (query.float() @ k.float().transpose(-1, -2)) * scale
+    return ops.steered_softmax(logits, span, **steer_kw).to(query.dtype)
 
 
 def _first_tokens(state: _State, batch: int, device) -> torch.Tensor:

@@ -89,8 +89,8 @@ class GUIDE(Method):
 class InstABoost(Method):
     """InstABoost (arXiv 2506.13734): multiply the attention weights of the instruction by
     ``alpha`` and renormalise — the same as adding ``log(alpha)`` to its logits. All layers,
-    heads and steps. The released code also boosts BOS and the chat header: mark them (or pass
-    ``boost_special=True`` to :func:`attnsteer.highlight`) to reproduce that."""
+    heads and steps. The released code also boosts BOS and the chat header; special tokens are
+    never span here, so to reproduce that pass their positions in a span mask of your own."""
 
     alpha: float = 10.0
 
