@@ -168,3 +168,27 @@ def test_output_attentions_are_the_steered_weights():
     for g, r in zip(got, ref):
         assert g.shape == r.shape
         torch.testing.assert_close(g * rows, r * rows, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("chat", [False, True])
+def test_pipeline_with_markup(chat):
+    from transformers import pipeline
+
+    m = tiny_model("llama", std=0.3)
+    tok = tokenizer()
+    pipe = pipeline("text-generation", model=m, tokenizer=tok)
+    prompt = PROMPTS[0] if not chat else [{"role": "system", "content": "<<Reply in JSON>> always."},
+                                          {"role": "user", "content": "hello world"}]
+    kw = dict(max_new_tokens=8, do_sample=False, return_tensors=True)
+    original = pipe.preprocess
+    with attnsteer.steer_pipeline(pipe, GUIDE(8.0)):
+        steered = pipe(prompt, **kw)[0]["generated_token_ids"]
+    plain = pipe(prompt if not chat else [dict(x, content=x["content"].replace("<<", "").replace(">>", "")) for x in prompt],
+                 **kw)[0]["generated_token_ids"]
+    # the same through highlight + steer() + generate on the same tokens
+    enc = attnsteer.highlight(tok, prompt)
+    with torch.no_grad(), attnsteer.steer(m, GUIDE(8.0), spans=enc):
+        ids = m.generate(**enc, max_new_tokens=8, do_sample=False, pad_token_id=0)
+    assert list(steered) == ids[0].tolist()
+    assert list(steered) != list(plain)
+    assert pipe.preprocess == original and m.config._attn_implementation == "sdpa"

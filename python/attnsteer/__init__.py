@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from . import models, ops, reference
 from .generate import generate
-from .hf import steer
+from .hf import steer, steer_pipeline
 from .methods import GUIDE, PASTA, InstABoost, KeyScale, Method, SpotLight
 from .ops import backend, scale_keys_, span_bias, steered_attention, steered_softmax
 from .spans import MarkupError, highlight, show_spans
@@ -22,6 +22,7 @@ __all__ = [
     "highlight",
     "show_spans",
     "steer",
+    "steer_pipeline",
     "backend",
     "ops",
     "reference",

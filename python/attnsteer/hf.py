@@ -23,7 +23,7 @@ import torch
 from . import ops
 from .methods import LayerArgs, Method
 
-__all__ = ["steer", "SteerMask", "ATTN_NAME"]
+__all__ = ["steer", "steer_pipeline", "SteerMask", "ATTN_NAME"]
 
 ATTN_NAME = "attnsteer"
 _REGISTERED = False
@@ -257,3 +257,57 @@ def steer(model, method: Method, spans: Union[torch.Tensor, Any]) -> Iterator[An
                 if hasattr(m, "_attnsteer_state"):
                     del m._attnsteer_state
             model._attnsteer_state = None
+
+
+@contextlib.contextmanager
+def steer_pipeline(pipe, method: Method) -> Iterator[Any]:
+    """Steer a ``pipeline("text-generation")`` whose inputs carry ``<<markup>>``.
+
+    The markup is removed and its span resolved per call, from the very tokens the pipeline
+    feeds the model (strings or chat messages)::
+
+        pipe = pipeline("text-generation", model=model, tokenizer=tok)
+        with attnsteer.steer_pipeline(pipe, attnsteer.GUIDE(2.0)):
+            pipe("<<Answer in French.>> What is a cat?", max_new_tokens=20)
+
+    Calls with ``batch_size > 1`` are not supported yet (an error says so).
+    """
+    from .spans import _is_chat, highlight, parse_markup
+
+    _check_supported(pipe.model)
+    original_preprocess, original_forward = pipe.preprocess, pipe._forward
+
+    def clean(prompt):
+        if isinstance(prompt, str):
+            return parse_markup(prompt)[0]
+        if _is_chat(prompt) and isinstance(prompt[0], dict):
+            return [dict(m, content=parse_markup(m["content"])[0]) for m in prompt]
+        raise TypeError("steer_pipeline takes a string or a list of chat messages per call")
+
+    def preprocess(prompt_text, *args, **kwargs):
+        raw = getattr(prompt_text, "messages", prompt_text)  # the pipeline wraps chats in a Chat object
+        inputs = original_preprocess(type(prompt_text)(clean(raw)) if hasattr(prompt_text, "messages") else clean(raw),
+                                     *args, **kwargs)
+        ids = inputs["input_ids"]
+        for special in (False, True):
+            enc = highlight(pipe.tokenizer, raw, add_special_tokens=special)
+            if enc["input_ids"].shape == ids.shape and torch.equal(enc["input_ids"].to(ids.device), ids):
+                inputs["_attnsteer_span_mask"] = enc.span_mask
+                return inputs
+        raise RuntimeError("attnsteer: the pipeline tokenised the prompt differently from attnsteer.highlight; "
+                           "steer the model directly with attnsteer.highlight + attnsteer.steer")
+
+    def _forward(model_inputs, *args, **kwargs):
+        span = model_inputs.pop("_attnsteer_span_mask", None)
+        if span is None:
+            return original_forward(model_inputs, *args, **kwargs)
+        if span.shape[0] != model_inputs["input_ids"].shape[0]:
+            raise NotImplementedError("steer_pipeline supports batch_size=1 calls only")
+        with steer(pipe.model, method, spans=span):
+            return original_forward(model_inputs, *args, **kwargs)
+
+    pipe.preprocess, pipe._forward = preprocess, _forward
+    try:
+        yield pipe
+    finally:
+        pipe.preprocess, pipe._forward = original_preprocess, original_forward
