@@ -7,19 +7,11 @@
 
 #include <limits>
 
+#include "../cpu/attention_common.h"
+#include "warp.cuh"
+
 namespace attnsteer::cuda {
 namespace {
-
-constexpr int kWarp = 32;
-
-__device__ __forceinline__ float warp_max(float x) {
-  for (int o = kWarp / 2; o > 0; o /= 2) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, o));
-  return x;
-}
-__device__ __forceinline__ float warp_sum(float x) {
-  for (int o = kWarp / 2; o > 0; o /= 2) x += __shfl_xor_sync(0xffffffffu, x, o);
-  return x;
-}
 
 __global__ void span_bias_kernel(const float* span, const float* bias, const bool* qmask, float* out, int64_t B,
                                  int64_t H, int64_t T, int64_t Tk) {
@@ -157,17 +149,14 @@ at::Tensor steered_softmax_cuda(const at::Tensor& logits, const at::Tensor& span
   const at::Tensor ks_f = key_scale.to(at::kFloat).contiguous();
   at::Tensor qm;
   if (query_mask.has_value() && query_mask->defined()) qm = query_mask->to(at::kBool).contiguous();
-  at::Tensor mask;
   SoftmaxArgs a{};
-  if (attn_mask.has_value() && attn_mask->defined()) {
+  c10::optional<at::Tensor> mask;
+  if (attn_mask.has_value() && attn_mask->defined())
     mask = attn_mask->scalar_type() == at::kBool ? *attn_mask : attn_mask->to(at::kFloat);
-    std::vector<int64_t> shape(4 - mask.dim(), 1);
-    for (auto s : mask.sizes()) shape.push_back(s);
-    mask = mask.view(shape).expand({B, H, Tq, Tk});
-    a.mask = mask.data_ptr();
-    a.mask_bool = mask.scalar_type() == at::kBool;
-    a.msb = mask.stride(0); a.msh = mask.stride(1); a.msq = mask.stride(2); a.msk = mask.stride(3);
-  }
+  const cpu::MaskView view = cpu::make_mask_view(mask, B, H, Tq, Tk);
+  a.mask = view.data;
+  a.mask_bool = view.is_bool;
+  a.msb = view.sb; a.msh = view.sh; a.msq = view.sq; a.msk = view.sk;
   a.x = x.data_ptr<float>();
   a.span = span.data_ptr<float>();
   a.bias = bias_f.data_ptr<float>();

@@ -17,25 +17,18 @@
 
 #include <limits>
 
+#include "../cpu/attention_common.h"
+#include "warp.cuh"
+
 namespace attnsteer::cuda {
 namespace {
 
-constexpr int kWarp = 32;
 constexpr int kMaxDimPerLane = 8;  // head_dim <= 256
 constexpr int kWarpsPerBlock = 4;
 
 __device__ __forceinline__ float to_float(float x) { return x; }
 __device__ __forceinline__ float to_float(at::Half x) { return __half2float(static_cast<__half>(x)); }
 __device__ __forceinline__ float to_float(at::BFloat16 x) { return static_cast<float>(x); }
-
-__device__ __forceinline__ float warp_max(float x) {
-  for (int o = kWarp / 2; o > 0; o /= 2) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, o));
-  return x;
-}
-__device__ __forceinline__ float warp_sum(float x) {
-  for (int o = kWarp / 2; o > 0; o /= 2) x += __shfl_xor_sync(0xffffffffu, x, o);
-  return x;
-}
 
 struct MaskArgs {
   const void* data;
@@ -178,18 +171,8 @@ __global__ void steered_attention_kernel(AttnArgs<scalar_t> a) {
 }
 
 MaskArgs mask_args(const c10::optional<at::Tensor>& mask, int64_t B, int64_t H, int64_t Tq, int64_t Tk) {
-  MaskArgs m{nullptr, false, 0, 0, 0, 0};
-  if (!mask.has_value() || !mask->defined()) return m;
-  std::vector<int64_t> shape(4 - mask->dim(), 1);
-  for (auto s : mask->sizes()) shape.push_back(s);
-  at::Tensor t = mask->view(shape).expand({B, H, Tq, Tk});
-  m.data = t.data_ptr();
-  m.is_bool = t.scalar_type() == at::kBool;
-  m.sb = t.stride(0);
-  m.sh = t.stride(1);
-  m.sq = t.stride(2);
-  m.sk = t.stride(3);
-  return m;
+  const cpu::MaskView v = cpu::make_mask_view(mask, B, H, Tq, Tk);
+  return MaskArgs{v.data, v.is_bool, v.sb, v.sh, v.sq, v.sk};
 }
 
 }  // namespace
