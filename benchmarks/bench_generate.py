@@ -27,9 +27,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default=str(HERE / "results"))
+    ap.add_argument("--batches", default="1,8", help="comma-separated batch sizes")
     args = ap.parse_args()
     new_tokens = 32 if args.quick else 256
-    batches = [1] if args.quick else [1, 8]
+    batches = [1] if args.quick else [int(b) for b in args.batches.split(",")]
+    tag = "" if batches == [1, 8] else "_b" + "_".join(map(str, batches))
     model, tok = attnsteer.models.load_default()
     body = " ".join([LONG_TEXT] * 8)  # ~1k tokens
     methods = [("sdpa (unsteered)", None), ("GUIDE(2)", attnsteer.GUIDE(2.0)), ("InstABoost(10)", attnsteer.InstABoost(10.0)),
@@ -58,7 +60,7 @@ def main() -> None:
             rows.append(dict(batch=B, prompt_tokens=T, method=name, seconds=f"{dt:.2f}", tokens_per_s=f"{generated / dt:.2f}"))
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    with open(out_dir / "bench_generate.csv", "w", newline="") as f:
+    with open(out_dir / f"bench_generate{tag}.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
@@ -70,7 +72,7 @@ def main() -> None:
         lines.append(f"| {r['batch']} | {r['prompt_tokens']} | {r['method']} | {r['seconds']} | {r['tokens_per_s']} | "
                      f"{float(r['tokens_per_s']) / base:.2f} |")
     md = "\n".join(lines) + "\n"
-    (out_dir / "bench_generate.md").write_text(md)
+    (out_dir / f"bench_generate{tag}.md").write_text(md)
     print(md)
 
 

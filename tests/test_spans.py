@@ -76,3 +76,16 @@ def test_show_spans(capsys):
     text = attnsteer.show_spans(tok, enc)
     assert "[[" in text and "twenty words.]]" in text.replace(" ", " ")
     assert text in capsys.readouterr().out
+
+
+def test_slow_tokenizer_error_names_the_fix():
+    class SlowTokenizer:
+        is_fast = False
+
+    with pytest.raises(TypeError, match="no offset mapping.*use_fast=True"):
+        attnsteer.highlight(SlowTokenizer(), "<<a>> b")
+
+
+def test_highlight_messages_needs_chat():
+    with pytest.raises(ValueError, match="highlight_messages needs chat messages"):
+        attnsteer.highlight(tokenizer(), "plain text", highlight_messages=[0])

@@ -47,6 +47,7 @@ class _State:
         self.span_mask = span_mask  # (B, T_prompt) float weights
         self.prompt_length = prompt_length
         self.active_thread: Optional[int] = None
+        self.cache: dict = {}
 
 
 def _mask_function(batch_size: int, q_length: int, kv_length: int, q_offset: Any = 0, kv_offset: Any = 0,
@@ -117,28 +118,7 @@ def _attention_function(module, query: torch.Tensor, key: torch.Tensor, value: t
                            scaling) if want_weights else None
         return out.transpose(1, 2).contiguous(), weights
 
-    # Absolute positions of this forward's keys and queries; generated keys are never span.
-    T0 = state.prompt_length
-    key_pos = torch.arange(kv_off, kv_off + Tk, device=query.device)
-    in_prompt = key_pos < T0
-    span_prompt = _expand_rows(state.span_mask.to(query.device), B, "the span mask")
-    span = torch.zeros(B, Tk, device=query.device)
-    if bool(in_prompt.any()):
-        span[:, in_prompt] = span_prompt[:, key_pos[in_prompt]]
-    if args.span == "prompt_rest":  # PASTA: prompt tokens outside the highlight
-        rest = (span == 0) & in_prompt[None, :]
-        if padding is not None:
-            rest &= padding[:, -Tk:]
-        if getattr(state.method, "keep_sink", False):
-            first = _first_tokens(state, B, query.device)
-            rest &= key_pos[None, :] != first[:, None]
-        span = rest.float()
-    query_mask = None
-    q_pos = torch.arange(q_off, q_off + Tq, device=query.device)
-    if state.method.phases == "prefill":
-        query_mask = (q_pos < T0)[None, :].expand(B, Tq)
-    elif state.method.phases == "decode":
-        query_mask = (q_pos >= T0)[None, :].expand(B, Tq)
+    span, query_mask = _span_and_rows(state, args.span, B, Tq, Tk, q_off, kv_off, padding, query.device)
     if query_mask is not None and not bool(query_mask.any()):
         args = LayerArgs()  # nothing to steer in this forward
     bias = args.bias
@@ -165,6 +145,47 @@ def _attention_function(module, query: torch.Tensor, key: torch.Tensor, value: t
                         query_mask=query_mask, attn_mask=attn_mask, is_causal=True, window=window, softcap=softcap)
         weights = _weights(query, key, span, steer_kw, scaling)
     return out.transpose(1, 2).contiguous(), weights
+
+
+def _span_and_rows(state: "_State", kind: str, B: int, Tq: int, Tk: int, q_off: int, kv_off: int,
+                   padding: Optional[torch.Tensor], device) -> tuple:
+    """Span weights (B, Tk) for this forward's keys and the steered query rows (B, Tq) or None.
+
+    The same for every layer of one forward (and mask type), so it is cached per forward: the
+    per-step Python work stays one small computation, not one per layer."""
+    # PASTA's keys depend on the padding mask's values, so only the highlight kind is cached.
+    key = (kind, B, Tq, Tk, q_off, kv_off, str(device)) if kind == "highlight" else None
+    cache = state.cache
+    if key is not None and key in cache:
+        return cache[key]
+    if len(cache) > 16:
+        cache.clear()
+    # Absolute positions of this forward's keys and queries; generated keys are never span.
+    T0 = state.prompt_length
+    key_pos = torch.arange(kv_off, kv_off + Tk, device=device)
+    in_prompt = key_pos < T0
+    span_prompt = _expand_rows(state.span_mask.to(device), B, "the span mask")
+    span = torch.zeros(B, Tk, device=device)
+    n_prompt = int(in_prompt.sum())
+    if n_prompt:
+        span[:, :n_prompt] = span_prompt[:, kv_off:kv_off + n_prompt]
+    if kind == "prompt_rest":  # PASTA: prompt tokens outside the highlight
+        rest = (span == 0) & in_prompt[None, :]
+        if padding is not None:
+            rest &= padding[:, -Tk:]
+        if getattr(state.method, "keep_sink", False):
+            first = _first_tokens(state, B, device)
+            rest &= key_pos[None, :] != first[:, None]
+        span = rest.float()
+    query_mask = None
+    q_pos = torch.arange(q_off, q_off + Tq, device=device)
+    if state.method.phases == "prefill":
+        query_mask = (q_pos < T0)[None, :].expand(B, Tq)
+    elif state.method.phases == "decode":
+        query_mask = (q_pos >= T0)[None, :].expand(B, Tq)
+    if key is not None:
+        cache[key] = (span, query_mask)
+    return span, query_mask
 
 
 def _collecting_attentions() -> bool:
