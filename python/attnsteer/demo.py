@@ -77,7 +77,7 @@ def run(task_name: Optional[str] = None, max_new_tokens: int = 60) -> int:
             rows.append((task.name, name, task.check(text), len(new) / dt, text))
     print(f"\nModel: SmolLM2-135M-Instruct (embedded GGUF), greedy, {max_new_tokens} new tokens max.")
     print(f"Rule (marked): see each task; prompt = rule + {len(LONG_TEXT.split())}-word text + question.\n")
-    print(f"{'task':10s} {'method':26s} {'rule kept':9s} {'tok/s':>6s}  reply")
+    print(f"{'task':10s} {'method':26s} {'rule kept':9s} {'tok/s':>6s}  reply    (tok/s includes the prefill)")
     for task, name, ok, tps, text in rows:
         snippet = text.replace("\n", " ")[:70]
         print(f"{task:10s} {name:26s} {'yes' if ok else 'no':9s} {tps:6.1f}  {snippet}")
