@@ -27,6 +27,12 @@ struct MaskView {
   }
 };
 
+// attn_mask as the kernels read it: bool masks as they are, float masks of any dtype as float32.
+inline c10::optional<at::Tensor> kernel_mask(const c10::optional<at::Tensor>& attn_mask) {
+  if (!attn_mask.has_value() || !attn_mask->defined()) return c10::nullopt;
+  return attn_mask->scalar_type() == at::kBool ? *attn_mask : attn_mask->to(at::kFloat);
+}
+
 // Builds a MaskView over a (<=4)-D mask broadcastable to (B, H, Tq, Tk). The tensor must be
 // bool or float32 and outlive the view.
 inline MaskView make_mask_view(const c10::optional<at::Tensor>& mask, int64_t B, int64_t H,

@@ -77,10 +77,7 @@ at::Tensor steered_softmax_cpu(const at::Tensor& logits, const at::Tensor& span_
                 query_mask->sizes());
     qmask = query_mask->to(at::kBool).contiguous();
   }
-  c10::optional<at::Tensor> mask;
-  if (attn_mask.has_value() && attn_mask->defined()) {
-    mask = attn_mask->scalar_type() == at::kBool ? *attn_mask : attn_mask->to(at::kFloat);
-  }
+  const c10::optional<at::Tensor> mask = kernel_mask(attn_mask);
   const MaskView mview = make_mask_view(mask, B, H, Tq, Tk);
   const int64_t win = window.has_value() ? *window : 0;
   const float cap = softcap.has_value() ? static_cast<float>(*softcap) : 0.f;

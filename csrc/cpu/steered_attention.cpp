@@ -75,8 +75,7 @@ inline void update_row(float* s, int64_t n, float& m, float& l, float* ls, float
 }
 
 struct Workspace {
-  std::vector<float> qpack, scores, scores2, state;
-  int64_t* row_pos = nullptr;
+  std::vector<float> qpack, scores, scores2;
 };
 
 // Runs key range [k_begin, k_end) for query rows [q0, q0+qlen) of all G heads of kv head hkv.
@@ -373,10 +372,7 @@ std::tuple<at::Tensor, at::Tensor> steered_attention_cpu(
                 query_mask->sizes());
     qmask = query_mask->to(at::kBool).contiguous();
   }
-  c10::optional<at::Tensor> mask;
-  if (attn_mask.has_value() && attn_mask->defined()) {
-    mask = attn_mask->scalar_type() == at::kBool ? *attn_mask : attn_mask->to(at::kFloat);
-  }
+  const c10::optional<at::Tensor> mask = kernel_mask(attn_mask);
 
   at::Tensor out = at::empty({B, Hq, Tq, D}, q.options().dtype(at::kFloat));
   at::Tensor mass = return_span_mass ? at::empty({B, Hq, Tq}, q.options().dtype(at::kFloat))

@@ -150,9 +150,7 @@ at::Tensor steered_softmax_cuda(const at::Tensor& logits, const at::Tensor& span
   at::Tensor qm;
   if (query_mask.has_value() && query_mask->defined()) qm = query_mask->to(at::kBool).contiguous();
   SoftmaxArgs a{};
-  c10::optional<at::Tensor> mask;
-  if (attn_mask.has_value() && attn_mask->defined())
-    mask = attn_mask->scalar_type() == at::kBool ? *attn_mask : attn_mask->to(at::kFloat);
+  const c10::optional<at::Tensor> mask = cpu::kernel_mask(attn_mask);
   const cpu::MaskView view = cpu::make_mask_view(mask, B, H, Tq, Tk);
   a.mask = view.data;
   a.mask_bool = view.is_bool;

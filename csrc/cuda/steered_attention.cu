@@ -202,9 +202,7 @@ std::tuple<at::Tensor, at::Tensor> steered_attention_cuda(
   const at::Tensor ks_f = key_scale.to(at::kFloat).contiguous();
   at::Tensor qmask;
   if (query_mask.has_value() && query_mask->defined()) qmask = query_mask->to(at::kBool).contiguous();
-  c10::optional<at::Tensor> mask;
-  if (attn_mask.has_value() && attn_mask->defined())
-    mask = attn_mask->scalar_type() == at::kBool ? *attn_mask : attn_mask->to(at::kFloat);
+  const c10::optional<at::Tensor> mask = cpu::kernel_mask(attn_mask);
   at::Tensor out = at::empty({B, Hq, Tq, D}, q.options().dtype(at::kFloat));
   at::Tensor mass = at::empty({return_span_mass ? B : 0, Hq, Tq}, q.options().dtype(at::kFloat));
   if (!return_span_mass) mass = at::empty({0}, q.options().dtype(at::kFloat));

@@ -41,12 +41,11 @@ class SteerMask:
 
 
 class _State:
-    def __init__(self, model, method: Method, span_mask: torch.Tensor, prompt_length: int):
-        self.model = model
+    def __init__(self, method: Method, span_mask: torch.Tensor, prompt_length: int):
         self.method = method
         self.span_mask = span_mask  # (B, T_prompt) float weights
         self.prompt_length = prompt_length
-        self.active_thread: Optional[int] = None
+        self.first_token: Optional[torch.Tensor] = None  # (B,) first real token under left padding
         self.cache: dict = {}
 
 
@@ -120,10 +119,7 @@ def _attention_function(module, query: torch.Tensor, key: torch.Tensor, value: t
     span, query_mask = _span_and_rows(state, args.span, B, Tq, Tk, q_off, kv_off, padding, query.device)
     if query_mask is not None and not bool(query_mask.any()):
         args = LayerArgs()  # nothing to steer in this forward
-    bias = args.bias
-    if isinstance(bias, torch.Tensor):
-        bias = bias.to(query.device)
-    target = args.target
+    bias, target = args.bias, args.target
     common = dict(attn_mask=attn_mask, window=window, softcap=softcap, scale=scaling, query_mask=query_mask)
     if target is not None and args.pooled_target:
         # SpotLight's released variant: span mass pooled over heads and steered rows, per sequence.
@@ -187,16 +183,13 @@ def _span_and_rows(state: "_State", kind: str, B: int, Tq: int, Tk: int, q_off: 
 
 
 def _per_head_tensor(state: Optional["_State"], value, B: int, H: int, device) -> torch.Tensor:
-    """(B, H) float32 tensor for a bias / key scale, cached per forward shape (no re-validation:
-    method configs are validated when they are built)."""
-    if isinstance(value, torch.Tensor):
-        t = value.to(device=device, dtype=torch.float32)
-        return (t[None, :] if t.dim() == 1 else t).expand(B, H).contiguous()
-    key = ("per_head", float(value), B, H, str(device))
-    if state is not None and key in state.cache:
+    """(B, H) float32 tensor for a bias / key scale (ops' normalisation), cached for scalars so a
+    decode step does not rebuild it in every layer."""
+    key = ("per_head", float(value), B, H, str(device)) if isinstance(value, (int, float)) else None
+    if state is not None and key is not None and key in state.cache:
         return state.cache[key]
-    t = torch.full((B, H), float(value), dtype=torch.float32, device=device)
-    if state is not None:
+    t = ops._per_head("bias / key_scale", value, B, H, device)
+    if state is not None and key is not None:
         state.cache[key] = t
     return t
 
@@ -206,13 +199,8 @@ def _op(state, query, key, value, span, *, bias=0.0, key_scale=1.0, target=None,
     """The fused op from the attention layer: shapes come from the model, so the compiled kernel
     is called directly (the public wrapper's validation costs ~0.1 ms a call, 30 calls a token)."""
     B, Hq, Tq, D = query.shape
-    if ops.backend(query.device) == "torch" or torch.is_grad_enabled() and query.requires_grad:
-        out = ops.steered_attention(query, key, value, span, bias=bias, key_scale=key_scale, target=target,
-                                    target_exact=target_exact, query_mask=query_mask, attn_mask=attn_mask,
-                                    is_causal=True, window=window, softcap=softcap, scale=scale,
-                                    enable_gqa=Hq != key.shape[1], return_span_mass=return_span_mass)
-        return out if return_span_mass else (out, None)
-    return torch.ops.attnsteer.steered_attention.default(
+    ops._check_grad("steered_attention", query, key, value)
+    return ops._run_steered_attention(
         query, key, value, span.float().contiguous(), _per_head_tensor(state, bias, B, Hq, query.device),
         _per_head_tensor(state, key_scale, B, Hq, query.device), target, bool(target_exact),
         None if query_mask is None else query_mask.contiguous(), attn_mask, True, window,
@@ -242,7 +230,7 @@ def _weights(query, key, span, steer_kw, scaling) -> torch.Tensor:
 
 
 def _first_tokens(state: _State, batch: int, device) -> torch.Tensor:
-    first = getattr(state, "first_token", None)
+    first = state.first_token
     if first is None:
         return torch.zeros(batch, dtype=torch.long, device=device)
     return _expand_rows(first.to(device), batch, "the prompt")
@@ -289,7 +277,7 @@ def steer(model, method: Method, spans: Union[torch.Tensor, Any]) -> Iterator[An
         raise RuntimeError("this model is already being steered (nested or concurrent steer() on one model); "
                            "exit the other steer() block first, or steer a second copy of the model")
     _ensure_registered()
-    state = _State(model, method, span_mask.float(), span_mask.shape[1])
+    state = _State(method, span_mask.float(), span_mask.shape[1])
     if "attention_mask" in getattr(spans, "keys", lambda: [])():
         am = spans["attention_mask"]
         state.first_token = am.long().argmax(dim=1)  # first real token under left padding

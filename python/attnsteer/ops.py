@@ -123,7 +123,7 @@ def _span_weights(span_mask: torch.Tensor, B: int, Tk: int, device, name: str = 
             f"{name} must be (B, Tk) = ({B}, {Tk}) — one entry per key, including cached keys; "
             f"got shape {tuple(span_mask.shape)}"
         )
-    if span_mask.device != torch.device(device) and not (span_mask.device.type == torch.device(device).type):
+    if span_mask.device.type != torch.device(device).type:
         raise ValueError(f"{name} is on {span_mask.device} but the keys are on {device}; move it with .to(k.device)")
     if span_mask.dtype == torch.bool:
         w = span_mask.float()
@@ -270,13 +270,18 @@ def steered_attention(
     scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
     if not math.isfinite(scale):
         raise ValueError(f"scale must be finite; got {scale}")
-    args = (q, k, v, span_w, bias_t, ks_t, target, bool(target_exact), qmask, amask,
-            bool(is_causal), window, softcap, scale, bool(return_span_mass))
-    if _use_kernel(q):
-        out, mass = torch.ops.attnsteer.steered_attention.default(*args)
-    else:
-        out, mass = _fallback.steered_attention(*args)
+    out, mass = _run_steered_attention(q, k, v, span_w, bias_t, ks_t, target, bool(target_exact), qmask, amask,
+                                       bool(is_causal), window, softcap, scale, bool(return_span_mass))
     return (out, mass) if return_span_mass else out
+
+
+def _run_steered_attention(*args) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The registered schema's arguments, already validated and normalised -> (out, span_mass).
+
+    Callers whose shapes are known (the Hugging Face attention layer) use this directly."""
+    if _use_kernel(args[0]):
+        return torch.ops.attnsteer.steered_attention.default(*args)
+    return _fallback.steered_attention(*args)
 
 
 def span_bias(
