@@ -192,3 +192,69 @@ def test_pipeline_with_markup(chat):
     assert list(steered) == ids[0].tolist()
     assert list(steered) != list(plain)
     assert pipe.preprocess == original and m.config._attn_implementation == "sdpa"
+
+
+def test_pipeline_batches_keep_each_rows_span():
+    from transformers import pipeline
+
+    m = tiny_model("llama", std=0.3)
+    tok = tokenizer()
+    pipe = pipeline("text-generation", model=m, tokenizer=tok)
+    assert tok.padding_side == "left"
+    kw = dict(max_new_tokens=6, min_new_tokens=6, do_sample=False, return_tensors=True)
+    with attnsteer.steer_pipeline(pipe, GUIDE(8.0)):
+        batched = [r[0]["generated_token_ids"] for r in pipe(PROMPTS, batch_size=2, **kw)]
+    enc = attnsteer.highlight(tok, PROMPTS)  # the same left padding as the pipeline's collate function
+    with torch.no_grad(), attnsteer.steer(m, GUIDE(8.0), spans=enc):
+        ids = m.generate(**enc, max_new_tokens=6, min_new_tokens=6, do_sample=False, pad_token_id=tok.pad_token_id)
+    assert (enc["attention_mask"] == 0).any()  # the prompts differ in length: one row is padded
+    for row, got in zip(ids, batched):
+        assert list(got) == row.tolist()
+
+
+def test_two_threads_on_one_steered_model_is_an_error():
+    from transformers import StoppingCriteria
+
+    m = tiny_model("llama", std=0.3)
+    enc = _enc()
+    inside, release = threading.Event(), threading.Event()
+
+    class Hold(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            inside.set()
+            release.wait(30)
+            return torch.zeros(input_ids.shape[0], dtype=torch.bool)
+
+    out = {}
+    with torch.no_grad(), attnsteer.steer(m, GUIDE(2.0), spans=enc):
+        th = threading.Thread(target=lambda: out.setdefault(
+            "ids", m.generate(**enc, max_new_tokens=3, do_sample=False, pad_token_id=0, stopping_criteria=[Hold()])))
+        th.start()
+        assert inside.wait(30)
+        try:
+            with pytest.raises(RuntimeError, match="another thread"):
+                m(**enc)
+            with pytest.raises(RuntimeError, match="another thread"):
+                m.generate(**enc, max_new_tokens=2, pad_token_id=0)
+        finally:
+            release.set()
+            th.join()
+        assert out["ids"].shape[1] == enc["input_ids"].shape[1] + 3
+        m(**enc)  # the other thread is done: this thread may run it now
+    assert "forward" not in m.__dict__ and "generate" not in m.__dict__
+
+
+def test_text_streamer_prints_the_steered_tokens(capsys):
+    from transformers import TextStreamer
+
+    m = tiny_model("llama", std=0.3)
+    tok = tokenizer()
+    one = attnsteer.highlight(tok, PROMPTS[0])
+    kw = dict(max_new_tokens=8, min_new_tokens=8, do_sample=False, pad_token_id=0)
+    with torch.no_grad(), attnsteer.steer(m, GUIDE(8.0), spans=one):
+        ids = m.generate(**one, streamer=TextStreamer(tok, skip_prompt=True), **kw)
+    with torch.no_grad():
+        plain = m.generate(**one, **kw)
+    printed = capsys.readouterr().out
+    expected = tok.decode(ids[0, one["input_ids"].shape[1]:])
+    assert printed.strip() == expected.strip() and not torch.equal(ids, plain)

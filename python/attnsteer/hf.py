@@ -13,6 +13,7 @@ The steering state belongs to the model object, so ``generate`` running in anoth
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import threading
 from dataclasses import dataclass
@@ -47,6 +48,36 @@ class _State:
         self.prompt_length = prompt_length
         self.first_token: Optional[torch.Tensor] = None  # (B,) first real token under left padding
         self.cache: dict = {}
+        self.lock = threading.Lock()
+        self.owner: Optional[int] = None  # thread running a steered forward / generate
+        self.depth = 0
+
+
+def _one_thread(state: _State, fn):
+    """Wrap ``model.forward`` / ``model.generate`` so two threads cannot run the steered model at
+    once (the per-forward span cache and the prompt positions belong to one generation)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        me = threading.get_ident()
+        with state.lock:
+            if state.owner not in (None, me):
+                raise RuntimeError(
+                    "attnsteer: this steered model is already running forward/generate in another thread; "
+                    "steering one model from two threads at once is not supported. Run one generation at a "
+                    "time (generate in one worker thread with a TextIteratorStreamer is fine), or give each "
+                    "thread its own copy of the model and its own steer() block")
+            state.owner = me
+            state.depth += 1
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            with state.lock:
+                state.depth -= 1
+                if state.depth == 0:
+                    state.owner = None
+
+    return wrapper
 
 
 def _mask_function(batch_size: int, q_length: int, kv_length: int, q_offset: Any = 0, kv_offset: Any = 0,
@@ -283,16 +314,24 @@ def steer(model, method: Method, spans: Union[torch.Tensor, Any]) -> Iterator[An
         state.first_token = am.long().argmax(dim=1)  # first real token under left padding
     previous = model.config._attn_implementation
     modules = list(_attention_modules(model))
+    patched = {name: model.__dict__.get(name) for name in ("forward", "generate") if hasattr(model, name)}
     model._attnsteer_state = state
     for m in modules:
         m._attnsteer_state = state
     try:
+        for name in patched:
+            setattr(model, name, _one_thread(state, getattr(model, name)))
         model.set_attn_implementation(ATTN_NAME)
         yield model
     finally:
         try:
             model.set_attn_implementation(previous)
         finally:
+            for name, before in patched.items():
+                if before is None:
+                    model.__dict__.pop(name, None)
+                else:
+                    setattr(model, name, before)
             for m in modules:
                 if hasattr(m, "_attnsteer_state"):
                     del m._attnsteer_state
@@ -310,7 +349,8 @@ def steer_pipeline(pipe, method: Method) -> Iterator[Any]:
         with attnsteer.steer_pipeline(pipe, attnsteer.GUIDE(2.0)):
             pipe("<<Answer in French.>> What is a cat?", max_new_tokens=20)
 
-    Calls with ``batch_size > 1`` are not supported yet (an error says so).
+    Batched calls (``batch_size=N``) work: the pipeline pads each prompt's span mask like its
+    ``input_ids`` (left), so every row keeps its own span.
     """
     from .spans import _is_chat, highlight, parse_markup
 
@@ -341,8 +381,9 @@ def steer_pipeline(pipe, method: Method) -> Iterator[Any]:
         span = model_inputs.pop("_attnsteer_span_mask", None)
         if span is None:
             return original_forward(model_inputs, *args, **kwargs)
-        if span.shape[0] != model_inputs["input_ids"].shape[0]:
-            raise NotImplementedError("steer_pipeline supports batch_size=1 calls only")
+        if span.shape != model_inputs["input_ids"].shape:  # the collate function pads both alike
+            raise RuntimeError(f"attnsteer: the pipeline batched span masks {tuple(span.shape)} that do not match "
+                               f"input_ids {tuple(model_inputs['input_ids'].shape)}; call the pipeline with batch_size=1")
         with steer(pipe.model, method, spans=span):
             return original_forward(model_inputs, *args, **kwargs)
 
