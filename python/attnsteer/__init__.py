@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from . import models, ops, reference
+from .directer import Directer, DirecterStats, LayerRanking, rank_layers
 from .generate import generate
 from .hf import steer, steer_pipeline
 from .methods import GUIDE, PASTA, InstABoost, KeyScale, Method, SpotLight
@@ -11,6 +12,10 @@ from .spans import MarkupError, highlight, show_spans
 __version__ = "0.1.0"
 
 __all__ = [
+    "Directer",
+    "DirecterStats",
+    "LayerRanking",
+    "rank_layers",
     "GUIDE",
     "InstABoost",
     "KeyScale",

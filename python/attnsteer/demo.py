@@ -29,6 +29,9 @@ class Task:
 
 
 # Picked by trying on the embedded model (greedy): unsteered, it drops these marked rules.
+# On a 135M model steering is blunt: stronger settings than these (GUIDE delta >= 5, InstABoost
+# alpha >= 50, PASTA alpha = 0.01 on all heads without profiled heads) derail the reply instead of
+# making it keep the rule; the paper settings are for 7B+ models.
 TASKS: List[Task] = [
     Task("start-yes", "Start your answer with the word YES.",
          "Summarise the text above in one sentence.",
@@ -41,7 +44,7 @@ TASKS: List[Task] = [
 
 def methods():
     return [("unsteered", None), ("GUIDE(delta=2)", GUIDE(2.0)), ("InstABoost(alpha=10)", InstABoost(10.0)),
-            ("PASTA(alpha=0.01)", PASTA(0.01)), ("SpotLight(target=0.3)", SpotLight(0.3)),
+            ("PASTA(alpha=0.1)", PASTA(0.1)), ("SpotLight(target=0.3)", SpotLight(0.3)),
             ("KeyScale(alpha=2, decode)", KeyScale(2.0))]
 
 

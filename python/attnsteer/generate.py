@@ -5,6 +5,7 @@ from typing import List, Optional, Sequence, Union
 
 import torch
 
+from .directer import Directer
 from .hf import steer
 from .methods import Method
 from .spans import highlight
@@ -12,7 +13,7 @@ from .spans import highlight
 __all__ = ["generate"]
 
 
-def generate(model, tokenizer, prompt_or_messages, method: Optional[Method] = None, *,
+def generate(model, tokenizer, prompt_or_messages, method: Optional[Union[Method, Directer]] = None, *,
              char_spans=None, highlight_messages: Optional[Sequence[int]] = None, skip_prompt: bool = True,
              **generate_kwargs) -> Union[str, List[str]]:
     """Generate from a marked prompt (or a batch of them), steered by ``method``.
@@ -20,7 +21,9 @@ def generate(model, tokenizer, prompt_or_messages, method: Optional[Method] = No
     Args:
         prompt_or_messages: a string with ``<<...>>`` markup, a list of them, chat messages or a
             list of conversations (see :func:`attnsteer.highlight`).
-        method: a steering method; None generates unsteered (markup is still removed).
+        method: a steering method or :class:`attnsteer.Directer` (plausibility-guided decoding,
+            greedy; its statistics land in ``method.stats``); None generates unsteered (markup is
+            still removed).
         **generate_kwargs: passed to ``model.generate`` (``max_new_tokens``, ``do_sample``…).
 
     Returns:
@@ -32,6 +35,9 @@ def generate(model, tokenizer, prompt_or_messages, method: Optional[Method] = No
     with torch.no_grad():
         if method is None:
             out = model.generate(**enc, **generate_kwargs)
+        elif isinstance(method, Directer):
+            generate_kwargs.setdefault("do_sample", False)
+            out = model.generate(**enc, custom_generate=method, spans=enc, **generate_kwargs)
         else:
             with steer(model, method, spans=enc):
                 out = model.generate(**enc, **generate_kwargs)

@@ -48,6 +48,10 @@ class _State:
         self.prompt_length = prompt_length
         self.first_token: Optional[torch.Tensor] = None  # (B,) first real token under left padding
         self.cache: dict = {}
+        # DIRECTER: which rows steer at which layer in this forward ((B, L) bool), None = as the method says
+        self.row_layers: Optional[torch.Tensor] = None
+        self.layer_on: Optional[list] = None  # row_layers.any(0) as Python bools (no sync per layer)
+        self.num_layers = 0
         self.lock = threading.Lock()
         self.owner: Optional[int] = None  # thread running a steered forward / generate
         self.depth = 0
@@ -139,6 +143,8 @@ def _attention_function(module, query: torch.Tensor, key: torch.Tensor, value: t
     args: Optional[LayerArgs] = None
     if state is not None and layer_idx is not None:
         args = state.method.layer_args(layer_idx, Hq)
+        if args is not None and state.layer_on is not None and not state.layer_on[layer_idx]:
+            args = None
     want_weights = bool(kwargs.get("output_attentions", False)) or _collecting_attentions()
     if args is None:
         zeros = torch.zeros(B, Tk, device=query.device)
@@ -148,6 +154,9 @@ def _attention_function(module, query: torch.Tensor, key: torch.Tensor, value: t
         return out.transpose(1, 2).contiguous(), weights
 
     span, query_mask = _span_and_rows(state, args.span, B, Tq, Tk, q_off, kv_off, padding, query.device)
+    if state.row_layers is not None:  # DIRECTER trial: per-row layer sets
+        rows = _expand_rows(state.row_layers[:, layer_idx], B, "the DIRECTER layer sets")[:, None].expand(B, Tq)
+        query_mask = rows if query_mask is None else query_mask & rows
     if query_mask is not None and not bool(query_mask.any()):
         args = LayerArgs()  # nothing to steer in this forward
     bias, target = args.bias, args.target
