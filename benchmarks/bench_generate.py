@@ -5,6 +5,11 @@ every run decodes the same number of tokens), greedy, every method. Writes CSV a
 
     python benchmarks/bench_generate.py            # full (about 10 minutes on 2 cores)
     python benchmarks/bench_generate.py --quick    # batch 1, 32 new tokens
+    python benchmarks/bench_generate.py --only directer   # the DIRECTER part alone
+
+DIRECTER (batch 1, the same prompt): the cost of one steered trial (a single-token forward over
+the cache with the span keys scaled on all layers inside the op) against one unsteered SDPA
+single-token forward, the fraction of gated steps, and tokens/s against unsteered greedy decoding.
 """
 from __future__ import annotations
 
@@ -28,6 +33,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default=str(HERE / "results"))
     ap.add_argument("--batches", default="1,8", help="comma-separated batch sizes")
+    ap.add_argument("--only", choices=["methods", "directer"], help="run one part only")
     args = ap.parse_args()
     new_tokens = 32 if args.quick else 256
     batches = [1] if args.quick else [int(b) for b in args.batches.split(",")]
@@ -40,6 +46,10 @@ def main() -> None:
     rows = []
     from tqdm.auto import tqdm
 
+    if args.only != "methods":
+        bench_directer(model, tok, body, new_tokens, Path(args.out), "_quick" if args.quick else "")
+    if args.only == "directer":
+        return
     for B in batches:
         msgs = [[{"role": "system", "content": "<<Start your answer with the word YES.>>"},
                  {"role": "user", "content": f"{body}\n\nSummarise the text above, variant {i}."}] for i in range(B)]
@@ -73,6 +83,78 @@ def main() -> None:
                      f"{float(r['tokens_per_s']) / base:.2f} |")
     md = "\n".join(lines) + "\n"
     (out_dir / f"bench_generate{tag}.md").write_text(md)
+    print(md)
+
+
+def _median_time(fn, reps: int = 15) -> float:
+    fn()
+    ts = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return sorted(ts)[len(ts) // 2]
+
+
+def bench_directer(model, tok, body: str, new_tokens: int, out_dir: Path, tag: str) -> None:
+    from attnsteer.directer import _forward, _peek, _prefill
+
+    msgs = [{"role": "system", "content": "<<Start your answer with the word YES.>>"},
+            {"role": "user", "content": f"{body}\n\nSummarise the text above."}]
+    enc = attnsteer.highlight(tok, msgs)
+    ids, am = enc["input_ids"], enc["attention_mask"]
+    T, L = ids.shape[1], model.config.num_hidden_layers
+    d = attnsteer.Directer()
+    lines = [f"Machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}; SmolLM2-135M-Instruct fp32, "
+             f"batch 1, prompt {T} tokens.", ""]
+    with torch.inference_mode():
+        # one single-token forward over a T-1 token cache: SDPA, attnsteer unsteered, a trial on all / half the layers
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=model.config)
+        model(input_ids=ids[:, :-1], attention_mask=am[:, :-1], past_key_values=cache, use_cache=True)
+
+        def sdpa_step():
+            with _peek(cache, T - 1):
+                model(input_ids=ids[:, -1:], attention_mask=am, past_key_values=cache, use_cache=True, logits_to_keep=1)
+
+        t_sdpa = _median_time(sdpa_step)
+        with attnsteer.steer(model, d.trial_method(), spans=enc):
+            state = model._attnsteer_state
+            state.num_layers = L
+            half = torch.zeros(1, L, dtype=torch.bool)
+            half[:, : L // 2] = True
+            times = {}
+            for name, rows in [("attnsteer unsteered", None), ("trial, all layers", torch.ones(1, L, dtype=torch.bool)),
+                               ("trial, half the layers", half)]:
+                def step(rows=rows):
+                    with _peek(cache, T - 1):
+                        _forward(model, state, ids[:, -1:], am, cache, rows)
+                times[name] = _median_time(step)
+        lines += ["| single-token forward over the prompt cache | ms | ÷ SDPA forward |", "|---|---:|---:|",
+                  f"| SDPA (unsteered) | {1e3 * t_sdpa:.2f} | 1.00 |"]
+        lines += [f"| {k} | {1e3 * v:.2f} | {v / t_sdpa:.2f} |" for k, v in times.items()]
+        # whole generations
+        kw = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+        t0 = time.perf_counter()
+        base = model.generate(**enc, **kw)
+        t_base = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        out = model.generate(**enc, custom_generate=d, spans=enc, **kw)
+        t_dir = time.perf_counter() - t0
+    st = d.stats
+    n_base, n_dir = base.shape[1] - T, out.shape[1] - T
+    lines += ["", f"Greedy, {new_tokens} new tokens (min_new_tokens pinned), Directer(alpha=100, beta=0.5, max_trials=10), "
+              "layer ranking computed per prompt (included):", "",
+              "| decoding | seconds | tokens/s | ratio | gated steps | steered steps | trials | accepted (layers: steps) | fallbacks |",
+              "|---|---:|---:|---:|---:|---:|---:|---|---:|",
+              f"| greedy, SDPA | {t_base:.2f} | {n_base / t_base:.2f} | 1.00 | | | | | |",
+              f"| DIRECTER | {t_dir:.2f} | {n_dir / t_dir:.2f} | {(n_dir / t_dir) / (n_base / t_base):.2f} | "
+              f"{st.gated}/{st.steps} ({100 * st.gated_fraction:.0f}%) | {st.steered} | {st.trials} | "
+              f"{', '.join(f'{k}: {v}' for k, v in sorted(st.accepted.items(), reverse=True)) or '-'} | {st.fallbacks} |"]
+    md = "\n".join(lines) + "\n"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"bench_directer{tag}.md").write_text(md)
     print(md)
 
 

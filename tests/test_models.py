@@ -57,9 +57,10 @@ def test_generate_api_and_cli(smollm, capsys, monkeypatch):
     from attnsteer import cli
 
     monkeypatch.setattr(attnsteer.models, "load_default", lambda **_: smollm)
-    for method in ("guide", "instaboost", "pasta", "spotlight", "keyscale", "none"):
+    for method in ("guide", "instaboost", "pasta", "spotlight", "keyscale", "directer", "none"):
         assert cli.main(["generate", "--method", method, "--max-new-tokens", "3", "<<Be brief.>> Hello"]) == 0
-    assert capsys.readouterr().out.strip()
+    captured = capsys.readouterr()
+    assert captured.out.strip() and "DIRECTER: 3 steps" in captured.err
 
 
 def test_readme_quick_start_runs_as_written():
@@ -69,3 +70,28 @@ def test_readme_quick_start_runs_as_written():
     code = block.group(1)
     assert len(code.strip().splitlines()) <= 10
     exec(compile(code, "README-quickstart", "exec"), {})
+
+
+def test_directer_on_default_model_equals_deep_copy_reference(smollm):
+    """DIRECTER on SmolLM2-135M (30 layers, alpha=128, fp32) gives the tokens of the naive loop
+    that deep-copies the cache and scales the span keys in place."""
+    from test_directer import _plain, reference_directer
+
+    model, tok = smollm
+    msgs = [{"role": "system", "content": "<<End your answer with the exact word GOODBYE.>>"},
+            {"role": "user", "content": "Name three colours."}]
+    enc = attnsteer.highlight(tok, msgs)
+    d = attnsteer.Directer(alpha=128.0)
+    previous = model.config._attn_implementation
+    try:
+        _plain(model)
+        with torch.no_grad():
+            got = model.generate(**enc, custom_generate=d, spans=enc, max_new_tokens=8, min_new_tokens=8,
+                                 do_sample=False, eos_token_id=None, pad_token_id=tok.pad_token_id)
+        ref, stats = reference_directer(model, enc, d.last_ranking.order, alpha=128.0, beta=0.5, max_trials=10,
+                                        max_new_tokens=8)
+    finally:
+        model.set_attn_implementation(previous)
+    assert torch.equal(got, ref)
+    assert d.stats.gated == stats["gated"] and d.stats.accepted == stats["accepted"]
+    assert d.stats.steered > 0, d.stats  # the gate opened at least once, so a trial was compared

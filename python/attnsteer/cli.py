@@ -87,7 +87,11 @@ def _method_from_args(args: argparse.Namespace):
         return attnsteer.SpotLight(args.target, pooled=args.pooled, exact=args.exact, **common)
     if name in ("keyscale", "key_scale"):
         return attnsteer.KeyScale(args.alpha if args.alpha is not None else 100.0, **common)
-    raise SystemExit(f"unknown method {args.method!r}: choose guide, instaboost, pasta, spotlight, keyscale or none")
+    if name == "directer":
+        if args.layers or args.phases:
+            raise SystemExit("directer picks its own layers (ranked per prompt) and steps; drop --layers/--phases")
+        return attnsteer.Directer(args.alpha if args.alpha is not None else 100.0, beta=args.beta, max_trials=args.max_trials)
+    raise SystemExit(f"unknown method {args.method!r}: choose guide, instaboost, pasta, spotlight, keyscale, directer or none")
 
 
 def _generate(args: argparse.Namespace) -> int:
@@ -98,6 +102,8 @@ def _generate(args: argparse.Namespace) -> int:
     method = _method_from_args(args)
     text = attnsteer.generate(model, tok, prompt, method, max_new_tokens=args.max_new_tokens, do_sample=False)
     print(text)
+    if isinstance(method, attnsteer.Directer):
+        print(method.stats, file=sys.stderr)
     return 0
 
 
@@ -111,9 +117,11 @@ def main(argv=None) -> int:
     demo.add_argument("--max-new-tokens", type=int, default=60)
     gen = sub.add_parser("generate", help="generate from a prompt with <<marked>> spans")
     gen.add_argument("prompt", help='text with <<markup>>, e.g. "<<Answer in French.>> What is a cat?"')
-    gen.add_argument("--method", default="guide", help="guide | instaboost | pasta | spotlight | keyscale | none")
+    gen.add_argument("--method", default="guide", help="guide | instaboost | pasta | spotlight | keyscale | directer | none")
     gen.add_argument("--delta", type=float, default=2.0, help="GUIDE's bias")
-    gen.add_argument("--alpha", type=float, default=None, help="InstABoost / PASTA / KeyScale factor")
+    gen.add_argument("--alpha", type=float, default=None, help="InstABoost / PASTA / KeyScale / DIRECTER factor")
+    gen.add_argument("--beta", type=float, default=0.5, help="DIRECTER's plausibility threshold")
+    gen.add_argument("--max-trials", type=int, default=10, help="DIRECTER's steered tries per step")
     gen.add_argument("--target", type=float, default=0.3, help="SpotLight's target span mass")
     gen.add_argument("--pooled", action="store_true", help="SpotLight: pool the span mass per layer")
     gen.add_argument("--exact", action="store_true", help="SpotLight: move the mass to exactly the target")

@@ -8,7 +8,7 @@ from typing import Callable, List, Optional
 
 import torch
 
-from . import GUIDE, PASTA, InstABoost, KeyScale, SpotLight, highlight, steer
+from . import GUIDE, PASTA, Directer, InstABoost, KeyScale, SpotLight, highlight, steer
 
 LONG_TEXT = (
     "The history of the bicycle spans more than two centuries. Early designs, called draisines, had no pedals: "
@@ -45,7 +45,7 @@ TASKS: List[Task] = [
 def methods():
     return [("unsteered", None), ("GUIDE(delta=2)", GUIDE(2.0)), ("InstABoost(alpha=10)", InstABoost(10.0)),
             ("PASTA(alpha=0.1)", PASTA(0.1)), ("SpotLight(target=0.3)", SpotLight(0.3)),
-            ("KeyScale(alpha=2, decode)", KeyScale(2.0))]
+            ("KeyScale(alpha=2, decode)", KeyScale(2.0)), ("Directer(alpha=100)", Directer())]
 
 
 def messages(task: Task):
@@ -62,7 +62,7 @@ def run(task_name: Optional[str] = None, max_new_tokens: int = 60) -> int:
     tasks = [t for t in TASKS if task_name in (None, t.name)]
     if not tasks:
         raise ValueError(f"unknown task {task_name!r}; choose from {[t.name for t in TASKS]}")
-    rows = []
+    rows, notes = [], []
     for task in tasks:
         enc = highlight(tok, messages(task))
         n_prompt = enc["input_ids"].shape[1]
@@ -71,6 +71,9 @@ def run(task_name: Optional[str] = None, max_new_tokens: int = 60) -> int:
             with torch.no_grad():
                 if method is None:
                     out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
+                elif isinstance(method, Directer):
+                    out = model.generate(**enc, custom_generate=method, spans=enc, max_new_tokens=max_new_tokens,
+                                         do_sample=False, pad_token_id=tok.pad_token_id)
                 else:
                     with steer(model, method, spans=enc):
                         out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
@@ -78,10 +81,14 @@ def run(task_name: Optional[str] = None, max_new_tokens: int = 60) -> int:
             new = out[0, n_prompt:]
             text = tok.decode(new, skip_special_tokens=True).strip()
             rows.append((task.name, name, task.check(text), len(new) / dt, text))
+            if isinstance(method, Directer):
+                notes.append(f"{task.name}: {method.stats}")
     print(f"\nModel: SmolLM2-135M-Instruct (embedded GGUF), greedy, {max_new_tokens} new tokens max.")
     print(f"Rule (marked): see each task; prompt = rule + {len(LONG_TEXT.split())}-word text + question.\n")
     print(f"{'task':10s} {'method':26s} {'rule kept':9s} {'tok/s':>6s}  reply    (tok/s includes the prefill)")
     for task, name, ok, tps, text in rows:
         snippet = text.replace("\n", " ")[:70]
         print(f"{task:10s} {name:26s} {'yes' if ok else 'no':9s} {tps:6.1f}  {snippet}")
+    for note in notes:
+        print(note)
     return 0
