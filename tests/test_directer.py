@@ -202,6 +202,13 @@ def test_given_ranking_is_used_and_plotted(tmp_path):
         m.generate(**enc, custom_generate=d, spans=enc, max_new_tokens=4, do_sample=False, pad_token_id=0)
     assert d.last_ranking.order.tolist() == [order, order] and d.stats.forwards <= 4 * 5  # no ranking passes
     rk = attnsteer.rank_layers(m, enc, progress=False)
+    shared = rk.mean()  # computed on 2 prompts, reused for a batch of 1
+    assert shared.order.shape == (1, 8)
+    one = attnsteer.highlight(tokenizer(), PROMPTS[0])
+    d1 = Directer(alpha=128.0, ranking=shared)
+    with torch.no_grad():
+        m.generate(**one, custom_generate=d1, spans=one, max_new_tokens=2, do_sample=False, pad_token_id=0)
+    assert torch.equal(d1.last_ranking.order, shared.order)
     rk.plot(path=str(tmp_path / "ranking.png"))
     assert (tmp_path / "ranking.png").stat().st_size > 1000
     with pytest.raises(ValueError, match="permutation"):
@@ -254,8 +261,8 @@ def test_errors_name_the_fix():
     plain = attnsteer.highlight(tok, ["no markup here", "<<marked>> text"])
     with pytest.raises(ValueError, match=r"rows \[0\] have no highlighted tokens"):
         m.generate(**plain, custom_generate=Directer(), spans=plain, **kw)
-    with pytest.raises(NotImplementedError, match="do_sample=False"):
-        m.generate(**enc, custom_generate=Directer(), spans=enc, do_sample=True, **kw)
+    with pytest.raises(NotImplementedError, match="num_beams=1"):
+        m.generate(**enc, custom_generate=Directer(), spans=enc, num_beams=2, **kw)
     with pytest.raises(ValueError, match="same prompts"):
         m.generate(**enc, custom_generate=Directer(), spans=enc.span_mask[:, 1:], **kw)
     with pytest.raises(ValueError, match="beta"):
@@ -275,3 +282,26 @@ def test_sliding_window_models_fit_or_raise():
     with torch.no_grad():
         ids = m.generate(**short, custom_generate=Directer(), spans=short, max_new_tokens=2, pad_token_id=0)
     assert ids.shape[1] == short["input_ids"].shape[1] + 2
+
+
+def test_sampling_behind_the_gate():
+    """With beta = 1 the gate only opens on exact ties, so DIRECTER samples from the raw
+    distribution exactly as transformers' sampling does (same seed, same tokens); with a low beta
+    trials run, and a seed reproduces the run."""
+    m = _plain(tiny_model("llama", layers=8, seed=0, std=0.5))
+    enc = _enc()
+    kw = dict(max_new_tokens=10, min_new_tokens=10, do_sample=True, top_k=20, temperature=0.8, pad_token_id=0,
+              eos_token_id=None)
+    with torch.no_grad():
+        torch.manual_seed(7)
+        hf = m.generate(**enc, **kw)
+        torch.manual_seed(7)
+        d = Directer(beta=1.0)
+        ours = m.generate(**enc, custom_generate=d, spans=enc, **kw)
+        assert d.stats.steered == 0 and torch.equal(ours, hf)
+        runs = []
+        for _ in range(2):
+            torch.manual_seed(3)
+            d = Directer(alpha=128.0, beta=0.05)
+            runs.append(m.generate(**enc, custom_generate=d, spans=enc, **kw))
+    assert torch.equal(runs[0], runs[1]) and d.stats.steered > 0

@@ -63,6 +63,12 @@ class LayerRanking:
         sens.scatter_(1, o, torch.arange(L, 0, -1, dtype=torch.float32).expand_as(o).contiguous())
         return cls(sens, o.contiguous(), "given")
 
+    def mean(self) -> "LayerRanking":
+        """One ranking shared by every row (mean sensitivity over the rows), e.g. to rank a model
+        once on a few prompts and reuse it with ``Directer(ranking=...)`` for any batch size."""
+        sens = self.sensitivity.float().mean(dim=0, keepdim=True)
+        return LayerRanking(sens, sens.argsort(dim=1, descending=True, stable=True), self.variant)
+
     def plot(self, row: int = 0, ax=None, path: Optional[str] = None):
         """Bar chart of the sensitivity of every layer (``row`` of the batch); saved to ``path`` if given."""
         import matplotlib
@@ -238,13 +244,11 @@ class Directer:
     def __call__(self, model, input_ids: torch.LongTensor, logits_processor=None, stopping_criteria=None,
                  generation_config=None, synced_gpus: bool = False, streamer=None, spans: Any = None,
                  ranking: Any = None, **model_kwargs) -> torch.LongTensor:
-        """Greedy DIRECTER decoding; ``spans`` is the encoding from :func:`attnsteer.highlight`
+        """DIRECTER decoding; ``spans`` is the encoding from :func:`attnsteer.highlight`
         (or a ``(B, T)`` span mask) aligned with ``input_ids``. Returns ``(B, T + new)`` ids."""
         if generation_config is not None:
-            if getattr(generation_config, "do_sample", False):
-                raise NotImplementedError("DIRECTER decodes greedily; pass do_sample=False")
             if getattr(generation_config, "num_beams", 1) not in (1, None):
-                raise NotImplementedError("DIRECTER decodes greedily; pass num_beams=1")
+                raise NotImplementedError("DIRECTER decodes one token per step (greedy or sampling); pass num_beams=1")
             if getattr(generation_config, "return_dict_in_generate", False):
                 raise NotImplementedError("DIRECTER returns token ids; statistics are in Directer.stats "
                                           "(pass return_dict_in_generate=False)")
@@ -435,6 +439,7 @@ def _directer_loop(d: Directer, model, input_ids, attention_mask, spans, ranking
         raise ValueError(f"DIRECTER needs a model with at least 2 layers (never steers a single layer); got {L}")
     pad = getattr(generation_config, "_pad_token_tensor", None)
     pad_id = int(pad) if pad is not None else (getattr(generation_config, "pad_token_id", None) or 0)
+    sample = bool(getattr(generation_config, "do_sample", False))
     stats = DirecterStats()
     d.stats = stats
     with steer_ctx(model, d.trial_method(), spans=span):
@@ -466,8 +471,7 @@ def _directer_loop(d: Directer, model, input_ids, attention_mask, spans, ranking
             raw_scores = logits_processor(ids, raw_logits) if logits_processor is not None else raw_logits
             p = raw_scores.softmax(-1)
             top = p.topk(2, dim=-1)
-            raw_arg = top.indices[:, 0]
-            choice = raw_arg.clone()
+            choice = torch.multinomial(p, 1)[:, 0] if sample else top.indices[:, 0].clone()
             # 2. top-2 gate
             pending = unfinished & (top.values[:, 1] >= beta * top.values[:, 0])
             stats.steps += int(unfinished.sum())
@@ -485,7 +489,7 @@ def _directer_loop(d: Directer, model, input_ids, attention_mask, spans, ranking
                 stats.forwards += 1
                 stats.trials += int(pending.sum())
                 s_scores = logits_processor(ids, s_logits) if logits_processor is not None else s_logits
-                s_arg = s_scores.argmax(-1)
+                s_arg = torch.multinomial(s_scores.softmax(-1), 1)[:, 0] if sample else s_scores.argmax(-1)
                 ok = pending & (p.gather(1, s_arg[:, None])[:, 0] >= beta * p_star)
                 for n in n_layers[ok].tolist():
                     stats.accepted[n] = stats.accepted.get(n, 0) + 1
