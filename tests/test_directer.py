@@ -305,3 +305,34 @@ def test_sampling_behind_the_gate():
             d = Directer(alpha=128.0, beta=0.05)
             runs.append(m.generate(**enc, custom_generate=d, spans=enc, **kw))
     assert torch.equal(runs[0], runs[1]) and d.stats.steered > 0
+
+
+def test_exactly_the_marked_tokens_are_scaled(monkeypatch):
+    """The released code scales one token past the span's end; here the op receives exactly the
+    marked keys (and never generated ones), with alpha on the steered rows only."""
+    import attnsteer.hf as hf
+
+    m = tiny_model("llama", layers=8, seed=0, std=0.5)
+    enc = _enc()
+    seen = []
+    real = hf._op
+
+    def spy(state, query, key, value, span, **kw):
+        ks = kw.get("key_scale", 1.0)
+        if not isinstance(ks, (int, float)) or ks != 1.0:
+            seen.append((span.clone(), kw.get("query_mask")))
+        return real(state, query, key, value, span, **kw)
+
+    monkeypatch.setattr(hf, "_op", spy)
+    d = Directer(alpha=128.0, beta=0.05)
+    with torch.no_grad():
+        m.generate(**enc, custom_generate=d, spans=enc, max_new_tokens=6, min_new_tokens=6, do_sample=False,
+                   pad_token_id=0, eos_token_id=None)
+    assert seen and d.stats.trials > 0
+    T = enc["input_ids"].shape[1]
+    for span, query_mask in seen:
+        Tk = span.shape[1]
+        expected = torch.zeros_like(span)
+        expected[:, : min(T, Tk)] = enc.span_mask[:, : min(T, Tk)].float()
+        assert torch.equal(span != 0, expected != 0)
+        assert query_mask is not None and query_mask.shape[1] == 1
