@@ -95,3 +95,16 @@ def test_directer_on_default_model_equals_deep_copy_reference(smollm):
     assert torch.equal(got, ref)
     assert d.stats.gated == stats["gated"] and d.stats.accepted == stats["accepted"]
     assert d.stats.steered > 0, d.stats  # the gate opened at least once, so a trial was compared
+
+
+def test_demo_prints_every_method(smollm, capsys, monkeypatch):
+    from attnsteer import demo
+
+    monkeypatch.setattr(attnsteer.models, "load_default", lambda **_: smollm)
+    assert demo.run("start-yes", max_new_tokens=4) == 0
+    out = capsys.readouterr().out
+    for name, _ in demo.methods():
+        assert f"start-yes  {name}" in out
+    assert "DIRECTER:" in out
+    with pytest.raises(ValueError, match="unknown task"):
+        demo.run("nope")

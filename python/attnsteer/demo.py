@@ -26,6 +26,7 @@ class Task:
     rule: str
     question: str
     check: Callable[[str], bool]
+    in_user_message: bool = False  # the marked rule sits right before the question, else in the system prompt
 
 
 # Picked by trying on the embedded model (greedy): unsteered, it drops these marked rules.
@@ -35,7 +36,7 @@ class Task:
 TASKS: List[Task] = [
     Task("start-yes", "Start your answer with the word YES.",
          "Summarise the text above in one sentence.",
-         lambda s: s.strip().startswith("YES")),
+         lambda s: s.strip().startswith("YES"), in_user_message=True),
     Task("ends-with", "End your answer with the exact word GOODBYE.",
          "Summarise the text above in two sentences.",
          lambda s: s.strip().rstrip(".!").endswith("GOODBYE")),
@@ -49,6 +50,8 @@ def methods():
 
 
 def messages(task: Task):
+    if task.in_user_message:
+        return [{"role": "user", "content": f"{LONG_TEXT}\n\n<<{task.rule}>> {task.question}"}]
     return [{"role": "system", "content": f"<<{task.rule}>>"},
             {"role": "user", "content": f"{LONG_TEXT}\n\n{task.question}"}]
 
@@ -58,10 +61,10 @@ def run(task_name: Optional[str] = None, max_new_tokens: int = 60) -> int:
 
     from .models import load_default
 
-    model, tok = load_default()
     tasks = [t for t in TASKS if task_name in (None, t.name)]
     if not tasks:
         raise ValueError(f"unknown task {task_name!r}; choose from {[t.name for t in TASKS]}")
+    model, tok = load_default()
     rows, notes = [], []
     for task in tasks:
         enc = highlight(tok, messages(task))
@@ -84,7 +87,8 @@ def run(task_name: Optional[str] = None, max_new_tokens: int = 60) -> int:
             if isinstance(method, Directer):
                 notes.append(f"{task.name}: {method.stats}")
     print(f"\nModel: SmolLM2-135M-Instruct (embedded GGUF), greedy, {max_new_tokens} new tokens max.")
-    print(f"Rule (marked): see each task; prompt = rule + {len(LONG_TEXT.split())}-word text + question.\n")
+    print(f"Prompts: a {len(LONG_TEXT.split())}-word text, a marked rule (in the system prompt, or in the user "
+          "message before the question) and a question; 'rule kept' is checked by code.\n")
     print(f"{'task':10s} {'method':26s} {'rule kept':9s} {'tok/s':>6s}  reply    (tok/s includes the prefill)")
     for task, name, ok, tps, text in rows:
         snippet = text.replace("\n", " ")[:70]
