@@ -188,11 +188,12 @@ def _span_and_rows(state: "_State", kind: str, B: int, Tq: int, Tk: int, q_off: 
 
     The same for every layer of one forward (and mask type), so it is cached per forward: the
     per-step Python work stays one small computation, not one per layer."""
-    # PASTA's keys depend on the padding mask's values, so only the highlight kind is cached.
-    key = (kind, B, Tq, Tk, q_off, kv_off, str(device)) if kind == "highlight" else None
+    # PASTA's keys depend on the padding mask, which is one object per forward (and mask type):
+    # it is part of the key, and kept in the entry so that its id cannot be reused meanwhile.
+    key = (kind, B, Tq, Tk, q_off, kv_off, str(device), id(padding) if kind != "highlight" else None)
     cache = state.cache
-    if key is not None and key in cache:
-        return cache[key]
+    if key in cache:
+        return cache[key][:2]
     if len(cache) > 16:
         cache.clear()
     # Absolute positions of this forward's keys and queries; generated keys are never span.
@@ -218,8 +219,7 @@ def _span_and_rows(state: "_State", kind: str, B: int, Tq: int, Tk: int, q_off: 
         query_mask = (q_pos < T0)[None, :].expand(B, Tq)
     elif state.method.phases == "decode":
         query_mask = (q_pos >= T0)[None, :].expand(B, Tq)
-    if key is not None:
-        cache[key] = (span, query_mask)
+    cache[key] = (span, query_mask, padding)
     return span, query_mask
 
 
