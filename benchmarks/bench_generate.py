@@ -94,18 +94,9 @@ def main() -> None:
     print(md)
 
 
-def _median_time(fn, reps: int = 15) -> float:
-    fn()
-    ts = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return sorted(ts)[len(ts) // 2]
-
-
 def bench_directer(model, tok, body: str, new_tokens: int, out_dir: Path, tag: str) -> None:
-    from attnsteer.directer import _forward, _peek, _prefill
+    from attnsteer.cli import _time
+    from attnsteer.directer import _forward, _peek
 
     msgs = [{"role": "system", "content": "<<Start your answer with the word YES.>>"},
             {"role": "user", "content": f"{body}\n\nSummarise the text above."}]
@@ -126,10 +117,9 @@ def bench_directer(model, tok, body: str, new_tokens: int, out_dir: Path, tag: s
             with _peek(cache, T - 1):
                 model(input_ids=ids[:, -1:], attention_mask=am, past_key_values=cache, use_cache=True, logits_to_keep=1)
 
-        t_sdpa = _median_time(sdpa_step)
+        t_sdpa = _time(sdpa_step, reps=15)
         with attnsteer.steer(model, d.trial_method(), spans=enc):
             state = model._attnsteer_state
-            state.num_layers = L
             half = torch.zeros(1, L, dtype=torch.bool)
             half[:, : L // 2] = True
             times = {}
@@ -138,7 +128,7 @@ def bench_directer(model, tok, body: str, new_tokens: int, out_dir: Path, tag: s
                 def step(rows=rows):
                     with _peek(cache, T - 1):
                         _forward(model, state, ids[:, -1:], am, cache, rows)
-                times[name] = _median_time(step)
+                times[name] = _time(step, reps=15)
         lines += ["| single-token forward over the prompt cache | ms | ÷ SDPA forward |", "|---|---:|---:|",
                   f"| SDPA (unsteered) | {1e3 * t_sdpa:.2f} | 1.00 |"]
         lines += [f"| {k} | {1e3 * v:.2f} | {v / t_sdpa:.2f} |" for k, v in times.items()]

@@ -212,11 +212,11 @@ def test_pipeline_batches_keep_each_rows_span():
         assert list(got) == row.tolist()
 
 
-def test_two_threads_on_one_steered_model_is_an_error():
+def _holding_criteria():
+    """A stopping criterion that parks generate after its first step until ``release`` is set;
+    ``inside`` is set once generate is parked."""
     from transformers import StoppingCriteria
 
-    m = tiny_model("llama", std=0.3)
-    enc = _enc()
     inside, release = threading.Event(), threading.Event()
 
     class Hold(StoppingCriteria):
@@ -225,10 +225,18 @@ def test_two_threads_on_one_steered_model_is_an_error():
             release.wait(30)
             return torch.zeros(input_ids.shape[0], dtype=torch.bool)
 
+    return Hold(), inside, release
+
+
+def test_two_threads_on_one_steered_model_is_an_error():
+    m = tiny_model("llama", std=0.3)
+    enc = _enc()
+    hold, inside, release = _holding_criteria()
+
     out = {}
     with torch.no_grad(), attnsteer.steer(m, GUIDE(2.0), spans=enc):
         th = threading.Thread(target=lambda: out.setdefault(
-            "ids", m.generate(**enc, max_new_tokens=3, do_sample=False, pad_token_id=0, stopping_criteria=[Hold()])))
+            "ids", m.generate(**enc, max_new_tokens=3, do_sample=False, pad_token_id=0, stopping_criteria=[hold])))
         th.start()
         assert inside.wait(30)
         try:
@@ -284,25 +292,17 @@ def test_missing_embedded_model_names_the_install_command(monkeypatch):
 
 
 def test_leaving_steer_waits_for_a_generation_in_another_thread():
-    from transformers import StoppingCriteria
-
     m = tiny_model("llama", std=0.3)
     enc = _enc()
     kw = dict(max_new_tokens=6, min_new_tokens=6, do_sample=False, pad_token_id=0)
     with torch.no_grad(), attnsteer.steer(m, GUIDE(8.0), spans=enc):
         expected = m.generate(**enc, **kw)
-    inside, release = threading.Event(), threading.Event()
-
-    class Hold(StoppingCriteria):
-        def __call__(self, input_ids, scores, **kwargs):
-            inside.set()
-            release.wait(30)
-            return torch.zeros(input_ids.shape[0], dtype=torch.bool)
+    hold, inside, release = _holding_criteria()
 
     out = {}
     ctx = attnsteer.steer(m, GUIDE(8.0), spans=enc)
     ctx.__enter__()
-    worker = threading.Thread(target=lambda: out.setdefault("ids", m.generate(**enc, stopping_criteria=[Hold()], **kw)))
+    worker = threading.Thread(target=lambda: out.setdefault("ids", m.generate(**enc, stopping_criteria=[hold], **kw)))
     worker.start()
     assert inside.wait(30)
     leaving = threading.Thread(target=lambda: ctx.__exit__(None, None, None))

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Union
 
@@ -117,6 +118,7 @@ def _sensitivity(pre0: torch.Tensor, post0: torch.Tensor, pre: torch.Tensor, pos
 
 
 # ----------------------------------------------------------------------------- cache views
+@functools.cache
 def _peek_layer_class():
     from transformers.cache_utils import DynamicLayer
 
@@ -297,9 +299,7 @@ def _span_mask_for(spans: Any, input_ids: torch.Tensor) -> torch.Tensor:
 
 
 def _check_model(model, total_length: int) -> None:
-    from .hf import _check_supported
-
-    _check_supported(model)
+    """Sliding-window limit; whether the model is supported at all is checked by steer()."""
     cfg = getattr(model.config, "text_config", None) or model.config
     window = getattr(cfg, "sliding_window", None)
     types = getattr(cfg, "layer_types", None) or []
@@ -326,11 +326,6 @@ def _forward(model, state, ids, attention_mask, cache, row_layers=None) -> torch
     finally:
         state.row_layers, state.layer_on = None, None
     return out.logits[:, -1].float()
-
-
-def _num_layers(model) -> int:
-    cfg = getattr(model.config, "text_config", None) or model.config
-    return int(cfg.num_hidden_layers)
 
 
 def _rank_after_prefill(model, state, cache, token, attention_mask, variant: str, progress: bool) -> LayerRanking:
@@ -418,13 +413,13 @@ def rank_layers(model, inputs: Any, *, alpha: float = 100.0, steer: Optional[Met
     method = Directer(alpha=alpha, steer=steer).trial_method()
     with steer_ctx(model, method, spans=span):
         state = model._attnsteer_state
-        state.num_layers = _num_layers(model)
         cache = _prefill(model, state, input_ids, attention_mask)
         return _rank_after_prefill(model, state, cache, input_ids[:, -1:], attention_mask, variant, progress)
 
 
 def _directer_loop(d: Directer, model, input_ids, attention_mask, spans, ranking, logits_processor,
                    stopping_criteria, generation_config, streamer) -> torch.LongTensor:
+    from .hf import _num_layers
     from .hf import steer as steer_ctx
 
     if attention_mask is None:
@@ -433,7 +428,7 @@ def _directer_loop(d: Directer, model, input_ids, attention_mask, spans, ranking
     B, T = input_ids.shape
     max_length = getattr(generation_config, "max_length", None) or T + 20
     _check_model(model, max_length)
-    L = _num_layers(model)
+    L = _num_layers(model) or 0
     counts = _layer_counts(L, int(d.max_trials))
     if not counts:
         raise ValueError(f"DIRECTER needs a model with at least 2 layers (never steers a single layer); got {L}")
@@ -444,7 +439,6 @@ def _directer_loop(d: Directer, model, input_ids, attention_mask, spans, ranking
     d.stats = stats
     with steer_ctx(model, d.trial_method(), spans=span):
         state = model._attnsteer_state
-        state.num_layers = L
         cache = _prefill(model, state, input_ids, attention_mask)
         if ranking is None:
             rk = _rank_after_prefill(model, state, cache, input_ids[:, -1:], attention_mask, d.ranking_variant, False)

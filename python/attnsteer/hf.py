@@ -283,6 +283,12 @@ def _attention_modules(model):
             yield m
 
 
+def _num_layers(model) -> Optional[int]:
+    """Decoder layers of ``model`` (its text config's for multimodal models), None if unknown."""
+    cfg = model.config
+    return getattr(cfg, "num_hidden_layers", None) or getattr(getattr(cfg, "text_config", None), "num_hidden_layers", None)
+
+
 def _check_supported(model) -> None:
     if not getattr(model, "_supports_attention_backend", False):
         raise NotImplementedError(
@@ -312,7 +318,7 @@ def steer(model, method: Method, spans: Union[torch.Tensor, Any]) -> Iterator[An
     span_mask = getattr(spans, "span_mask", spans)
     if not isinstance(span_mask, torch.Tensor) or span_mask.dim() != 2:
         raise TypeError("spans must be the encoding from attnsteer.highlight(...) or a (B, T) span mask tensor")
-    num_layers = getattr(model.config, "num_hidden_layers", None) or getattr(getattr(model.config, "text_config", None), "num_hidden_layers", None)
+    num_layers = _num_layers(model)
     if num_layers:
         method.check_layers(num_layers)
     if getattr(model, "_attnsteer_state", None) is not None:
@@ -320,6 +326,7 @@ def steer(model, method: Method, spans: Union[torch.Tensor, Any]) -> Iterator[An
                            "exit the other steer() block first, or steer a second copy of the model")
     _ensure_registered()
     state = _State(method, span_mask.float(), span_mask.shape[1])
+    state.num_layers = num_layers or 0
     if "attention_mask" in getattr(spans, "keys", lambda: [])():
         am = spans["attention_mask"]
         state.first_token = am.long().argmax(dim=1)  # first real token under left padding
