@@ -63,6 +63,10 @@ def test_wheel_installs_and_works_in_another_environment(tmp_path):
         "out = attnsteer.steered_attention(q, q, q, torch.ones(1, 5, dtype=torch.bool), bias=1.0, is_causal=True)\n"
         "ref = attnsteer.reference.steered_attention(q, q, q, torch.ones(1, 5, dtype=torch.float64), torch.ones(1, 2), torch.ones(1, 2), is_causal=True)\n"
         "assert (out - ref).abs().max() < 1e-5\n"
+        "from attnsteer.eval import checkers, ifeval\n"
+        f"assert str(checkers.NLTK_DATA).startswith({str(target)!r})\n"
+        "assert (checkers.NLTK_DATA / 'tokenizers/punkt_tab/english/ortho_context.tab').is_file()\n"
+        "assert len(ifeval.load_prompts()) == 541\n"
         "print('wheel ok')\n"
     )
     run_env = dict(env, PYTHONPATH=str(target))

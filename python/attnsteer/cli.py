@@ -1,8 +1,10 @@
-"""Command line: ``attnsteer demo | generate | bench``.
+"""Command line: ``attnsteer demo | generate | eval | bench``.
 
 ``demo`` runs a marked rule on the embedded SmolLM2-135M-Instruct, unsteered vs each method
 (``--kernel`` runs the kernel demo instead: span mass, accuracy against float64, time vs SDPA).
 ``generate`` steers one prompt with any method, on the embedded model or ``--model DIR|FILE.gguf``.
+``eval`` measures whether steering helps (``ifeval``, ``retention``, ``sweep``, ``report``; see
+:mod:`attnsteer.eval`).
 """
 from __future__ import annotations
 
@@ -130,6 +132,9 @@ def main(argv=None) -> int:
     gen.add_argument("--model", default=None, help="local Hugging Face model directory or .gguf file")
     gen.add_argument("--chat", action="store_true", help="wrap the prompt as a user message (chat template)")
     gen.add_argument("--max-new-tokens", type=int, default=60)
+    from .eval import cli as eval_cli
+
+    eval_cli.add_parsers(sub)
     bench = sub.add_parser("bench", help="run benchmarks/bench_attention.py (from a source checkout)")
     bench.add_argument("rest", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
@@ -141,6 +146,8 @@ def main(argv=None) -> int:
         return model_demo.run(args.task, args.max_new_tokens)
     if args.command == "generate":
         return _generate(args)
+    if args.command == "eval":
+        return eval_cli.run(args, argv)
     script = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_attention.py"
     if not script.exists():
         parser.error("bench needs a source checkout (benchmarks/bench_attention.py not found)")

@@ -1,0 +1,129 @@
+"""``attnsteer eval ifeval | retention | sweep | report``."""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shlex
+import sys
+from typing import List, Optional
+
+DEFAULT_OUT = "eval_results"
+
+
+def add_parsers(sub) -> None:
+    ev = sub.add_parser("eval", help="evaluate steering: IFEval, long-context rule retention, strength sweeps")
+    esub = ev.add_subparsers(dest="eval_command", required=True)
+
+    def common(p, default_out):
+        p.add_argument("--model", default=None, help="local Hugging Face model directory or .gguf file (default: embedded SmolLM2-135M-Instruct)")
+        p.add_argument("--batch-size", type=int, default=8)
+        p.add_argument("--max-new-tokens", type=int, default=256)
+        p.add_argument("--limit", type=int, default=None, help="only the first N prompts (after the split)")
+        p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (1 can beat 2 on a loaded 2-core machine)")
+        p.add_argument("--out", default=default_out, help="results folder (responses.jsonl, results.json, results.md)")
+        p.add_argument("--no-progress", action="store_true")
+
+    p = esub.add_parser("ifeval", help="IFEval (541 prompts) unsteered and with each --method")
+    common(p, os.path.join(DEFAULT_OUT, "ifeval"))
+    p.add_argument("--method", action="append", default=None,
+                   help="method spec, repeatable: none, guide:delta=2, instaboost:alpha=10, pasta:alpha=0.1, "
+                        "spotlight:target=0.3, keyscale:alpha=2, directer, gate+guide:delta=2 (default: none)")
+    p.add_argument("--strategy", default="prompt", choices=["prompt", "constraints", "system"],
+                   help="what is highlighted: the whole prompt, its constraint sentences, or a system message restating them")
+    p.add_argument("--split", default="all", choices=["all", "dev", "test"], help="the fixed 100/441 split (sweeps tune on dev)")
+
+    p = esub.add_parser("retention", help="a checkable rule before/after a long document, accuracy against length")
+    common(p, os.path.join(DEFAULT_OUT, "retention"))
+    p.set_defaults(max_new_tokens=96)
+    p.add_argument("--method", action="append", default=None, help="method spec, repeatable (default: none)")
+    p.add_argument("--lengths", default="512,1024,2048,4096,8192", help="document lengths in tokens")
+    p.add_argument("--placements", default="system,before,after", help="where the rule sits")
+    p.add_argument("--docs", type=int, default=4, help="documents per length")
+    p.add_argument("--rules", default=None, help="comma-separated rule names (default: all)")
+
+    p = esub.add_parser("sweep", help="strength grid per method on the IFEval dev split; best by loose accuracy within the fluency bounds")
+    common(p, os.path.join(DEFAULT_OUT, "sweep"))
+    p.add_argument("--methods", default="guide,instaboost,spotlight,pasta,pasta-layers,keyscale",
+                   help="which grids (see attnsteer.eval.sweep.GRIDS)")
+    p.add_argument("--gated", action="store_true", help="also each grid point inside DIRECTER's plausibility gate")
+    p.add_argument("--strategy", default="prompt", choices=["prompt", "constraints", "system"])
+    p.add_argument("--report-test", action="store_true", help="then run the chosen settings on the 441 test prompts")
+
+    p = esub.add_parser("report", help="rebuild results.json / results.md from a responses.jsonl")
+    p.add_argument("--out", default=os.path.join(DEFAULT_OUT, "ifeval"))
+    p.add_argument("--model-tag", default=None)
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--split", default="all", choices=["all", "dev", "test"])
+
+
+def _load(args):
+    import torch
+
+    from .. import models
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.model:
+        model, tok = models.load(args.model)
+        tag = os.path.basename(os.path.normpath(args.model))
+    else:
+        model, tok = models.load_default()
+        tag = "SmolLM2-135M-Instruct"
+    return model, tok, tag
+
+
+def machine() -> str:
+    import torch
+
+    return f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+
+
+def _command(argv: Optional[List[str]]) -> str:
+    return "attnsteer " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+
+
+def run(args, argv=None) -> int:
+    from . import ifeval, runner
+
+    cmd = args.eval_command
+    if cmd == "report":
+        store = runner.ResponseStore(os.path.join(args.out, "responses.jsonl"))
+        tags = sorted({k[0] for k in store.records})
+        tag = args.model_tag or (tags[0] if len(tags) == 1 else None)
+        if tag is None:
+            raise SystemExit(f"{args.out} holds several models ({tags}): pass --model-tag")
+        records = ifeval.split(ifeval.load_prompts(), args.split)
+        rows = runner.summarize_ifeval(store, records, tag, args.max_new_tokens)
+        _, md = runner.write_report(rows, args.out, title=f"IFEval — {tag} — {args.split} split", command=_command(argv),
+                                    machine=machine())
+        print(open(md, encoding="utf-8").read())
+        return 0
+    if cmd == "ifeval":
+        from . import specs
+
+        methods = args.method or ["none"]
+        for m in methods:
+            specs.canonical(m)  # fail on a bad spec before loading the model
+        model, tok, tag = _load(args)
+        records = ifeval.split(ifeval.load_prompts(), args.split)
+        if args.limit:
+            records = records[:args.limit]
+        store = runner.ResponseStore(os.path.join(args.out, "responses.jsonl"))
+        runner.run_ifeval(model, tok, records, methods, strategy=args.strategy, store=store, model_tag=tag,
+                          batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, progress=not args.no_progress)
+        rows = runner.summarize_ifeval(store, records, tag, args.max_new_tokens)
+        _, md = runner.write_report(rows, args.out, title=f"IFEval — {tag} — {args.split} split"
+                                    + (f", first {args.limit}" if args.limit else ""), command=_command(argv),
+                                    machine=machine())
+        print(open(md, encoding="utf-8").read())
+        return 0
+    if cmd == "retention":
+        from . import retention
+
+        return retention.main(args, _load, _command(argv), machine)
+    if cmd == "sweep":
+        from . import sweep
+
+        return sweep.main(args, _load, _command(argv), machine)
+    raise SystemExit(f"unknown eval command {cmd!r}")

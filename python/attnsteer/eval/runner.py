@@ -1,0 +1,294 @@
+"""Batched steered generation with a resumable response store, and IFEval's run and report.
+
+Every response is one JSON line in ``responses.jsonl``, keyed by (model, method spec,
+strategy, max_new_tokens, prompt key); a run skips the keys already there, so an interrupted
+run continues where it stopped. Results (``results.json``, ``results.md``) are recomputed from
+the store.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+
+import torch
+
+from ..directer import Directer
+from ..hf import steer
+from ..spans import highlight
+from . import checkers, fluency, ifeval, specs
+
+__all__ = ["ResponseStore", "generate_batch", "run_ifeval", "summarize_ifeval", "write_report", "baseline_strategy"]
+
+Key = Tuple[str, str, str, int, Any]
+
+
+def baseline_strategy(strategy: str) -> str:
+    """The strategy an unsteered run is stored under: only ``system`` changes its prompt."""
+    return "system" if strategy == "system" else "none"
+
+
+class ResponseStore:
+    """Append-only jsonl of responses; :meth:`done` tells which keys exist."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.records: Dict[Key, Dict[str, Any]] = {}
+        if os.path.exists(path):
+            with open(path, encoding="utf-8") as f:
+                for line in f:
+                    line = line.strip()
+                    if not line:
+                        continue
+                    try:
+                        r = json.loads(line)
+                    except json.JSONDecodeError:  # a line cut by an interruption: redo that prompt
+                        continue
+                    self.records[self.key_of(r)] = r
+
+    @staticmethod
+    def key_of(r: Dict[str, Any]) -> Key:
+        return (r["model"], r["method"], r["strategy"], int(r["max_new_tokens"]), r["key"])
+
+    def done(self, key: Key) -> bool:
+        return key in self.records
+
+    def add(self, rows: Iterable[Dict[str, Any]]) -> None:
+        rows = list(rows)
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        with open(self.path, "a+b") as f:
+            f.seek(0, os.SEEK_END)
+            if f.tell() > 0:
+                f.seek(-1, os.SEEK_END)
+                if f.read(1) != b"\n":  # a line cut by an interruption: start a new one
+                    f.write(b"\n")
+            for r in rows:
+                f.write((json.dumps(r, ensure_ascii=False) + "\n").encode("utf-8"))
+                self.records[self.key_of(r)] = r
+            f.flush()
+            os.fsync(f.fileno())
+
+    def select(self, model: str, method: str, strategy: str, max_new_tokens: int) -> Dict[Any, Dict[str, Any]]:
+        return {k[4]: r for k, r in self.records.items() if k[:4] == (model, method, strategy, max_new_tokens)}
+
+
+@dataclass
+class Generated:
+    text: str
+    n_tokens: int
+    nll: float
+    distinct4: float
+
+
+def _encode(tokenizer, prompts: Sequence[ifeval.Prompt], steered: bool):
+    texts = [p.text for p in prompts]
+    if steered:
+        # markers={}: dataset text is taken verbatim (IFEval has literal <<title>>); the
+        # highlight is the character spans alone.
+        return highlight(tokenizer, texts, char_spans=[p.spans for p in prompts], markers={},
+                         add_special_tokens=False, padding=True)
+    return tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt")
+
+
+@torch.no_grad()
+def generate_batch(model, tokenizer, prompts: Sequence[ifeval.Prompt], method: specs.Spec,
+                   max_new_tokens: int) -> List[Generated]:
+    """Greedy replies to a batch of rendered prompts (left padding), steered by ``method``
+    on each prompt's own spans, with their fluency figures."""
+    enc = _encode(tokenizer, prompts, method is not None)
+    enc = enc.to(model.device)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    kw = dict(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad, temperature=None, top_p=None, top_k=None)
+    inputs = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+    if method is None:
+        out = model.generate(**inputs, **kw)
+    elif isinstance(method, Directer):
+        out = model.generate(**inputs, custom_generate=method, spans=enc, **kw)
+    else:
+        with steer(model, method, spans=enc):
+            out = model.generate(**inputs, **kw)
+    P = enc["input_ids"].shape[1]
+    gen = out[:, P:]
+    eos = _eos_ids(model, tokenizer)
+    gen_mask = torch.ones_like(gen)
+    for b in range(gen.shape[0]):
+        ends = [i for i, t in enumerate(gen[b].tolist()) if t in eos]
+        if ends:
+            gen_mask[b, ends[0] + 1:] = 0
+    nll = fluency.response_nll(model, inputs["input_ids"], inputs["attention_mask"], gen, gen_mask)
+    results = []
+    for b in range(gen.shape[0]):
+        n = int(gen_mask[b].sum())
+        ids = gen[b, :n].tolist()
+        text = tokenizer.decode(ids, skip_special_tokens=True)
+        results.append(Generated(text, n, nll[b], fluency.distinct_ngrams(text)))
+    return results
+
+
+def _eos_ids(model, tokenizer) -> set:
+    ids = set()
+    for src in (getattr(model, "generation_config", None), model.config):
+        e = getattr(src, "eos_token_id", None) if src is not None else None
+        if e is None:
+            continue
+        ids.update(e if isinstance(e, (list, tuple)) else [e])
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return ids
+
+
+def _batches(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+def run_ifeval(model, tokenizer, records: Sequence[Dict[str, Any]], methods: Sequence[str], *, strategy: str,
+               store: ResponseStore, model_tag: str, batch_size: int = 8, max_new_tokens: int = 256,
+               progress: bool = True) -> None:
+    """Generate and score every (method, prompt) not yet in ``store``.
+
+    ``methods`` are spec strings (:mod:`attnsteer.eval.specs`); ``none`` runs unsteered under
+    :func:`baseline_strategy`. Prompts are batched longest first (less padding)."""
+    from tqdm.auto import tqdm
+
+    if strategy not in ifeval.STRATEGIES:
+        raise ValueError(f"unknown highlight strategy {strategy!r}: choose one of {ifeval.STRATEGIES}")
+    jobs = []
+    for spec in methods:
+        canon = specs.canonical(spec)
+        strat = baseline_strategy(strategy) if canon == "none" else strategy
+        todo = [r for r in records if not store.done((model_tag, canon, strat, max_new_tokens, r["key"]))]
+        jobs.append((canon, strat, todo))
+    total = sum(len(t) for _, _, t in jobs)
+    bar = tqdm(total=total, desc="ifeval", unit="prompt", disable=not progress)
+    render_as = {"none": "prompt"}
+    for canon, strat, todo in jobs:
+        if not todo:
+            continue
+        bar.set_postfix_str(f"{specs.label(canon)} [{strat}]")
+        method = specs.parse(canon)
+        built = [(r, ifeval.build_prompt(tokenizer, r, render_as.get(strat, strat))) for r in todo]
+        lengths = {r["key"]: len(tokenizer(p.text, add_special_tokens=False)["input_ids"]) for r, p in built}
+        built.sort(key=lambda rp: -lengths[rp[0]["key"]])
+        for chunk in _batches(built, batch_size):
+            t0 = time.perf_counter()
+            outs = generate_batch(model, tokenizer, [p for _, p in chunk], method, max_new_tokens)
+            dt = (time.perf_counter() - t0) / len(chunk)
+            rows = []
+            for (r, p), g in zip(chunk, outs):
+                s = checkers.score(r, g.text)
+                rows.append({"model": model_tag, "method": canon, "strategy": strat, "max_new_tokens": max_new_tokens,
+                             "key": r["key"], "response": g.text, "n_tokens": g.n_tokens, "nll": g.nll,
+                             "distinct4": g.distinct4, "strict": s.strict, "loose": s.loose,
+                             "located": p.located, "seconds": dt, "prompt_tokens": lengths[r["key"]]})
+            store.add(rows)
+            bar.update(len(chunk))
+    bar.close()
+
+
+def summarize_ifeval(store: ResponseStore, records: Sequence[Dict[str, Any]], model_tag: str,
+                     max_new_tokens: int, *, only_complete: bool = False) -> List[Dict[str, Any]]:
+    """One row per (method, strategy) in the store for these prompts: the four accuracies,
+    instruction-level loose accuracy per instruction type, fluency means and flags against
+    the unsteered run of the same strategy on the same prompts, seconds per prompt."""
+    by_key = {r["key"]: r for r in records}
+    configs = sorted({(k[1], k[2]) for k in store.records if k[0] == model_tag and k[3] == max_new_tokens},
+                     key=lambda c: (c[0] != "none", c[1], c[0]))
+    rows = []
+    for method, strat in configs:
+        got = {k: r for k, r in store.select(model_tag, method, strat, max_new_tokens).items() if k in by_key}
+        if not got or (only_complete and len(got) < len(by_key)):
+            continue
+        rows.append(_summary_row(method, strat, got, by_key))
+    # Fluency flags against unsteered on the same prompts (intersection of keys).
+    for row in rows:
+        if row["method"] == "none":
+            row["flags"] = []
+            continue
+        base = store.select(model_tag, "none", baseline_strategy(row["strategy"]), max_new_tokens)
+        common = [k for k in row["_keys"] if k in base]
+        if not common:
+            row["flags"] = ["no-baseline"]
+            continue
+        mine = store.select(model_tag, row["method"], row["strategy"], max_new_tokens)
+        st = _fluency_means([mine[k] for k in common])
+        bl = _fluency_means([base[k] for k in common])
+        row["baseline_on_same"] = {**bl, **checkers.aggregate([_score(base[k]) for k in common]), "n": len(common)}
+        row["flags"] = fluency.flags(st, bl)
+    for row in rows:
+        row.pop("_keys")
+    return rows
+
+
+def _score(r: Dict[str, Any]) -> checkers.Score:
+    return checkers.Score(list(r["strict"]), list(r["loose"]))
+
+
+def _fluency_means(rs: Sequence[Dict[str, Any]]) -> Dict[str, float]:
+    return {"n_tokens": fluency.mean([r["n_tokens"] for r in rs]), "nll": fluency.mean([r["nll"] for r in rs]),
+            "distinct4": fluency.mean([r["distinct4"] for r in rs])}
+
+
+def _summary_row(method: str, strat: str, got: Dict[Any, Dict[str, Any]], by_key) -> Dict[str, Any]:
+    scores = [_score(r) for r in got.values()]
+    per_type: Dict[str, List[bool]] = {}
+    for k, r in got.items():
+        for inst, ok in zip(by_key[k]["instruction_id_list"], r["loose"]):
+            per_type.setdefault(inst, []).append(ok)
+    located = [r.get("located") for r in got.values() if r.get("located") is not None]
+    return {
+        "method": method, "strategy": strat, "n": len(got), **checkers.aggregate(scores),
+        "per_type_inst_loose": {t: sum(v) / len(v) for t, v in sorted(per_type.items())},
+        **_fluency_means(list(got.values())),
+        "seconds_per_prompt": fluency.mean([r["seconds"] for r in got.values()]),
+        "located": (sum(located), len(located)) if located else None,
+        "_keys": list(got),
+    }
+
+
+def markdown_table(rows: Sequence[Dict[str, Any]]) -> str:
+    head = ("| method | strategy | n | prompt strict | prompt loose | inst strict | inst loose | tokens | NLL | distinct-4 "
+            "| s/prompt | flags |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    lines = [head]
+    for r in rows:
+        lines.append(
+            f"| {specs.label(r['method'])} | {r['strategy']} | {r['n']} | {100 * r['prompt_strict']:.1f} | "
+            f"{100 * r['prompt_loose']:.1f} | {100 * r['inst_strict']:.1f} | {100 * r['inst_loose']:.1f} | "
+            f"{r['n_tokens']:.0f} | {r['nll']:.2f} | {r['distinct4']:.2f} | {r['seconds_per_prompt']:.1f} | "
+            f"{', '.join(r['flags']) or '—'} |")
+    return "\n".join(lines)
+
+
+def per_type_table(rows: Sequence[Dict[str, Any]]) -> str:
+    types = sorted({t for r in rows for t in r["per_type_inst_loose"]})
+    cols = [f"{specs.label(r['method'])} [{r['strategy']}]" for r in rows]
+    lines = ["| instruction | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
+    for t in types:
+        cells = [f"{100 * r['per_type_inst_loose'][t]:.0f}" if t in r["per_type_inst_loose"] else "" for r in rows]
+        lines.append(f"| {t} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_report(rows: Sequence[Dict[str, Any]], out_dir: str, *, title: str, command: str = "",
+                 machine: str = "") -> Tuple[str, str]:
+    """``results.json`` and ``results.md`` (overall table + per-instruction-type table)."""
+    os.makedirs(out_dir, exist_ok=True)
+    jpath, mpath = os.path.join(out_dir, "results.json"), os.path.join(out_dir, "results.md")
+    with open(jpath, "w", encoding="utf-8") as f:
+        json.dump({"title": title, "command": command, "machine": machine, "fluency_bounds": fluency.BOUNDS,
+                   "rows": list(rows)}, f, indent=1)
+    md = [f"# {title}", ""]
+    if command:
+        md += [f"Command: `{command}`", ""]
+    if machine:
+        md += [f"Machine: {machine}", ""]
+    md += ["Accuracies in %. tokens = mean reply length; NLL = mean nats/token under the unsteered model; "
+           "distinct-4 = share of distinct word 4-grams. Flags against unsteered on the same prompts: "
+           f"short (< {fluency.BOUNDS['short']}× its length), unlikely (NLL > +{fluency.BOUNDS['unlikely']}), "
+           f"repetitive (distinct-4 < −{fluency.BOUNDS['repetitive']}).", "", markdown_table(rows), "",
+           "## Instruction-level loose accuracy per instruction type (%)", "", per_type_table(rows), ""]
+    with open(mpath, "w", encoding="utf-8") as f:
+        f.write("\n".join(md))
+    return jpath, mpath

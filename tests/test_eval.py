@@ -1,0 +1,290 @@
+"""The evaluation harness: scoring = lm-eval's, offline, splits, highlight strategies, resume,
+fluency figures, method specs, sweep choice, and a 5-prompt end-to-end run on a tiny model."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from attnsteer.eval import checkers, fluency, ifeval, runner, specs, sweep
+from tiny import model as tiny_model
+from tiny import tokenizer
+
+RECORDS = ifeval.load_prompts()
+BY_KEY = {r["key"]: r for r in RECORDS}
+
+# Fixed responses: each passes or fails different checkers (commas, case, length, quotes, JSON…).
+RESPONSES = [
+    "",
+    "hello world",
+    "HELLO WORLD THIS IS ALL CAPS AND HAS NO COMMA AT ALL",
+    '"Wrapped in double quotes, with a comma."',
+    '```json\n{"answer": "yes"}\n```',
+    "* one\n* two\n* three\n\nP.S. a postscript here.",
+    "My answer is yes.",
+    "Title <<A poem>>\n\nSECTION 1\nThe first part. It has two sentences.\n\n***\n\nSECTION 2\nThe second part.",
+    ("word " * 320).strip(),
+    "Bonjour, je suis un assistant qui répond en français sans problème aujourd'hui.",
+]
+
+
+def test_prompts_are_the_541_ifeval_prompts():
+    import hashlib
+
+    data = open(ifeval.DATA, "rb").read()
+    assert hashlib.sha256(data).hexdigest() == "67ffeee0fcb87c317c5b08a2de85557b4a7e96ada6178aa645b4954fe4b53d49"
+    assert len(RECORDS) == 541 and len({r["key"] for r in RECORDS}) == 541
+
+
+def test_scoring_equals_lm_evals_process_results():
+    utils = checkers.load()
+    sample = RECORDS[::9] + [BY_KEY[1122], BY_KEY[1129]]
+    ours, theirs = [], []
+    for r in sample:
+        for resp in RESPONSES:
+            s = checkers.score(r, resp)
+            import random
+
+            random.seed(r["key"])  # lm-eval draws the same random letters when seeded alike
+            res = utils.process_results(r, [resp])
+            assert s.strict == res["inst_level_strict_acc"] and s.prompt_strict == res["prompt_level_strict_acc"]
+            assert s.loose == res["inst_level_loose_acc"] and s.prompt_loose == res["prompt_level_loose_acc"]
+            ours.append(s)
+            theirs.append(res)
+    agg = checkers.aggregate(ours)
+    assert agg["inst_loose"] == pytest.approx(utils.agg_inst_level_acc([t["inst_level_loose_acc"] for t in theirs]))
+    assert agg["prompt_loose"] == pytest.approx(sum(t["prompt_level_loose_acc"] for t in theirs) / len(theirs))
+    # Not a constant: the responses pass some checkers and fail others.
+    assert 0 < agg["inst_strict"] < 1 and agg["inst_strict"] <= agg["inst_loose"]
+
+
+def test_random_checkers_are_seeded_per_prompt():
+    for key in (1122, 1129):
+        r = BY_KEY[key]
+        got = {tuple(checkers.score(r, resp).strict) for resp in ["d" * 10 + " u" * 10] * 5}
+        assert len(got) == 1
+        assert len({checkers.describe(i, kw, key=key) for i, kw in zip(r["instruction_id_list"], r["kwargs"])
+                    for _ in range(3)}) == len(r["instruction_id_list"])
+
+
+def test_scoring_runs_offline_with_the_network_blocked(tmp_path):
+    """A fresh interpreter with sockets and nltk.download disabled and no NLTK data of the user's:
+    every prompt is scored, and the sentence-counting checkers work."""
+    code = textwrap.dedent("""
+        import socket
+        def _blocked(*a, **k):
+            raise OSError("network blocked by the test")
+        socket.socket.connect = _blocked
+        socket.create_connection = _blocked
+        import nltk
+        nltk.download = _blocked
+        from attnsteer.eval import checkers, ifeval
+        recs = ifeval.load_prompts()
+        n = 0
+        for r in recs:
+            checkers.score(r, "One sentence here. Another sentence there.")
+            n += 1
+        r = next(r for r in recs if "length_constraints:number_sentences" in r["instruction_id_list"])
+        print("scored", n)
+    """)
+    env = {k: v for k, v in os.environ.items() if k != "NLTK_DATA"}
+    env.update(HOME=str(tmp_path), no_proxy="*", http_proxy="http://127.0.0.1:9", https_proxy="http://127.0.0.1:9")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "scored 541" in res.stdout
+
+
+def test_sentence_checker_counts_with_the_shipped_punkt():
+    r = next(r for r in RECORDS if r["instruction_id_list"] == ["length_constraints:number_sentences"])
+    n = r["kwargs"][0]["num_sentences"]
+    rel = r["kwargs"][0]["relation"]
+    few, many = "Short one.", " ".join(f"Sentence number {i} is here." for i in range(n + 3))
+    ok = {"less than": (True, False), "at least": (False, True)}[rel]
+    assert (checkers.score(r, few).prompt_strict, checkers.score(r, many).prompt_strict) == ok
+
+
+def test_dev_test_split_is_fixed_disjoint_and_stratified():
+    dev, test = ifeval.split(RECORDS, "dev"), ifeval.split(RECORDS, "test")
+    assert len(dev) == 100 and len(test) == 441
+    assert not {r["key"] for r in dev} & {r["key"] for r in test}
+    assert [r["key"] for r in dev] == [r["key"] for r in ifeval.split(list(reversed(RECORDS)), "dev")][::-1]
+    assert {r["instruction_id_list"][0] for r in dev} == {r["instruction_id_list"][0] for r in RECORDS}
+    with pytest.raises(ValueError, match="split must be"):
+        ifeval.split(RECORDS, "train")
+
+
+def test_constraints_strategy_locates_the_constraint_sentences():
+    r = BY_KEY[1000]  # no comma + highlighted sections + 300 words
+    spans, found = ifeval.locate_constraints(r)
+    assert found == [True, True, True]
+    texts = [r["prompt"][a:b] for a, b in spans]
+    assert texts[0].startswith("Write a 300+ word summary") and texts[1].startswith("Do not use any commas")
+    r = next(r for r in RECORDS if r["instruction_id_list"] == ["punctuation:no_comma"] and "\n" not in r["prompt"]
+             and len(ifeval.sentence_spans(r["prompt"])) > 1)
+    spans, found = ifeval.locate_constraints(r)
+    assert found == [True] and all("comma" in r["prompt"][a:b].lower() for a, b in spans)
+    assert len(spans) < len(ifeval.sentence_spans(r["prompt"]))  # not the whole prompt
+    rep = ifeval.locate_report(RECORDS)
+    assert rep["instructions"] == 834 and rep["instructions_located"] >= 820 and rep["prompts_some_located"] >= 535
+
+
+@pytest.mark.parametrize("strategy", ifeval.STRATEGIES)
+def test_strategy_spans_come_from_offsets_and_keep_literal_markup(strategy):
+    tok = tokenizer()
+    r = next(r for r in RECORDS if "<<" in r["prompt"])
+    p = ifeval.build_prompt(tok, r, strategy)
+    assert r["prompt"] in p.text
+    marked = [p.text[a:b] for a, b in p.spans]
+    if strategy == "prompt":
+        assert marked == [r["prompt"]]
+    elif strategy == "system":
+        assert len(marked) == 1 and marked[0] == ifeval.system_message(r)
+        assert checkers.describe(r["instruction_id_list"][0], r["kwargs"][0], key=r["key"]) in marked[0]
+    else:
+        assert all(m in r["prompt"] for m in marked) and p.located
+    enc = runner._encode(tok, [p], steered=True)
+    ids = enc["input_ids"][0]
+    assert "<<" in tok.decode(ids)  # the dataset's brackets survive (no markup parsing)
+    span_text = tok.decode(ids[enc.span_mask[0].bool()])
+    assert span_text.replace(" ", "") in "".join(marked).replace(" ", "") or strategy == "constraints"
+    assert enc.span_mask[0].any()
+
+
+def test_fluency_figures_on_repetitive_and_normal_replies():
+    normal = "The cat sat on the mat and looked at the birds outside the window before it fell asleep."
+    loop = "I am here. " * 20
+    assert fluency.distinct_ngrams(normal) == 1.0
+    assert fluency.distinct_ngrams(loop) < 0.1
+    assert fluency.distinct_ngrams("too short") == 1.0
+    base = {"n_tokens": 100.0, "nll": 1.0, "distinct4": 0.9}
+    assert fluency.flags(base, base) == []
+    assert fluency.flags({"n_tokens": 20.0, "nll": 2.0, "distinct4": 0.3}, base) == ["short", "unlikely", "repetitive"]
+
+
+def test_response_nll_equals_a_per_row_computation():
+    m, tok = tiny_model("llama", std=0.3), tokenizer()
+    enc = tok(["Answer in French.", "The quick brown fox jumps over the lazy dog."], padding=True, return_tensors="pt")
+    gen = torch.randint(5, len(tok), (2, 6))
+    gmask = torch.ones_like(gen)
+    gmask[0, 4:] = 0
+    got = fluency.response_nll(m, enc["input_ids"], enc["attention_mask"], gen, gmask)
+    for b in range(2):
+        real = enc["input_ids"][b][enc["attention_mask"][b].bool()]
+        n = int(gmask[b].sum())
+        ids = torch.cat([real, gen[b, :n]])[None]
+        with torch.no_grad():
+            logp = torch.log_softmax(m(ids).logits[0, len(real) - 1:-1].float(), -1)
+        want = -logp.gather(-1, gen[b, :n, None]).mean().item()
+        assert got[b] == pytest.approx(want, rel=1e-4, abs=1e-4)
+
+
+def test_method_specs_parse_and_canonicalise(tmp_path):
+    import attnsteer
+
+    assert specs.parse("none") is None
+    assert specs.parse("guide:delta=2") == attnsteer.GUIDE(2.0)
+    assert specs.parse("pasta:alpha=0.1,layers=2-3+5").layers == (2, 3, 5)
+    g = specs.parse("gate+spotlight:target=0.2")
+    assert isinstance(g, attnsteer.Directer) and g.steer == attnsteer.SpotLight(0.2)
+    assert specs.parse("directer:beta=0.25,max_trials=3") == attnsteer.Directer(beta=0.25, max_trials=3)
+    heads = tmp_path / "heads.json"
+    heads.write_text(json.dumps({"1": [0, 2]}))
+    assert specs.parse(f"pasta:heads={heads}").heads == {1: [0, 2]}
+    assert specs.canonical("GUIDE:delta=2.0") == specs.canonical("guide:delta=2") == "guide:delta=2"
+    assert specs.canonical("unsteered") == "none"
+    with pytest.raises(ValueError, match="no setting 'delta'"):
+        specs.parse("instaboost:delta=2")
+    with pytest.raises(ValueError, match="unknown method"):
+        specs.parse("steerit:x=1")
+    with pytest.raises(ValueError, match="already gated"):
+        specs.parse("gate+directer")
+    with pytest.raises(ValueError, match="key=value"):
+        specs.parse("guide:2")
+
+
+def test_sweep_choice_skips_flagged_points_and_prefers_the_weaker_tie():
+    rows = [{"method": "guide:delta=0.5", "prompt_loose": 0.3, "flags": []},
+            {"method": "guide:delta=1", "prompt_loose": 0.3, "flags": []},
+            {"method": "guide:delta=2", "prompt_loose": 0.5, "flags": ["short"]}]
+    cands = [s for _, s in sweep.grid_specs("guide", 30)]
+    assert cands == ["guide:delta=0.5", "guide:delta=1", "guide:delta=2"]
+    assert sweep.choose(rows, cands)["method"] == "guide:delta=0.5"
+    assert sweep.choose([dict(rows[2])], cands) is None
+    assert sweep.grid_specs("pasta-layers", 30, gated=True)[0][1] == "gate+pasta:alpha=0.3,layers=15-29"
+
+
+def _short_records(n=5):
+    return sorted((r for r in RECORDS if "<<" not in r["prompt"]), key=lambda r: len(r["prompt"]))[:n]
+
+
+def test_resume_skips_prompts_already_done(tmp_path, monkeypatch):
+    m, tok = tiny_model("llama", std=0.3, max_position_embeddings=2048), tokenizer()
+    recs = _short_records(4)
+    store = runner.ResponseStore(str(tmp_path / "responses.jsonl"))
+    runner.run_ifeval(m, tok, recs[:2], ["none"], strategy="prompt", store=store, model_tag="tiny", batch_size=2,
+                      max_new_tokens=3, progress=False)
+    with open(store.path, "a") as f:
+        f.write('{"model": "tiny", "method": "none", "stra')  # a line cut by an interruption
+    seen = []
+    real = runner.generate_batch
+
+    def counting(model, tokenizer, prompts, method, max_new_tokens):
+        seen.extend(p.key for p in prompts)
+        return real(model, tokenizer, prompts, method, max_new_tokens)
+
+    monkeypatch.setattr(runner, "generate_batch", counting)
+    store2 = runner.ResponseStore(store.path)
+    assert len(store2.records) == 2
+    runner.run_ifeval(m, tok, recs, ["none"], strategy="prompt", store=store2, model_tag="tiny", batch_size=2,
+                      max_new_tokens=3, progress=False)
+    assert sorted(seen) == sorted(r["key"] for r in recs[2:])
+    # Another setting (tokens, method or strategy) is another key: nothing is skipped.
+    seen.clear()
+    runner.run_ifeval(m, tok, recs[:2], ["guide:delta=1"], strategy="constraints", store=store2, model_tag="tiny",
+                      batch_size=2, max_new_tokens=3, progress=False)
+    assert sorted(seen) == sorted(r["key"] for r in recs[:2])
+    assert len(runner.ResponseStore(store.path).records) == 6
+
+
+def test_five_prompt_end_to_end_run_on_a_tiny_model(tmp_path, capsys):
+    """CLI: unsteered + GUIDE + gated GUIDE on 5 prompts of a saved tiny Qwen2; batched, scored, reported."""
+    from attnsteer import cli
+
+    m, tok = tiny_model("qwen2", std=0.3, max_position_embeddings=4096), tokenizer()
+    m.save_pretrained(tmp_path / "tiny")
+    tok.save_pretrained(tmp_path / "tiny")
+    out = tmp_path / "res"
+    argv = ["eval", "ifeval", "--model", str(tmp_path / "tiny"), "--limit", "5", "--batch-size", "2",
+            "--max-new-tokens", "4", "--method", "none", "--method", "guide:delta=2", "--method", "gate+guide:delta=2",
+            "--strategy", "constraints", "--out", str(out), "--no-progress"]
+    assert cli.main(argv) == 0
+    lines = [json.loads(x) for x in open(out / "responses.jsonl")]
+    assert len(lines) == 15
+    assert {(r["method"], r["strategy"]) for r in lines} == {("none", "none"), ("guide:delta=2", "constraints"),
+                                                             ("gate+guide:delta=2", "constraints")}
+    for r in lines:
+        rec = BY_KEY[r["key"]]
+        assert len(r["strict"]) == len(rec["instruction_id_list"]) == len(r["loose"])
+        assert checkers.score(rec, r["response"]).strict == r["strict"]
+        assert 0 < r["n_tokens"] <= 4 and r["nll"] == r["nll"]
+    res = json.load(open(out / "results.json"))
+    assert [row["method"] for row in res["rows"]][0] == "none" and len(res["rows"]) == 3
+    md = open(out / "results.md").read()
+    assert "| unsteered | none | 5 |" in md and "guide:delta=2" in md and "Command: `attnsteer eval ifeval" in md
+    # The same command again generates nothing new.
+    assert cli.main(argv) == 0
+    assert len(open(out / "responses.jsonl").readlines()) == 15
+    assert cli.main(["eval", "report", "--out", str(out), "--max-new-tokens", "4"]) == 0
+    assert "guide:delta=2" in capsys.readouterr().out
+
+
+def test_eval_cli_rejects_a_bad_method_before_loading():
+    from attnsteer import cli
+
+    with pytest.raises(ValueError, match="unknown method"):
+        cli.main(["eval", "ifeval", "--method", "gide:delta=2", "--model", "/nonexistent"])
