@@ -288,3 +288,59 @@ def test_eval_cli_rejects_a_bad_method_before_loading():
 
     with pytest.raises(ValueError, match="unknown method"):
         cli.main(["eval", "ifeval", "--method", "gide:delta=2", "--model", "/nonexistent"])
+
+
+def test_retention_documents_fit_their_length_and_differ():
+    from attnsteer.eval import retention
+
+    tok = tokenizer()
+    docs = retention.documents(tok, 300, 3)
+    lens = [len(tok(d, add_special_tokens=False)["input_ids"]) for d in docs]
+    assert all(150 < n <= 300 for n in lens), lens
+    assert len(set(docs)) == 3
+    assert "\n\n" in docs[0] and "::=" not in "".join(docs)  # prose paragraphs, no grammar blocks
+
+
+@pytest.mark.parametrize("placement", ["system", "before", "after"])
+def test_retention_marks_the_rule_where_it_is_placed(placement):
+    from attnsteer.eval import retention
+
+    tok = tokenizer()
+    doc = retention.documents(tok, 120, 1)[0]
+    p = retention.build(tok, "end-phrase", placement, doc, "k")
+    rule = retention.rule_text("end-phrase")
+    assert "Is there anything else I can help with?" in rule
+    assert [p.text[a:b] for a, b in p.spans] == [rule]
+    a = p.spans[0][0]
+    doc_at = p.text.find(doc[:40])
+    assert (a < doc_at) == (placement in ("system", "before"))
+    enc = runner._encode(tok, [p], steered=True)
+    assert tok.decode(enc["input_ids"][0][enc.span_mask[0]]).replace(" ", "") == rule.replace(" ", "")
+
+
+def test_retention_run_on_a_tiny_model(tmp_path):
+    from attnsteer.eval import retention
+
+    m, tok = tiny_model("llama", std=0.3, max_position_embeddings=2048), tokenizer()
+    cs = retention.cases(tok, [64, 128], ["system", "after"], ["lowercase"], 1, max_context=None, max_new_tokens=3)
+    assert len(cs) == 4 and {c.length for c in cs} == {64, 128}
+    store = runner.ResponseStore(str(tmp_path / "responses.jsonl"))
+    retention.run(m, tok, cs, ["none", "spotlight:target=0.3"], store=store, model_tag="tiny", batch_size=2,
+                  max_new_tokens=3, progress=False)
+    rows = retention.summarize(store, "tiny", 3)
+    assert len(rows) == 8 and rows[0]["method"] == "none" and all(r["n"] == 1 for r in rows)
+    for r in store.records.values():  # the rule's own checker decided
+        rec = {"key": 0, "prompt": "", "instruction_id_list": ["change_case:english_lowercase"], "kwargs": [{}]}
+        assert r["rule"] == "lowercase" and r["loose"] == checkers.score(rec, r["response"]).loose
+    assert "| unsteered | system |" in retention.table(rows)
+    assert os.path.getsize(retention.plot(rows, str(tmp_path / "r.png"))) > 1000
+    # Capped by the model's context: documents shrink to fit rule + reply.
+    capped = retention.cases(tok, [4096], ["after"], ["lowercase"], 1, max_context=600, max_new_tokens=8)
+    assert capped[0].length == 4096 and capped[0].doc_tokens <= 600 - 192 - 8
+
+
+def test_sweep_plot_is_written(tmp_path):
+    rows = [{"method": s, "prompt_loose": 0.1 * i, "flags": ["short"] if i == 2 else []}
+            for i, (_, s) in enumerate(sweep.grid_specs("guide", 30))]
+    path = sweep.plot(rows, {"guide": sweep.grid_specs("guide", 30)}, {"prompt_loose": 0.15}, str(tmp_path / "s.png"))
+    assert os.path.getsize(path) > 1000

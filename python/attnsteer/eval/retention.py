@@ -1,0 +1,272 @@
+"""Rule retention over long context (in the spirit of GUIDE's "summarise in French" test).
+
+A prompt = a rule a checker can verify + a document of N tokens + a task about the document.
+The rule is marked; its placement is the system message, or the user message before or after
+the document. Accuracy (the IFEval checker of the rule, loose) against N, unsteered vs each
+method; a PNG plot.
+
+- Documents: the prose paragraphs of the Python language reference that ships with every
+  CPython (``pydoc_data.topics``; indented grammar and code blocks dropped), consecutive
+  paragraphs from a seeded starting topic, whole sentences added while they fit in N tokens. Nothing is
+  downloaded. A length that does not fit the model's context with the rule, the template and
+  the reply is shrunk to fit, and the actual length is stored (SmolLM2's 8192-token context
+  takes ~7.7k tokens at "8k").
+- Rules (:data:`RULES`): IFEval instruction families, worded by the checkers'
+  ``build_description``; ``french`` is ``language:response_language`` (langdetect).
+- Task: "Summarise the document in a few sentences."
+"""
+from __future__ import annotations
+
+import os
+import random
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+from . import checkers, ifeval, runner, specs
+
+__all__ = ["RULES", "PLACEMENTS", "documents", "build", "run", "summarize", "plot"]
+
+RULES: Dict[str, Tuple[str, Dict[str, Any]]] = {
+    "lowercase": ("change_case:english_lowercase", {}),
+    "end-phrase": ("startend:end_checker", {"end_phrase": "Is there anything else I can help with?"}),
+    "no-comma": ("punctuation:no_comma", {}),
+    "quotation": ("startend:quotation", {}),
+    "french": ("language:response_language", {"language": "fr"}),
+}
+PLACEMENTS = ("system", "before", "after")
+TASK = "Summarise the document in a few sentences."
+STRATEGY = "retention"
+
+
+@lru_cache(maxsize=1)
+def _paragraphs() -> Tuple[str, ...]:
+    from pydoc_data.topics import topics
+
+    out = []
+    for name in sorted(topics):
+        for block in re.split(r"\n\s*\n", topics[name]):
+            lines = block.split("\n")
+            if not lines or any(line.startswith(" ") for line in lines) or re.fullmatch(r"[*=\-]+", lines[-1].strip() or "*"):
+                continue  # grammar / code / headings
+            text = " ".join(line.strip() for line in lines).strip()
+            if len(text) > 80 and text.count("\"") < len(text) / 20:
+                out.append(text)
+    return tuple(out)
+
+
+def documents(tokenizer, length: int, n: int, seed: int = 0) -> List[str]:
+    """``n`` documents of at most ``length`` tokens, each from its own seeded start: whole
+    sentences, paragraph breaks kept, added while they fit."""
+    paras = _paragraphs()
+    rng = random.Random(seed * 1000 + length)
+    docs = []
+    for _ in range(n):
+        i = rng.randrange(len(paras))
+        out_paras: List[List[str]] = []
+        total = 0
+        full = False
+        while not full and len(out_paras) < len(paras):
+            p = paras[i % len(paras)]
+            sents = [p[a:b] for a, b in ifeval.sentence_spans(p)]
+            cur: List[str] = []
+            for sent in sents:
+                t = len(tokenizer(" " + sent, add_special_tokens=False)["input_ids"]) + 1
+                if total + t > length:
+                    if total == 0:
+                        continue  # a first sentence longer than the document: start at the next
+                    full = True
+                    break
+                cur.append(sent)
+                total += t
+            if cur:
+                out_paras.append(cur)
+            i += 1
+        doc = "\n\n".join(" ".join(c) for c in out_paras)
+        while len(tokenizer(doc, add_special_tokens=False)["input_ids"]) > length and out_paras:
+            out_paras[-1].pop()  # token counts of pieces need not add up exactly
+            out_paras = [c for c in out_paras if c]
+            doc = "\n\n".join(" ".join(c) for c in out_paras)
+        docs.append(doc)
+    return docs
+
+
+def rule_text(rule: str) -> str:
+    inst, kw = RULES[rule]
+    return checkers.describe(inst, kw)
+
+
+def build(tokenizer, rule: str, placement: str, doc: str, key: str) -> ifeval.Prompt:
+    """The chat prompt of one case, with the rule's characters as the highlight."""
+    if placement not in PLACEMENTS:
+        raise ValueError(f"placement must be one of {PLACEMENTS}; got {placement!r}")
+    text_rule = rule_text(rule)
+    if placement == "system":
+        msgs = [{"role": "system", "content": text_rule}, {"role": "user", "content": f"{doc}\n\n{TASK}"}]
+    elif placement == "before":
+        msgs = [{"role": "user", "content": f"{text_rule}\n\n{doc}\n\n{TASK}"}]
+    else:
+        msgs = [{"role": "user", "content": f"{doc}\n\n{TASK} {text_rule}"}]
+    text = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+    if placement == "after":
+        at = text.rfind(text_rule)
+    else:
+        at = text.find(text_rule)
+    if at < 0:
+        raise ValueError("the chat template changed the rule's text; cannot place the highlight")
+    return ifeval.Prompt(key, text, [(at, at + len(text_rule))])
+
+
+@dataclass
+class Case:
+    key: str
+    rule: str
+    placement: str
+    length: int
+    doc_tokens: int
+    prompt: ifeval.Prompt
+
+
+def cases(tokenizer, lengths: Sequence[int], placements: Sequence[str], rules: Sequence[str], n_docs: int,
+          max_context: Optional[int], max_new_tokens: int) -> List[Case]:
+    out = []
+    reserve = 192 + max_new_tokens  # rule + template + task + reply
+    for length in lengths:
+        eff = length if max_context is None else min(length, max_context - reserve)
+        for d, doc in enumerate(documents(tokenizer, eff, n_docs)):
+            n_tok = len(tokenizer(doc, add_special_tokens=False)["input_ids"])
+            for rule in rules:
+                if rule not in RULES:
+                    raise ValueError(f"unknown rule {rule!r}: choose from {', '.join(RULES)}")
+                for pl in placements:
+                    key = f"{rule}|{pl}|{length}|{d}"
+                    out.append(Case(key, rule, pl, length, n_tok, build(tokenizer, rule, pl, doc, key)))
+    return out
+
+
+def run(model, tokenizer, case_list: Sequence[Case], methods: Sequence[str], *, store: runner.ResponseStore,
+        model_tag: str, batch_size: int = 4, max_new_tokens: int = 96, progress: bool = True) -> None:
+    """Generate and score every (method, case) not yet in ``store`` (resumable)."""
+    import time
+
+    from tqdm.auto import tqdm
+
+    jobs = [(specs.canonical(m), [c for c in case_list
+                                  if not store.done((model_tag, specs.canonical(m), STRATEGY, max_new_tokens, c.key))])
+            for m in methods]
+    bar = tqdm(total=sum(len(t) for _, t in jobs), desc="retention", unit="prompt", disable=not progress)
+    for canon, todo in jobs:
+        method = specs.parse(canon)
+        bar.set_postfix_str(specs.label(canon))
+        todo = sorted(todo, key=lambda c: -c.doc_tokens)
+        for i in range(0, len(todo), batch_size):
+            chunk = todo[i:i + batch_size]
+            t0 = time.perf_counter()
+            outs = runner.generate_batch(model, tokenizer, [c.prompt for c in chunk], method, max_new_tokens)
+            dt = (time.perf_counter() - t0) / len(chunk)
+            rows = []
+            for c, g in zip(chunk, outs):
+                inst, kw = RULES[c.rule]
+                s = checkers.score({"key": 0, "prompt": c.prompt.text, "instruction_id_list": [inst], "kwargs": [kw]}, g.text)
+                rows.append({"model": model_tag, "method": canon, "strategy": STRATEGY, "max_new_tokens": max_new_tokens,
+                             "key": c.key, "rule": c.rule, "placement": c.placement, "length": c.length,
+                             "doc_tokens": c.doc_tokens, "response": g.text, "n_tokens": g.n_tokens, "nll": g.nll,
+                             "distinct4": g.distinct4, "strict": s.strict, "loose": s.loose, "seconds": dt})
+            store.add(rows)
+            bar.update(len(chunk))
+    bar.close()
+
+
+def summarize(store: runner.ResponseStore, model_tag: str, max_new_tokens: int,
+              keys: Optional[set] = None) -> List[Dict[str, Any]]:
+    """Per (method, placement, length): loose accuracy, n, mean document tokens, fluency means."""
+    groups: Dict[Tuple[str, str, int], List[Dict[str, Any]]] = {}
+    for k, r in store.records.items():
+        if k[0] != model_tag or k[2] != STRATEGY or k[3] != max_new_tokens or (keys is not None and k[4] not in keys):
+            continue
+        groups.setdefault((r["method"], r["placement"], r["length"]), []).append(r)
+    rows = []
+    for (m, pl, n), rs in sorted(groups.items(), key=lambda g: (g[0][0] != "none", g[0][0], g[0][1], g[0][2])):
+        rows.append({"method": m, "placement": pl, "length": n, "n": len(rs),
+                     "accuracy": sum(all(r["loose"]) for r in rs) / len(rs),
+                     "doc_tokens": sum(r["doc_tokens"] for r in rs) / len(rs),
+                     "n_tokens": sum(r["n_tokens"] for r in rs) / len(rs),
+                     "distinct4": sum(r["distinct4"] for r in rs) / len(rs)})
+    return rows
+
+
+def table(rows: Sequence[Dict[str, Any]]) -> str:
+    lengths = sorted({r["length"] for r in rows})
+    lines = ["| method | placement | " + " | ".join(f"{n} tok" for n in lengths) + " |",
+             "|---|---|" + "---:|" * len(lengths)]
+    cells: Dict[Tuple[str, str], Dict[int, Dict[str, Any]]] = {}
+    for r in rows:
+        cells.setdefault((r["method"], r["placement"]), {})[r["length"]] = r
+    for (m, pl), by_len in cells.items():
+        vals = [f"{100 * by_len[n]['accuracy']:.0f} (n={by_len[n]['n']})" if n in by_len else "" for n in lengths]
+        lines.append(f"| {specs.label(m)} | {pl} | " + " | ".join(vals) + " |")
+    return "\n".join(lines)
+
+
+def plot(rows: Sequence[Dict[str, Any]], path: str) -> str:
+    """Accuracy against document length, one panel per placement, one line per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pls = [p for p in PLACEMENTS if any(r["placement"] == p for r in rows)]
+    fig, axes = plt.subplots(1, len(pls), figsize=(4 * len(pls), 3.2), squeeze=False, sharey=True)
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    for ax, pl in zip(axes[0], pls):
+        for i, m in enumerate(methods):
+            pts = sorted((r["doc_tokens"], 100 * r["accuracy"]) for r in rows if r["method"] == m and r["placement"] == pl)
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", color=f"C{i}", label=specs.label(m))
+        ax.set_xscale("log", base=2)
+        ax.set_title(f"rule in the {pl} message" if pl == "system" else f"rule {pl} the document", fontsize=9)
+        ax.set_xlabel("document tokens")
+    axes[0][0].set_ylabel("rule followed (%)")
+    axes[0][-1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def main(args, load: Callable, command: str, machine: Callable) -> int:
+    import json
+
+    lengths = [int(x) for x in args.lengths.split(",")]
+    placements = [p.strip() for p in args.placements.split(",")]
+    for p in placements:
+        if p not in PLACEMENTS:
+            raise SystemExit(f"unknown placement {p!r}: choose from {', '.join(PLACEMENTS)}")
+    rules = [r.strip() for r in args.rules.split(",")] if args.rules else list(RULES)
+    for r in rules:
+        if r not in RULES:
+            raise SystemExit(f"unknown rule {r!r}: choose from {', '.join(RULES)}")
+    methods = args.method or ["none"]
+    for m in methods:
+        specs.canonical(m)
+    model, tok, tag = load(args)
+    max_ctx = getattr(model.config, "max_position_embeddings", None)
+    case_list = cases(tok, lengths, placements, rules, args.docs, max_ctx, args.max_new_tokens)
+    if args.limit:
+        case_list = case_list[:args.limit]
+    store = runner.ResponseStore(os.path.join(args.out, "responses.jsonl"))
+    run(model, tok, case_list, methods, store=store, model_tag=tag, batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens, progress=not args.no_progress)
+    rows = summarize(store, tag, args.max_new_tokens, keys={c.key for c in case_list})
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "results.json"), "w", encoding="utf-8") as f:
+        json.dump({"command": command, "machine": machine(), "rows": rows}, f, indent=1)
+    md = "\n".join([f"# Rule retention — {tag}", "", f"Command: `{command}`", "", f"Machine: {machine()}", "",
+                    "Share of replies that follow the marked rule (IFEval checker, loose), by document length.", "",
+                    table(rows), ""])
+    with open(os.path.join(args.out, "results.md"), "w", encoding="utf-8") as f:
+        f.write(md)
+    plot(rows, os.path.join(args.out, "retention.png"))
+    print(md)
+    return 0
