@@ -100,7 +100,10 @@ def main(args, load: Callable, command: str, machine: Callable) -> int:
     if args.limit:
         dev = dev[:args.limit]
     store = runner.ResponseStore(os.path.join(args.out, "responses.jsonl"))
-    all_specs = ["none"] + [s for pts in grids.values() for _, s in pts]
+    # Round-robin over the grids (each method's first point, then each one's second…), so an
+    # interrupted sweep has looked at every method.
+    depth = max(len(p) for p in grids.values())
+    all_specs = ["none"] + [pts[i][1] for i in range(depth) for pts in grids.values() if i < len(pts)]
     runner.run_ifeval(model, tok, dev, all_specs, strategy=args.strategy, store=store, model_tag=tag,
                       batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, progress=not args.no_progress)
     rows = runner.summarize_ifeval(store, dev, tag, args.max_new_tokens)
