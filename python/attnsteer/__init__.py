@@ -7,7 +7,7 @@ from .generate import generate
 from .hf import steer, steer_pipeline
 from .methods import GUIDE, PASTA, InstABoost, KeyScale, Method, SpotLight
 from .ops import backend, scale_keys_, span_bias, steered_attention, steered_softmax
-from .spans import MarkupError, highlight, show_spans
+from .spans import MarkupError, format_spans, highlight, show_spans
 
 __version__ = "0.1.0"
 
@@ -26,6 +26,7 @@ __all__ = [
     "generate",
     "highlight",
     "show_spans",
+    "format_spans",
     "steer",
     "steer_pipeline",
     "backend",

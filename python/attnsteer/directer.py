@@ -373,7 +373,11 @@ def _prefill(model, state, input_ids, attention_mask):
 
     cache = DynamicCache(config=model.config)
     if input_ids.shape[1] > 1:
-        _forward(model, state, input_ids[:, :-1], attention_mask[:, :-1], cache)
+        state.allow_prefix = True  # the prompt one token short, on purpose
+        try:
+            _forward(model, state, input_ids[:, :-1], attention_mask[:, :-1], cache)
+        finally:
+            state.allow_prefix = False
     return cache
 
 

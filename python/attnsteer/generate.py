@@ -27,7 +27,9 @@ def generate(model, tokenizer, prompt_or_messages, method: Optional[Union[Method
         **generate_kwargs: passed to ``model.generate`` (``max_new_tokens``, ``do_sample``…).
 
     Returns:
-        the generated text (a list for a batch).
+        the generated text for one prompt, a list of texts for a batch. With
+        ``num_return_sequences=n > 1`` each prompt gives a list of its ``n`` texts: one prompt →
+        ``[n texts]``, a batch → ``[[n texts] per prompt]``.
     """
     enc = highlight(tokenizer, prompt_or_messages, char_spans=char_spans, highlight_messages=highlight_messages)
     enc = enc.to(model.device) if hasattr(enc, "to") else enc
@@ -44,6 +46,9 @@ def generate(model, tokenizer, prompt_or_messages, method: Optional[Union[Method
     if skip_prompt:
         out = out[:, enc["input_ids"].shape[1]:]
     texts = tokenizer.batch_decode(out, skip_special_tokens=True)
+    n = int(generate_kwargs.get("num_return_sequences") or 1)
+    if n > 1:  # transformers returns the n sequences of each prompt next to each other
+        texts = [texts[i:i + n] for i in range(0, len(texts), n)]
     single = isinstance(prompt_or_messages, str) or (
         isinstance(prompt_or_messages, (list, tuple)) and prompt_or_messages and isinstance(prompt_or_messages[0], dict))
     return texts[0] if single else texts

@@ -16,6 +16,7 @@ import contextlib
 import functools
 import math
 import threading
+import warnings
 from dataclasses import dataclass
 from typing import Any, Iterator, Optional, Union
 
@@ -55,16 +56,31 @@ class _State:
         self.lock = threading.Condition()
         self.owner: Optional[int] = None  # thread running a steered forward / generate
         self.depth = 0
+        self.opener = threading.get_ident()  # the thread that opened the steer() block
+        self.prompt_ids: Optional[torch.Tensor] = None  # (B, T_prompt) when steer() got an encoding
+        self.allow_prefix = False  # DIRECTER prefills the prompt one token short
 
 
-def _one_thread(state: _State, fn):
+def _one_thread(state: _State, fn, name: str):
     """Wrap ``model.forward`` / ``model.generate`` so two threads cannot run the steered model at
-    once (the per-forward span cache and the prompt positions belong to one generation)."""
+    once (the per-forward span cache and the prompt positions belong to one generation).
+
+    The rule: the block steers calls from the thread that opened it, and ``generate`` from any
+    one thread at a time (the ``TextIteratorStreamer`` pattern runs it in a worker); a bare
+    forward from another thread is refused rather than silently steered."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         me = threading.get_ident()
+        if name == "forward":
+            _check_prompt(state, args, kwargs)
         with state.lock:
+            if name == "forward" and me != state.opener and state.owner != me:
+                raise RuntimeError(
+                    "attnsteer: this model is inside a steer() block opened by another thread, so a forward from "
+                    "this thread would be steered without asking. Call the model from the thread that opened the "
+                    "block, run model.generate in the worker (the TextIteratorStreamer pattern), or give this "
+                    "thread its own copy of the model")
             if state.owner not in (None, me):
                 raise RuntimeError(
                     "attnsteer: this steered model is already running forward/generate in another thread; "
@@ -83,6 +99,33 @@ def _one_thread(state: _State, fn):
                     state.lock.notify_all()
 
     return wrapper
+
+
+def _check_prompt(state: _State, args, kwargs) -> None:
+    """A forward that starts a sequence (empty cache) must run the prompt the span mask was made
+    for — or that prompt followed by generated tokens (generation without a cache)."""
+    ids = kwargs.get("input_ids", args[0] if args else None)
+    if not isinstance(ids, torch.Tensor) or ids.dim() != 2:
+        return  # inputs_embeds: nothing to compare
+    pkv = kwargs.get("past_key_values")
+    if pkv is not None and hasattr(pkv, "get_seq_length") and pkv.get_seq_length() > 0:
+        return  # cached decoding
+    T, T0 = ids.shape[1], state.prompt_length
+    if T == T0 - 1 and state.allow_prefix:
+        return
+    ok = T >= T0
+    if ok and state.prompt_ids is not None:
+        ref = state.prompt_ids.to(ids.device)
+        if ids.shape[0] != ref.shape[0]:
+            ref = _expand_rows(ref, ids.shape[0], "the prompt")
+        ok = torch.equal(ids[:, :T0], ref)
+    if not ok:
+        what = f"{T} tokens" if T < T0 else "other tokens"
+        raise ValueError(
+            f"attnsteer: this forward runs {what}, but the span mask given to steer() was made for a {T0}-token "
+            "prompt, so the span would land on the wrong tokens. Steer the prompt you run: "
+            "steer(model, method, spans=enc) with enc = attnsteer.highlight(tokenizer, that prompt), then "
+            "model(**enc) / model.generate(**enc)")
 
 
 def _mask_function(batch_size: int, q_length: int, kv_length: int, q_offset: Any = 0, kv_offset: Any = 0,
@@ -318,6 +361,16 @@ def steer(model, method: Method, spans: Union[torch.Tensor, Any]) -> Iterator[An
     span_mask = getattr(spans, "span_mask", spans)
     if not isinstance(span_mask, torch.Tensor) or span_mask.dim() != 2:
         raise TypeError("spans must be the encoding from attnsteer.highlight(...) or a (B, T) span mask tensor")
+    weights = span_mask.float()
+    bad = ~torch.isfinite(weights) | (weights < 0)
+    if bool(bad.any()):
+        b, t = (int(x) for x in bad.nonzero()[0])
+        raise ValueError(f"span weights must be finite and >= 0 (0 = not span); row {b}, token {t} is "
+                         f"{float(weights[b, t])}. Build the mask with attnsteer.highlight or fix its values")
+    am = spans["attention_mask"] if "attention_mask" in getattr(spans, "keys", lambda: [])() else None
+    if am is not None and tuple(am.shape) != tuple(span_mask.shape):
+        raise ValueError(f"the span mask {tuple(span_mask.shape)} does not match the encoding's attention_mask "
+                         f"{tuple(am.shape)}; re-run attnsteer.highlight on the prompt you pass")
     num_layers = _num_layers(model)
     if num_layers:
         method.check_layers(num_layers)
@@ -325,11 +378,12 @@ def steer(model, method: Method, spans: Union[torch.Tensor, Any]) -> Iterator[An
         raise RuntimeError("this model is already being steered (nested or concurrent steer() on one model); "
                            "exit the other steer() block first, or steer a second copy of the model")
     _ensure_registered()
-    state = _State(method, span_mask.float(), span_mask.shape[1])
+    state = _State(method, weights, span_mask.shape[1])
     state.num_layers = num_layers or 0
-    if "attention_mask" in getattr(spans, "keys", lambda: [])():
-        am = spans["attention_mask"]
+    if am is not None:
         state.first_token = am.long().argmax(dim=1)  # first real token under left padding
+    if "input_ids" in getattr(spans, "keys", lambda: [])():
+        state.prompt_ids = spans["input_ids"]
     previous = model.config._attn_implementation
     modules = list(_attention_modules(model))
     patched = {name: model.__dict__.get(name) for name in ("forward", "generate") if hasattr(model, name)}
@@ -338,7 +392,7 @@ def steer(model, method: Method, spans: Union[torch.Tensor, Any]) -> Iterator[An
         m._attnsteer_state = state
     try:
         for name in patched:
-            setattr(model, name, _one_thread(state, getattr(model, name)))
+            setattr(model, name, _one_thread(state, getattr(model, name), name))
         model.set_attn_implementation(ATTN_NAME)
         yield model
     finally:
@@ -391,6 +445,13 @@ def steer_pipeline(pipe, method: Method) -> Iterator[Any]:
         inputs = original_preprocess(type(prompt_text)(clean(raw)) if hasattr(prompt_text, "messages") else clean(raw),
                                      *args, **kwargs)
         ids = inputs["input_ids"]
+        texts = [raw] if isinstance(raw, str) else [m["content"] for m in raw]
+        if not any(parse_markup(t)[1] for t in texts):
+            # As highlight() does for a row of a batch: no marks, no steering for this prompt — said aloud.
+            warnings.warn("attnsteer.steer_pipeline: a prompt has no <<markup>>, so it runs unsteered",
+                          stacklevel=2)
+            inputs["_attnsteer_span_mask"] = torch.zeros(ids.shape, dtype=torch.bool)
+            return inputs
         for special in (False, True):
             enc = highlight(pipe.tokenizer, raw, add_special_tokens=special)
             if enc["input_ids"].shape == ids.shape and torch.equal(enc["input_ids"].to(ids.device), ids):

@@ -51,6 +51,9 @@ class Method:
             raise ValueError(f"phases must be one of {_PHASES}; got {self.phases!r}")
         if self.layers is not None:
             self.layers = tuple(int(x) for x in self.layers)
+            if not self.layers:
+                raise ValueError(f"{type(self).__name__}(layers=[]) steers nothing; pass layers=None to steer every "
+                                 "layer, or list the layer indices to steer")
 
     def steers_layer(self, layer_idx: int) -> bool:
         return self.layers is None or layer_idx in self.layers
@@ -174,8 +177,9 @@ class KeyScale(Method):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not math.isfinite(self.alpha):
-            raise ValueError(f"KeyScale.alpha must be finite; got {self.alpha}")
+        if not (self.alpha > 0 and math.isfinite(self.alpha)):
+            raise ValueError(f"KeyScale.alpha must be a finite factor > 0 (span logits × alpha; 0 or a negative "
+                             f"factor would erase or invert the span's attention); got {self.alpha}")
 
     def layer_args(self, layer_idx: int, num_heads: int) -> Optional[LayerArgs]:
         return LayerArgs(key_scale=float(self.alpha)) if self.steers_layer(layer_idx) else None
