@@ -204,3 +204,80 @@ def test_pipeline_batch_with_one_unmarked_prompt_agrees_with_highlight():
     with attnsteer.steer(m, attnsteer.GUIDE(8.0), spans=enc):
         ids = m.generate(**enc, max_new_tokens=4, min_new_tokens=4, do_sample=False, pad_token_id=tok.pad_token_id)
     assert [list(g) for g in got] == ids.tolist()
+
+
+# 9. the CLI validates before loading the model: one line, exit code 2; --version
+@pytest.mark.parametrize("argv, message", [
+    (["--method", "spotlight", "--target", "1.5", "<<a>> b"], "SpotLight.target is a span mass in \\(0, 1\\)"),
+    (["--method", "guide", "--delta", "nan", "<<a>> b"], "GUIDE.delta must be finite"),
+    (["--method", "guide", "<<a b"], "never closed"),
+    (["--method", "guide", "nothing marked"], "the prompt marks nothing"),
+    (["--method", "guide", "--layers", "1,x", "<<a>> b"], "--layers takes comma-separated layer indices"),
+    (["--method", "steerit", "<<a>> b"], "unknown method"),
+])
+def test_cli_generate_bad_arguments_fail_fast_with_one_line(argv, message, capsys, monkeypatch):
+    from attnsteer import cli, models
+
+    def no_load(*a, **k):
+        raise AssertionError("the model was loaded before the arguments were checked")
+
+    monkeypatch.setattr(models, "load_default", no_load)
+    monkeypatch.setattr(models, "load", no_load)
+    assert cli.main(["generate", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("attnsteer generate: error: ") and len(err.strip().splitlines()) == 1
+    import re
+
+    assert re.search(message, err)
+
+
+def test_cli_generate_layers_out_of_range_is_one_line(tmp_path, capsys):
+    from attnsteer import cli
+
+    m, tok = tiny_model("qwen2", std=0.3), tokenizer()
+    m.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    assert cli.main(["generate", "--model", str(tmp_path), "--layers", "99", "<<a>> b"]) == 2
+    assert "indices [99] outside 0..1" in capsys.readouterr().err
+
+
+def test_cli_version(capsys):
+    from attnsteer import cli
+
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"attnsteer {attnsteer.__version__}"
+
+
+# 8. bench passes its options through and writes outside the checkout by default
+def test_cli_bench_passes_options_and_defaults_out_of_tree(monkeypatch, tmp_path):
+    import subprocess
+
+    from attnsteer import cli
+
+    calls = []
+    monkeypatch.setattr(subprocess, "call", lambda cmd: calls.append(cmd) or 0)
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["bench", "--quick", "--threads", "1"]) == 0
+    assert calls[0][-5:] == ["--quick", "--threads", "1", "--out", str(tmp_path / "attnsteer-bench")]
+    assert cli.main(["bench", "--quick", "--out", "x"]) == 0
+    assert calls[1][-3:] == ["--quick", "--out", "x"]
+
+
+# 12. package hygiene
+def test_namespace_has_no_future_import_and_ships_type_information():
+    import importlib.resources
+    import logging
+
+    assert not hasattr(attnsteer, "annotations")
+    assert importlib.resources.files("attnsteer").joinpath("py.typed").is_file()
+    assert attnsteer.logger is logging.getLogger("attnsteer")
+    for mod in (attnsteer.methods, attnsteer.directer, attnsteer.reference):
+        assert "DESIGN" not in (mod.__doc__ or "")
+    assert "Greedy only" not in attnsteer.Directer.__doc__
+
+
+def test_escaped_closing_marker_is_literal_too():
+    from attnsteer.spans import parse_markup
+
+    assert parse_markup("a \\<<b\\>> c <<d>>") == ("a <<b>> c d", [(10, 11, 1.0)])

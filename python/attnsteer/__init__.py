@@ -1,5 +1,5 @@
 """attnsteer: steer the attention of Hugging Face language models toward marked spans."""
-from __future__ import annotations
+import logging as _logging
 
 from . import models, ops, reference
 from .directer import Directer, DirecterStats, LayerRanking, rank_layers
@@ -10,6 +10,10 @@ from .ops import backend, scale_keys_, span_bias, steered_attention, steered_sof
 from .spans import MarkupError, format_spans, highlight, show_spans
 
 __version__ = "0.1.0"
+
+# The library's logger; silent unless the application configures logging.
+logger = _logging.getLogger("attnsteer")
+logger.addHandler(_logging.NullHandler())
 
 __all__ = [
     "Directer",
@@ -37,4 +41,5 @@ __all__ = [
     "steered_attention",
     "steered_softmax",
     "__version__",
+    "logger",
 ]

@@ -9,6 +9,8 @@
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import subprocess
 import sys
 import time
@@ -72,7 +74,10 @@ def _time(fn, reps: int = 5) -> float:
 def _method_from_args(args: argparse.Namespace):
     import attnsteer
 
-    layers = [int(x) for x in args.layers.split(",")] if args.layers else None
+    try:
+        layers = [int(x) for x in args.layers.split(",")] if args.layers else None
+    except ValueError:
+        raise ValueError(f"--layers takes comma-separated layer indices, e.g. --layers 0,1,2; got {args.layers!r}") from None
     common = dict(layers=layers)
     if args.phases:
         common["phases"] = args.phases
@@ -91,17 +96,38 @@ def _method_from_args(args: argparse.Namespace):
         return attnsteer.KeyScale(args.alpha if args.alpha is not None else 100.0, **common)
     if name == "directer":
         if args.layers or args.phases:
-            raise SystemExit("directer picks its own layers (ranked per prompt) and steps; drop --layers/--phases")
+            raise ValueError("directer picks its own layers (ranked per prompt) and steps; drop --layers/--phases")
         return attnsteer.Directer(args.alpha if args.alpha is not None else 100.0, beta=args.beta, max_trials=args.max_trials)
-    raise SystemExit(f"unknown method {args.method!r}: choose guide, instaboost, pasta, spotlight, keyscale, directer or none")
+    raise ValueError(f"unknown method {args.method!r}: choose guide, instaboost, pasta, spotlight, keyscale, directer or none")
 
 
 def _generate(args: argparse.Namespace) -> int:
     import attnsteer
+    from attnsteer.spans import MarkupError, parse_markup
 
-    model, tok = attnsteer.models.load(args.model) if args.model else attnsteer.models.load_default()
-    prompt = [{"role": "user", "content": args.prompt}] if args.chat else args.prompt
+    # Everything that can be checked without the model is checked first (loading takes ~45 s).
     method = _method_from_args(args)
+    for name in ("delta", "alpha", "beta", "target"):
+        v = getattr(args, name, None)
+        if v is not None and not math.isfinite(v):
+            raise ValueError(f"--{name} must be a finite number; got {v}")
+    _, marked = parse_markup(args.prompt)
+    if method is not None and not marked:
+        raise MarkupError('the prompt marks nothing: put the part to follow in <<...>>, e.g. "<<Answer in French.>> What is a cat?" '
+                          "(or pass --method none)")
+    model, tok = attnsteer.models.load(args.model) if args.model else attnsteer.models.load_default()
+    if isinstance(method, attnsteer.Method):
+        n = attnsteer.hf._num_layers(model)
+        if n:
+            method.check_layers(n)
+    prompt = [{"role": "user", "content": args.prompt}] if args.chat else args.prompt
+    if method is None:
+        prompt = [{"role": "user", "content": parse_markup(args.prompt)[0]}] if args.chat else parse_markup(args.prompt)[0]
+        enc = tok(prompt if isinstance(prompt, str) else tok.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True),
+                  return_tensors="pt", add_special_tokens=not args.chat)
+        out = model.generate(**enc, max_new_tokens=args.max_new_tokens, do_sample=False)
+        print(tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True))
+        return 0
     text = attnsteer.generate(model, tok, prompt, method, max_new_tokens=args.max_new_tokens, do_sample=False)
     print(text)
     if isinstance(method, attnsteer.Directer):
@@ -110,7 +136,11 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:
+        return _bench(argv[1:])
     parser = argparse.ArgumentParser(prog="attnsteer", description="Attention steering for Hugging Face models.")
+    parser.add_argument("--version", action="version", version=f"attnsteer {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="a marked rule on the embedded model: unsteered vs each method")
     demo.add_argument("--kernel", action="store_true", help="run the kernel demo instead (no model)")
@@ -135,23 +165,42 @@ def main(argv=None) -> int:
     from .eval import cli as eval_cli
 
     eval_cli.add_parsers(sub)
-    bench = sub.add_parser("bench", help="run benchmarks/bench_attention.py (from a source checkout)")
-    bench.add_argument("rest", nargs=argparse.REMAINDER)
+    sub.add_parser("bench", help="run benchmarks/bench_attention.py (from a source checkout); options pass through "
+                                 "(--quick, --threads, --out; results go to ./attnsteer-bench unless --out is given)")
     args = parser.parse_args(argv)
-    if args.command == "demo":
-        if args.kernel:
-            return _demo(args)
-        from . import demo as model_demo
+    try:
+        if args.command == "demo":
+            if args.kernel:
+                return _demo(args)
+            from . import demo as model_demo
 
-        return model_demo.run(args.task, args.max_new_tokens)
-    if args.command == "generate":
-        return _generate(args)
-    if args.command == "eval":
+            return model_demo.run(args.task, args.max_new_tokens)
+        if args.command == "generate":
+            return _generate(args)
         return eval_cli.run(args, argv)
+    except (ValueError, TypeError, IndexError, NotImplementedError, FileNotFoundError, ImportError) as err:
+        # A bad argument gets one line and exit code 2 (ATTNSTEER_DEBUG=1 shows the traceback).
+        if os.environ.get("ATTNSTEER_DEBUG"):
+            raise
+        print(f"attnsteer {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def _bench(rest) -> int:
     script = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_attention.py"
     if not script.exists():
-        parser.error("bench needs a source checkout (benchmarks/bench_attention.py not found)")
-    return subprocess.call([sys.executable, str(script), *args.rest])
+        print("attnsteer bench: error: needs a source checkout (benchmarks/bench_attention.py not found)", file=sys.stderr)
+        return 2
+    if not any(a == "--out" or a.startswith("--out=") for a in rest) and not any(a in ("-h", "--help") for a in rest):
+        # Never write into the checkout's committed benchmarks/results by default.
+        rest = [*rest, "--out", os.path.abspath("attnsteer-bench")]
+    return subprocess.call([sys.executable, str(script), *rest])
 
 
 if __name__ == "__main__":

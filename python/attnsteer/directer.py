@@ -1,6 +1,6 @@
 """DIRECTER (arXiv 2603.06745): layer-sensitivity ranking and plausibility-guided decoding.
 
-Per step (DESIGN §5):
+Per step (arXiv 2603.06745, as the authors' code does it):
 
 1. raw forward of the newest token — its K/V go into the cache, which is always the unsteered one;
 2. top-2 gate on the raw distribution p: if ``p(second) < beta * p(first)`` no other token can be
@@ -212,7 +212,7 @@ class Directer:
         ranking_variant: ``"paper"`` or ``"released"`` (see :func:`rank_layers`).
 
     Use it as ``model.generate(**enc, custom_generate=Directer(), spans=enc)`` or through
-    :func:`attnsteer.generate`. Greedy only. ``stats`` holds the last generation's
+    :func:`attnsteer.generate`. Greedy by default; ``do_sample=True`` samples behind the same gate. ``stats`` holds the last generation's
     :class:`DirecterStats`, ``last_ranking`` its :class:`LayerRanking`.
     """
 
@@ -384,7 +384,8 @@ def _prefill(model, state, input_ids, attention_mask):
 @torch.no_grad()
 def rank_layers(model, inputs: Any, *, alpha: float = 100.0, steer: Optional[Method] = None,
                 variant: str = "paper", progress: bool = True) -> LayerRanking:
-    """Rank the layers of ``model`` by how much steering each one alone moves the model (DESIGN §5).
+    """Rank the layers of ``model`` by how much steering each one alone moves the model
+    (arXiv 2603.06745).
 
     The prompt is prefilled without its last token; that token is then run once unsteered and
     once per layer ℓ with the span keys scaled by ``alpha`` at ℓ only. With ``H_pre^j`` the

@@ -1,7 +1,9 @@
 """Steering methods as small validated configs that turn into per-layer op arguments.
 
-Every method reduces to arguments of :func:`attnsteer.steered_attention` (DESIGN §2): which
-keys are "span" for the op, and a bias, a key scale or a target per head (and per row).
+Every method reduces to arguments of :func:`attnsteer.steered_attention`: which keys are
+"span" for the op, and a bias, a key scale or a target per head (and per row). A bias ``b`` on
+the span's logits only moves mass between span and rest (split softmax): with natural span
+mass ``p``, the steered mass is ``e^b·p / (e^b·p + 1 − p)`` and the shape inside each part is kept.
 
 | method | paper | keys modified | change |
 |---|---|---|---|

@@ -3,7 +3,7 @@
 These functions materialise the full ``(B, H, Tq, Tk)`` logits and compute in float64 by
 default: they are the oracle the kernels are tested against, not a fast path (the
 no-extension fallback in :mod:`attnsteer._fallback` is blocked over queries and runs in
-float32). They follow ``DESIGN.md`` §2 literally; read them as the specification.
+float32). They follow the math of :func:`attnsteer.steered_attention`'s docstring literally; read them as the specification.
 
 Shapes: ``q (B, Hq, Tq, D)``, ``k``/``v`` ``(B, Hkv, Tk, D)``, ``span_weights (B, Tk)`` float
 (0 = not in the span), ``bias``/``key_scale`` ``(B, Hq)``, ``query_mask (B, Tq)`` bool.

@@ -92,7 +92,7 @@ def run(args, argv=None) -> int:
         tags = sorted({k[0] for k in store.records})
         tag = args.model_tag or (tags[0] if len(tags) == 1 else None)
         if tag is None:
-            raise SystemExit(f"{args.out} holds several models ({tags}): pass --model-tag")
+            raise ValueError(f"{args.out} holds several models ({tags}): pass --model-tag")
         records = ifeval.split(ifeval.load_prompts(), args.split)
         rows = runner.summarize_ifeval(store, records, tag, args.max_new_tokens)
         _, md = runner.write_report(rows, args.out, title=f"IFEval — {tag} — {args.split} split", command=_command(argv),
@@ -126,4 +126,4 @@ def run(args, argv=None) -> int:
         from . import sweep
 
         return sweep.main(args, _load, _command(argv), machine)
-    raise SystemExit(f"unknown eval command {cmd!r}")
+    raise ValueError(f"unknown eval command {cmd!r}")

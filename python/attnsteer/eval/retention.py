@@ -242,11 +242,11 @@ def main(args, load: Callable, command: str, machine: Callable) -> int:
     placements = [p.strip() for p in args.placements.split(",")]
     for p in placements:
         if p not in PLACEMENTS:
-            raise SystemExit(f"unknown placement {p!r}: choose from {', '.join(PLACEMENTS)}")
+            raise ValueError(f"unknown placement {p!r}: choose from {', '.join(PLACEMENTS)}")
     rules = [r.strip() for r in args.rules.split(",")] if args.rules else list(RULES)
     for r in rules:
         if r not in RULES:
-            raise SystemExit(f"unknown rule {r!r}: choose from {', '.join(RULES)}")
+            raise ValueError(f"unknown rule {r!r}: choose from {', '.join(RULES)}")
     methods = args.method or ["none"]
     for m in methods:
         specs.canonical(m)

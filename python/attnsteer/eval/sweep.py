@@ -88,7 +88,7 @@ def main(args, load: Callable, command: str, machine: Callable) -> int:
     names = [n.strip() for n in args.methods.split(",") if n.strip()]
     for n in names:
         if n not in GRIDS:
-            raise SystemExit(f"unknown sweep grid {n!r}: choose from {', '.join(GRIDS)}")
+            raise ValueError(f"unknown sweep grid {n!r}: choose from {', '.join(GRIDS)}")
     model, tok, tag = load(args)
     L = _num_layers(model)
     grids: Dict[str, List[Tuple[float, str]]] = {}
