@@ -281,3 +281,42 @@ def test_escaped_closing_marker_is_literal_too():
     from attnsteer.spans import parse_markup
 
     assert parse_markup("a \\<<b\\>> c <<d>>") == ("a <<b>> c d", [(10, 11, 1.0)])
+
+
+# 1. the static cache (what compiled generation uses)
+@pytest.mark.parametrize("method", [attnsteer.GUIDE(2.0), attnsteer.SpotLight(0.5), attnsteer.PASTA(0.1)])
+def test_static_cache_generation_equals_the_dynamic_cache(method):
+    m, tok = tiny_model("llama", std=0.3), tokenizer()
+    enc = attnsteer.highlight(tok, ["<<Answer in French.>> The quick brown fox", "The lazy <<dog>>"])
+    kw = dict(max_new_tokens=6, do_sample=False, pad_token_id=0)
+    with attnsteer.steer(m, method, spans=enc):
+        dynamic = m.generate(**enc, **kw)
+        static = m.generate(**enc, cache_implementation="static", **kw)
+    plain = m.generate(**enc, **kw)
+    assert torch.equal(static, dynamic) and not torch.equal(dynamic, plain)
+
+
+def test_user_made_static_cache_in_a_forward_equals_the_dynamic_cache():
+    from transformers import DynamicCache, StaticCache
+
+    m, tok = tiny_model("qwen2", std=0.3), tokenizer()
+    enc = attnsteer.highlight(tok, "Answer in French. <<Use at most twenty words.>> The fox")
+    T = enc["input_ids"].shape[1]
+    with attnsteer.steer(m, attnsteer.GUIDE(2.0), spans=enc):
+        a = m(**enc, past_key_values=StaticCache(config=m.config, max_cache_len=T + 24)).logits
+        b = m(**enc, past_key_values=DynamicCache(config=m.config)).logits
+    torch.testing.assert_close(a, b)
+
+
+def test_static_cache_on_sliding_window_layers_is_refused_or_exact():
+    m, tok = tiny_model("mistral", std=0.3), tokenizer()
+    enc = attnsteer.highlight(tok, "Answer in French. <<Use at most twenty words.>> The fox")
+    kw = dict(max_new_tokens=4, do_sample=False, pad_token_id=0)
+    with attnsteer.steer(m, attnsteer.GUIDE(2.0), spans=enc):
+        dynamic = m.generate(**enc, **kw)
+        try:
+            static = m.generate(**enc, cache_implementation="static", **kw)
+        except NotImplementedError as e:
+            assert "static cache on a sliding-window layer" in str(e)
+        else:
+            assert torch.equal(static, dynamic)

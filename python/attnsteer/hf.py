@@ -39,7 +39,8 @@ class SteerMask:
     padding: Optional[torch.Tensor]  # (B, kv_length) bool, True = attend; None = no padding
     q_offset: int  # absolute (cache) position of the first query
     kv_offset: int  # absolute position of the first key in this layer type's cache
-    kv_length: int
+    kv_length: int  # keys that hold tokens (a static cache's buffer can be longer)
+    source: Optional[torch.Tensor] = None  # the 2-D attention mask it was made from
 
 
 class _State:
@@ -73,6 +74,7 @@ def _one_thread(state: _State, fn, name: str):
     def wrapper(*args, **kwargs):
         me = threading.get_ident()
         if name == "forward":
+            _unprepare_masks(kwargs)
             _check_prompt(state, args, kwargs)
         with state.lock:
             if name == "forward" and me != state.opener and state.owner != me:
@@ -130,12 +132,27 @@ def _check_prompt(state: _State, args, kwargs) -> None:
 
 def _mask_function(batch_size: int, q_length: int, kv_length: int, q_offset: Any = 0, kv_offset: Any = 0,
                    mask_function=None, attention_mask: Optional[torch.Tensor] = None, **kwargs) -> SteerMask:
+    q_offset, kv_offset, kv_length = int(q_offset), int(kv_offset), int(kv_length)
+    if kv_offset == 0 and kv_length > q_offset + q_length:
+        # A static cache hands over its whole buffer; only the first q_offset + q_length keys hold tokens.
+        kv_length = q_offset + q_length
     padding = None
-    if attention_mask is not None and attention_mask.dim() == 2:
-        padding = attention_mask[:, -kv_length:].bool()
+    source = attention_mask if isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 2 else None
+    if source is not None:
+        padding = source[:, :kv_offset + kv_length][:, -kv_length:].bool()
         if padding.shape[1] == kv_length and bool(padding.all()):
             padding = None
-    return SteerMask(padding, int(q_offset), int(kv_offset), int(kv_length))
+    return SteerMask(padding, q_offset, kv_offset, kv_length, source)
+
+
+def _unprepare_masks(kwargs) -> None:
+    """Generation with a static cache builds the masks before calling the model, which then
+    builds them again from what it is given: hand it back the 2-D mask a SteerMask came from."""
+    am = kwargs.get("attention_mask")
+    if isinstance(am, SteerMask):
+        kwargs["attention_mask"] = am.source
+    elif isinstance(am, dict) and any(isinstance(v, SteerMask) for v in am.values()):
+        kwargs["attention_mask"] = next((v.source for v in am.values() if isinstance(v, SteerMask)), None)
 
 
 def _ensure_registered() -> None:
@@ -168,6 +185,12 @@ def _attention_function(module, query: torch.Tensor, key: torch.Tensor, value: t
     Tk = key.shape[2]
     if isinstance(attention_mask, SteerMask):
         padding, q_off, kv_off = attention_mask.padding, attention_mask.q_offset, attention_mask.kv_offset
+        if Tk > attention_mask.kv_length:  # a static cache's buffer: keep the keys that hold tokens
+            if sliding_window is not None:
+                raise NotImplementedError("attnsteer: a static cache on a sliding-window layer is not supported; "
+                                          "use the default dynamic cache (drop cache_implementation='static')")
+            Tk = attention_mask.kv_length
+            key, value = key[:, :, :Tk], value[:, :, :Tk]
     elif attention_mask is None:
         padding, q_off, kv_off = None, Tk - Tq, 0
         if sliding_window is not None:
