@@ -14,7 +14,7 @@ export CCACHE_DIR ?= $(CURDIR)/$(VENV)/ccache
 export PATH := $(CCACHE_BIN):$(PATH)
 export MAX_JOBS ?= 2
 
-.PHONY: install demo test test-slow bench wheel clean
+.PHONY: install demo test test-slow test-asan bench wheel clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,19 @@ test: install
 
 test-slow: install
 	$(PY) -m pytest -q -m slow
+
+# The op tests against an ASan + UBSan build of the extension (built apart in build/asan; the
+# editable build is left alone). Not part of `make test`: it takes a few minutes more.
+ASAN_DIR := build/asan
+test-asan: install
+	rm -rf $(ASAN_DIR) && mkdir -p $(ASAN_DIR)/pkg
+	ATTNSTEER_SANITIZE=1 ATTNSTEER_BUILD_CUDA=0 $(PY) setup.py -q build_ext --build-lib $(ASAN_DIR)/lib --build-temp $(ASAN_DIR)/tmp
+	cp -r python/attnsteer $(ASAN_DIR)/pkg/ && rm -f $(ASAN_DIR)/pkg/attnsteer/_C*.so
+	cp $(ASAN_DIR)/lib/attnsteer/_C*.so $(ASAN_DIR)/pkg/attnsteer/
+	ASAN_OPTIONS=detect_leaks=0:halt_on_error=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
+	PYTHONPATH=$(CURDIR)/$(ASAN_DIR)/pkg $(PY) -m pytest -q -p no:cacheprovider tests/test_asan.py \
+	    tests/test_steered_attention.py tests/test_eager_ops.py tests/test_errors.py
 
 bench: install
 	$(PY) benchmarks/bench_attention.py

@@ -6,6 +6,8 @@ Environment switches:
   ATTNSTEER_BUILD_CUDA=auto|0|1   CUDA kernels: auto = when torch has CUDA and nvcc is found
                                   (default); 0 = never; 1 = required (fails otherwise).
   ATTNSTEER_SKIP_EXTENSION=1      build no extension at all (pure-PyTorch fallback only).
+  ATTNSTEER_SANITIZE=1            AddressSanitizer + UndefinedBehaviorSanitizer build (-O1 -g), for
+                                  `make test-asan`; never for a wheel.
   MAX_JOBS=N                      parallel compile jobs (torch.utils.cpp_extension).
   CC/CXX, ccache                  used as given: `CXX="ccache g++"` reuses earlier builds.
 """
@@ -51,19 +53,24 @@ def _extensions():
     # -fopenmp: at::parallel_for is header-inline and only runs in parallel when we compile
     # with OpenMP (the libgomp that torch loads is reused).
     cxx = ["-O3", "-fopenmp", "-fno-math-errno", "-fno-trapping-math", f'-DATTNSTEER_TORCH_VERSION="{torch.__version__}"']
+    link = ["-fopenmp"]
+    if os.environ.get("ATTNSTEER_SANITIZE", "0") == "1":
+        san = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined", "-fno-omit-frame-pointer"]
+        cxx = [f for f in cxx if f != "-O3"] + ["-O1", "-g"] + san
+        link += san
     if _want_cuda(torch):
         sources += sorted(glob.glob("csrc/cuda/*.cu"))
         ext = CUDAExtension(
             "attnsteer._C",
             sources,
-            extra_link_args=["-fopenmp"],
+            extra_link_args=link,
             extra_compile_args={
                 "cxx": cxx + ["-DATTNSTEER_WITH_CUDA"],
                 "nvcc": ["-O3", "-DATTNSTEER_WITH_CUDA", "--use_fast_math"],
             },
         )
     else:
-        ext = CppExtension("attnsteer._C", sources, extra_compile_args={"cxx": cxx}, extra_link_args=["-fopenmp"])
+        ext = CppExtension("attnsteer._C", sources, extra_compile_args={"cxx": cxx}, extra_link_args=link)
     return [ext], {"build_ext": BuildExtension.with_options(use_ninja=shutil.which("ninja") is not None)}
 
 

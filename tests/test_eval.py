@@ -263,6 +263,7 @@ def test_five_prompt_end_to_end_run_on_a_tiny_model(tmp_path, capsys):
             "--max-new-tokens", "4", "--method", "none", "--method", "guide:delta=2", "--method", "gate+guide:delta=2",
             "--strategy", "constraints", "--out", str(out), "--no-progress"]
     assert cli.main(argv) == 0
+    assert "located at least one constraint in 5 of 5 prompts" in capsys.readouterr().err
     lines = [json.loads(x) for x in open(out / "responses.jsonl")]
     assert len(lines) == 15
     assert {(r["method"], r["strategy"]) for r in lines} == {("none", "none"), ("guide:delta=2", "constraints"),

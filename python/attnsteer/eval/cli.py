@@ -109,6 +109,11 @@ def run(args, argv=None) -> int:
         records = ifeval.split(ifeval.load_prompts(), args.split)
         if args.limit:
             records = records[:args.limit]
+        if args.strategy == "constraints":
+            rep = ifeval.locate_report(records)
+            print(f"constraints strategy: located at least one constraint in {rep['prompts_some_located']} of "
+                  f"{rep['prompts']} prompts (all in {rep['prompts_all_located']}); {rep['instructions_located']} of "
+                  f"{rep['instructions']} instructions", file=sys.stderr)
         store = runner.ResponseStore(os.path.join(args.out, "responses.jsonl"))
         runner.run_ifeval(model, tok, records, methods, strategy=args.strategy, store=store, model_tag=tag,
                           batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, progress=not args.no_progress)
