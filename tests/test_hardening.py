@@ -320,3 +320,11 @@ def test_static_cache_on_sliding_window_layers_is_refused_or_exact():
             assert "static cache on a sliding-window layer" in str(e)
         else:
             assert torch.equal(static, dynamic)
+
+
+def test_a_raw_span_tensor_shorter_than_a_bare_forward_raises(llama):
+    enc = _enc()
+    T = enc["input_ids"].shape[1]
+    with attnsteer.steer(llama, attnsteer.GUIDE(2.0), spans=enc.span_mask[:, :-3]):
+        with pytest.raises(ValueError, match=f"runs {T} tokens, but the span mask .* for a {T - 3}-token prompt"):
+            llama(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])

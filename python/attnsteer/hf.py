@@ -60,6 +60,7 @@ class _State:
         self.opener = threading.get_ident()  # the thread that opened the steer() block
         self.prompt_ids: Optional[torch.Tensor] = None  # (B, T_prompt) when steer() got an encoding
         self.allow_prefix = False  # DIRECTER prefills the prompt one token short
+        self.generating = 0  # generate calls running (a forward longer than the prompt is legitimate there)
 
 
 def _one_thread(state: _State, fn, name: str):
@@ -91,11 +92,13 @@ def _one_thread(state: _State, fn, name: str):
                     "thread its own copy of the model and its own steer() block")
             state.owner = me
             state.depth += 1
+            state.generating += name == "generate"
         try:
             return fn(*args, **kwargs)
         finally:
             with state.lock:
                 state.depth -= 1
+                state.generating -= name == "generate"
                 if state.depth == 0:
                     state.owner = None
                     state.lock.notify_all()
@@ -115,14 +118,15 @@ def _check_prompt(state: _State, args, kwargs) -> None:
     T, T0 = ids.shape[1], state.prompt_length
     if T == T0 - 1 and state.allow_prefix:
         return
-    ok = T >= T0
+    # Longer than the prompt: generation without a cache re-runs prompt + generated tokens.
+    ok = T == T0 or (T > T0 and state.generating > 0)
     if ok and state.prompt_ids is not None:
         ref = state.prompt_ids.to(ids.device)
         if ids.shape[0] != ref.shape[0]:
             ref = _expand_rows(ref, ids.shape[0], "the prompt")
         ok = torch.equal(ids[:, :T0], ref)
     if not ok:
-        what = f"{T} tokens" if T < T0 else "other tokens"
+        what = f"{T} tokens" if T != T0 else "other tokens"
         raise ValueError(
             f"attnsteer: this forward runs {what}, but the span mask given to steer() was made for a {T0}-token "
             "prompt, so the span would land on the wrong tokens. Steer the prompt you run: "
