@@ -5,6 +5,7 @@ from . import models, ops, reference
 from .directer import Directer, DirecterStats, LayerRanking, rank_layers
 from .generate import generate
 from .hf import steer, steer_pipeline
+from .influence import InfluenceResult, SpanMass, influence, span_mass
 from .methods import GUIDE, PASTA, InstABoost, KeyScale, Method, SpotLight
 from .ops import backend, scale_keys_, span_bias, steered_attention, steered_softmax
 from .spans import MarkupError, format_spans, highlight, show_spans
@@ -28,6 +29,10 @@ __all__ = [
     "PASTA",
     "SpotLight",
     "generate",
+    "influence",
+    "InfluenceResult",
+    "span_mass",
+    "SpanMass",
     "highlight",
     "show_spans",
     "format_spans",

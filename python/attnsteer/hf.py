@@ -60,6 +60,7 @@ class _State:
         self.opener = threading.get_ident()  # the thread that opened the steer() block
         self.prompt_ids: Optional[torch.Tensor] = None  # (B, T_prompt) when steer() got an encoding
         self.allow_prefix = False  # DIRECTER prefills the prompt one token short
+        self.probe: Any = None  # attnsteer.influence's probe during its forward
         self.generating = 0  # generate calls running (a forward longer than the prompt is legitimate there)
 
 
@@ -220,6 +221,9 @@ def _attention_function(module, query: torch.Tensor, key: torch.Tensor, value: t
     if args is None:
         zeros = torch.zeros(B, Tk, device=query.device)
         out, _ = _op(state, query, key, value, zeros, attn_mask=attn_mask, window=window, softcap=softcap, scale=scaling)
+        if state is not None and state.probe is not None:  # attnsteer.influence: mix with the same weights
+            state.probe.attend(lambda v: _op(state, query, key, v, zeros, attn_mask=attn_mask, window=window,
+                                             softcap=softcap, scale=scaling)[0], key, value)
         weights = _weights(query, key, zeros, dict(attn_mask=attn_mask, is_causal=True, window=window, softcap=softcap),
                            scaling) if want_weights else None
         return out.transpose(1, 2).contiguous(), weights
@@ -244,6 +248,9 @@ def _attention_function(module, query: torch.Tensor, key: torch.Tensor, value: t
         bias, target = pooled_bias[:, None].expand(B, Hq).float(), None
     out, _ = _op(state, query, key, value, span, bias=bias, key_scale=args.key_scale, target=target,
                  target_exact=args.target_exact, **common)
+    if state.probe is not None:  # attnsteer.influence: mix with the same (steered) weights
+        state.probe.attend(lambda v: _op(state, query, key, v, span, bias=bias, key_scale=args.key_scale, target=target,
+                                         target_exact=args.target_exact, **common)[0], key, value)
     weights = None
     if want_weights:  # materialised on request only (output_attentions=True)
         steer_kw = dict(bias=bias, key_scale=args.key_scale, target=target, target_exact=args.target_exact,

@@ -1,0 +1,258 @@
+"""GUIDE's Influence (arXiv 2409.19001), attention rollout and span mass, in O(T) memory.
+
+Influence of the span, per layer and token: ``I⁽⁻¹⁾_k = 1`` on highlighted tokens, 0 elsewhere;
+at layer ℓ mix through the head-averaged attention ``u = Ā·I`` — optionally weighting each
+source token j by the L1 norm of its value vector, ``u_k = Σ_h Σ_j A_hkj w_hj I_j / Σ_h Σ_j
+A_hkj w_hj`` — then blend with the residual stream by norms,
+``I_k ← (‖x_k‖₁ I_k + ‖o_k‖₁ u_k) / (‖x_k‖₁ + ‖o_k‖₁)`` with x the attention block's input
+(after the input norm) and o its output (after o_proj). Attention rollout: ``R ← (R + Ā·R)/2``.
+
+The mixing ``Ā·I`` is attention with a one-channel value, so it runs through the fused op with
+``I`` (and the value norms, the rollout vector and the span indicator) as the value channels: no
+``T × T`` matrix, and under a steering method the mixing uses the steered weights.
+
+Conventions (where GUIDE's released code, ``pay-attention-pipeline`` 0.2.0, departs from the
+paper's wording; its variant is ``value_norms=False, residual="previous"``):
+
+- ``value_norms``: the paper weights sources by their value norms; the code calls its metric
+  with ``use_values=False`` (its other branch cannot broadcast with GQA).
+- ``residual``: ``"current"`` uses ‖x‖ of layer ℓ (the paper: the input of the same block);
+  ``"previous"`` uses layer ℓ−1's (layer 0's at ℓ = 0), as the code does.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+import torch
+
+from .methods import GUIDE, Method
+
+__all__ = ["influence", "InfluenceResult", "span_mass"]
+
+
+class _Probe:
+    """Runs inside the attention layers of one steered forward (see hf._attention_function)."""
+
+    def __init__(self, span: torch.Tensor, value_norms: bool, residual: str):
+        ind = (span > 0).float()
+        self.span = ind  # (B, T)
+        self.I = ind.clone()
+        self.R = ind.clone()
+        self.value_norms = value_norms
+        self.residual = residual
+        self.u: Optional[torch.Tensor] = None
+        self.prev_x_norm: Optional[torch.Tensor] = None
+        self.influence: List[torch.Tensor] = [ind.clone()]
+        self.rollout: List[torch.Tensor] = [ind.clone()]
+        self.mass: List[torch.Tensor] = []
+
+    def attend(self, run_op, key: torch.Tensor, value: torch.Tensor) -> None:
+        """``run_op(v)`` is this layer's op call with the value replaced; key/value ``(B, Hkv, T, D)``."""
+        B, Hkv, T, D = key.shape
+        if D < 4:
+            raise ValueError(f"influence needs a head dimension of at least 4; got {D}")
+        if self.I.shape[1] != T:
+            raise ValueError("influence runs one forward over the prompt (no cache, no generated tokens)")
+        w = value.float().abs().sum(-1) if self.value_norms else torch.ones(B, Hkv, T, device=key.device)
+        v = torch.zeros(B, Hkv, T, D, device=key.device, dtype=torch.float32)
+        v[..., 0] = w * self.I[:, None, :].to(key.device)
+        v[..., 1] = w
+        v[..., 2] = self.R[:, None, :].to(key.device)
+        v[..., 3] = self.span[:, None, :].to(key.device)
+        out = run_op(v.to(value.dtype)).float()  # (B, Hq, T, D)
+        self.u = out[..., 0].sum(1) / out[..., 1].sum(1).clamp_min(1e-30)
+        self.R = 0.5 * (self.R.to(out.device) + out[..., 2].mean(1))
+        self.rollout.append(self.R.clone())
+        self.mass.append(out[..., 3].clone())  # (B, Hq, T): attention mass on the highlight
+
+    def blend(self, x: torch.Tensor, o: torch.Tensor) -> None:
+        """After the attention block: x its input ``(B, T, d)``, o its output ``(B, T, d)``."""
+        x_norm = x.float().abs().sum(-1)
+        o_norm = o.float().abs().sum(-1)
+        ne = x_norm if self.residual == "current" or self.prev_x_norm is None else self.prev_x_norm
+        I = self.I.to(x.device)
+        self.I = (ne * I + o_norm * self.u) / (ne + o_norm).clamp_min(1e-30)
+        self.prev_x_norm = x_norm
+        self.influence.append(self.I.clone())
+
+
+@dataclass
+class InfluenceResult:
+    """Per-layer Influence, rollout and span mass of one forward over the prompts.
+
+    Attributes:
+        influence: ``(B, L + 1, T)``; index 0 is the initial indicator ("layer −1"), index
+            ℓ + 1 the value after layer ℓ. Padding positions are 0.
+        rollout: ``(B, L + 1, T)``, attention rollout, same layout.
+        span_mass: ``(B, L, Hq, T)``, the attention mass each layer and head puts on the
+            highlight, per query token (steered when a method was given).
+        attention_mask: ``(B, T)``.
+        method: the steering method of the forward (None = unsteered).
+    """
+
+    influence: torch.Tensor
+    rollout: torch.Tensor
+    span_mass: torch.Tensor
+    attention_mask: torch.Tensor
+    method: Optional[Method] = None
+    settings: Dict[str, Any] = field(default_factory=dict)
+
+    def last(self, row: int = 0, kind: str = "influence") -> torch.Tensor:
+        """``(L + 1,)`` values at the last (real) token of ``row``: what generation reads."""
+        return getattr(self, kind)[row, :, -1]
+
+    def to_records(self) -> List[Dict[str, Any]]:
+        """One record per (row, layer, token): ``row, layer (−1…L−1), token, influence, rollout``."""
+        B, L1, T = self.influence.shape
+        inf, rol, am = self.influence.tolist(), self.rollout.tolist(), self.attention_mask.tolist()
+        return [{"row": b, "layer": l - 1, "token": t, "influence": inf[b][l][t], "rollout": rol[b][l][t]}
+                for b in range(B) for l in range(L1) for t in range(T) if am[b][t]]
+
+    def to_dataframe(self):
+        """:meth:`to_records` as a pandas DataFrame (needs pandas)."""
+        import pandas as pd
+
+        return pd.DataFrame(self.to_records())
+
+    def plot(self, path: Optional[str] = None, *, row: int = 0, others: Optional[Dict[str, "InfluenceResult"]] = None,
+             title: Optional[str] = None):
+        """Influence and rollout at the last token against the layer; ``others`` adds curves
+        (e.g. ``{"GUIDE Δ=2": steered_result}``). Saves to ``path`` when given; returns the figure."""
+        import matplotlib
+
+        if path is not None:
+            matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(5.5, 3.4))
+        curves = {"unsteered" if self.method is None else _name(self.method): self, **(others or {})}
+        layers = list(range(-1, self.influence.shape[1] - 1))
+        for i, (name, res) in enumerate(curves.items()):
+            ax.plot(layers, res.last(row).tolist(), "-", color=f"C{i}", label=f"Influence — {name}")
+            ax.plot(layers, res.last(row, "rollout").tolist(), ":", color=f"C{i}", label=f"rollout — {name}")
+        ax.set_xlabel("layer")
+        ax.set_ylabel("span's share at the last token")
+        ax.set_title(title or "Influence of the highlighted span", fontsize=9)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        if path is not None:
+            fig.savefig(path, dpi=110)
+            plt.close(fig)
+        return fig
+
+
+def _name(method) -> str:
+    return type(method).__name__
+
+
+def _run(model, enc, method: Optional[Method], value_norms: bool, residual: str) -> _Probe:
+    from . import hf
+
+    if residual not in ("current", "previous"):
+        raise ValueError(f"residual must be 'current' (the paper) or 'previous' (GUIDE's code); got {residual!r}")
+    span = getattr(enc, "span_mask", None)
+    if span is None:
+        raise TypeError("influence needs the encoding from attnsteer.highlight (it carries .span_mask)")
+    probe = _Probe(span.float(), value_norms, residual)
+    hooks = []
+
+    def post(module, args, kwargs, output):
+        x = kwargs.get("hidden_states", args[0] if args else None)
+        o = output[0] if isinstance(output, tuple) else output
+        probe.blend(x, o)
+
+    with hf.steer(model, method if method is not None else GUIDE(0.0), spans=enc) as m:
+        for mod in hf._attention_modules(model):
+            hooks.append(mod.register_forward_hook(post, with_kwargs=True))
+        model._attnsteer_state.probe = probe
+        try:
+            am = enc["attention_mask"].to(model.device)
+            pos = (am.long().cumsum(-1) - 1).clamp(min=0)  # left padding: positions as generate counts them
+            with torch.no_grad():
+                m(input_ids=enc["input_ids"].to(model.device), attention_mask=am, position_ids=pos, use_cache=False)
+        finally:
+            model._attnsteer_state.probe = None
+            for h in hooks:
+                h.remove()
+    return probe
+
+
+def influence(model, enc, method: Optional[Method] = None, *, value_norms: bool = True,
+              residual: str = "current") -> InfluenceResult:
+    """GUIDE's Influence of the highlighted span, per layer and token, with attention rollout.
+
+    Args:
+        model: a Hugging Face causal LM that :func:`attnsteer.steer` supports.
+        enc: the encoding from :func:`attnsteer.highlight` ``(B, T)``, rows with their own spans.
+        method: steer the forward (and the mixing) with this method; None = unsteered.
+        value_norms: weight each source token by its value vector's L1 norm (the paper);
+            False as GUIDE's code.
+        residual: ``"current"`` (the paper) or ``"previous"`` (GUIDE's code) — see the module docstring.
+
+    Returns:
+        :class:`InfluenceResult`. Memory O(T): the mixing runs through the fused op.
+    """
+    probe = _run(model, enc, method, value_norms, residual)
+    am = enc["attention_mask"].to(probe.I.device).float()
+    inf = torch.stack(probe.influence, 1) * am[:, None, :]
+    rol = torch.stack([r.to(am.device) for r in probe.rollout], 1) * am[:, None, :]
+    mass = torch.stack(probe.mass, 1)
+    return InfluenceResult(inf, rol, mass, enc["attention_mask"], method,
+                           {"value_norms": value_norms, "residual": residual})
+
+
+@dataclass
+class SpanMass:
+    """Attention mass on the highlight per layer, head and query token.
+
+    Attributes:
+        unsteered: ``(B, L, Hq, T)``; steered: the same under the method (None without one).
+    """
+
+    unsteered: torch.Tensor
+    steered: Optional[torch.Tensor]
+    attention_mask: torch.Tensor
+
+    def table(self, row: int = 0, query: str = "last", steered: bool = False) -> torch.Tensor:
+        """``(L, Hq)``: the mass at the last token (``query="last"``) or averaged over the real
+        tokens that are not span (``"mean"``)."""
+        m = (self.steered if steered else self.unsteered)[row]
+        if query == "last":
+            return m[..., -1]
+        if query == "mean":
+            w = self.attention_mask[row].float().to(m.device)
+            return (m * w).sum(-1) / w.sum().clamp_min(1)
+        raise ValueError(f"query must be 'last' or 'mean'; got {query!r}")
+
+    def heatmap(self, path: Optional[str] = None, *, row: int = 0, query: str = "last"):
+        """Layers × heads heatmaps, unsteered and (when given) steered; returns the figure."""
+        import matplotlib
+
+        if path is not None:
+            matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        panels = [("unsteered", self.table(row, query))]
+        if self.steered is not None:
+            panels.append(("steered", self.table(row, query, steered=True)))
+        fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels) + 0.6, 4.2), squeeze=False)
+        vmax = max(float(t.max()) for _, t in panels)
+        for ax, (name, t) in zip(axes[0], panels):
+            im = ax.imshow(t.numpy(), aspect="auto", origin="lower", vmin=0, vmax=vmax, cmap="viridis")
+            ax.set_title(f"span mass — {name}", fontsize=9)
+            ax.set_xlabel("head")
+            ax.set_ylabel("layer")
+        fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8)
+        if path is not None:
+            fig.savefig(path, dpi=110)
+            plt.close(fig)
+        return fig
+
+
+def span_mass(model, enc, method: Optional[Method] = None) -> SpanMass:
+    """The attention mass each layer and head puts on the highlight, unsteered and under
+    ``method`` — the quickest way to see SpotLight's target or PASTA's heads at work."""
+    base = _run(model, enc, None, False, "current")
+    steered = _run(model, enc, method, False, "current") if method is not None else None
+    return SpanMass(torch.stack(base.mass, 1), torch.stack(steered.mass, 1) if steered else None, enc["attention_mask"])
