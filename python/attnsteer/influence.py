@@ -213,6 +213,7 @@ class SpanMass:
     unsteered: torch.Tensor
     steered: Optional[torch.Tensor]
     attention_mask: torch.Tensor
+    method: Optional[Method] = None
 
     def table(self, row: int = 0, query: str = "last", steered: bool = False) -> torch.Tensor:
         """``(L, Hq)``: the mass at the last token (``query="last"``) or averaged over the real
@@ -235,8 +236,9 @@ class SpanMass:
 
         panels = [("unsteered", self.table(row, query))]
         if self.steered is not None:
-            panels.append(("steered", self.table(row, query, steered=True)))
-        fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels) + 0.6, 4.2), squeeze=False)
+            panels.append((_name(self.method) if self.method is not None else "steered", self.table(row, query, steered=True)))
+        fig, axes = plt.subplots(1, len(panels), figsize=(3.4 * len(panels) + 0.8, 4.2), squeeze=False,
+                                 constrained_layout=True)
         vmax = max(float(t.max()) for _, t in panels)
         for ax, (name, t) in zip(axes[0], panels):
             im = ax.imshow(t.numpy(), aspect="auto", origin="lower", vmin=0, vmax=vmax, cmap="viridis")
@@ -255,4 +257,5 @@ def span_mass(model, enc, method: Optional[Method] = None) -> SpanMass:
     ``method`` — the quickest way to see SpotLight's target or PASTA's heads at work."""
     base = _run(model, enc, None, False, "current")
     steered = _run(model, enc, method, False, "current") if method is not None else None
-    return SpanMass(torch.stack(base.mass, 1), torch.stack(steered.mass, 1) if steered else None, enc["attention_mask"])
+    return SpanMass(torch.stack(base.mass, 1), torch.stack(steered.mass, 1) if steered else None, enc["attention_mask"],
+                    method)
