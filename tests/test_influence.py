@@ -150,3 +150,22 @@ def test_influence_at_4k_tokens_allocates_no_t_by_t_buffer(tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     grew_kb = int(res.stdout.split()[1])
     assert grew_kb < 4096 * 4096 * 4 // 1024, f"peak RSS grew by {grew_kb} kB"
+
+
+def test_calibration_rule_and_upper_case_rewrite(tmp_path):
+    from attnsteer.influence import _choose_delta, _upper_markup, aggregate_influence
+
+    assert _upper_markup("Rules: <<Answer in French.>> then <<+be brief+>>") == "Rules: <<ANSWER IN FRENCH.>> then <<+BE BRIEF+>>"
+    assert _upper_markup([{"role": "system", "content": "<<Reply in JSON.>>"}])[0]["content"] == "<<REPLY IN JSON.>>"
+    deltas, gains = [0.0, 1.0, 2.0], [1.0, 1.5, 2.5]
+    assert _choose_delta(deltas, gains, 0.8) == 0.0 and _choose_delta(deltas, gains, 1.0) == 0.0
+    assert _choose_delta(deltas, gains, 2.0) == pytest.approx(1.5)
+    assert _choose_delta(deltas, gains, 9.0) == 2.0
+    m, tok = tiny_model("llama", layers=2, std=0.3), tokenizer()
+    c = attnsteer.calibrate_delta(m, tok, "The quick brown fox. <<Answer in French.>> Now", deltas=(0.5, 1.0, 2.0))
+    assert c.deltas == [0.0, 0.5, 1.0, 2.0] and c.gains[0] == 1.0 and len(c.gains) == 4
+    enc = attnsteer.highlight(tok, "The quick brown fox. <<Answer in French.>> Now")
+    assert c.base == pytest.approx(aggregate_influence(influence(m, enc)))
+    assert c.gains[2] == pytest.approx(aggregate_influence(influence(m, enc, attnsteer.GUIDE(1.0))) / c.base)
+    assert c.delta == _choose_delta(c.deltas, c.gains, c.target_gain)
+    assert (c.plot(str(tmp_path / "c.png")) is not None) and (tmp_path / "c.png").stat().st_size > 1000

@@ -5,7 +5,7 @@ from . import models, ops, reference
 from .directer import Directer, DirecterStats, LayerRanking, rank_layers
 from .generate import generate
 from .hf import steer, steer_pipeline
-from .influence import InfluenceResult, SpanMass, influence, span_mass
+from .influence import Calibration, InfluenceResult, SpanMass, calibrate_delta, influence, span_mass
 from .methods import GUIDE, PASTA, InstABoost, KeyScale, Method, SpotLight
 from .ops import backend, scale_keys_, span_bias, steered_attention, steered_softmax
 from .spans import MarkupError, format_spans, highlight, show_spans
@@ -30,6 +30,8 @@ __all__ = [
     "SpotLight",
     "generate",
     "influence",
+    "calibrate_delta",
+    "Calibration",
     "InfluenceResult",
     "span_mass",
     "SpanMass",

@@ -28,7 +28,7 @@ import torch
 
 from .methods import GUIDE, Method
 
-__all__ = ["influence", "InfluenceResult", "span_mass"]
+__all__ = ["influence", "InfluenceResult", "span_mass", "SpanMass", "calibrate_delta", "Calibration", "aggregate_influence"]
 
 
 class _Probe:
@@ -259,3 +259,115 @@ def span_mass(model, enc, method: Optional[Method] = None) -> SpanMass:
     steered = _run(model, enc, method, False, "current") if method is not None else None
     return SpanMass(torch.stack(base.mass, 1), torch.stack(steered.mass, 1) if steered else None, enc["attention_mask"],
                     method)
+
+
+@dataclass
+class Calibration:
+    """What :func:`calibrate_delta` found.
+
+    Attributes:
+        delta: the chosen Δ.
+        target_gain: Influence gain of the upper-case rewrite over the plain prompt (unsteered).
+        deltas, gains: the grid tried and the gain of GUIDE(Δ) at each point.
+        base, upper: the aggregate Influence of the plain prompt and of its upper-case rewrite.
+    """
+
+    delta: float
+    target_gain: float
+    deltas: List[float]
+    gains: List[float]
+    base: float
+    upper: float
+
+    def plot(self, path: Optional[str] = None):
+        import matplotlib
+
+        if path is not None:
+            matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(4.5, 3.0))
+        ax.plot(self.deltas, self.gains, "o-", label="GUIDE(Δ) on the marked span")
+        ax.axhline(self.target_gain, color="gray", ls="--", label="upper-case rewrite")
+        ax.axvline(self.delta, color="C1", ls=":", label=f"chosen Δ = {self.delta:.2f}")
+        ax.set_xlabel("Δ")
+        ax.set_ylabel("Influence gain")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        if path is not None:
+            fig.savefig(path, dpi=110)
+            plt.close(fig)
+        return fig
+
+
+def aggregate_influence(res: InfluenceResult, row: int = 0) -> float:
+    """The calibration's summary of a curve: the mean over layers 0…L−1 of the span's
+    Influence at the last prompt token (the area under :meth:`InfluenceResult.plot`'s curve)."""
+    return float(res.last(row)[1:].mean())
+
+
+def _upper_markup(x):
+    """The prompt with the marked text written in upper case (markers kept)."""
+    from .spans import DEFAULT_MARKERS, parse_markup
+
+    def up(text: str) -> str:
+        clean, spans = parse_markup(text)
+        if not spans:
+            return text
+        out, pos = [], 0
+        for s, e, w in spans:
+            opener = next(o for o, (c, ww) in DEFAULT_MARKERS.items() if ww == w)
+            out += [clean[pos:s], opener, clean[s:e].upper(), DEFAULT_MARKERS[opener][0]]
+            pos = e
+        out.append(clean[pos:])
+        return "".join(out)
+
+    if isinstance(x, str):
+        return up(x)
+    return [dict(m, content=up(m["content"])) for m in x]
+
+
+def calibrate_delta(model, tokenizer, prompt, *, deltas=(0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0),
+                    value_norms: bool = True, residual: str = "current") -> Calibration:
+    """Choose GUIDE's Δ so that marking the span moves Influence as much as writing it in capitals.
+
+    GUIDE (arXiv 2409.19001) proposes matching the Influence gain of a natural emphasis, the
+    instruction rewritten in upper case; its code only plots the two curves. The rule here:
+
+    1. ``g(p, m)`` = the mean over layers of the span's Influence at the last prompt token
+       (:func:`aggregate_influence`) for prompt ``p`` under method ``m``.
+    2. Target gain ``r = g(upper, none) / g(plain, none)``: the upper-case rewrite (the marked
+       text in capitals, still marked, unsteered) against the plain prompt.
+    3. ``Δ*`` = the smallest Δ with ``g(plain, GUIDE(Δ)) / g(plain, none) = r``, by linear
+       interpolation on ``deltas``; 0 when ``r <= 1`` (capitals add nothing); the largest grid
+       value when even it falls short.
+
+    Args:
+        prompt: a string or chat messages with the span marked in ``<<...>>``.
+    """
+    from .spans import highlight
+
+    deltas = sorted(float(d) for d in deltas)
+    if not deltas or deltas[0] != 0.0:
+        deltas = [0.0] + [d for d in deltas if d > 0]
+    enc = highlight(tokenizer, prompt)
+    up = highlight(tokenizer, _upper_markup(prompt))
+    base = aggregate_influence(influence(model, enc, None, value_norms=value_norms, residual=residual))
+    upper = aggregate_influence(influence(model, up, None, value_norms=value_norms, residual=residual))
+    if base <= 0:
+        raise ValueError("the span has no Influence at the last token (is anything marked before it?)")
+    target = upper / base
+    gains = [1.0] + [aggregate_influence(influence(model, enc, GUIDE(d), value_norms=value_norms, residual=residual)) / base
+                     for d in deltas[1:]]
+    return Calibration(_choose_delta(deltas, gains, target), target, deltas, gains, base, upper)
+
+
+def _choose_delta(deltas: List[float], gains: List[float], target: float) -> float:
+    """Step 3 of :func:`calibrate_delta`: the smallest Δ whose gain reaches ``target``
+    (linear interpolation between grid points); 0 if ``target <= 1``; the last Δ if none does."""
+    if target <= 1.0:
+        return 0.0
+    for (d0, g0), (d1, g1) in zip(zip(deltas, gains), zip(deltas[1:], gains[1:])):
+        if g0 <= target <= g1 and g1 > g0:
+            return d0 + (target - g0) * (d1 - d0) / (g1 - g0)
+    return deltas[-1]
