@@ -6,6 +6,7 @@ from .directer import Directer, DirecterStats, LayerRanking, rank_layers
 from .generate import generate
 from .hf import steer, steer_pipeline
 from .influence import Calibration, InfluenceResult, SpanMass, calibrate_delta, influence, span_mass
+from .profiling import HeadProfile, profile_heads
 from .methods import GUIDE, PASTA, InstABoost, KeyScale, Method, SpotLight
 from .ops import backend, scale_keys_, span_bias, steered_attention, steered_softmax
 from .spans import MarkupError, format_spans, highlight, show_spans
@@ -34,6 +35,8 @@ __all__ = [
     "Calibration",
     "InfluenceResult",
     "span_mass",
+    "profile_heads",
+    "HeadProfile",
     "SpanMass",
     "highlight",
     "show_spans",
