@@ -26,6 +26,7 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
+from ._plot import finish, pyplot
 from .methods import GUIDE, Method
 
 __all__ = ["influence", "InfluenceResult", "span_mass", "SpanMass", "calibrate_delta", "Calibration", "aggregate_influence"]
@@ -119,11 +120,7 @@ class InfluenceResult:
              title: Optional[str] = None):
         """Influence and rollout at the last token against the layer; ``others`` adds curves
         (e.g. ``{"GUIDE Δ=2": steered_result}``). Saves to ``path`` when given; returns the figure."""
-        import matplotlib
-
-        if path is not None:
-            matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        plt = pyplot(path)
 
         fig, ax = plt.subplots(figsize=(5.5, 3.4))
         curves = {"unsteered" if self.method is None else _name(self.method): self, **(others or {})}
@@ -135,11 +132,7 @@ class InfluenceResult:
         ax.set_ylabel("span's share at the last token")
         ax.set_title(title or "Influence of the highlighted span", fontsize=9)
         ax.legend(fontsize=7)
-        fig.tight_layout()
-        if path is not None:
-            fig.savefig(path, dpi=110)
-            plt.close(fig)
-        return fig
+        return finish(fig, path)
 
 
 def _name(method) -> str:
@@ -228,11 +221,7 @@ class SpanMass:
 
     def heatmap(self, path: Optional[str] = None, *, row: int = 0, query: str = "last"):
         """Layers × heads heatmaps, unsteered and (when given) steered; returns the figure."""
-        import matplotlib
-
-        if path is not None:
-            matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        plt = pyplot(path)
 
         panels = [("unsteered", self.table(row, query))]
         if self.steered is not None:
@@ -246,10 +235,7 @@ class SpanMass:
             ax.set_xlabel("head")
             ax.set_ylabel("layer")
         fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8)
-        if path is not None:
-            fig.savefig(path, dpi=110)
-            plt.close(fig)
-        return fig
+        return finish(fig, path, tight=False)
 
 
 def span_mass(model, enc, method: Optional[Method] = None) -> SpanMass:
@@ -280,11 +266,7 @@ class Calibration:
     upper: float
 
     def plot(self, path: Optional[str] = None):
-        import matplotlib
-
-        if path is not None:
-            matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        plt = pyplot(path)
 
         fig, ax = plt.subplots(figsize=(4.5, 3.0))
         ax.plot(self.deltas, self.gains, "o-", label="GUIDE(Δ) on the marked span")
@@ -293,11 +275,7 @@ class Calibration:
         ax.set_xlabel("Δ")
         ax.set_ylabel("Influence gain")
         ax.legend(fontsize=7)
-        fig.tight_layout()
-        if path is not None:
-            fig.savefig(path, dpi=110)
-            plt.close(fig)
-        return fig
+        return finish(fig, path)
 
 
 def aggregate_influence(res: InfluenceResult, row: int = 0) -> float:

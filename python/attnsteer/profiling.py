@@ -16,6 +16,7 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 
 import torch
 
+from ._plot import finish, pyplot
 from .methods import LayerArgs, Method
 
 __all__ = ["profile_heads", "HeadProfile"]
@@ -65,11 +66,7 @@ class HeadProfile:
         return heads
 
     def plot(self, path: Optional[str] = None):
-        import matplotlib
-
-        if path is not None:
-            matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        plt = pyplot(path)
 
         fig, ax = plt.subplots(figsize=(4.2, 4.2), constrained_layout=True)
         v = float(self.scores.abs().max()) or 1.0
@@ -78,10 +75,7 @@ class HeadProfile:
         ax.set_ylabel("layer")
         ax.set_title(f"PASTA(α={self.alpha:g}) one head at a time: Δ log p per token", fontsize=8)
         fig.colorbar(im, ax=ax, shrink=0.8)
-        if path is not None:
-            fig.savefig(path, dpi=110)
-            plt.close(fig)
-        return fig
+        return finish(fig, path, tight=False)
 
 
 def _reply_logp(model, enc, target_ids: torch.Tensor, rows: int) -> torch.Tensor:

@@ -9,7 +9,8 @@ Grammar: ``name[:key=value,key=value…]``, with ``gate+`` in front for the plau
     instaboost:alpha=10          InstABoost(alpha=10)
     pasta:alpha=0.1              PASTA on all heads
     pasta:alpha=0.1,layers=10-19 PASTA on every head of layers 10..19 (a head subset)
-    pasta:alpha=0.1,heads=heads.json   PASTA on profiled heads ({layer: [heads]} JSON)
+    pasta:alpha=0.1,heads=heads.json   PASTA on profiled heads (attnsteer.profile_heads JSON)
+    pasta:alpha=0.01,heads=smollm2-135m  the profile shipped for the embedded model
     spotlight:target=0.3         SpotLight
     keyscale:alpha=2             KeyScale (DIRECTER's steering, decode rows)
     directer:alpha=100,beta=0.5  DIRECTER
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import fields
+from pathlib import Path
 from typing import Any, Dict, Optional, Tuple, Union
 
 from ..directer import Directer
@@ -33,6 +35,9 @@ _CLASSES = {"guide": GUIDE, "instaboost": InstABoost, "pasta": PASTA, "spotlight
             "directer": Directer}
 
 Spec = Union[None, Method, Directer]
+
+# Head profiles that ship with the package (examples/profile_pasta_heads.py made them).
+SHIPPED_HEADS = {"smollm2-135m": str(Path(__file__).resolve().parents[1] / "data" / "pasta_heads_smollm2_135m.json")}
 
 
 def _value(cls, key: str, raw: str) -> Any:
@@ -52,8 +57,12 @@ def _value(cls, key: str, raw: str) -> Any:
     if key == "heads":
         if raw == "all":
             return "all"
+        if raw in SHIPPED_HEADS:
+            raw = SHIPPED_HEADS[raw]
         with open(raw, encoding="utf-8") as f:
-            return {int(k): [int(h) for h in v] for k, v in json.load(f).items()}
+            data = json.load(f)
+        data = data.get("heads", data)  # a profile_heads file, or a bare {layer: [heads]}
+        return {int(k): [int(h) for h in v] for k, v in data.items()}
     if raw.lower() in ("true", "false"):
         return raw.lower() == "true"
     if key in ("phases", "ranking_variant"):

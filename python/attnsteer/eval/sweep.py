@@ -3,7 +3,8 @@ prompt-level loose accuracy among the points within the fluency bounds, then rep
 test split (never tuned on it).
 
 Grids (:data:`GRIDS`; strengths in each method's own unit). ``pasta-layers`` is PASTA on a head
-subset — every head of the upper half of the layers — since no profiled heads ship yet.
+subset — every head of the upper half of the layers; ``pasta-heads`` uses the profiled heads that
+ship for the embedded model (``attnsteer.profile_heads``; not in the default list).
 """
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ GRIDS: Dict[str, Tuple[str, Sequence[float], str]] = {
     "pasta": ("pasta:alpha={}", (0.5, 0.2, 0.1), "alpha"),
     "pasta-layers": ("pasta:alpha={},layers={layers}", (0.3, 0.1, 0.01), "alpha"),
     "keyscale": ("keyscale:alpha={}", (1.5, 2.0, 4.0), "alpha"),
+    # The embedded model only: the head profile that ships for it (not in the default list).
+    "pasta-heads": ("pasta:alpha={},heads=smollm2-135m", (0.1, 0.01), "alpha"),
 }
 
 
