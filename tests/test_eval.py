@@ -346,3 +346,35 @@ def test_sweep_plot_is_written(tmp_path):
             for i, (_, s) in enumerate(sweep.grid_specs("guide", 30))]
     path = sweep.plot(rows, {"guide": sweep.grid_specs("guide", 30)}, {"prompt_loose": 0.15}, str(tmp_path / "s.png"))
     assert os.path.getsize(path) > 1000
+
+
+def test_sweep_report_from_a_partial_store(tmp_path):
+    rows = [{"method": "none", "prompt_loose": 0.2, "flags": []},
+            {"method": "guide:delta=0.5", "prompt_loose": 0.3, "flags": []},
+            {"method": "keyscale:alpha=1.5", "prompt_loose": 0.1, "flags": ["short"]}]
+    chosen = sweep.report(rows, str(tmp_path), "tiny", 30, 256)
+    assert chosen == {"guide": "guide:delta=0.5", "keyscale": None}
+    saved = json.load(open(tmp_path / "chosen.json"))
+    assert saved["measured"] == {"guide": ["guide:delta=0.5"], "keyscale": ["keyscale:alpha=1.5"]}
+    assert (tmp_path / "sweep.png").stat().st_size > 1000
+
+
+def test_sweep_end_to_end_on_a_tiny_model(tmp_path, capsys):
+    from attnsteer import cli
+
+    m, tok = tiny_model("qwen2", std=0.3, max_position_embeddings=4096), tokenizer()
+    m.save_pretrained(tmp_path / "tiny")
+    tok.save_pretrained(tmp_path / "tiny")
+    out = tmp_path / "sweep"
+    assert cli.main(["eval", "sweep", "--model", str(tmp_path / "tiny"), "--limit", "2", "--batch-size", "2",
+                     "--max-new-tokens", "2", "--methods", "guide,pasta-layers", "--gated", "--report-test",
+                     "--out", str(out), "--no-progress"]) == 0
+    dev_lines = [json.loads(x) for x in open(out / "responses.jsonl")]
+    assert len(dev_lines) == 2 * (1 + 2 * 3 * 2)  # none + 2 grids × 3 points × (plain, gated)
+    assert {r["key"] for r in dev_lines} <= {r["key"] for r in ifeval.split(RECORDS, "dev")}
+    chosen = json.load(open(out / "chosen.json"))["chosen"]
+    assert set(chosen) == {"guide", "gate+guide", "pasta-layers", "gate+pasta-layers"}
+    test_lines = [json.loads(x) for x in open(out / "test" / "responses.jsonl")]
+    assert {r["key"] for r in test_lines} <= {r["key"] for r in ifeval.split(RECORDS, "test")}  # never tuned on test
+    assert {r["method"] for r in test_lines} == {"none"} | {v for v in chosen.values() if v}
+    assert (out / "sweep.png").exists() and (out / "test" / "results.md").exists()

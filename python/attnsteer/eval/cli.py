@@ -55,6 +55,9 @@ def add_parsers(sub) -> None:
     p.add_argument("--model-tag", default=None)
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--split", default="all", choices=["all", "dev", "test"])
+    p.add_argument("--sweep", action="store_true", help="also the sweep's plot and choice (sweep.png, chosen.json) "
+                   "from what the store holds so far")
+    p.add_argument("--num-layers", type=int, default=30, help="with --sweep: the model's layer count (PASTA's layer grid)")
 
 
 def _load(args):
@@ -98,6 +101,10 @@ def run(args, argv=None) -> int:
         _, md = runner.write_report(rows, args.out, title=f"IFEval — {tag} — {args.split} split", command=_command(argv),
                                     machine=machine())
         print(open(md, encoding="utf-8").read())
+        if args.sweep:
+            from . import sweep
+
+            print("chosen:", sweep.report(rows, args.out, tag, args.num_layers, args.max_new_tokens))
         return 0
     if cmd == "ifeval":
         from . import specs

@@ -85,6 +85,32 @@ def plot(rows: Sequence[Dict[str, Any]], grids: Dict[str, List[Tuple[float, str]
     return path
 
 
+def report(rows: Sequence[Dict[str, Any]], out: str, model_tag: str, num_layers: int, max_new_tokens: int,
+           strategy: str = "prompt") -> Dict[str, Optional[str]]:
+    """``sweep.png`` and ``chosen.json`` from the summary rows of the points measured so far
+    (gated grids included when present); a grid with no point measured is left out."""
+    have = {r["method"] for r in rows}
+    grids: Dict[str, List[Tuple[float, str]]] = {}
+    for name in GRIDS:
+        for gated in (False, True):
+            pts = [p for p in grid_specs(name, num_layers, gated) if p[1] in have]
+            if pts:
+                grids[("gate+" if gated else "") + name] = pts
+    baseline = next((r for r in rows if r["method"] == "none"), None)
+    chosen = {}
+    for name, pts in grids.items():
+        c = choose(rows, [s for _, s in pts])
+        chosen[name] = c["method"] if c else None
+    if grids:
+        plot(rows, grids, baseline, os.path.join(out, "sweep.png"))
+    with open(os.path.join(out, "chosen.json"), "w", encoding="utf-8") as f:
+        json.dump({"model": model_tag, "strategy": strategy, "max_new_tokens": max_new_tokens, "chosen": chosen,
+                   "measured": {n: [s for _, s in pts] for n, pts in grids.items()},
+                   "rule": "best dev prompt-level loose accuracy among points without a fluency flag",
+                   "fluency_bounds": fluency.BOUNDS}, f, indent=1)
+    return chosen
+
+
 def main(args, load: Callable, command: str, machine: Callable) -> int:
     from ..hf import _num_layers
 
@@ -110,22 +136,16 @@ def main(args, load: Callable, command: str, machine: Callable) -> int:
     runner.run_ifeval(model, tok, dev, all_specs, strategy=args.strategy, store=store, model_tag=tag,
                       batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, progress=not args.no_progress)
     rows = runner.summarize_ifeval(store, dev, tag, args.max_new_tokens)
-    baseline = next((r for r in rows if r["method"] == "none"), None)
-    chosen = {}
-    for name, pts in grids.items():
-        c = choose(rows, [s for _, s in pts])
-        chosen[name] = c["method"] if c else None
     runner.write_report(rows, args.out, title=f"IFEval strength sweep — {tag} — dev split ({len(dev)} prompts), "
                         f"strategy {args.strategy}", command=command, machine=machine())
-    plot(rows, grids, baseline, os.path.join(args.out, "sweep.png"))
-    with open(os.path.join(args.out, "chosen.json"), "w", encoding="utf-8") as f:
-        json.dump({"model": tag, "strategy": args.strategy, "max_new_tokens": args.max_new_tokens, "chosen": chosen,
-                   "rule": "best dev prompt-level loose accuracy among points without a fluency flag",
-                   "fluency_bounds": fluency.BOUNDS}, f, indent=1)
+    chosen = {k: v for k, v in report(rows, args.out, tag, L, args.max_new_tokens, args.strategy).items()
+              if k.replace("gate+", "") in names}
     print(open(os.path.join(args.out, "results.md"), encoding="utf-8").read())
     print("chosen on dev:", json.dumps(chosen, indent=1))
     if args.report_test:
         test = ifeval.split(ifeval.load_prompts(), "test")
+        if args.limit:
+            test = test[:args.limit]
         picked = ["none"] + [s for s in chosen.values() if s]
         test_out = os.path.join(args.out, "test")
         tstore = runner.ResponseStore(os.path.join(test_out, "responses.jsonl"))
