@@ -1,0 +1,80 @@
+"""Method configs: layer selection, PASTA's heads, phases, and every validation error."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import attnsteer
+from attnsteer import GUIDE, PASTA, InstABoost, KeyScale, SpotLight
+from tiny import model as tiny_model
+from tiny import tokenizer
+
+
+@pytest.mark.parametrize("method", [GUIDE(2.0, layers=[1]), InstABoost(5.0, layers=[1]), SpotLight(0.5, layers=[1]),
+                                    KeyScale(4.0, layers=[1], phases="both")], ids=repr)
+def test_layers_steer_only_those_layers(method):
+    assert method.layer_args(0, 4) is None and method.layer_args(1, 4) is not None
+    m, tok = tiny_model("llama", layers=2, std=0.3), tokenizer()
+    enc = attnsteer.highlight(tok, "The quick brown fox. <<Answer in French.>> Now")
+    seen = []
+    hook = m.model.layers[1].self_attn.register_forward_hook(lambda mod, a, out: seen.append(out[0].clone()))
+    hook0 = m.model.layers[0].self_attn.register_forward_hook(lambda mod, a, out: seen.append(out[0].clone()))
+    with torch.no_grad():
+        m(**enc)
+        with attnsteer.steer(m, method, spans=enc):
+            m(**enc)
+    hook.remove()
+    hook0.remove()
+    plain0, plain1, steered0, steered1 = seen[0], seen[1], seen[2], seen[3]
+    torch.testing.assert_close(steered0, plain0)  # layer 0 untouched
+    assert (steered1 - plain1).abs().max() > 1e-4
+
+
+def test_check_layers_names_the_bad_indices():
+    m, tok = tiny_model("llama", layers=2), tokenizer()
+    enc = attnsteer.highlight(tok, "<<a b>> c")
+    with pytest.raises(ValueError, match=r"GUIDE.layers has indices \[5\] outside 0..1"):
+        with attnsteer.steer(m, GUIDE(2.0, layers=[0, 5]), spans=enc):
+            pass
+    assert m.config._attn_implementation == "sdpa"
+
+
+def test_pasta_heads_bias_only_the_chosen_heads():
+    args = PASTA(0.01, heads={1: [0, 3]}).layer_args(1, 4)
+    assert args.span == "prompt_rest"
+    assert torch.equal(args.bias, torch.tensor([math.log(0.01), 0.0, 0.0, math.log(0.01)]))
+    assert PASTA(0.01, heads={1: [0]}).layer_args(0, 4) is None
+    with pytest.raises(ValueError, match=r"PASTA.heads\[1\] has head 7 outside 0..3"):
+        PASTA(0.01, heads={1: [7]}).layer_args(1, 4)
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: GUIDE(float("nan")), "GUIDE.delta must be finite"),
+    (lambda: GUIDE(1.0, phases="always"), "phases must be one of"),
+    (lambda: InstABoost(0.0), "InstABoost.alpha must be a finite multiplier > 0"),
+    (lambda: InstABoost(float("inf")), "InstABoost.alpha must be a finite multiplier > 0"),
+    (lambda: PASTA(-0.1), "PASTA.alpha must be > 0"),
+    (lambda: PASTA(0.1, heads=[1, 2]), "PASTA.heads must be 'all' or"),
+    (lambda: SpotLight(1.0), r"SpotLight.target is a span mass in \(0, 1\)"),
+    (lambda: SpotLight(0.0), r"SpotLight.target is a span mass in \(0, 1\)"),
+    (lambda: KeyScale(0.0), "KeyScale.alpha must be a finite factor > 0"),
+    (lambda: GUIDE(1.0, layers=[]), r"layers=\[\]\) steers nothing"),
+])
+def test_every_validation_error(make, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        make()
+
+
+def test_phases_pick_the_steered_rows():
+    m, tok = tiny_model("llama", layers=2, std=0.3), tokenizer()
+    enc = attnsteer.highlight(tok, "The quick brown fox. <<Answer in French.>> Now")
+    with torch.no_grad():
+        plain_logits = m(**enc).logits
+        with attnsteer.steer(m, GUIDE(3.0, phases="decode"), spans=enc):
+            decode_logits = m(**enc).logits  # prompt rows only: nothing steered
+        with attnsteer.steer(m, GUIDE(3.0, phases="prefill"), spans=enc):
+            prefill_logits = m(**enc).logits
+    torch.testing.assert_close(decode_logits, plain_logits)
+    assert (prefill_logits - plain_logits).abs().max() > 1e-3
