@@ -378,3 +378,26 @@ def test_sweep_end_to_end_on_a_tiny_model(tmp_path, capsys):
     assert {r["key"] for r in test_lines} <= {r["key"] for r in ifeval.split(RECORDS, "test")}  # never tuned on test
     assert {r["method"] for r in test_lines} == {"none"} | {v for v in chosen.values() if v}
     assert (out / "sweep.png").exists() and (out / "test" / "results.md").exists()
+
+
+def test_retention_cli_end_to_end_and_report(tmp_path, capsys):
+    from attnsteer import cli
+
+    m, tok = tiny_model("llama", std=0.3, max_position_embeddings=1024), tokenizer()
+    m.save_pretrained(tmp_path / "tiny")
+    tok.save_pretrained(tmp_path / "tiny")
+    out = tmp_path / "ret"
+    argv = ["eval", "retention", "--model", str(tmp_path / "tiny"), "--lengths", "64,128,4096", "--docs", "1",
+            "--rules", "no-comma", "--placements", "before,after", "--method", "none", "--method", "guide:delta=1",
+            "--max-new-tokens", "2", "--batch-size", "2", "--out", str(out), "--no-progress"]
+    assert cli.main(argv) == 0
+    lines = [json.loads(x) for x in open(out / "responses.jsonl")]
+    assert len(lines) == 2 * 3 * 2
+    big = [r for r in lines if r["length"] == 4096]
+    assert big and all(r["doc_tokens"] <= 1024 - 192 - 2 for r in big)  # shrunk to the model's context
+    assert (out / "retention.png").exists() and "| unsteered | before |" in (out / "results.md").read_text()
+    capsys.readouterr()
+    assert cli.main(["eval", "report", "--retention", "--out", str(out), "--max-new-tokens", "2"]) == 0
+    assert "guide:delta=1" in capsys.readouterr().out
+    assert cli.main(["eval", "retention", "--placements", "middle"]) == 2  # before loading any model
+    assert "unknown placement 'middle'" in capsys.readouterr().err

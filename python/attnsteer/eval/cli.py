@@ -58,6 +58,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--sweep", action="store_true", help="also the sweep's plot and choice (sweep.png, chosen.json) "
                    "from what the store holds so far")
     p.add_argument("--num-layers", type=int, default=30, help="with --sweep: the model's layer count (PASTA's layer grid)")
+    p.add_argument("--retention", action="store_true", help="the folder holds a retention run (tables + retention.png)")
 
 
 def _load(args):
@@ -96,6 +97,11 @@ def run(args, argv=None) -> int:
         tag = args.model_tag or (tags[0] if len(tags) == 1 else None)
         if tag is None:
             raise ValueError(f"{args.out} holds several models ({tags}): pass --model-tag")
+        if args.retention:
+            from . import retention
+
+            print(retention.write_report(store, tag, args.max_new_tokens, args.out, _command(argv), machine()))
+            return 0
         records = ifeval.split(ifeval.load_prompts(), args.split)
         rows = runner.summarize_ifeval(store, records, tag, args.max_new_tokens)
         _, md = runner.write_report(rows, args.out, title=f"IFEval — {tag} — {args.split} split", command=_command(argv),

@@ -258,15 +258,24 @@ def main(args, load: Callable, command: str, machine: Callable) -> int:
     store = runner.ResponseStore(os.path.join(args.out, "responses.jsonl"))
     run(model, tok, case_list, methods, store=store, model_tag=tag, batch_size=args.batch_size,
         max_new_tokens=args.max_new_tokens, progress=not args.no_progress)
-    rows = summarize(store, tag, args.max_new_tokens, keys={c.key for c in case_list})
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "results.json"), "w", encoding="utf-8") as f:
-        json.dump({"command": command, "machine": machine(), "rows": rows}, f, indent=1)
-    md = "\n".join([f"# Rule retention — {tag}", "", f"Command: `{command}`", "", f"Machine: {machine()}", "",
+    print(write_report(store, tag, args.max_new_tokens, args.out, command, machine(), keys={c.key for c in case_list}))
+    return 0
+
+
+def write_report(store: runner.ResponseStore, model_tag: str, max_new_tokens: int, out: str, command: str,
+                 machine: str, keys: Optional[set] = None) -> str:
+    """``results.json``, ``results.md`` and ``retention.png`` from the store; returns the markdown."""
+    import json
+
+    rows = summarize(store, model_tag, max_new_tokens, keys=keys)
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "results.json"), "w", encoding="utf-8") as f:
+        json.dump({"command": command, "machine": machine, "rows": rows}, f, indent=1)
+    md = "\n".join([f"# Rule retention — {model_tag}", "", f"Command: `{command}`", "", f"Machine: {machine}", "",
                     "Share of replies that follow the marked rule (IFEval checker, loose), by document length.", "",
                     table(rows), ""])
-    with open(os.path.join(args.out, "results.md"), "w", encoding="utf-8") as f:
+    with open(os.path.join(out, "results.md"), "w", encoding="utf-8") as f:
         f.write(md)
-    plot(rows, os.path.join(args.out, "retention.png"))
-    print(md)
-    return 0
+    if rows:
+        plot(rows, os.path.join(out, "retention.png"))
+    return md
