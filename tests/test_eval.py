@@ -349,9 +349,10 @@ def test_sweep_plot_is_written(tmp_path):
 
 
 def test_sweep_report_from_a_partial_store(tmp_path):
-    rows = [{"method": "none", "prompt_loose": 0.2, "flags": []},
-            {"method": "guide:delta=0.5", "prompt_loose": 0.3, "flags": []},
-            {"method": "keyscale:alpha=1.5", "prompt_loose": 0.1, "flags": ["short"]}]
+    rows = [{"method": "none", "prompt_loose": 0.2, "flags": [], "n": 100},
+            {"method": "guide:delta=0.5", "prompt_loose": 0.3, "flags": [], "n": 100},
+            {"method": "guide:delta=1", "prompt_loose": 0.9, "flags": [], "n": 40},  # still running: not a candidate
+            {"method": "keyscale:alpha=1.5", "prompt_loose": 0.1, "flags": ["short"], "n": 100}]
     chosen = sweep.report(rows, str(tmp_path), "tiny", 30, 256)
     assert chosen == {"guide": "guide:delta=0.5", "keyscale": None}
     saved = json.load(open(tmp_path / "chosen.json"))

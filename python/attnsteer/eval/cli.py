@@ -110,7 +110,8 @@ def run(args, argv=None) -> int:
         if args.sweep:
             from . import sweep
 
-            print("chosen:", sweep.report(rows, args.out, tag, args.num_layers, args.max_new_tokens))
+            print("chosen:", sweep.report(rows, args.out, tag, args.num_layers, args.max_new_tokens,
+                                          n_prompts=len(records)))
         return 0
     if cmd == "ifeval":
         from . import specs

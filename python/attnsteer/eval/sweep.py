@@ -86,9 +86,12 @@ def plot(rows: Sequence[Dict[str, Any]], grids: Dict[str, List[Tuple[float, str]
 
 
 def report(rows: Sequence[Dict[str, Any]], out: str, model_tag: str, num_layers: int, max_new_tokens: int,
-           strategy: str = "prompt") -> Dict[str, Optional[str]]:
+           strategy: str = "prompt", n_prompts: Optional[int] = None) -> Dict[str, Optional[str]]:
     """``sweep.png`` and ``chosen.json`` from the summary rows of the points measured so far
-    (gated grids included when present); a grid with no point measured is left out."""
+    (gated grids included when present). Only points measured on all ``n_prompts`` prompts
+    count (default: the most any point has); a grid with none is left out."""
+    n_full = n_prompts if n_prompts is not None else max((r["n"] for r in rows), default=0)
+    rows = [r for r in rows if r["n"] == n_full]
     have = {r["method"] for r in rows}
     grids: Dict[str, List[Tuple[float, str]]] = {}
     for name in GRIDS:
@@ -138,7 +141,7 @@ def main(args, load: Callable, command: str, machine: Callable) -> int:
     rows = runner.summarize_ifeval(store, dev, tag, args.max_new_tokens)
     runner.write_report(rows, args.out, title=f"IFEval strength sweep — {tag} — dev split ({len(dev)} prompts), "
                         f"strategy {args.strategy}", command=command, machine=machine())
-    chosen = {k: v for k, v in report(rows, args.out, tag, L, args.max_new_tokens, args.strategy).items()
+    chosen = {k: v for k, v in report(rows, args.out, tag, L, args.max_new_tokens, args.strategy, len(dev)).items()
               if k.replace("gate+", "") in names}
     print(open(os.path.join(args.out, "results.md"), encoding="utf-8").read())
     print("chosen on dev:", json.dumps(chosen, indent=1))
