@@ -218,6 +218,14 @@ def test_sweep_choice_skips_flagged_points_and_prefers_the_weaker_tie():
     assert sweep.grid_specs("pasta-layers", 30, gated=True)[0][1] == "gate+pasta:alpha=0.3,layers=15-29"
 
 
+def _saved_tiny(tmp_path, kind: str, max_position_embeddings: int) -> str:
+    """A tiny random model and the test tokenizer saved as a local model directory (for --model)."""
+    m = tiny_model(kind, std=0.3, max_position_embeddings=max_position_embeddings)
+    m.save_pretrained(tmp_path / "tiny")
+    tokenizer().save_pretrained(tmp_path / "tiny")
+    return str(tmp_path / "tiny")
+
+
 def _short_records(n=5):
     return sorted((r for r in RECORDS if "<<" not in r["prompt"]), key=lambda r: len(r["prompt"]))[:n]
 
@@ -255,11 +263,9 @@ def test_five_prompt_end_to_end_run_on_a_tiny_model(tmp_path, capsys):
     """CLI: unsteered + GUIDE + gated GUIDE on 5 prompts of a saved tiny Qwen2; batched, scored, reported."""
     from attnsteer import cli
 
-    m, tok = tiny_model("qwen2", std=0.3, max_position_embeddings=4096), tokenizer()
-    m.save_pretrained(tmp_path / "tiny")
-    tok.save_pretrained(tmp_path / "tiny")
+    model_dir = _saved_tiny(tmp_path, "qwen2", 4096)
     out = tmp_path / "res"
-    argv = ["eval", "ifeval", "--model", str(tmp_path / "tiny"), "--limit", "5", "--batch-size", "2",
+    argv = ["eval", "ifeval", "--model", model_dir, "--limit", "5", "--batch-size", "2",
             "--max-new-tokens", "4", "--method", "none", "--method", "guide:delta=2", "--method", "gate+guide:delta=2",
             "--strategy", "constraints", "--out", str(out), "--no-progress"]
     assert cli.main(argv) == 0
@@ -363,11 +369,8 @@ def test_sweep_report_from_a_partial_store(tmp_path):
 def test_sweep_end_to_end_on_a_tiny_model(tmp_path, capsys):
     from attnsteer import cli
 
-    m, tok = tiny_model("qwen2", std=0.3, max_position_embeddings=4096), tokenizer()
-    m.save_pretrained(tmp_path / "tiny")
-    tok.save_pretrained(tmp_path / "tiny")
     out = tmp_path / "sweep"
-    assert cli.main(["eval", "sweep", "--model", str(tmp_path / "tiny"), "--limit", "2", "--batch-size", "2",
+    assert cli.main(["eval", "sweep", "--model", _saved_tiny(tmp_path, "qwen2", 4096), "--limit", "2", "--batch-size", "2",
                      "--max-new-tokens", "2", "--methods", "guide,pasta-layers", "--gated", "--report-test",
                      "--out", str(out), "--no-progress"]) == 0
     dev_lines = [json.loads(x) for x in open(out / "responses.jsonl")]
@@ -384,11 +387,8 @@ def test_sweep_end_to_end_on_a_tiny_model(tmp_path, capsys):
 def test_retention_cli_end_to_end_and_report(tmp_path, capsys):
     from attnsteer import cli
 
-    m, tok = tiny_model("llama", std=0.3, max_position_embeddings=1024), tokenizer()
-    m.save_pretrained(tmp_path / "tiny")
-    tok.save_pretrained(tmp_path / "tiny")
     out = tmp_path / "ret"
-    argv = ["eval", "retention", "--model", str(tmp_path / "tiny"), "--lengths", "64,128,4096", "--docs", "1",
+    argv = ["eval", "retention", "--model", _saved_tiny(tmp_path, "llama", 1024), "--lengths", "64,128,4096", "--docs", "1",
             "--rules", "no-comma", "--placements", "before,after", "--method", "none", "--method", "guide:delta=1",
             "--max-new-tokens", "2", "--batch-size", "2", "--out", str(out), "--no-progress"]
     assert cli.main(argv) == 0
