@@ -340,7 +340,9 @@ def test_retention_run_on_a_tiny_model(tmp_path):
     for r in store.records.values():  # the rule's own checker decided
         rec = {"key": 0, "prompt": "", "instruction_id_list": ["change_case:english_lowercase"], "kwargs": [{}]}
         assert r["rule"] == "lowercase" and r["loose"] == checkers.score(rec, r["response"]).loose
-    assert "| unsteered | system |" in retention.table(rows)
+    assert "| unsteered | all | system |" in retention.table(rows)
+    by_rule = retention.summarize(store, "tiny", 3, by_rule=True)
+    assert {r["rule"] for r in by_rule} == {"lowercase"} and len(by_rule) == 8
     assert os.path.getsize(retention.plot(rows, str(tmp_path / "r.png"))) > 1000
     # Capped by the model's context: documents shrink to fit rule + reply.
     capped = retention.cases(tok, [4096], ["after"], ["lowercase"], 1, max_context=600, max_new_tokens=8)
@@ -396,7 +398,7 @@ def test_retention_cli_end_to_end_and_report(tmp_path, capsys):
     assert len(lines) == 2 * 3 * 2
     big = [r for r in lines if r["length"] == 4096]
     assert big and all(r["doc_tokens"] <= 1024 - 192 - 2 for r in big)  # shrunk to the model's context
-    assert (out / "retention.png").exists() and "| unsteered | before |" in (out / "results.md").read_text()
+    assert (out / "retention.png").exists() and "| unsteered | all | before |" in (out / "results.md").read_text()
     capsys.readouterr()
     assert cli.main(["eval", "report", "--retention", "--out", str(out), "--max-new-tokens", "2"]) == 0
     assert "guide:delta=1" in capsys.readouterr().out

@@ -179,16 +179,17 @@ def run(model, tokenizer, case_list: Sequence[Case], methods: Sequence[str], *, 
 
 
 def summarize(store: runner.ResponseStore, model_tag: str, max_new_tokens: int,
-              keys: Optional[set] = None) -> List[Dict[str, Any]]:
-    """Per (method, placement, length): loose accuracy, n, mean document tokens, fluency means."""
-    groups: Dict[Tuple[str, str, int], List[Dict[str, Any]]] = {}
+              keys: Optional[set] = None, by_rule: bool = False) -> List[Dict[str, Any]]:
+    """Per (method, placement, length) — and rule, with ``by_rule`` — loose accuracy, n, mean
+    document tokens, mean reply tokens and distinct-4."""
+    groups: Dict[Tuple[str, str, str, int], List[Dict[str, Any]]] = {}
     for k, r in store.records.items():
         if k[0] != model_tag or k[2] != STRATEGY or k[3] != max_new_tokens or (keys is not None and k[4] not in keys):
             continue
-        groups.setdefault((r["method"], r["placement"], r["length"]), []).append(r)
+        groups.setdefault((r["method"], r["rule"] if by_rule else "all", r["placement"], r["length"]), []).append(r)
     rows = []
-    for (m, pl, n), rs in sorted(groups.items(), key=lambda g: (g[0][0] != "none", g[0][0], g[0][1], g[0][2])):
-        rows.append({"method": m, "placement": pl, "length": n, "n": len(rs),
+    for (m, rule, pl, n), rs in sorted(groups.items(), key=lambda g: (g[0][0] != "none", g[0][0], g[0][1], g[0][2], g[0][3])):
+        rows.append({"method": m, "rule": rule, "placement": pl, "length": n, "n": len(rs),
                      "accuracy": sum(all(r["loose"]) for r in rs) / len(rs),
                      "doc_tokens": sum(r["doc_tokens"] for r in rs) / len(rs),
                      "n_tokens": sum(r["n_tokens"] for r in rs) / len(rs),
@@ -197,15 +198,16 @@ def summarize(store: runner.ResponseStore, model_tag: str, max_new_tokens: int,
 
 
 def table(rows: Sequence[Dict[str, Any]]) -> str:
+    """Accuracy % (mean reply tokens) per length; one line per method, rule and placement."""
     lengths = sorted({r["length"] for r in rows})
-    lines = ["| method | placement | " + " | ".join(f"{n} tok" for n in lengths) + " |",
-             "|---|---|" + "---:|" * len(lengths)]
-    cells: Dict[Tuple[str, str], Dict[int, Dict[str, Any]]] = {}
+    lines = ["| method | rule | placement | " + " | ".join(f"{n} tok" for n in lengths) + " |",
+             "|---|---|---|" + "---:|" * len(lengths)]
+    cells: Dict[Tuple[str, str, str], Dict[int, Dict[str, Any]]] = {}
     for r in rows:
-        cells.setdefault((r["method"], r["placement"]), {})[r["length"]] = r
-    for (m, pl), by_len in cells.items():
-        vals = [f"{100 * by_len[n]['accuracy']:.0f} (n={by_len[n]['n']})" if n in by_len else "" for n in lengths]
-        lines.append(f"| {specs.label(m)} | {pl} | " + " | ".join(vals) + " |")
+        cells.setdefault((r["method"], r.get("rule", "all"), r["placement"]), {})[r["length"]] = r
+    for (m, rule, pl), by_len in cells.items():
+        vals = [f"{100 * by_len[n]['accuracy']:.0f} ({by_len[n]['n_tokens']:.0f} tok)" if n in by_len else "" for n in lengths]
+        lines.append(f"| {specs.label(m)} | {rule} | {pl} | " + " | ".join(vals) + " |")
     return "\n".join(lines)
 
 
@@ -268,12 +270,14 @@ def write_report(store: runner.ResponseStore, model_tag: str, max_new_tokens: in
     import json
 
     rows = summarize(store, model_tag, max_new_tokens, keys=keys)
+    by_rule = summarize(store, model_tag, max_new_tokens, keys=keys, by_rule=True)
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "results.json"), "w", encoding="utf-8") as f:
-        json.dump({"command": command, "machine": machine, "rows": rows}, f, indent=1)
+        json.dump({"command": command, "machine": machine, "rows": rows, "rows_by_rule": by_rule}, f, indent=1)
     md = "\n".join([f"# Rule retention — {model_tag}", "", f"Command: `{command}`", "", f"Machine: {machine}", "",
-                    "Share of replies that follow the marked rule (IFEval checker, loose), by document length.", "",
-                    table(rows), ""])
+                    "Share of replies that follow the marked rule (IFEval checker, loose) by document length, with "
+                    "the mean reply length in tokens (a reply that only echoes the rule is short).", "",
+                    table(rows), "", "## Per rule", "", table(by_rule), ""])
     with open(os.path.join(out, "results.md"), "w", encoding="utf-8") as f:
         f.write(md)
     if rows:
