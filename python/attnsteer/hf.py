@@ -220,10 +220,13 @@ def _attention_function(module, query: torch.Tensor, key: torch.Tensor, value: t
     want_weights = bool(kwargs.get("output_attentions", False)) or _collecting_attentions()
     if args is None:
         zeros = torch.zeros(B, Tk, device=query.device)
-        out, _ = _op(state, query, key, value, zeros, attn_mask=attn_mask, window=window, softcap=softcap, scale=scaling)
+
+        def run(v):
+            return _op(state, query, key, v, zeros, attn_mask=attn_mask, window=window, softcap=softcap, scale=scaling)[0]
+
+        out = run(value)
         if state is not None and state.probe is not None:  # attnsteer.influence: mix with the same weights
-            state.probe.attend(lambda v: _op(state, query, key, v, zeros, attn_mask=attn_mask, window=window,
-                                             softcap=softcap, scale=scaling)[0], key, value)
+            state.probe.attend(run, key, value)
         weights = _weights(query, key, zeros, dict(attn_mask=attn_mask, is_causal=True, window=window, softcap=softcap),
                            scaling) if want_weights else None
         return out.transpose(1, 2).contiguous(), weights
@@ -246,11 +249,13 @@ def _attention_function(module, query: torch.Tensor, key: torch.Tensor, value: t
         psi = (mass * w).sum((1, 2)) / (w.sum((1, 2)) * Hq).clamp_min(1)
         pooled_bias = torch.where((psi > 0) & (psi < target), torch.log(target / psi.clamp_min(1e-30)), torch.zeros_like(psi))
         bias, target = pooled_bias[:, None].expand(B, Hq).float(), None
-    out, _ = _op(state, query, key, value, span, bias=bias, key_scale=args.key_scale, target=target,
-                 target_exact=args.target_exact, **common)
+    def run(v):
+        return _op(state, query, key, v, span, bias=bias, key_scale=args.key_scale, target=target,
+                   target_exact=args.target_exact, **common)[0]
+
+    out = run(value)
     if state.probe is not None:  # attnsteer.influence: mix with the same (steered) weights
-        state.probe.attend(lambda v: _op(state, query, key, v, span, bias=bias, key_scale=args.key_scale, target=target,
-                                         target_exact=args.target_exact, **common)[0], key, value)
+        state.probe.attend(run, key, value)
     weights = None
     if want_weights:  # materialised on request only (output_attentions=True)
         steer_kw = dict(bias=bias, key_scale=args.key_scale, target=target, target_exact=args.target_exact,
@@ -401,7 +406,8 @@ def steer(model, method: Method, spans: Union[torch.Tensor, Any]) -> Iterator[An
         b, t = (int(x) for x in bad.nonzero()[0])
         raise ValueError(f"span weights must be finite and >= 0 (0 = not span); row {b}, token {t} is "
                          f"{float(weights[b, t])}. Build the mask with attnsteer.highlight or fix its values")
-    am = spans["attention_mask"] if "attention_mask" in getattr(spans, "keys", lambda: [])() else None
+    fields = getattr(spans, "keys", lambda: [])()  # an encoding's fields; none for a bare tensor
+    am = spans["attention_mask"] if "attention_mask" in fields else None
     if am is not None and tuple(am.shape) != tuple(span_mask.shape):
         raise ValueError(f"the span mask {tuple(span_mask.shape)} does not match the encoding's attention_mask "
                          f"{tuple(am.shape)}; re-run attnsteer.highlight on the prompt you pass")
@@ -416,7 +422,7 @@ def steer(model, method: Method, spans: Union[torch.Tensor, Any]) -> Iterator[An
     state.num_layers = num_layers or 0
     if am is not None:
         state.first_token = am.long().argmax(dim=1)  # first real token under left padding
-    if "input_ids" in getattr(spans, "keys", lambda: [])():
+    if "input_ids" in fields:
         state.prompt_ids = spans["input_ids"]
     previous = model.config._attn_implementation
     modules = list(_attention_modules(model))
