@@ -148,8 +148,6 @@ def cases(tokenizer, lengths: Sequence[int], placements: Sequence[str], rules: S
 def run(model, tokenizer, case_list: Sequence[Case], methods: Sequence[str], *, store: runner.ResponseStore,
         model_tag: str, batch_size: int = 4, max_new_tokens: int = 96, progress: bool = True) -> None:
     """Generate and score every (method, case) not yet in ``store`` (resumable)."""
-    import time
-
     from tqdm.auto import tqdm
 
     jobs = [(specs.canonical(m), [c for c in case_list
@@ -160,21 +158,17 @@ def run(model, tokenizer, case_list: Sequence[Case], methods: Sequence[str], *, 
         method = specs.parse(canon)
         bar.set_postfix_str(specs.label(canon))
         todo = sorted(todo, key=lambda c: -c.doc_tokens)
-        for i in range(0, len(todo), batch_size):
-            chunk = todo[i:i + batch_size]
-            t0 = time.perf_counter()
-            outs = runner.generate_batch(model, tokenizer, [c.prompt for c in chunk], method, max_new_tokens)
-            dt = (time.perf_counter() - t0) / len(chunk)
-            rows = []
-            for c, g in zip(chunk, outs):
-                inst, kw = RULES[c.rule]
-                s = checkers.score({"key": 0, "prompt": c.prompt.text, "instruction_id_list": [inst], "kwargs": [kw]}, g.text)
-                rows.append({"model": model_tag, "method": canon, "strategy": STRATEGY, "max_new_tokens": max_new_tokens,
-                             "key": c.key, "rule": c.rule, "placement": c.placement, "length": c.length,
-                             "doc_tokens": c.doc_tokens, "response": g.text, "n_tokens": g.n_tokens, "nll": g.nll,
-                             "distinct4": g.distinct4, "strict": s.strict, "loose": s.loose, "seconds": dt})
-            store.add(rows)
-            bar.update(len(chunk))
+
+        def row(c, p, g, dt):
+            inst, kw = RULES[c.rule]
+            s = checkers.score({"key": 0, "prompt": p.text, "instruction_id_list": [inst], "kwargs": [kw]}, g.text)
+            return {"model": model_tag, "method": canon, "strategy": STRATEGY, "max_new_tokens": max_new_tokens,
+                    "key": c.key, "rule": c.rule, "placement": c.placement, "length": c.length,
+                    "doc_tokens": c.doc_tokens, "response": g.text, "n_tokens": g.n_tokens, "nll": g.nll,
+                    "distinct4": g.distinct4, "strict": s.strict, "loose": s.loose, "seconds": dt}
+
+        runner.run_batches(model, tokenizer, [(c.prompt, c) for c in todo], method, max_new_tokens, batch_size,
+                           store, bar, row)
     bar.close()
 
 

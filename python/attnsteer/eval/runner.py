@@ -139,9 +139,17 @@ def _eos_ids(model, tokenizer) -> set:
     return ids
 
 
-def _batches(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
-    for i in range(0, len(items), size):
-        yield items[i:i + size]
+def run_batches(model, tokenizer, items: Sequence[Tuple[ifeval.Prompt, Any]], method: specs.Spec, max_new_tokens: int,
+                batch_size: int, store: ResponseStore, bar, row) -> None:
+    """Generate ``items`` (``(prompt, payload)``, in order) in batches and store
+    ``row(payload, prompt, generated, seconds_per_prompt)`` for each, a batch at a time."""
+    for i in range(0, len(items), batch_size):
+        chunk = items[i:i + batch_size]
+        t0 = time.perf_counter()
+        outs = generate_batch(model, tokenizer, [p for p, _ in chunk], method, max_new_tokens)
+        dt = (time.perf_counter() - t0) / len(chunk)
+        store.add(row(x, p, g, dt) for (p, x), g in zip(chunk, outs))
+        bar.update(len(chunk))
 
 
 def run_ifeval(model, tokenizer, records: Sequence[Dict[str, Any]], methods: Sequence[str], *, strategy: str,
@@ -172,19 +180,15 @@ def run_ifeval(model, tokenizer, records: Sequence[Dict[str, Any]], methods: Seq
         built = [(r, ifeval.build_prompt(tokenizer, r, render_as.get(strat, strat))) for r in todo]
         lengths = {r["key"]: len(tokenizer(p.text, add_special_tokens=False)["input_ids"]) for r, p in built}
         built.sort(key=lambda rp: -lengths[rp[0]["key"]])
-        for chunk in _batches(built, batch_size):
-            t0 = time.perf_counter()
-            outs = generate_batch(model, tokenizer, [p for _, p in chunk], method, max_new_tokens)
-            dt = (time.perf_counter() - t0) / len(chunk)
-            rows = []
-            for (r, p), g in zip(chunk, outs):
-                s = checkers.score(r, g.text)
-                rows.append({"model": model_tag, "method": canon, "strategy": strat, "max_new_tokens": max_new_tokens,
-                             "key": r["key"], "response": g.text, "n_tokens": g.n_tokens, "nll": g.nll,
-                             "distinct4": g.distinct4, "strict": s.strict, "loose": s.loose,
-                             "located": p.located, "seconds": dt, "prompt_tokens": lengths[r["key"]]})
-            store.add(rows)
-            bar.update(len(chunk))
+
+        def row(r, p, g, dt):
+            s = checkers.score(r, g.text)
+            return {"model": model_tag, "method": canon, "strategy": strat, "max_new_tokens": max_new_tokens,
+                    "key": r["key"], "response": g.text, "n_tokens": g.n_tokens, "nll": g.nll,
+                    "distinct4": g.distinct4, "strict": s.strict, "loose": s.loose,
+                    "located": p.located, "seconds": dt, "prompt_tokens": lengths[r["key"]]}
+
+        run_batches(model, tokenizer, [(p, r) for r, p in built], method, max_new_tokens, batch_size, store, bar, row)
     bar.close()
 
 
