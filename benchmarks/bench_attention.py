@@ -78,8 +78,9 @@ def _eager(q, k, v, span, mode, causal):
 
 
 def _run_fn(provider, mode, q, k, v, span, causal):
-    import attnsteer
     import torch.nn.functional as F
+
+    import attnsteer
 
     if provider == "attnsteer":
         return lambda: attnsteer.steered_attention(q, k, v, span, is_causal=causal, enable_gqa=True, **MODE_ARGS[mode])

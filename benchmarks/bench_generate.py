@@ -96,7 +96,7 @@ def main() -> None:
 
 def bench_directer(model, tok, body: str, new_tokens: int, out_dir: Path, tag: str) -> None:
     from attnsteer.cli import _time
-    from attnsteer.directer import _forward, _peek
+    from attnsteer.directer.cache import forward, peek
 
     msgs = [{"role": "system", "content": "<<Start your answer with the word YES.>>"},
             {"role": "user", "content": f"{body}\n\nSummarise the text above."}]
@@ -114,20 +114,20 @@ def bench_directer(model, tok, body: str, new_tokens: int, out_dir: Path, tag: s
         model(input_ids=ids[:, :-1], attention_mask=am[:, :-1], past_key_values=cache, use_cache=True)
 
         def sdpa_step():
-            with _peek(cache, T - 1):
+            with peek(cache, T - 1):
                 model(input_ids=ids[:, -1:], attention_mask=am, past_key_values=cache, use_cache=True, logits_to_keep=1)
 
         t_sdpa = _time(sdpa_step, reps=15)
         with attnsteer.steer(model, d.trial_method(), spans=enc):
-            state = model._attnsteer_state
+            steering = attnsteer.hf.active(model)
             half = torch.zeros(1, L, dtype=torch.bool)
             half[:, : L // 2] = True
             times = {}
             for name, rows in [("attnsteer unsteered", None), ("trial, all layers", torch.ones(1, L, dtype=torch.bool)),
                                ("trial, half the layers", half)]:
                 def step(rows=rows):
-                    with _peek(cache, T - 1):
-                        _forward(model, state, ids[:, -1:], am, cache, rows)
+                    with peek(cache, T - 1):
+                        forward(model, steering, ids[:, -1:], am, cache, rows)
                 times[name] = _time(step, reps=15)
         lines += ["| single-token forward over the prompt cache | ms | ÷ SDPA forward |", "|---|---:|---:|",
                   f"| SDPA (unsteered) | {1e3 * t_sdpa:.2f} | 1.00 |"]

@@ -2,7 +2,10 @@
 
     python examples/calibrate_delta.py
 """
-import torch, attnsteer
+import torch
+
+import attnsteer
+
 torch.set_num_threads(1)
 model, tok = attnsteer.models.load_default(progress=False)
 TEXT = ("The first bicycles appeared in Germany in 1817, when Karl Drais built a wooden running machine that riders "

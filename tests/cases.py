@@ -7,7 +7,6 @@ which every value of every dimension appears at least once (not the full product
 from __future__ import annotations
 
 import itertools
-import math
 from typing import Dict, List, Optional
 
 import torch

@@ -9,76 +9,12 @@ import torch
 
 import attnsteer
 from attnsteer import GUIDE, Directer, SpotLight
-from attnsteer.hf import ATTN_NAME, _ensure_registered
+from references import PROMPTS, plain, reference_directer
+from references import positions as _positions
+from references import step as _step
+
 from tiny import model as tiny_model
 from tiny import tokenizer
-
-PROMPTS = ["Answer in French. <<Use at most twenty words.>> The quick brown fox jumps over the lazy dog.",
-           "<<Reply in JSON>> with a key. Write a short poem about the sea."]
-
-
-def _positions(am):
-    return (am.long().cumsum(-1) - 1).masked_fill(am == 0, 1)
-
-
-def _plain(m):
-    """The model on attnsteer's op without steering, so both loops share one attention kernel."""
-    _ensure_registered()
-    m.set_attn_implementation(ATTN_NAME)
-    return m
-
-
-def _step(m, ids, am, cache):
-    out = m(input_ids=ids[:, -1:], attention_mask=am, position_ids=_positions(am)[:, -1:], past_key_values=cache,
-            use_cache=True)
-    return out.logits[:, -1].float()
-
-
-@torch.no_grad()
-def reference_directer(m, enc, order, *, alpha, beta, max_trials, max_new_tokens):
-    """The paper's loop, written the obvious way: per row, per trial, deep-copy the cache and
-    multiply the span keys of the chosen layers in place."""
-    from transformers import DynamicCache
-
-    ids, am, span = enc["input_ids"], enc["attention_mask"], enc.span_mask != 0
-    B, L = ids.shape[0], order.shape[1]
-    counts, n = [], L
-    while n >= 2 and len(counts) < max_trials:
-        counts.append(n)
-        n //= 2
-    cache = DynamicCache(config=m.config)
-    m(input_ids=ids[:, :-1], attention_mask=am[:, :-1], position_ids=_positions(am[:, :-1]), past_key_values=cache,
-      use_cache=True)
-    stats = dict(gated=0, accepted={}, fallbacks=0)
-    for _ in range(max_new_tokens):
-        before = copy.deepcopy(cache)
-        p = _step(m, ids, am, cache).softmax(-1)
-        chosen = []
-        for b in range(B):
-            top = p[b].topk(2)
-            star, token = int(top.indices[0]), int(top.indices[0])
-            if top.values[1] < beta * top.values[0]:
-                stats["gated"] += 1
-            else:
-                for k, n in enumerate(counts):
-                    trial = copy.deepcopy(before)
-                    for layer in order[b, :n].tolist():
-                        keys = trial.layers[layer].keys
-                        rows = torch.zeros(B, keys.shape[2], dtype=torch.bool)
-                        n_prompt = min(keys.shape[2], span.shape[1])  # generated keys are never span
-                        rows[b, :n_prompt] = span[b, :n_prompt]
-                        attnsteer.scale_keys_(keys, rows, float(alpha))
-                    cand = int(_step(m, ids, am, trial)[b].argmax())
-                    if p[b, cand] >= beta * p[b, star]:
-                        token = cand
-                        stats["accepted"][n] = stats["accepted"].get(n, 0) + 1
-                        break
-                else:
-                    stats["fallbacks"] += 1
-            chosen.append(token)
-        ids = torch.cat([ids, torch.tensor(chosen)[:, None]], dim=1)
-        am = torch.cat([am, am.new_ones(B, 1)], dim=1)
-    return ids, stats
 
 
 def _enc(prompts=PROMPTS):
@@ -87,7 +23,7 @@ def _enc(prompts=PROMPTS):
 
 @pytest.mark.parametrize("kind,seed,std", [("llama", 0, 0.5), ("qwen2", 1, 0.4), ("llama", 2, 0.6)])
 def test_tokens_equal_the_deep_copy_reference(kind, seed, std):
-    m = _plain(tiny_model(kind, layers=8, seed=seed, std=std))
+    m = plain(tiny_model(kind, layers=8, seed=seed, std=std))
     enc = _enc()
     d = Directer(alpha=128.0, beta=0.5, max_trials=10)
     n_new = 12
@@ -119,7 +55,7 @@ def test_the_cases_the_reference_covers_do_occur():
 
 
 def test_batch_rows_equal_single_prompts_and_stop_independently():
-    m = _plain(tiny_model("llama", layers=8, seed=0, std=0.5))
+    m = plain(tiny_model("llama", layers=8, seed=0, std=0.5))
     tok = tokenizer()
     enc = _enc()
     kw = dict(max_new_tokens=10, do_sample=False, pad_token_id=0)
@@ -142,7 +78,7 @@ def _naive_sensitivity(m, enc, alpha, variant):
     """rank_layers' definition evaluated with deep copies and in-place key scaling."""
     from transformers import DynamicCache
 
-    from attnsteer.hf import _attention_modules
+    from attnsteer.hf import attention_modules
 
     ids, am, span = enc["input_ids"], enc["attention_mask"], enc.span_mask != 0
     L = m.config.num_hidden_layers
@@ -152,7 +88,7 @@ def _naive_sensitivity(m, enc, alpha, variant):
     got = {}
     hooks = [mod.register_forward_hook(lambda mod, a, kw, out: got.__setitem__(
         mod.layer_idx, (kw["hidden_states"][:, -1].double(), out[0][:, -1].double())), with_kwargs=True)
-        for mod in _attention_modules(m)]
+        for mod in attention_modules(m)]
 
     def run(layer):
         c = copy.deepcopy(cache)
@@ -182,7 +118,7 @@ def _naive_sensitivity(m, enc, alpha, variant):
 
 @pytest.mark.parametrize("variant", ["paper", "released"])
 def test_rank_layers_matches_the_definition(variant):
-    m = _plain(tiny_model("qwen2", layers=8, seed=3, std=0.4))
+    m = plain(tiny_model("qwen2", layers=8, seed=3, std=0.4))
     enc = _enc()
     with torch.no_grad():
         rk = attnsteer.rank_layers(m, enc, alpha=128.0, variant=variant, progress=False)
@@ -217,13 +153,13 @@ def test_given_ranking_is_used_and_plotted(tmp_path):
 
 @pytest.mark.parametrize("method", [GUIDE(4.0), SpotLight(0.6)], ids=repr)
 def test_gate_wraps_any_method(method):
-    """Directer(steer=M) runs M's steering in the trials: the trials change the outcome relative
+    """Directer(method=M) runs M's steering in the trials: the trials change the outcome relative
     to never steering (max_trials=1 and an impossible gate are the controls)."""
     m = tiny_model("llama", layers=8, seed=0, std=0.5)
     enc = _enc()
     kw = dict(max_new_tokens=8, min_new_tokens=8, do_sample=False, pad_token_id=0, eos_token_id=None)
     with torch.no_grad():
-        d = Directer(steer=method, beta=0.05)
+        d = Directer(method=method, beta=0.05)
         steered = m.generate(**enc, custom_generate=d, spans=enc, **kw)
         plain = m.generate(**enc, **kw)
     assert d.stats.steered > 0 and sum(d.stats.accepted.values()) > 0
@@ -288,7 +224,7 @@ def test_sampling_behind_the_gate():
     """With beta = 1 the gate only opens on exact ties, so DIRECTER samples from the raw
     distribution exactly as transformers' sampling does (same seed, same tokens); with a low beta
     trials run, and a seed reproduces the run."""
-    m = _plain(tiny_model("llama", layers=8, seed=0, std=0.5))
+    m = plain(tiny_model("llama", layers=8, seed=0, std=0.5))
     enc = _enc()
     kw = dict(max_new_tokens=10, min_new_tokens=10, do_sample=True, top_k=20, temperature=0.8, pad_token_id=0,
               eos_token_id=None)
@@ -310,20 +246,19 @@ def test_sampling_behind_the_gate():
 def test_exactly_the_marked_tokens_are_scaled(monkeypatch):
     """The released code scales one token past the span's end; here the op receives exactly the
     marked keys (and never generated ones), with alpha on the steered rows only."""
-    import attnsteer.hf as hf
+    from attnsteer import ops
 
     m = tiny_model("llama", layers=8, seed=0, std=0.5)
     enc = _enc()
     seen = []
-    real = hf._op
+    real = ops.layer_attention
 
-    def spy(state, query, key, value, span, **kw):
-        ks = kw.get("key_scale", 1.0)
-        if not isinstance(ks, (int, float)) or ks != 1.0:
-            seen.append((span.clone(), kw.get("query_mask")))
-        return real(state, query, key, value, span, **kw)
+    def spy(query, key, value, args):
+        if not bool((args.key_scale == 1.0).all()):
+            seen.append((args.span_weights.clone(), args.query_mask))
+        return real(query, key, value, args)
 
-    monkeypatch.setattr(hf, "_op", spy)
+    monkeypatch.setattr(ops, "layer_attention", spy)
     d = Directer(alpha=128.0, beta=0.05)
     with torch.no_grad():
         m.generate(**enc, custom_generate=d, spans=enc, max_new_tokens=6, min_new_tokens=6, do_sample=False,

@@ -5,14 +5,16 @@ import pytest
 import torch
 
 import attnsteer
-from attnsteer import reference
+from attnsteer.ops import OpArgs, reference
+from conftest import to_device
+
 from cases import build_inputs, case_id, covering_cases, max_scale, per_head_tensor
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 
 
 @pytest.mark.parametrize("case", covering_cases(), ids=case_id)
-def test_steered_softmax_covering(case):
+def test_steered_softmax_covering(case, device):
     if case["tq"] > 100:
         case = dict(case, tq=97)
     inp = build_inputs(case)
@@ -21,7 +23,7 @@ def test_steered_softmax_covering(case):
     G = Hq // k.shape[1]
     logits = (q.double() @ k.double().repeat_interleave(G, 1).transpose(-1, -2) / D**0.5).to(q.dtype)
     kw = dict(inp["kwargs"])
-    out = attnsteer.steered_softmax(logits, inp["span_mask"], **kw)
+    out = attnsteer.steered_softmax(logits.to(device), inp["span_mask"].to(device), **to_device(kw, device)).cpu()
     bias = per_head_tensor(kw.pop("bias"), B, Hq)
     ks = per_head_tensor(kw.pop("key_scale"), B, Hq)
     ref = reference.steered_softmax(logits.double(), inp["span_mask"].double(), bias, ks, **kw)
@@ -46,7 +48,7 @@ def test_steered_softmax_matches_fused_attention():
 
 @pytest.mark.parametrize("with_query_mask", [False, True])
 @pytest.mark.parametrize("span_kind", ["bool", "float", "empty", "full"])
-def test_span_bias(with_query_mask, span_kind):
+def test_span_bias(with_query_mask, span_kind, device):
     B, H, Tq, Tk = 3, 5, 4, 11
     if span_kind == "bool":
         span = torch.rand(B, Tk) < 0.4
@@ -57,7 +59,7 @@ def test_span_bias(with_query_mask, span_kind):
     bias = torch.randn(B, H)
     qm = torch.rand(B, Tq) < 0.5 if with_query_mask else None
     for dtype in DTYPES:
-        out = attnsteer.span_bias(span, bias, query_mask=qm, dtype=dtype)
+        out = attnsteer.span_bias(span.to(device), bias.to(device), query_mask=to_device(qm, device), dtype=dtype).cpu()
         ref = reference.span_bias(span, bias, query_mask=qm, dtype=dtype)
         assert out.shape == ((B, H, Tq, Tk) if with_query_mask else (B, H, 1, Tk)) and out.dtype == dtype
         torch.testing.assert_close(out, ref)
@@ -68,7 +70,7 @@ def test_span_bias(with_query_mask, span_kind):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("factor", [2.0, 100.0, "per_row"])
-def test_scale_keys_(dtype, factor):
+def test_scale_keys_(dtype, factor, device):
     B, H, T, D = 2, 3, 37, 80
     keys = torch.randn(B, H, T, D).to(dtype)
     span = torch.zeros(B, T, dtype=torch.bool)
@@ -76,15 +78,17 @@ def test_scale_keys_(dtype, factor):
     span[1, 30:] = True
     fac = torch.rand(B, H) * 10 if factor == "per_row" else factor
     expected = reference.scale_keys_(keys.clone(), span, per_head_tensor(fac, B, H))
-    out = attnsteer.scale_keys_(keys, span, fac)
+    keys, span_d, fac_d = keys.to(device), span.to(device), to_device(fac, device)
+    out = attnsteer.scale_keys_(keys, span_d, fac_d)
     assert out is keys
-    torch.testing.assert_close(keys, expected, atol=0, rtol=0)
+    torch.testing.assert_close(keys.cpu(), expected, atol=0, rtol=0)
     # non-contiguous cache view
     big = torch.randn(B, H, T + 5, D).to(dtype)
+    expected = reference.scale_keys_(big[:, :, 2:T + 2].clone(), span, per_head_tensor(fac, B, H))
+    big = big.to(device)
     view = big[:, :, 2:T + 2]
-    expected = reference.scale_keys_(view.clone(), span, per_head_tensor(fac, B, H))
-    attnsteer.scale_keys_(view, span, fac)
-    torch.testing.assert_close(view, expected, atol=0, rtol=0)
+    attnsteer.scale_keys_(view, span_d, fac_d)
+    torch.testing.assert_close(view.cpu(), expected, atol=0, rtol=0)
 
 
 def test_scale_keys_then_attention_equals_key_scale():
@@ -111,11 +115,11 @@ def _sample_args():
 def test_opcheck():
     q, k, v, span, bias, ks = _sample_args()
     for target, causal in ((None, True), (0.5, False)):
-        torch.library.opcheck(torch.ops.attnsteer.steered_attention.default,
-                              (q, k, v, span, bias, ks, target, False, None, None, causal, None, None, 0.25, True))
+        args = OpArgs(span, bias, ks, target=target, is_causal=causal, scale=0.25, return_span_mass=True)
+        torch.library.opcheck(torch.ops.attnsteer.steered_attention.default, args.attention(q, k, v))
     logits = torch.randn(2, 4, 9, 12)
-    torch.library.opcheck(torch.ops.attnsteer.steered_softmax.default,
-                          (logits, span, bias, ks, 0.5, False, None, None, True, 4, None))
+    args = OpArgs(span, bias, ks, target=0.5, is_causal=True, window=4)
+    torch.library.opcheck(torch.ops.attnsteer.steered_softmax.default, args.softmax(logits))
     torch.library.opcheck(torch.ops.attnsteer.span_bias.default, (span, bias, None, 9, torch.float32))
     torch.library.opcheck(torch.ops.attnsteer.scale_keys_.default, (k.clone(), span, torch.full((2, 2), 3.0)))
 

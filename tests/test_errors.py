@@ -97,3 +97,26 @@ def test_scale_keys_errors():
         attnsteer.scale_keys_(torch.randn(3, 4, 5), torch.ones(3, 4, dtype=torch.bool), 2.0)
     with pytest.raises(ValueError, match=r"span_mask must be \(B, Tk\) = \(1, 5\)"):
         attnsteer.scale_keys_(torch.randn(1, 2, 5, 8), torch.ones(1, 4, dtype=torch.bool), 2.0)
+
+
+@pytest.mark.skipif(attnsteer.backend() == "torch", reason="compiled extension not built")
+@pytest.mark.parametrize("field, value, message", [
+    ("span_weights", torch.ones(2, 6), r"span_weights must be \(B, Tk\) = \[2, 7\]; got \[2, 6\]"),
+    ("bias", torch.zeros(2, 3), r"bias must be \(B, H\) = \[2, 4\]; got \[2, 3\]"),
+    ("key_scale", torch.ones(1, 4), r"key_scale must be \(B, H\) = \[2, 4\]; got \[1, 4\]"),
+    ("query_mask", torch.ones(2, 4, dtype=torch.bool), r"query_mask must be \(B, Tq\) = \[2, 5\]; got \[2, 4\]"),
+    ("attn_mask", torch.ones(2, 1, 5, 6, dtype=torch.bool), r"attn_mask \[2, 1, 5, 6\] does not broadcast"),
+    ("target", 1.5, r"target must lie in \(0, 1\)"),
+])
+def test_the_kernels_check_their_arguments(field, value, message):
+    """The attention layers call the op through ops.layer_attention without the Python
+    validation; the C++ host function (shared by CPU and CUDA) is the guard there."""
+    from attnsteer.ops import OpArgs, layer_attention
+
+    q, k, v = _qkv()
+    good = OpArgs(torch.ones(2, 7), torch.zeros(2, 4), torch.ones(2, 4))
+    layer_attention(q, k, v, good)
+    with pytest.raises(RuntimeError, match=message):
+        layer_attention(q, k, v, good.replace(**{field: value}))
+    with pytest.raises(RuntimeError, match=r"v must be \(B, Hkv, Tk, D\)"):
+        layer_attention(q, k, v[:, :, :6], good)

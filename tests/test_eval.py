@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from attnsteer.eval import checkers, fluency, ifeval, runner, specs, sweep
+
 from tiny import model as tiny_model
 from tiny import tokenizer
 
@@ -190,7 +191,7 @@ def test_method_specs_parse_and_canonicalise(tmp_path):
     assert specs.parse("guide:delta=2") == attnsteer.GUIDE(2.0)
     assert specs.parse("pasta:alpha=0.1,layers=2-3+5").layers == (2, 3, 5)
     g = specs.parse("gate+spotlight:target=0.2")
-    assert isinstance(g, attnsteer.Directer) and g.steer == attnsteer.SpotLight(0.2)
+    assert isinstance(g, attnsteer.Directer) and g.method == attnsteer.SpotLight(0.2)
     assert specs.parse("directer:beta=0.25,max_trials=3") == attnsteer.Directer(beta=0.25, max_trials=3)
     heads = tmp_path / "heads.json"
     heads.write_text(json.dumps({"1": [0, 2]}))

@@ -10,6 +10,7 @@ import torch
 
 import attnsteer
 from attnsteer.spans import MarkupError
+
 from tiny import model as tiny_model
 from tiny import tokenizer
 

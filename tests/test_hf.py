@@ -8,12 +8,12 @@ import torch
 
 import attnsteer
 from attnsteer import GUIDE, PASTA, InstABoost, KeyScale, SpotLight
+from references import PROMPTS, bias_mask_4d
+
 from tiny import model as tiny_model
 from tiny import tokenizer
 
 KINDS = ["llama", "qwen2", "qwen3", "mistral", "gemma2", "gemma3", "phi3"]
-PROMPTS = ["Answer in French. <<Use at most twenty words.>> The quick brown fox jumps over the lazy dog.",
-           "<<Reply in JSON>> with a key. Write a short poem about the sea."]
 
 
 def _enc():
@@ -38,11 +38,7 @@ def test_guide_equals_eager_with_4d_bias_mask(kind):
     m = tiny_model(kind, std=0.2)
     enc = _enc()
     delta = 1.5
-    B, T = enc["input_ids"].shape
-    causal = torch.ones(T, T, dtype=torch.bool).tril()
-    allowed = causal[None] & enc["attention_mask"].bool()[:, None, :]
-    mask4d = torch.zeros(B, 1, T, T).masked_fill(~allowed[:, None], -1e9)  # finite, as HF (no NaN on pad rows)
-    mask4d = mask4d + delta * enc.span_mask.float()[:, None, None, :]
+    mask4d = bias_mask_4d(enc, delta)
     with torch.no_grad():
         with attnsteer.steer(m, GUIDE(delta=delta), spans=enc):
             got = m(**enc).logits
@@ -88,7 +84,7 @@ def test_restored_on_exception_and_nesting_is_an_error():
     enc = _enc()
     with pytest.raises(ZeroDivisionError):
         with attnsteer.steer(m, GUIDE(2.0), spans=enc):
-            1 / 0
+            _ = 1 / 0
     assert m.config._attn_implementation == "sdpa" and m._attnsteer_state is None
     with attnsteer.steer(m, GUIDE(2.0), spans=enc):
         with pytest.raises(RuntimeError, match="already being steered"):
@@ -154,10 +150,7 @@ def test_output_attentions_are_the_steered_weights():
     m = tiny_model("llama", std=0.2)
     enc = _enc()
     delta = 1.5
-    B, T = enc["input_ids"].shape
-    causal = torch.ones(T, T, dtype=torch.bool).tril()
-    allowed = causal[None] & enc["attention_mask"].bool()[:, None, :]
-    mask4d = torch.zeros(B, 1, T, T).masked_fill(~allowed[:, None], -1e9) + delta * enc.span_mask.float()[:, None, None, :]
+    mask4d = bias_mask_4d(enc, delta)
     with torch.no_grad():
         with attnsteer.steer(m, GUIDE(delta=delta), spans=enc):
             got = m(**enc, output_attentions=True).attentions

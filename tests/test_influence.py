@@ -14,6 +14,7 @@ import torch
 
 import attnsteer
 from attnsteer.influence import influence, span_mass
+
 from tiny import model as tiny_model
 from tiny import tokenizer
 
@@ -31,8 +32,8 @@ def _formula(m, enc, method, value_norms, residual):
     def keep_v(mod, a, out):
         vals.append(out)
 
-    hooks = [mod.register_forward_hook(keep, with_kwargs=True) for mod in attnsteer.hf._attention_modules(m)]
-    vhooks = [mod.v_proj.register_forward_hook(keep_v) for mod in attnsteer.hf._attention_modules(m)]
+    hooks = [mod.register_forward_hook(keep, with_kwargs=True) for mod in attnsteer.hf.attention_modules(m)]
+    vhooks = [mod.v_proj.register_forward_hook(keep_v) for mod in attnsteer.hf.attention_modules(m)]
     am = enc["attention_mask"]
     pos = (am.cumsum(-1) - 1).clamp(min=0)
     with torch.no_grad(), attnsteer.steer(m, method or attnsteer.GUIDE(0.0), spans=enc):

@@ -8,6 +8,8 @@ import torch
 
 import attnsteer
 from attnsteer import GUIDE, PASTA, InstABoost, KeyScale, SpotLight
+from attnsteer.methods import ForwardContext
+
 from tiny import model as tiny_model
 from tiny import tokenizer
 
@@ -15,7 +17,8 @@ from tiny import tokenizer
 @pytest.mark.parametrize("method", [GUIDE(2.0, layers=[1]), InstABoost(5.0, layers=[1]), SpotLight(0.5, layers=[1]),
                                     KeyScale(4.0, layers=[1], phases="both")], ids=repr)
 def test_layers_steer_only_those_layers(method):
-    assert method.layer_args(0, 4) is None and method.layer_args(1, 4) is not None
+    ctx = ForwardContext.for_prompt(torch.tensor([[0.0, 1.0, 1.0, 0.0]]), num_heads=4)
+    assert method.plan(0, ctx) is None and method.plan(1, ctx) is not None
     m, tok = tiny_model("llama", layers=2, std=0.3), tokenizer()
     enc = attnsteer.highlight(tok, "The quick brown fox. <<Answer in French.>> Now")
     seen = []
@@ -42,12 +45,13 @@ def test_check_layers_names_the_bad_indices():
 
 
 def test_pasta_heads_bias_only_the_chosen_heads():
-    args = PASTA(0.01, heads={1: [0, 3]}).layer_args(1, 4)
-    assert args.span == "prompt_rest"
-    assert torch.equal(args.bias, torch.tensor([math.log(0.01), 0.0, 0.0, math.log(0.01)]))
-    assert PASTA(0.01, heads={1: [0]}).layer_args(0, 4) is None
+    ctx = ForwardContext.for_prompt(torch.tensor([[0.0, 1.0, 1.0, 0.0]]), num_heads=4)
+    args = PASTA(0.01, heads={1: [0, 3]}).plan(1, ctx)
+    assert torch.equal(args.span_weights, torch.tensor([[1.0, 0.0, 0.0, 1.0]]))  # the rest of the prompt
+    assert torch.equal(args.bias, torch.tensor([[math.log(0.01), 0.0, 0.0, math.log(0.01)]]))
+    assert PASTA(0.01, heads={1: [0]}).plan(0, ctx) is None
     with pytest.raises(ValueError, match=r"PASTA.heads\[1\] has head 7 outside 0..3"):
-        PASTA(0.01, heads={1: [7]}).layer_args(1, 4)
+        PASTA(0.01, heads={1: [7]}).plan(1, ctx)
 
 
 @pytest.mark.parametrize("make, message", [

@@ -40,7 +40,6 @@ def test_steered_generation_on_default_model(smollm):
     assert tok.decode(enc["input_ids"][0][enc.span_mask[0]]).strip() == "Start your answer with the word YES."
     kw = dict(max_new_tokens=8, do_sample=False)
     with torch.no_grad():
-        plain = model.generate(**enc, **kw)
         with attnsteer.steer(model, attnsteer.GUIDE(2.0), spans=enc):
             steered = model.generate(**enc, **kw)
             steered_nocache = model.generate(**enc, use_cache=False, **kw)
@@ -75,7 +74,7 @@ def test_readme_quick_start_runs_as_written():
 def test_directer_on_default_model_equals_deep_copy_reference(smollm):
     """DIRECTER on SmolLM2-135M (30 layers, alpha=128, fp32) gives the tokens of the naive loop
     that deep-copies the cache and scales the span keys in place."""
-    from test_directer import _plain, reference_directer
+    from references import plain, reference_directer
 
     model, tok = smollm
     msgs = [{"role": "system", "content": "<<End your answer with the exact word GOODBYE.>>"},
@@ -84,7 +83,7 @@ def test_directer_on_default_model_equals_deep_copy_reference(smollm):
     d = attnsteer.Directer(alpha=128.0)
     previous = model.config._attn_implementation
     try:
-        _plain(model)
+        plain(model)
         with torch.no_grad():
             got = model.generate(**enc, custom_generate=d, spans=enc, max_new_tokens=8, min_new_tokens=8,
                                  do_sample=False, eos_token_id=None, pad_token_id=tok.pad_token_id)

@@ -8,6 +8,7 @@ import torch
 
 import attnsteer
 from attnsteer.profiling import _reply_logp
+
 from tiny import model as tiny_model
 from tiny import tokenizer
 

@@ -6,6 +6,7 @@ import torch
 
 import attnsteer
 from attnsteer.spans import MarkupError, parse_markup
+
 from tiny import tokenizer
 
 

@@ -1,8 +1,6 @@
 """steered_attention (fused kernel) against the float64 reference."""
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -10,7 +8,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import attnsteer
-from attnsteer import _fallback, reference
+from attnsteer.ops import OpArgs, fallback, reference
+from conftest import to_device
+
 from cases import build_inputs, case_id, covering_cases, max_scale, per_head_tensor, product_cases
 
 
@@ -37,9 +37,10 @@ def _tolerance(inp, ref64):
     return 2 * own_err + ulp * amp
 
 
-def _check(case, seed=0):
+def _check(case, seed=0, device="cpu"):
     inp = build_inputs(case, seed)
-    out = attnsteer.steered_attention(inp["q"], inp["k"], inp["v"], inp["span_mask"], enable_gqa=True, **inp["kwargs"])
+    d = to_device(inp, device)
+    out = attnsteer.steered_attention(d["q"], d["k"], d["v"], d["span_mask"], enable_gqa=True, **d["kwargs"]).cpu()
     ref = _reference(inp)
     assert out.shape == inp["q"].shape and out.dtype == inp["q"].dtype
     assert torch.isfinite(out).all()
@@ -50,8 +51,8 @@ def _check(case, seed=0):
 
 
 @pytest.mark.parametrize("case", covering_cases(), ids=case_id)
-def test_covering_set(case):
-    _check(case)
+def test_covering_set(case, device):
+    _check(case, device=device)
 
 
 @pytest.mark.slow
@@ -64,11 +65,11 @@ def test_full_product(case):
 @pytest.mark.parametrize("window", [None, 1, 16])
 @pytest.mark.parametrize("softcap", [None, 5.0])
 @pytest.mark.parametrize("target", [None, 0.3])
-def test_mask_and_softcap_grid(causal, window, softcap, target):
+def test_mask_and_softcap_grid(causal, window, softcap, target, device):
     case = dict(dtype=torch.float32, batch=2, group=2, tq=33, head_dim=64, causal=causal, window=window,
                 softcap=softcap, padding="bool", span="several", bias=2.0, key_scale=2.0, target=target,
                 query_mask=False)
-    _check(case)
+    _check(case, device=device)
 
 
 @pytest.mark.parametrize("tk", [255, 256, 257, 2048, 3000])
@@ -205,8 +206,9 @@ def test_blocked_fallback_matches_reference(case):
     ks = per_head_tensor(kw.pop("key_scale"), B, Hq).float()
     qm = kw.pop("query_mask", None)
     am = kw.pop("attn_mask", None)
-    out, _ = _fallback.steered_attention(q, k, v, inp["span_mask"].float(), bias, ks, kw["target"], False, qm, am,
-                                         kw["is_causal"], kw["window"], kw["softcap"], 1 / math.sqrt(D), False)
+    args = OpArgs(span_weights=inp["span_mask"].float(), bias=bias, key_scale=ks, target=kw["target"], query_mask=qm,
+                  attn_mask=am, is_causal=kw["is_causal"], window=kw["window"], softcap=kw["softcap"])
+    out, _ = fallback.steered_attention(q, k, v, args)
     ref = _reference(inp)
     assert (out.double() - ref.double()).abs().max().item() <= _tolerance(inp, ref)
 

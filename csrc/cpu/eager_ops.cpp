@@ -8,27 +8,25 @@
 #include <cmath>
 #include <vector>
 
-#include "attention_common.h"
+#include "../common/check.h"
+#include "../common/row_math.h"
 #include "row_ops.h"
 
 namespace attnsteer::cpu {
 
 // (B, H, Tq or 1, Tk): bias[b, h] * span_weights[b, j], zero on rows that query_mask leaves out.
 at::Tensor span_bias_cpu(const at::Tensor& span_weights, const at::Tensor& bias,
-                         const c10::optional<at::Tensor>& query_mask, int64_t num_queries,
-                         at::ScalarType dtype) {
-  TORCH_CHECK(span_weights.dim() == 2, "span_bias: span_weights must be (B, Tk); got ",
-              span_weights.sizes());
+                         const c10::optional<at::Tensor>& query_mask, int64_t num_queries, at::ScalarType dtype) {
+  TORCH_CHECK(span_weights.dim() == 2, "span_bias: span_weights must be (B, Tk); got ", span_weights.sizes());
   const int64_t B = span_weights.size(0), Tk = span_weights.size(1);
-  TORCH_CHECK(bias.dim() == 2 && bias.size(0) == B,
-              "span_bias: bias must be (B, H) with B = ", B, "; got ", bias.sizes());
+  TORCH_CHECK(bias.dim() == 2 && bias.size(0) == B, "span_bias: bias must be (B, H) with B = ", B, "; got ",
+              bias.sizes());
   const int64_t H = bias.size(1);
   const bool per_row = query_mask.has_value() && query_mask->defined();
   const int64_t T = per_row ? num_queries : 1;
   if (per_row) {
-    TORCH_CHECK(query_mask->sizes() == at::IntArrayRef({B, num_queries}),
-                "span_bias: query_mask must be (B, Tq) = (", B, ", ", num_queries, "); got ",
-                query_mask->sizes());
+    TORCH_CHECK(query_mask->sizes() == at::IntArrayRef({B, num_queries}), "span_bias: query_mask must be (B, Tq) = (",
+                B, ", ", num_queries, "); got ", query_mask->sizes());
   }
   const at::Tensor span = span_weights.to(at::kFloat).contiguous();
   const at::Tensor bias_f = bias.to(at::kFloat).contiguous();
@@ -50,43 +48,25 @@ at::Tensor span_bias_cpu(const at::Tensor& span_weights, const at::Tensor& bias,
 }
 
 // Steered attention weights from logits (B, H, Tq, Tk) that already hold scale * q.k.
-at::Tensor steered_softmax_cpu(const at::Tensor& logits, const at::Tensor& span_weights,
-                               const at::Tensor& bias, const at::Tensor& key_scale,
-                               c10::optional<double> target, bool target_exact,
-                               const c10::optional<at::Tensor>& query_mask,
-                               const c10::optional<at::Tensor>& attn_mask, bool is_causal,
-                               c10::optional<int64_t> window, c10::optional<double> softcap) {
-  TORCH_CHECK(logits.dim() == 4, "steered_softmax: logits must be (B, H, Tq, Tk); got ",
-              logits.sizes());
+at::Tensor steered_softmax_cpu(const at::Tensor& logits, const at::Tensor& span_weights, const at::Tensor& bias,
+                               const at::Tensor& key_scale, c10::optional<double> target, bool target_exact,
+                               const c10::optional<at::Tensor>& query_mask, const c10::optional<at::Tensor>& attn_mask,
+                               bool is_causal, c10::optional<int64_t> window, c10::optional<double> softcap) {
+  TORCH_CHECK(logits.dim() == 4, "steered_softmax: logits must be (B, H, Tq, Tk); got ", logits.sizes());
   const int64_t B = logits.size(0), H = logits.size(1), Tq = logits.size(2), Tk = logits.size(3);
-  TORCH_CHECK(span_weights.sizes() == at::IntArrayRef({B, Tk}),
-              "steered_softmax: span_weights must be (B, Tk) = (", B, ", ", Tk, "); got ",
-              span_weights.sizes());
-  TORCH_CHECK(bias.sizes() == at::IntArrayRef({B, H}) && key_scale.sizes() == at::IntArrayRef({B, H}),
-              "steered_softmax: bias and key_scale must be (B, H) = (", B, ", ", H, "); got ",
-              bias.sizes(), " and ", key_scale.sizes());
+  const Steering st = pack_steering("steered_softmax", B, H, Tq, Tk, logits.device(), span_weights, bias, key_scale,
+                                    query_mask, attn_mask);
   at::Tensor x = logits.to(at::kFloat).contiguous();
   if (x.data_ptr() == logits.data_ptr()) x = x.clone();
-  const at::Tensor span = span_weights.to(at::kFloat).contiguous();
-  const at::Tensor bias_f = bias.to(at::kFloat).contiguous();
-  const at::Tensor ks_f = key_scale.to(at::kFloat).contiguous();
-  at::Tensor qmask;
-  if (query_mask.has_value() && query_mask->defined()) {
-    TORCH_CHECK(query_mask->sizes() == at::IntArrayRef({B, Tq}),
-                "steered_softmax: query_mask must be (B, Tq) = (", B, ", ", Tq, "); got ",
-                query_mask->sizes());
-    qmask = query_mask->to(at::kBool).contiguous();
-  }
-  const c10::optional<at::Tensor> mask = kernel_mask(attn_mask);
-  const MaskView mview = make_mask_view(mask, B, H, Tq, Tk);
+  const MaskView mview = make_mask_view(st.attn_mask, B, H, Tq, Tk);
   const int64_t win = window.has_value() ? *window : 0;
   const float cap = softcap.has_value() ? static_cast<float>(*softcap) : 0.f;
   const float tau = target.has_value() ? static_cast<float>(*target) : 0.f;
   float* xp = x.data_ptr<float>();
-  const float* sp = span.data_ptr<float>();
-  const float* bp = bias_f.data_ptr<float>();
-  const float* kp = ks_f.data_ptr<float>();
-  const bool* qm = qmask.defined() ? qmask.data_ptr<bool>() : nullptr;
+  const float* sp = st.span.data_ptr<float>();
+  const float* bp = st.bias.data_ptr<float>();
+  const float* kp = st.key_scale.data_ptr<float>();
+  const bool* qm = st.query_mask.defined() ? st.query_mask.data_ptr<bool>() : nullptr;
   const float neg_inf = -std::numeric_limits<float>::infinity();
 
   at::parallel_for(0, B * H * Tq, 1, [&](int64_t begin, int64_t end) {
@@ -95,10 +75,8 @@ at::Tensor steered_softmax_cpu(const at::Tensor& logits, const at::Tensor& span_
       float* s = xp + row * Tk;
       const float* span_w = sp + b * Tk;
       const bool steered = qm == nullptr || qm[b * Tq + i];
-      if (steered && kp[bh] != 1.f) scale_span(s, span_w, Tk, kp[bh]);
-      if (cap > 0.f) soft_cap(s, Tk, cap);
-      if (steered && bp[bh] != 0.f) add_span_bias(s, span_w, Tk, bp[bh]);
-      if (mview.defined()) mview.apply(s, b, h, i, 0, Tk);
+      steer_row(s, span_w, Tk, steered ? kp[bh] : 1.f, cap, steered ? bp[bh] : 0.f);
+      if (mview.defined()) mview.apply_row(s, b, h, i, 0, Tk);
       const RowRange rr = visible_range(i, Tq, Tk, is_causal, win);
       for (int64_t j = 0; j < Tk; ++j)
         if (j < rr.lo || j > rr.hi) s[j] = neg_inf;
@@ -107,8 +85,10 @@ at::Tensor steered_softmax_cpu(const at::Tensor& logits, const at::Tensor& span_
         // 1 - w, so that a span mass that underflows in float is still steered (as the fused op).
         float m_span = neg_inf, m_rest = neg_inf;
         for (int64_t j = 0; j < Tk; ++j) {
-          if (span_w[j] != 0.f) m_span = std::max(m_span, s[j]);
-          else m_rest = std::max(m_rest, s[j]);
+          if (span_w[j] != 0.f)
+            m_span = std::max(m_span, s[j]);
+          else
+            m_rest = std::max(m_rest, s[j]);
         }
         const float M = std::max(m_span, m_rest);
         if (M == neg_inf) {
@@ -123,14 +103,8 @@ at::Tensor steered_softmax_cpu(const at::Tensor& logits, const at::Tensor& span_
           s[j] = e;
           (in_span ? z_span : z_rest) += e;
         }
-        const float a0 = z_span > 0.f ? z_span * std::exp(m_span - M) : 0.f;
-        const float a1 = z_rest > 0.f ? z_rest * std::exp(m_rest - M) : 0.f;
-        const float p = a0 / (a0 + a1), rest = a1 / (a0 + a1);
-        float w = p;
-        if (steered && z_span > 0.f && p < tau) w = target_exact ? tau : tau / (tau + rest);
-        const float fs = z_span > 0.f ? w / z_span : 0.f;
-        const float fr = z_rest > 0.f ? (1.f - w) / z_rest : 0.f;
-        for (int64_t j = 0; j < Tk; ++j) s[j] *= span_w[j] != 0.f ? fs : fr;
+        const ChannelMix mix = mix_channels(m_span, z_span, m_rest, z_rest, steered, tau, target_exact);
+        for (int64_t j = 0; j < Tk; ++j) s[j] *= span_w[j] != 0.f ? mix.f_span : mix.f_rest;
         continue;
       }
       const float m = row_max(s, Tk);
@@ -149,11 +123,8 @@ at::Tensor steered_softmax_cpu(const at::Tensor& logits, const at::Tensor& span_
 void scale_keys_cpu(at::Tensor& keys, const at::Tensor& span_weights, const at::Tensor& factor) {
   TORCH_CHECK(keys.dim() == 4, "scale_keys_: keys must be (B, Hkv, T, D); got ", keys.sizes());
   const int64_t B = keys.size(0), H = keys.size(1), T = keys.size(2);
-  TORCH_CHECK(span_weights.sizes() == at::IntArrayRef({B, T}),
-              "scale_keys_: span_weights must be (B, T) = (", B, ", ", T, "); got ",
-              span_weights.sizes());
-  TORCH_CHECK(factor.sizes() == at::IntArrayRef({B, H}),
-              "scale_keys_: factor must be (B, Hkv) = (", B, ", ", H, "); got ", factor.sizes());
+  ATTNSTEER_CHECK_SHAPE("scale_keys_", "span_weights", span_weights, "(B, T)", B, T);
+  ATTNSTEER_CHECK_SHAPE("scale_keys_", "factor", factor, "(B, Hkv)", B, H);
   const at::Tensor span_cpu = span_weights.to(at::kFloat).contiguous();
   const at::Tensor fac = factor.to(at::kDouble).contiguous();
   const float* sp = span_cpu.data_ptr<float>();
@@ -168,8 +139,7 @@ void scale_keys_cpu(at::Tensor& keys, const at::Tensor& span_weights, const at::
         for (int64_t j = 0; j < T; ++j) {
           if (sp[b * T + j] == 0.f) continue;
           scalar_t* row = base + j * st;
-          for (int64_t d = 0; d < D; ++d)
-            row[d * sd] = static_cast<scalar_t>(static_cast<double>(row[d * sd]) * f);
+          for (int64_t d = 0; d < D; ++d) row[d * sd] = static_cast<scalar_t>(static_cast<double>(row[d * sd]) * f);
         }
       }
     });

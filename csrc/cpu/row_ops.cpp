@@ -9,18 +9,16 @@
 
 // BLAS from the MKL/OpenBLAS that libtorch_cpu carries. Weak, so that a torch build without
 // an exported sgemm_ still loads us; then gemm_rowmajor goes through at::addmm_out.
-extern "C" void sgemm_(const char* transa, const char* transb, const int* m, const int* n,
-                       const int* k, const float* alpha, const float* a, const int* lda,
-                       const float* b, const int* ldb, const float* beta, float* c,
-                       const int* ldc) __attribute__((weak));
+extern "C" void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
+                       const float* alpha, const float* a, const int* lda, const float* b, const int* ldb,
+                       const float* beta, float* c, const int* ldc) __attribute__((weak));
 
 // MKL's per-thread thread count. Our kernels parallelise over blocks themselves; without this
 // MKL also spawns threads inside every GEMM of every worker and oversubscribes the cores.
 extern "C" int MKL_Set_Num_Threads_Local(int n) __attribute__((weak));
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define ATTNSTEER_CLONES \
-  __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#define ATTNSTEER_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define ATTNSTEER_CLONES
 #endif
@@ -151,6 +149,12 @@ void soft_cap(float* s, int64_t n, float cap) {
   for (int64_t j = 0; j < n; ++j) s[j] = cap * std::tanh(s[j] * inv);
 }
 
+void steer_row(float* s, const float* span_weights, int64_t n, float key_scale, float softcap, float bias) {
+  if (key_scale != 1.f) scale_span(s, span_weights, n, key_scale);
+  if (softcap > 0.f) soft_cap(s, n, softcap);
+  if (bias != 0.f) add_span_bias(s, span_weights, n, bias);
+}
+
 ATTNSTEER_CLONES void scale_inplace(float* x, int64_t n, float f) {
   int64_t j = 0;
   for (; j + kLanes <= n; j += kLanes) store(x + j, load(x + j) * f);
@@ -177,14 +181,15 @@ SequentialBlas::~SequentialBlas() {
   if (MKL_Set_Num_Threads_Local != nullptr) MKL_Set_Num_Threads_Local(previous_);
 }
 
-void gemm_rowmajor(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
-                   const float* A, int64_t lda, const float* B, int64_t ldb, float beta,
-                   float* C, int64_t ldc) {
+void gemm_rowmajor(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
+                   int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
   if (M == 0 || N == 0) return;
   if (K == 0) {
     for (int64_t i = 0; i < M; ++i) {
-      if (beta == 0.f) std::memset(C + i * ldc, 0, sizeof(float) * N);
-      else scale_inplace(C + i * ldc, N, beta);
+      if (beta == 0.f)
+        std::memset(C + i * ldc, 0, sizeof(float) * N);
+      else
+        scale_inplace(C + i * ldc, N, beta);
     }
     return;
   }

@@ -16,6 +16,10 @@ float span_sum(const float* p, const float* span_weights, int64_t n);
 void scale_span(float* s, const float* span_weights, int64_t n, float key_scale);
 // s[j] += bias * span_weights[j].
 void add_span_bias(float* s, const float* span_weights, int64_t n, float bias);
+// The steering part of the logit pipeline over a row (common/row_math.h's steer_logit, vectorised):
+// span keys *= key_scale; softcap (cap <= 0: none); += bias * span weight. Pass key_scale 1 and
+// bias 0 for an unsteered row.
+void steer_row(float* s, const float* span_weights, int64_t n, float key_scale, float softcap, float bias);
 // s[j] = cap * tanh(s[j] / cap).
 void soft_cap(float* s, int64_t n, float cap);
 // x[j] *= f.
@@ -40,8 +44,7 @@ class SequentialBlas {
 
 // Row-major single-precision GEMM: C(MxN) = alpha * op(A) * op(B) + beta * C.
 // op(A) is MxK, op(B) is KxN; lda/ldb/ldc are row strides.
-void gemm_rowmajor(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
-                   const float* A, int64_t lda, const float* B, int64_t ldb, float beta,
-                   float* C, int64_t ldc);
+void gemm_rowmajor(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
+                   int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
 
 }  // namespace attnsteer::cpu

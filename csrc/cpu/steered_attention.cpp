@@ -5,9 +5,9 @@
 // and QK^T / PV are single GEMMs. Key splits only exist when there are too few work units
 // to fill the threads (decoding); their partial softmax states are merged afterwards.
 //
-// Logit order per row (DESIGN section 2): s = scale*q.k; span keys s *= key_scale; softcap;
-// span keys s += bias*m; masks; softmax. With a target, span and rest keep separate
-// (max, sum, acc) channels so that the span mass p is known before they are combined.
+// Logit order per row: csrc/common/row_math.h (steer_row is its vectorised CPU form). With a
+// target, span and rest keep separate (max, sum, acc) channels so that the span mass p is known
+// before they are combined (mix_channels).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -16,7 +16,8 @@
 #include <cmath>
 #include <vector>
 
-#include "attention_common.h"
+#include "../common/check.h"
+#include "../common/row_math.h"
 #include "row_ops.h"
 
 namespace attnsteer::cpu {
@@ -24,26 +25,7 @@ namespace {
 
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
-struct Problem {
-  // q (B,Hq,Tq,D), k/v (B,Hkv,Tk,D) float32, last dim contiguous, arbitrary other strides.
-  const float *q, *k, *v;
-  int64_t q_sb, q_sh, q_st, k_sb, k_sh, k_st, v_sb, v_sh, v_st;
-  float* out;         // (B,Hq,Tq,D) contiguous float32
-  float* span_mass;   // (B,Hq,Tq) or nullptr
-  const float* span;  // (B,Tk) span weights, 0 = not span
-  const int64_t* span_prefix;  // (B,Tk+1) prefix counts of span keys
-  const float* bias;           // (B,Hq)
-  const float* key_scale;      // (B,Hq)
-  const bool* query_mask;      // (B,Tq) or nullptr
-  MaskView attn_mask;
-  int64_t B, Hq, Hkv, G, Tq, Tk, D;
-  bool causal;
-  int64_t window;  // <= 0: none
-  float softcap;   // <= 0: none
-  float scale;
-  float target;  // <= 0: none
-  bool target_exact;
-};
+using Problem = AttnParams<float>;
 
 // Softmax state of `rows` rows in one channel.
 struct Channel {
@@ -55,8 +37,8 @@ struct Channel {
 
 // Online-softmax update of one row with logits s[0:n) (already masked); turns s into
 // probabilities relative to the new max and rescales the row's accumulator.
-inline void update_row(float* s, int64_t n, float& m, float& l, float* ls, float* acc_row,
-                       int64_t D, const float* span_w) {
+inline void update_row(float* s, int64_t n, float& m, float& l, float* ls, float* acc_row, int64_t D,
+                       const float* span_w) {
   const float bm = row_max(s, n);
   const float new_m = std::max(m, bm);
   if (new_m == kNegInf) {  // nothing visible yet
@@ -80,8 +62,8 @@ struct Workspace {
 
 // Runs key range [k_begin, k_end) for query rows [q0, q0+qlen) of all G heads of kv head hkv.
 // Leaves the un-normalised state in ch[0] (and ch[1] when the problem has a target).
-void run_block(const Problem& P, int64_t b, int64_t hkv, int64_t q0, int64_t qlen,
-               int64_t k_begin, int64_t k_end, int64_t kblock, Workspace& ws, Channel* ch) {
+void run_block(const Problem& P, int64_t b, int64_t hkv, int64_t q0, int64_t qlen, int64_t k_begin, int64_t k_end,
+               int64_t kblock, Workspace& ws, Channel* ch) {
   const int64_t G = P.G, D = P.D, rows = G * qlen;
   const bool two_channels = P.target > 0.f;
   const int nch = two_channels ? 2 : 1;
@@ -127,25 +109,17 @@ void run_block(const Problem& P, int64_t b, int64_t hkv, int64_t q0, int64_t qle
     for (int64_t r = 0; r < rows; ++r) {
       const int64_t g = r / qlen, ii = r % qlen, hq = hkv * G + g, i = q0 + ii;
       float* s = S + r * n;
-      const bool steered = P.query_mask == nullptr || P.query_mask[b * P.Tq + i];
-      if (steered && any_span) {
-        const float ks = P.key_scale[b * P.Hq + hq];
-        if (ks != 1.f) scale_span(s, span_w, n, ks);
-      }
-      if (P.softcap > 0.f) soft_cap(s, n, P.softcap);
-      if (steered && any_span) {
-        const float bias = P.bias[b * P.Hq + hq];
-        if (bias != 0.f) add_span_bias(s, span_w, n, bias);
-      }
-      if (P.attn_mask.defined()) P.attn_mask.apply(s, b, hq, i, j0, n);
+      const bool steered = any_span && (P.query_mask == nullptr || P.query_mask[b * P.Tq + i]);
+      steer_row(s, span_w, n, steered ? P.key_scale[b * P.Hq + hq] : 1.f, P.softcap,
+                steered ? P.bias[b * P.Hq + hq] : 0.f);
+      if (P.attn_mask.defined()) P.attn_mask.apply_row(s, b, hq, i, j0, n);
       if (needs_range) {
         const RowRange rr = visible_range(i, P.Tq, P.Tk, P.causal, P.window);
         for (int64_t j = 0; j < n; ++j)
           if (j0 + j < rr.lo || j0 + j > rr.hi) s[j] = kNegInf;
       }
       if (!two_channels) {
-        update_row(s, n, ch[0].m[r], ch[0].l[r], ch[0].ls ? ch[0].ls + r : nullptr,
-                   ch[0].acc + r * D, D, span_w);
+        update_row(s, n, ch[0].m[r], ch[0].l[r], ch[0].ls ? ch[0].ls + r : nullptr, ch[0].acc + r * D, D, span_w);
       } else if (all_span || !any_span) {
         const int c = all_span ? 0 : 1;
         update_row(s, n, ch[c].m[r], ch[c].l[r], nullptr, ch[c].acc + r * D, D, span_w);
@@ -171,14 +145,14 @@ void run_block(const Problem& P, int64_t b, int64_t hkv, int64_t q0, int64_t qle
 }
 
 // Writes the normalised output (and span mass) of the rows held in ch.
-void finalize_block(const Problem& P, int64_t b, int64_t hkv, int64_t q0, int64_t qlen,
-                    const Channel* ch) {
+void finalize_block(const Problem& P, int64_t b, int64_t hkv, int64_t q0, int64_t qlen, const Channel* ch) {
   const int64_t G = P.G, D = P.D;
   for (int64_t r = 0; r < G * qlen; ++r) {
     const int64_t g = r / qlen, ii = r % qlen, hq = hkv * G + g, i = q0 + ii;
     float* o = P.out + ((b * P.Hq + hq) * P.Tq + i) * D;
     float mass = 0.f;
     std::fill(o, o + D, 0.f);
+    const bool steered = P.query_mask == nullptr || P.query_mask[b * P.Tq + i];
     if (P.target <= 0.f) {
       const float l = ch[0].l[r];
       if (l > 0.f) {
@@ -186,24 +160,11 @@ void finalize_block(const Problem& P, int64_t b, int64_t hkv, int64_t q0, int64_
         if (ch[0].ls) mass = ch[0].ls[r] / l;
       }
     } else {
-      const float m0 = ch[0].m[r], m1 = ch[1].m[r];
-      const float M = std::max(m0, m1);
-      if (M != kNegInf) {
-        const float a0 = ch[0].l[r] > 0.f ? ch[0].l[r] * std::exp(m0 - M) : 0.f;
-        const float a1 = ch[1].l[r] > 0.f ? ch[1].l[r] * std::exp(m1 - M) : 0.f;
-        const float tot = a0 + a1;
-        const float p = a0 / tot, rest = a1 / tot;
-        float w = p;
-        const bool steered = P.query_mask == nullptr || P.query_mask[b * P.Tq + i];
-        // p > 0 iff a span key is visible: a0 may underflow in float (span logits scaled by
-        // key_scale = 100 sit hundreds below the rest) while the true p is still positive.
-        if (steered && ch[0].l[r] > 0.f && p < P.target) {
-          w = P.target_exact ? P.target : P.target / (P.target + rest);
-        }
-        if (ch[0].l[r] > 0.f) axpy(o, ch[0].acc + r * D, D, w / ch[0].l[r]);
-        if (ch[1].l[r] > 0.f) axpy(o, ch[1].acc + r * D, D, (1.f - w) / ch[1].l[r]);
-        mass = w;
-      }
+      const ChannelMix mix =
+          mix_channels(ch[0].m[r], ch[0].l[r], ch[1].m[r], ch[1].l[r], steered, P.target, P.target_exact);
+      if (mix.f_span != 0.f) axpy(o, ch[0].acc + r * D, D, mix.f_span);
+      if (mix.f_rest != 0.f) axpy(o, ch[1].acc + r * D, D, mix.f_rest);
+      mass = mix.mass;
     }
     if (P.span_mass) P.span_mass[(b * P.Hq + hq) * P.Tq + i] = mass;
   }
@@ -322,40 +283,21 @@ void run(const Problem& P) {
 
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor> steered_attention_cpu(
-    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& span_weights,
-    const at::Tensor& bias, const at::Tensor& key_scale, c10::optional<double> target,
-    bool target_exact, const c10::optional<at::Tensor>& query_mask,
-    const c10::optional<at::Tensor>& attn_mask, bool is_causal, c10::optional<int64_t> window,
-    c10::optional<double> softcap, double scale, bool return_span_mass) {
-  TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4,
-              "steered_attention: q, k, v must be 4-D (B, H, T, D); got q ", q.sizes(), ", k ",
-              k.sizes(), ", v ", v.sizes());
-  const int64_t B = q.size(0), Hq = q.size(1), Tq = q.size(2), D = q.size(3);
-  const int64_t Hkv = k.size(1), Tk = k.size(2);
-  TORCH_CHECK(k.size(0) == B && v.size(0) == B && v.size(1) == Hkv && v.size(2) == Tk &&
-                  k.size(3) == D && v.size(3) == D,
-              "steered_attention: k and v must be (B, Hkv, Tk, D) = (", B, ", Hkv, Tk, ", D,
-              "); got k ", k.sizes(), ", v ", v.sizes());
-  TORCH_CHECK(Hkv > 0 && Hq % Hkv == 0, "steered_attention: query heads (", Hq,
-              ") must be a multiple of key/value heads (", Hkv, ")");
-  TORCH_CHECK(span_weights.sizes() == at::IntArrayRef({B, Tk}),
-              "steered_attention: span_weights must be (B, Tk) = (", B, ", ", Tk, "); got ",
-              span_weights.sizes());
-  TORCH_CHECK(bias.sizes() == at::IntArrayRef({B, Hq}) && key_scale.sizes() == at::IntArrayRef({B, Hq}),
-              "steered_attention: bias and key_scale must be (B, Hq) = (", B, ", ", Hq, "); got ",
-              bias.sizes(), " and ", key_scale.sizes());
-
-  auto f32 = [](const at::Tensor& t) {
-    at::Tensor x = t.scalar_type() == at::kFloat ? t : t.to(at::kFloat);
-    return x.stride(-1) == 1 ? x : x.contiguous();
-  };
-  const at::Tensor qf = f32(q), kf = f32(k), vf = f32(v);
-  const at::Tensor span = span_weights.to(at::kFloat).contiguous();
+std::tuple<at::Tensor, at::Tensor> steered_attention_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                                         const at::Tensor& span_weights, const at::Tensor& bias,
+                                                         const at::Tensor& key_scale, c10::optional<double> target,
+                                                         bool target_exact, const c10::optional<at::Tensor>& query_mask,
+                                                         const c10::optional<at::Tensor>& attn_mask, bool is_causal,
+                                                         c10::optional<int64_t> window, c10::optional<double> softcap,
+                                                         double scale, bool return_span_mass) {
+  const AttentionProblem A = pack_attention(q, k, v, span_weights, bias, key_scale, target, target_exact, query_mask,
+                                            attn_mask, is_causal, window, softcap, scale, return_span_mass,
+                                            /*as_float=*/true);
+  const int64_t B = A.B, Tk = A.Tk;
   // Prefix counts of span keys: O(1) classification of key blocks (all / none / mixed).
-  at::Tensor span_prefix = at::empty({B, Tk + 1}, span.options().dtype(at::kLong));
+  at::Tensor span_prefix = at::empty({B, Tk + 1}, A.steering.span.options().dtype(at::kLong));
   {
-    const float* sp = span.data_ptr<float>();
+    const float* sp = A.steering.span.data_ptr<float>();
     int64_t* pp = span_prefix.data_ptr<int64_t>();
     for (int64_t b = 0; b < B; ++b) {
       pp[b * (Tk + 1)] = 0;
@@ -363,47 +305,14 @@ std::tuple<at::Tensor, at::Tensor> steered_attention_cpu(
         pp[b * (Tk + 1) + j + 1] = pp[b * (Tk + 1) + j] + (sp[b * Tk + j] != 0.f ? 1 : 0);
     }
   }
-  const at::Tensor bias_f = bias.to(at::kFloat).contiguous();
-  const at::Tensor ks_f = key_scale.to(at::kFloat).contiguous();
-  at::Tensor qmask;
-  if (query_mask.has_value() && query_mask->defined()) {
-    TORCH_CHECK(query_mask->sizes() == at::IntArrayRef({B, Tq}),
-                "steered_attention: query_mask must be (B, Tq) = (", B, ", ", Tq, "); got ",
-                query_mask->sizes());
-    qmask = query_mask->to(at::kBool).contiguous();
-  }
-  const c10::optional<at::Tensor> mask = kernel_mask(attn_mask);
-
-  at::Tensor out = at::empty({B, Hq, Tq, D}, q.options().dtype(at::kFloat));
-  at::Tensor mass = return_span_mass ? at::empty({B, Hq, Tq}, q.options().dtype(at::kFloat))
-                                     : at::empty({0}, q.options().dtype(at::kFloat));
+  at::Tensor out = A.out;
   if (out.numel() > 0) {
-    Problem P;
-    P.q = qf.data_ptr<float>();
-    P.k = kf.data_ptr<float>();
-    P.v = vf.data_ptr<float>();
-    P.q_sb = qf.stride(0); P.q_sh = qf.stride(1); P.q_st = qf.stride(2);
-    P.k_sb = kf.stride(0); P.k_sh = kf.stride(1); P.k_st = kf.stride(2);
-    P.v_sb = vf.stride(0); P.v_sh = vf.stride(1); P.v_st = vf.stride(2);
-    P.out = out.data_ptr<float>();
-    P.span_mass = return_span_mass ? mass.data_ptr<float>() : nullptr;
-    P.span = span.data_ptr<float>();
+    Problem P = A.params<float>();
     P.span_prefix = span_prefix.data_ptr<int64_t>();
-    P.bias = bias_f.data_ptr<float>();
-    P.key_scale = ks_f.data_ptr<float>();
-    P.query_mask = qmask.defined() ? qmask.data_ptr<bool>() : nullptr;
-    P.attn_mask = make_mask_view(mask, B, Hq, Tq, Tk);
-    P.B = B; P.Hq = Hq; P.Hkv = Hkv; P.G = Hq / Hkv; P.Tq = Tq; P.Tk = Tk; P.D = D;
-    P.causal = is_causal;
-    P.window = window.has_value() ? *window : 0;
-    P.softcap = softcap.has_value() ? static_cast<float>(*softcap) : 0.f;
-    P.scale = static_cast<float>(scale);
-    P.target = target.has_value() ? static_cast<float>(*target) : 0.f;
-    P.target_exact = target_exact;
     run(P);
   }
   if (q.scalar_type() != at::kFloat) out = out.to(q.scalar_type());
-  return {out, mass};
+  return {out, A.mass};
 }
 
 TORCH_LIBRARY_IMPL(attnsteer, CPU, m) { m.impl("steered_attention", &steered_attention_cpu); }

@@ -1,13 +1,14 @@
 // CUDA kernels of span_bias, steered_softmax and scale_keys_ (semantics: csrc/cpu/eager_ops.cpp).
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
 #include <limits>
 
-#include "../cpu/attention_common.h"
+#include "../common/check.h"
+#include "../common/row_math.h"
 #include "warp.cuh"
 
 namespace attnsteer::cuda {
@@ -28,9 +29,7 @@ struct SoftmaxArgs {
   const float* bias;
   const float* key_scale;
   const bool* qmask;
-  const void* mask;
-  bool mask_bool;
-  int64_t msb, msh, msq, msk;
+  MaskView mask;
   int64_t B, H, Tq, Tk, window;
   bool causal, exact;
   float softcap, target;
@@ -46,26 +45,18 @@ __global__ void steered_softmax_kernel(SoftmaxArgs a) {
   const bool steered = a.qmask == nullptr || a.qmask[b * a.Tq + i];
   const float ks = steered ? a.key_scale[bh] : 1.f, bias = steered ? a.bias[bh] : 0.f;
   const float neg_inf = -std::numeric_limits<float>::infinity();
-  const int64_t pos = i + a.Tk - a.Tq;
+  const RowRange range = visible_range(i, a.Tq, a.Tk, a.causal, a.window);
   float m_span = neg_inf, m_rest = neg_inf;
   for (int64_t j = lane; j < a.Tk; j += kWarp) {
-    float v = s[j];
     const bool in_span = sp[j] != 0.f;
-    if (in_span) v *= ks;
-    if (a.softcap > 0.f) v = a.softcap * tanhf(v / a.softcap);
-    v += bias * sp[j];
-    if (a.mask != nullptr) {
-      const int64_t off = b * a.msb + h * a.msh + i * a.msq + j * a.msk;
-      if (a.mask_bool) {
-        if (!static_cast<const bool*>(a.mask)[off]) v = neg_inf;
-      } else {
-        v += static_cast<const float*>(a.mask)[off];
-      }
-    }
-    if ((a.causal && j > pos) || (a.window > 0 && pos - j >= a.window)) v = neg_inf;
+    float v = steer_logit(s[j], sp[j], ks, a.softcap, bias);
+    if (a.mask.defined()) v = a.mask.apply(v, b, h, i, j);
+    if (j < range.lo || j > range.hi) v = neg_inf;
     s[j] = v;
-    if (in_span && a.target > 0.f) m_span = fmaxf(m_span, v);
-    else m_rest = fmaxf(m_rest, v);
+    if (in_span && a.target > 0.f)
+      m_span = fmaxf(m_span, v);
+    else
+      m_rest = fmaxf(m_rest, v);
   }
   m_span = warp_max(m_span);
   m_rest = warp_max(m_rest);
@@ -80,33 +71,31 @@ __global__ void steered_softmax_kernel(SoftmaxArgs a) {
     const float mref = in_span ? m_span : m_rest;
     const float e = (s[j] == neg_inf || mref == neg_inf) ? 0.f : __expf(s[j] - mref);
     s[j] = e;
-    if (in_span) z_span += e;
-    else z_rest += e;
+    if (in_span)
+      z_span += e;
+    else
+      z_rest += e;
   }
   z_span = warp_sum(z_span);
   z_rest = warp_sum(z_rest);
   float fs = 0.f, fr = z_rest > 0.f ? 1.f / z_rest : 0.f;
   if (a.target > 0.f) {
-    const float a0 = z_span > 0.f ? z_span * __expf(m_span - M) : 0.f;
-    const float a1 = z_rest > 0.f ? z_rest * __expf(m_rest - M) : 0.f;
-    const float p = a0 / (a0 + a1), rest = a1 / (a0 + a1);
-    float w = p;
-    if (steered && z_span > 0.f && p < a.target) w = a.exact ? a.target : a.target / (a.target + rest);
-    fs = z_span > 0.f ? w / z_span : 0.f;
-    fr = z_rest > 0.f ? (1.f - w) / z_rest : 0.f;
+    const ChannelMix mix = mix_channels(m_span, z_span, m_rest, z_rest, steered, a.target, a.exact);
+    fs = mix.f_span;
+    fr = mix.f_rest;
   }
   for (int64_t j = lane; j < a.Tk; j += kWarp) s[j] *= (a.target > 0.f && sp[j] != 0.f) ? fs : fr;
 }
 
 template <typename scalar_t>
-__global__ void scale_keys_kernel(scalar_t* keys, const float* span, const float* factor, int64_t B, int64_t H,
+__global__ void scale_keys_kernel(scalar_t* keys, const float* span, const double* factor, int64_t B, int64_t H,
                                   int64_t T, int64_t D, int64_t sb, int64_t sh, int64_t st, int64_t sd) {
   const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (idx >= B * H * T * D) return;
   const int64_t d = idx % D, j = (idx / D) % T, h = (idx / (D * T)) % H, b = idx / (D * T * H);
   if (span[b * T + j] == 0.f) return;
   scalar_t* p = keys + b * sb + h * sh + j * st + d * sd;
-  *p = static_cast<scalar_t>(static_cast<float>(*p) * factor[b * H + h]);
+  *p = static_cast<scalar_t>(static_cast<double>(static_cast<float>(*p)) * factor[b * H + h]);
 }
 
 }  // namespace
@@ -116,6 +105,11 @@ at::Tensor span_bias_cuda(const at::Tensor& span_weights, const at::Tensor& bias
   TORCH_CHECK(span_weights.dim() == 2 && bias.dim() == 2 && bias.size(0) == span_weights.size(0),
               "span_bias: span_weights must be (B, Tk) and bias (B, H); got ", span_weights.sizes(), " and ",
               bias.sizes());
+  ATTNSTEER_CHECK_DEVICE("span_bias", "bias", bias, span_weights.device());
+  if (query_mask.has_value() && query_mask->defined()) {
+    ATTNSTEER_CHECK_SHAPE("span_bias", "query_mask", *query_mask, "(B, Tq)", span_weights.size(0), num_queries);
+    ATTNSTEER_CHECK_DEVICE("span_bias", "query_mask", *query_mask, span_weights.device());
+  }
   c10::cuda::CUDAGuard guard(span_weights.device());
   const int64_t B = span_weights.size(0), Tk = span_weights.size(1), H = bias.size(1);
   const bool per_row = query_mask.has_value() && query_mask->defined();
@@ -136,31 +130,26 @@ at::Tensor span_bias_cuda(const at::Tensor& span_weights, const at::Tensor& bias
 
 at::Tensor steered_softmax_cuda(const at::Tensor& logits, const at::Tensor& span_weights, const at::Tensor& bias,
                                 const at::Tensor& key_scale, c10::optional<double> target, bool target_exact,
-                                const c10::optional<at::Tensor>& query_mask,
-                                const c10::optional<at::Tensor>& attn_mask, bool is_causal,
-                                c10::optional<int64_t> window, c10::optional<double> softcap) {
+                                const c10::optional<at::Tensor>& query_mask, const c10::optional<at::Tensor>& attn_mask,
+                                bool is_causal, c10::optional<int64_t> window, c10::optional<double> softcap) {
   TORCH_CHECK(logits.dim() == 4, "steered_softmax: logits must be (B, H, Tq, Tk); got ", logits.sizes());
   c10::cuda::CUDAGuard guard(logits.device());
   const int64_t B = logits.size(0), H = logits.size(1), Tq = logits.size(2), Tk = logits.size(3);
+  const Steering st = pack_steering("steered_softmax", B, H, Tq, Tk, logits.device(), span_weights, bias, key_scale,
+                                    query_mask, attn_mask);
   at::Tensor x = logits.to(at::kFloat).contiguous();
   if (x.data_ptr() == logits.data_ptr()) x = x.clone();
-  const at::Tensor span = span_weights.to(at::kFloat).contiguous();
-  const at::Tensor bias_f = bias.to(at::kFloat).contiguous();
-  const at::Tensor ks_f = key_scale.to(at::kFloat).contiguous();
-  at::Tensor qm;
-  if (query_mask.has_value() && query_mask->defined()) qm = query_mask->to(at::kBool).contiguous();
   SoftmaxArgs a{};
-  const c10::optional<at::Tensor> mask = cpu::kernel_mask(attn_mask);
-  const cpu::MaskView view = cpu::make_mask_view(mask, B, H, Tq, Tk);
-  a.mask = view.data;
-  a.mask_bool = view.is_bool;
-  a.msb = view.sb; a.msh = view.sh; a.msq = view.sq; a.msk = view.sk;
+  a.mask = make_mask_view(st.attn_mask, B, H, Tq, Tk);
   a.x = x.data_ptr<float>();
-  a.span = span.data_ptr<float>();
-  a.bias = bias_f.data_ptr<float>();
-  a.key_scale = ks_f.data_ptr<float>();
-  a.qmask = qm.defined() ? qm.data_ptr<bool>() : nullptr;
-  a.B = B; a.H = H; a.Tq = Tq; a.Tk = Tk;
+  a.span = st.span.data_ptr<float>();
+  a.bias = st.bias.data_ptr<float>();
+  a.key_scale = st.key_scale.data_ptr<float>();
+  a.qmask = st.query_mask.defined() ? st.query_mask.data_ptr<bool>() : nullptr;
+  a.B = B;
+  a.H = H;
+  a.Tq = Tq;
+  a.Tk = Tk;
   a.window = window.has_value() ? *window : 0;
   a.causal = is_causal;
   a.exact = target_exact;
@@ -178,13 +167,17 @@ void scale_keys_cuda(at::Tensor& keys, const at::Tensor& span_weights, const at:
   TORCH_CHECK(keys.dim() == 4, "scale_keys_: keys must be (B, Hkv, T, D); got ", keys.sizes());
   c10::cuda::CUDAGuard guard(keys.device());
   const int64_t B = keys.size(0), H = keys.size(1), T = keys.size(2), D = keys.size(3);
+  ATTNSTEER_CHECK_SHAPE("scale_keys_", "span_weights", span_weights, "(B, T)", B, T);
+  ATTNSTEER_CHECK_SHAPE("scale_keys_", "factor", factor, "(B, Hkv)", B, H);
+  ATTNSTEER_CHECK_DEVICE("scale_keys_", "span_weights", span_weights, keys.device());
+  ATTNSTEER_CHECK_DEVICE("scale_keys_", "factor", factor, keys.device());
   const at::Tensor span = span_weights.to(at::kFloat).contiguous();
-  const at::Tensor fac = factor.to(at::kFloat).contiguous();
+  const at::Tensor fac = factor.to(at::kDouble).contiguous();  // in double, as on CPU and in the reference
   const int64_t n = keys.numel();
   if (n == 0) return;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, keys.scalar_type(), "scale_keys_cuda", [&] {
     scale_keys_kernel<scalar_t><<<(n + 255) / 256, 256, 0, c10::cuda::getCurrentCUDAStream()>>>(
-        keys.data_ptr<scalar_t>(), span.data_ptr<float>(), fac.data_ptr<float>(), B, H, T, D, keys.stride(0),
+        keys.data_ptr<scalar_t>(), span.data_ptr<float>(), fac.data_ptr<double>(), B, H, T, D, keys.stride(0),
         keys.stride(1), keys.stride(2), keys.stride(3));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });

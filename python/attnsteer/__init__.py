@@ -1,14 +1,14 @@
 """attnsteer: steer the attention of Hugging Face language models toward marked spans."""
 import logging as _logging
 
-from . import models, ops, reference
+from . import models, ops
 from .directer import Directer, DirecterStats, LayerRanking, rank_layers
 from .generate import generate
 from .hf import steer, steer_pipeline
 from .influence import Calibration, InfluenceResult, SpanMass, calibrate_delta, influence, span_mass
-from .profiling import HeadProfile, profile_heads
 from .methods import GUIDE, PASTA, InstABoost, KeyScale, Method, SpotLight
-from .ops import backend, scale_keys_, span_bias, steered_attention, steered_softmax
+from .ops import backend, reference, scale_keys_, span_bias, steered_attention, steered_softmax
+from .profiling import HeadProfile, profile_heads
 from .spans import MarkupError, format_spans, highlight, show_spans
 
 __version__ = "0.1.0"
@@ -44,6 +44,7 @@ __all__ = [
     "steer",
     "steer_pipeline",
     "backend",
+    "models",
     "ops",
     "reference",
     "scale_keys_",

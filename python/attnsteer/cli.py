@@ -117,7 +117,7 @@ def _generate(args: argparse.Namespace) -> int:
                           "(or pass --method none)")
     model, tok = attnsteer.models.load(args.model) if args.model else attnsteer.models.load_default()
     if isinstance(method, attnsteer.Method):
-        n = attnsteer.hf._num_layers(model)
+        n = attnsteer.hf.num_layers(model)
         if n:
             method.check_layers(n)
     prompt = [{"role": "user", "content": args.prompt}] if args.chat else args.prompt

@@ -1,7 +1,6 @@
 """``attnsteer demo``: a marked rule on the embedded SmolLM2-135M-Instruct, unsteered vs each method."""
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import dataclass
 from typing import Callable, List, Optional

@@ -33,7 +33,7 @@ __all__ = ["influence", "InfluenceResult", "span_mass", "SpanMass", "calibrate_d
 
 
 class _Probe:
-    """Runs inside the attention layers of one steered forward (see hf._attention_function)."""
+    """Runs inside the attention layers of one steered forward (see attnsteer.hf.attention.attention_function)."""
 
     def __init__(self, span: torch.Tensor, value_norms: bool, residual: str):
         ind = (span > 0).float()
@@ -156,16 +156,14 @@ def _run(model, enc, method: Optional[Method], value_norms: bool, residual: str)
         probe.blend(x, o)
 
     with hf.steer(model, method if method is not None else GUIDE(0.0), spans=enc) as m:
-        for mod in hf._attention_modules(model):
+        for mod in hf.attention_modules(model):
             hooks.append(mod.register_forward_hook(post, with_kwargs=True))
-        model._attnsteer_state.probe = probe
         try:
             am = enc["attention_mask"].to(model.device)
             pos = (am.long().cumsum(-1) - 1).clamp(min=0)  # left padding: positions as generate counts them
-            with torch.no_grad():
+            with torch.no_grad(), hf.active(model).probing(probe):
                 m(input_ids=enc["input_ids"].to(model.device), attention_mask=am, position_ids=pos, use_cache=False)
         finally:
-            model._attnsteer_state.probe = None
             for h in hooks:
                 h.remove()
     return probe

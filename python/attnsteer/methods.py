@@ -20,25 +20,98 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Dict, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Optional, Sequence, Union
 
 import torch
 
-__all__ = ["Method", "GUIDE", "InstABoost", "PASTA", "SpotLight", "KeyScale"]
+from .ops.args import OpArgs, per_head
+
+__all__ = ["Method", "GUIDE", "InstABoost", "PASTA", "SpotLight", "KeyScale", "ForwardContext"]
 
 _PHASES = ("prefill", "decode", "both")
 
 
-@dataclass
-class LayerArgs:
-    """What one layer hands to the op. ``span`` selects the keys the op modifies."""
+class ForwardContext:
+    """What a method sees of one forward when it plans a layer (built once per forward and mask
+    type by the model adapter, shared by its layers).
 
-    span: str = "highlight"  # "highlight" | "prompt_rest" (PASTA)
-    bias: Union[float, torch.Tensor] = 0.0
-    key_scale: Union[float, torch.Tensor] = 1.0
-    target: Optional[float] = None
-    target_exact: bool = False
-    pooled_target: bool = False
+    Attributes:
+        span: ``(B, Tk)`` float32 — the highlight's weights on this forward's keys (0 on generated keys).
+        key_pos: ``(Tk,)`` long — absolute positions of the keys (a sliding-window layer keeps the last W).
+        q_pos: ``(Tq,)`` long — absolute positions of the queries.
+        prompt_length: tokens of the prompt the span mask was made for.
+        padding: ``(B, Tk)`` bool, True = a real token; None = no padding.
+        first_token: ``(B,)`` long — position of each row's first real token (left padding), or None.
+        batch, num_heads: B and the number of query heads.
+    """
+
+    def __init__(self, span: torch.Tensor, key_pos: torch.Tensor, q_pos: torch.Tensor, prompt_length: int,
+                 num_heads: int, padding: Optional[torch.Tensor] = None, first_token: Optional[torch.Tensor] = None):
+        self.span = span
+        self.key_pos = key_pos
+        self.q_pos = q_pos
+        self.prompt_length = int(prompt_length)
+        self.num_heads = int(num_heads)
+        self.padding = padding
+        self.first_token = first_token
+        self.batch = span.shape[0]
+        self.device = span.device
+        self._memo: Dict[Any, Any] = {}
+
+    @classmethod
+    def for_prompt(cls, span_mask: torch.Tensor, num_heads: int, padding: Optional[torch.Tensor] = None
+                   ) -> "ForwardContext":
+        """The context of a forward over the whole prompt (no cache): e.g. to inspect a plan."""
+        span = span_mask.float()
+        T = span.shape[1]
+        pos = torch.arange(T, device=span.device)
+        first = None if padding is None else padding.long().argmax(dim=1)
+        return cls(span, pos, pos, T, num_heads, None if padding is None else padding.bool(), first)
+
+    def memo(self, key: Any, make: Callable[[], Any]) -> Any:
+        """``make()`` once per forward (the same for every layer), e.g. a method's span keys."""
+        if key not in self._memo:
+            self._memo[key] = make()
+        return self._memo[key]
+
+    def per_head(self, value: Union[float, Sequence[float], torch.Tensor]) -> torch.Tensor:
+        """A bias / key scale as the op's ``(B, H)`` float32 tensor (scalars built once per forward)."""
+        if isinstance(value, (int, float)):
+            return self.memo(("per_head", float(value)),
+                             lambda: per_head("bias / key_scale", value, self.batch, self.num_heads, self.device))
+        return per_head("bias / key_scale", value, self.batch, self.num_heads, self.device)
+
+    def rows(self, phases: str) -> Optional[torch.Tensor]:
+        """Steered query rows ``(B, Tq)`` bool for ``phases``; None = every row."""
+        if phases == "both":
+            return None
+
+        def make():
+            prompt_rows = self.q_pos < self.prompt_length
+            rows = prompt_rows if phases == "prefill" else ~prompt_rows
+            return rows[None, :].expand(self.batch, -1)
+
+        return self.memo(("rows", phases), make)
+
+    def args(self, span: Optional[torch.Tensor] = None, *, bias: Any = 0.0, key_scale: Any = 1.0,
+             target: Optional[float] = None, target_exact: bool = False, phases: str = "both") -> OpArgs:
+        """Op arguments for these keys (``span`` default: the highlight) on the rows of ``phases``;
+        the adapter adds the model's own masking (padding, causal, window, softcap, scale)."""
+        return OpArgs(self.span if span is None else span, self.per_head(bias), self.per_head(key_scale),
+                      target, target_exact, self.rows(phases))
+
+    def expand_rows(self, t: torch.Tensor, name: str) -> torch.Tensor:
+        """Repeat per-prompt rows for beams / ``num_return_sequences`` (each row repeated in place)."""
+        return expand_rows(t, self.batch, name)
+
+
+def expand_rows(t: torch.Tensor, batch: int, name: str) -> torch.Tensor:
+    if t.shape[0] == batch:
+        return t
+    if batch % t.shape[0] == 0:  # beams / num_return_sequences repeat each row in place
+        return t.repeat_interleave(batch // t.shape[0], dim=0)
+    raise RuntimeError(f"attnsteer: {name} has {t.shape[0]} rows but the model runs a batch of {batch}; "
+                       "pass the encoding the model is called with to steer(spans=...)")
 
 
 @dataclass
@@ -60,8 +133,18 @@ class Method:
     def steers_layer(self, layer_idx: int) -> bool:
         return self.layers is None or layer_idx in self.layers
 
-    def layer_args(self, layer_idx: int, num_heads: int) -> Optional[LayerArgs]:  # pragma: no cover - abstract
-        raise NotImplementedError
+    def plan(self, layer_idx: int, ctx: ForwardContext) -> Optional[OpArgs]:
+        """The op arguments of layer ``layer_idx`` in the forward described by ``ctx``, or None
+        to leave the layer unsteered. Each method writes its own math here."""
+        raise NotImplementedError(f"{type(self).__name__} must implement plan(layer_idx, ctx)")
+
+    def needs_span_mass(self) -> bool:
+        """True when :meth:`with_span_mass` must see the span mass of a first pass (pooled SpotLight)."""
+        return False
+
+    def with_span_mass(self, args: OpArgs, mass: torch.Tensor, ctx: ForwardContext) -> OpArgs:
+        """The final arguments, given the span mass ``(B, H, Tq)`` of a first pass with ``args``."""
+        return args
 
     def check_layers(self, num_layers: int) -> None:
         if self.layers is not None:
@@ -86,8 +169,10 @@ class GUIDE(Method):
         if not math.isfinite(self.delta):
             raise ValueError(f"GUIDE.delta must be finite; got {self.delta}")
 
-    def layer_args(self, layer_idx: int, num_heads: int) -> Optional[LayerArgs]:
-        return LayerArgs(bias=float(self.delta)) if self.steers_layer(layer_idx) else None
+    def plan(self, layer_idx: int, ctx: ForwardContext) -> Optional[OpArgs]:
+        if not self.steers_layer(layer_idx):
+            return None
+        return ctx.args(bias=float(self.delta), phases=self.phases)  # × the markup weight, in the op
 
 
 @dataclass
@@ -104,8 +189,10 @@ class InstABoost(Method):
         if not (self.alpha > 0 and math.isfinite(self.alpha)):
             raise ValueError(f"InstABoost.alpha must be a finite multiplier > 0; got {self.alpha}")
 
-    def layer_args(self, layer_idx: int, num_heads: int) -> Optional[LayerArgs]:
-        return LayerArgs(bias=math.log(self.alpha)) if self.steers_layer(layer_idx) else None
+    def plan(self, layer_idx: int, ctx: ForwardContext) -> Optional[OpArgs]:
+        if not self.steers_layer(layer_idx):
+            return None
+        return ctx.args(bias=math.log(self.alpha), phases=self.phases)
 
 
 @dataclass
@@ -132,18 +219,41 @@ class PASTA(Method):
             return False
         return super().steers_layer(layer_idx)
 
-    def layer_args(self, layer_idx: int, num_heads: int) -> Optional[LayerArgs]:
+    def plan(self, layer_idx: int, ctx: ForwardContext) -> Optional[OpArgs]:
         if not self.steers_layer(layer_idx):
             return None
         b = math.log(self.alpha)
         if self.heads == "all":
-            return LayerArgs(span="prompt_rest", bias=b)
+            return ctx.args(prompt_rest(ctx, self.keep_sink), bias=b, phases=self.phases)
+        return ctx.args(prompt_rest(ctx, self.keep_sink), bias=self.head_bias(layer_idx, ctx.num_heads),
+                        phases=self.phases)
+
+    def head_bias(self, layer_idx: int, num_heads: int) -> torch.Tensor:
+        """``(H,)``: log(alpha) on the chosen heads of ``layer_idx``, 0 elsewhere."""
         bias = torch.zeros(num_heads)
         for h in self.heads[layer_idx]:
             if not 0 <= h < num_heads:
                 raise ValueError(f"PASTA.heads[{layer_idx}] has head {h} outside 0..{num_heads - 1}")
-            bias[h] = b
-        return LayerArgs(span="prompt_rest", bias=bias)
+            bias[h] = math.log(self.alpha)
+        return bias
+
+
+def prompt_rest(ctx: ForwardContext, keep_sink: bool = False) -> torch.Tensor:
+    """PASTA's keys ``(B, Tk)`` float: prompt tokens outside the highlight (not padding; not each
+    row's first real token with ``keep_sink``). Generated tokens are never in it."""
+
+    def make():
+        rest = (ctx.span == 0) & (ctx.key_pos < ctx.prompt_length)[None, :]
+        if ctx.padding is not None:
+            rest &= ctx.padding
+        if keep_sink:
+            first = ctx.first_token
+            first = (torch.zeros(ctx.batch, dtype=torch.long, device=ctx.device) if first is None
+                     else ctx.expand_rows(first.to(ctx.device), "the prompt"))
+            rest &= ctx.key_pos[None, :] != first[:, None]
+        return rest.float()
+
+    return ctx.memo(("prompt_rest", keep_sink), make)
 
 
 @dataclass
@@ -162,10 +272,26 @@ class SpotLight(Method):
         if not 0 < self.target < 1:
             raise ValueError(f"SpotLight.target is a span mass in (0, 1); got {self.target}")
 
-    def layer_args(self, layer_idx: int, num_heads: int) -> Optional[LayerArgs]:
+    def plan(self, layer_idx: int, ctx: ForwardContext) -> Optional[OpArgs]:
         if not self.steers_layer(layer_idx):
             return None
-        return LayerArgs(target=self.target, target_exact=self.exact, pooled_target=self.pooled)
+        return ctx.args(target=self.target, target_exact=self.exact, phases=self.phases)
+
+    def needs_span_mass(self) -> bool:
+        return self.pooled
+
+    def with_span_mass(self, args: OpArgs, mass: torch.Tensor, ctx: ForwardContext) -> OpArgs:
+        """Pooled variant: ψ = mean span mass over heads and steered (non-padding) rows, per
+        sequence; when 0 < ψ < τ every span logit of the sequence gets ``log(τ/ψ)``."""
+        B, H, Tq = mass.shape
+        rows = args.query_mask if args.query_mask is not None else torch.ones(B, Tq, dtype=torch.bool, device=mass.device)
+        if ctx.padding is not None:  # padded query rows (left padding) do not count
+            rows = rows & ctx.padding[:, -Tq:]
+        w = rows[:, None, :].float()
+        psi = (mass * w).sum((1, 2)) / (w.sum((1, 2)) * H).clamp_min(1)
+        tau = self.target
+        bias = torch.where((psi > 0) & (psi < tau), torch.log(tau / psi.clamp_min(1e-30)), torch.zeros_like(psi))
+        return args.replace(bias=bias[:, None].expand(B, H).float().contiguous(), target=None, target_exact=False)
 
 
 @dataclass
@@ -183,5 +309,7 @@ class KeyScale(Method):
             raise ValueError(f"KeyScale.alpha must be a finite factor > 0 (span logits × alpha; 0 or a negative "
                              f"factor would erase or invert the span's attention); got {self.alpha}")
 
-    def layer_args(self, layer_idx: int, num_heads: int) -> Optional[LayerArgs]:
-        return LayerArgs(key_scale=float(self.alpha)) if self.steers_layer(layer_idx) else None
+    def plan(self, layer_idx: int, ctx: ForwardContext) -> Optional[OpArgs]:
+        if not self.steers_layer(layer_idx):
+            return None
+        return ctx.args(key_scale=float(self.alpha), phases=self.phases)

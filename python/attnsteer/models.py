@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import glob
 import os
-from typing import Optional, Tuple
+from typing import Tuple
 
 __all__ = ["load_default", "default_gguf_path", "load"]
 

@@ -17,7 +17,8 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 import torch
 
 from ._plot import finish, pyplot
-from .methods import LayerArgs, Method
+from .methods import ForwardContext, Method, prompt_rest
+from .ops import OpArgs
 
 __all__ = ["profile_heads", "HeadProfile"]
 
@@ -31,10 +32,11 @@ class _OneHeadPerRow(Method):
     log_alpha: float = math.log(0.01)
     keep_sink: bool = False
 
-    def layer_args(self, layer_idx: int, num_heads: int) -> Optional[LayerArgs]:
+    def plan(self, layer_idx: int, ctx: ForwardContext) -> Optional[OpArgs]:
         if layer_idx != self.layer:
             return None
-        return LayerArgs(span="prompt_rest", bias=torch.eye(num_heads) * self.log_alpha)
+        bias = ctx.memo("one_head_per_row", lambda: torch.eye(ctx.num_heads, device=ctx.device) * self.log_alpha)
+        return ctx.args(prompt_rest(ctx, self.keep_sink), bias=bias, phases=self.phases)
 
 
 @dataclass
@@ -110,14 +112,14 @@ def profile_heads(model, tokenizer, examples: Sequence[Union[Dict[str, Any], Seq
     """
     from tqdm.auto import tqdm
 
-    from .hf import _num_layers, steer
+    from .hf import num_layers, steer
     from .spans import highlight
 
     if not examples:
         raise ValueError("profile_heads needs at least one (prompt, target) example")
     if not (0 < alpha < 1):
         raise ValueError(f"alpha is PASTA's down-weighting factor in (0, 1); got {alpha}")
-    L = _num_layers(model)
+    L = num_layers(model)
     H = model.config.num_attention_heads
     scores = torch.zeros(L, H)
     bar = tqdm(total=len(examples) * L, desc="profiling heads", unit="layer", disable=not progress)

@@ -13,10 +13,8 @@ attribute ``enc.span_mask`` (B, T) — bool, or float when weights other than 1 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple, Union
-
 import warnings
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 

@@ -1,7 +1,6 @@
 """``attnsteer eval ifeval | retention | sweep | report``."""
 from __future__ import annotations
 
-import argparse
 import os
 import platform
 import shlex

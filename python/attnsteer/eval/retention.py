@@ -232,7 +232,6 @@ def plot(rows: Sequence[Dict[str, Any]], path: str) -> str:
 
 
 def main(args, load: Callable, command: str, machine: Callable) -> int:
-    import json
 
     lengths = [int(x) for x in args.lengths.split(",")]
     placements = [p.strip() for p in args.placements.split(",")]

@@ -2,7 +2,7 @@
 the key under which results are stored.
 
 Grammar: ``name[:key=value,key=value…]``, with ``gate+`` in front for the plausibility gate
-(``Directer(steer=…)``)::
+(``Directer(method=…)``)::
 
     none                         unsteered
     guide:delta=2                GUIDE(delta=2)
@@ -42,8 +42,8 @@ SHIPPED_HEADS = {"smollm2-135m": str(Path(__file__).resolve().parents[1] / "data
 
 def _value(cls, key: str, raw: str) -> Any:
     names = {f.name: f for f in fields(cls)}
-    if key not in names or key in ("stats", "last_ranking", "steer", "ranking"):
-        allowed = sorted(n for n in names if n not in ("stats", "last_ranking", "steer", "ranking"))
+    if key not in names or key in ("stats", "last_ranking", "method", "ranking"):
+        allowed = sorted(n for n in names if n not in ("stats", "last_ranking", "method", "ranking"))
         raise ValueError(f"{cls.__name__} has no setting {key!r}; settings: {', '.join(allowed)}")
     if key == "layers":
         out = []
@@ -100,7 +100,7 @@ def parse(spec: str) -> Spec:
     if gated:
         if isinstance(method, Directer):
             raise ValueError(f"method spec {spec!r}: DIRECTER is already gated; drop 'gate+'")
-        return Directer(steer=method)
+        return Directer(method=method)
     return method
 
 

@@ -115,14 +115,14 @@ def report(rows: Sequence[Dict[str, Any]], out: str, model_tag: str, num_layers:
 
 
 def main(args, load: Callable, command: str, machine: Callable) -> int:
-    from ..hf import _num_layers
+    from ..hf import num_layers
 
     names = [n.strip() for n in args.methods.split(",") if n.strip()]
     for n in names:
         if n not in GRIDS:
             raise ValueError(f"unknown sweep grid {n!r}: choose from {', '.join(GRIDS)}")
     model, tok, tag = load(args)
-    L = _num_layers(model)
+    L = num_layers(model)
     grids: Dict[str, List[Tuple[float, str]]] = {}
     for n in names:
         grids[n] = grid_specs(n, L)

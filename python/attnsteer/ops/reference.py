@@ -2,8 +2,22 @@
 
 These functions materialise the full ``(B, H, Tq, Tk)`` logits and compute in float64 by
 default: they are the oracle the kernels are tested against, not a fast path (the
-no-extension fallback in :mod:`attnsteer._fallback` is blocked over queries and runs in
-float32). They follow the math of :func:`attnsteer.steered_attention`'s docstring literally; read them as the specification.
+no-extension fallback in :mod:`attnsteer.ops.fallback` is blocked over queries and runs in
+float32). Read them as the specification; comments in ``csrc/`` and elsewhere point here.
+
+Order of operations, per query row i (position ``pos = i + Tk - Tq``) and key j, with ``w_j``
+the key's span weight (span iff ``w_j != 0``) and "steered" = the row's ``query_mask`` entry:
+
+1. ``s = scale · q_i · k_j`` (``scale`` default ``1/sqrt(D)``);
+2. steered rows, span keys: ``s *= key_scale[b, h]``;
+3. soft-capping: ``s = c · tanh(s / c)`` (when ``softcap = c``);
+4. steered rows: ``s += bias[b, h] · w_j``;
+5. ``attn_mask``: bool False → −inf, float added;
+6. visibility: causal (bottom-right) ``j <= pos``; sliding window ``pos − j < window``; else −inf;
+7. softmax over the visible keys. With a SpotLight ``target`` τ, span and rest are normalised
+   apart (mass p and 1 − p) and mixed with weights ``w`` and ``1 − w``: on a steered row with a
+   visible span key and ``p < τ``, ``w = τ / (τ + 1 − p)`` (``target_exact``: ``w = τ``);
+   otherwise ``w = p`` (the plain softmax). Rows that see no key give zeros.
 
 Shapes: ``q (B, Hq, Tq, D)``, ``k``/``v`` ``(B, Hkv, Tk, D)``, ``span_weights (B, Tk)`` float
 (0 = not in the span), ``bias``/``key_scale`` ``(B, Hq)``, ``query_mask (B, Tq)`` bool.
@@ -123,7 +137,6 @@ def steered_softmax(
     a_rest = torch.exp(s_rest - safe(lse_rest)) * (1 - w)
     a = torch.where(in_span, a_span, a_rest)
     return torch.where(torch.isneginf(lse), torch.zeros_like(a), a)
-    return a
 
 
 def steered_attention(

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The long evaluation runs behind the README's "Results on the embedded model" tables, as two
+# queues meant to run side by side on the 2-core VM (each --threads 1). Every step resumes from
+# the responses.jsonl it writes, so re-running a queue after an interruption continues it.
+#   nohup eval_results/jobs.sh dev  > eval_results/logs/dev.log  2>&1 &
+#   nohup eval_results/jobs.sh test > eval_results/logs/test.log 2>&1 &
+# EVAL_CODE=DIR runs the code of another checkout (e.g. a `git worktree` of a fixed commit with
+# its built _C copied in), so that editing this tree does not change a queue that is running;
+# the results still go to this tree's eval_results/.
+set -u
+cd "$(dirname "$0")/.."
+if [ -n "${EVAL_CODE:-}" ]; then export PYTHONPATH="$EVAL_CODE/python"; fi
+EV=".venv/bin/python -m attnsteer.cli eval"
+COMMON="--threads 1 --no-progress"
+CHOSEN=(guide:delta=1 instaboost:alpha=2 spotlight:target=0.1 pasta:alpha=0.5 "pasta:alpha=0.3,layers=15-29")
+case "${1:-}" in
+  dev)
+    # The rest of the ungated grid, then the plausibility gate around the strongest points
+    # (the over-steered ones, which the gate is meant to rescue) and around the chosen ones.
+    $EV ifeval --split dev --out eval_results/sweep $COMMON --method "pasta:alpha=0.01,layers=15-29"
+    for m in gate+guide:delta=2 gate+pasta:alpha=0.2 gate+spotlight:target=0.3 gate+instaboost:alpha=5 \
+             gate+keyscale:alpha=2 gate+keyscale:alpha=1.5 gate+spotlight:target=0.1 gate+guide:delta=1 keyscale:alpha=4; do
+      $EV ifeval --split dev --out eval_results/sweep $COMMON --method "$m"
+    done ;;
+  test)
+    # Settings chosen on dev, on the test split in chunks of 100 prompts (every method moves
+    # forward together, so a stopped run still compares them on the same prompts).
+    $EV ifeval --split test --out eval_results/ifeval $COMMON --method keyscale:alpha=1.5
+    for n in 100 200 300 441; do
+      args=(); for m in "${CHOSEN[@]}"; do args+=(--method "$m"); done
+      $EV ifeval --split test --limit $n --out eval_results/ifeval $COMMON "${args[@]}"
+    done ;;
+  *) echo "usage: $0 dev|test" >&2; exit 2 ;;
+esac

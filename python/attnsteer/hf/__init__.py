@@ -1,0 +1,122 @@
+"""Hugging Face integration: ``with attnsteer.steer(model, method, spans=enc): ...``.
+
+Layout: :mod:`.attention` — the attention adapter and mask function registered with
+transformers under ``"attnsteer"``; :mod:`.state` — the steering state of a block and its public
+face :class:`Steering`; :mod:`.pipeline` — :func:`steer_pipeline`; this module — :func:`steer`
+and the model introspection it needs.
+
+The steering state belongs to the model object, so ``generate`` running in another thread (the
+``TextIteratorStreamer`` pattern) is steered too.
+"""
+from __future__ import annotations
+
+import contextlib
+import threading
+from typing import Any, Iterator, Optional, Union
+
+import torch
+
+from ..methods import Method
+from .attention import ATTN_NAME, SteerMask, ensure_registered, unprepare_masks
+from .state import Steering, _one_thread, active
+
+__all__ = ["steer", "steer_pipeline", "active", "Steering", "SteerMask", "ATTN_NAME", "attention_modules",
+           "num_layers", "check_supported", "ensure_registered"]
+
+
+def attention_modules(model):
+    """The attention modules of ``model`` (those with a ``layer_idx`` and a query projection)."""
+    for m in model.modules():
+        if hasattr(m, "layer_idx") and any(hasattr(m, a) for a in ("q_proj", "qkv_proj", "query_key_value", "c_attn")):
+            yield m
+
+
+def num_layers(model) -> Optional[int]:
+    """Decoder layers of ``model`` (its text config's for multimodal models), None if unknown."""
+    cfg = model.config
+    return getattr(cfg, "num_hidden_layers", None) or getattr(getattr(cfg, "text_config", None), "num_hidden_layers", None)
+
+
+def check_supported(model) -> None:
+    if not getattr(model, "_supports_attention_backend", False):
+        raise NotImplementedError(
+            f"{type(model).__name__} does not route attention through transformers' AttentionInterface "
+            "(_supports_attention_backend is False), so attnsteer cannot steer it. Supported: models whose "
+            "attention uses the interface — Llama, Mistral, Qwen2/Qwen3, Gemma2/Gemma3, Phi3 and most decoders."
+        )
+
+
+@contextlib.contextmanager
+def steer(model, method: Method, spans: Union[torch.Tensor, Any]) -> Iterator[Any]:
+    """Steer ``model`` with ``method`` toward ``spans`` inside the block; restore on every exit.
+
+    Args:
+        model: a Hugging Face causal LM whose attention goes through ``AttentionInterface``.
+        method: :class:`GUIDE`, :class:`InstABoost`, :class:`PASTA`, :class:`SpotLight`, :class:`KeyScale`.
+        spans: the encoding returned by :func:`attnsteer.highlight` (uses ``.span_mask``), or a
+            ``(B, T_prompt)`` bool/float span mask aligned with the prompt the model is given.
+
+    Inside the block, ``model(...)``, ``model.generate(...)`` (cache, beams, sampling, streaming)
+    run steered; :func:`active` gives the block's :class:`Steering` (e.g. to swap the method). Prompt positions are counted from the first forward of each generation. Leaving
+    the block waits for a steered ``generate`` still running in another thread to finish.
+    """
+    check_supported(model)
+    if not isinstance(method, Method):
+        raise TypeError(f"method must be an attnsteer method (GUIDE, InstABoost, PASTA, SpotLight, KeyScale); got {type(method).__name__}")
+    span_mask = getattr(spans, "span_mask", spans)
+    if not isinstance(span_mask, torch.Tensor) or span_mask.dim() != 2:
+        raise TypeError("spans must be the encoding from attnsteer.highlight(...) or a (B, T) span mask tensor")
+    weights = span_mask.float()
+    bad = ~torch.isfinite(weights) | (weights < 0)
+    if bool(bad.any()):
+        b, t = (int(x) for x in bad.nonzero()[0])
+        raise ValueError(f"span weights must be finite and >= 0 (0 = not span); row {b}, token {t} is "
+                         f"{float(weights[b, t])}. Build the mask with attnsteer.highlight or fix its values")
+    fields = getattr(spans, "keys", lambda: [])()  # an encoding's fields; none for a bare tensor
+    am = spans["attention_mask"] if "attention_mask" in fields else None
+    if am is not None and tuple(am.shape) != tuple(span_mask.shape):
+        raise ValueError(f"the span mask {tuple(span_mask.shape)} does not match the encoding's attention_mask "
+                         f"{tuple(am.shape)}; re-run attnsteer.highlight on the prompt you pass")
+    n_layers = num_layers(model)
+    if n_layers:
+        method.check_layers(n_layers)
+    if getattr(model, "_attnsteer_state", None) is not None:
+        raise RuntimeError("this model is already being steered (nested or concurrent steer() on one model); "
+                           "exit the other steer() block first, or steer a second copy of the model")
+    ensure_registered()
+    state = Steering(method, weights, span_mask.shape[1], n_layers or 0)
+    if am is not None:
+        state.first_token = am.long().argmax(dim=1)  # first real token under left padding
+    if "input_ids" in fields:
+        state.prompt_ids = spans["input_ids"]
+    previous = model.config._attn_implementation
+    modules = list(attention_modules(model))
+    patched = {name: model.__dict__.get(name) for name in ("forward", "generate") if hasattr(model, name)}
+    model._attnsteer_state = state
+    for m in modules:
+        m._attnsteer_state = state
+    try:
+        for name in patched:
+            setattr(model, name, _one_thread(state, getattr(model, name), name, unprepare_masks))
+        model.set_attn_implementation(ATTN_NAME)
+        yield model
+    finally:
+        # A generate still running in another thread (TextIteratorStreamer pattern) finishes
+        # steered before the model is restored, instead of switching to unsteered mid-sequence.
+        with state.lock:
+            state.lock.wait_for(lambda: state.owner in (None, threading.get_ident()))
+        try:
+            model.set_attn_implementation(previous)
+        finally:
+            for name, before in patched.items():
+                if before is None:
+                    model.__dict__.pop(name, None)
+                else:
+                    setattr(model, name, before)
+            for m in modules:
+                if hasattr(m, "_attnsteer_state"):
+                    del m._attnsteer_state
+            model._attnsteer_state = None
+
+
+from .pipeline import steer_pipeline  # noqa: E402  (uses steer)
