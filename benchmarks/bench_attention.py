@@ -15,22 +15,20 @@ rows for long sequences) before timing. Writes CSV, a markdown table and a PNG p
     python benchmarks/bench_attention.py              # full run (about 10 minutes, 2 cores)
     python benchmarks/bench_attention.py --quick      # a few points
 """
+
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import os
 import platform
 import resource
-import statistics
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import torch
+
+from attnsteer._harness import median_time, run_point, write_csv
 
 HERE = Path(__file__).resolve().parent
 SHAPES = {"smollm2-135m": (9, 3, 64), "llama-8b": (32, 8, 128)}
@@ -51,7 +49,7 @@ def _inputs(shape: str, T: int, phase: str):
     k = torch.randn(1, Hkv, T, D, generator=g)
     v = torch.randn(1, Hkv, T, D, generator=g)
     span = torch.zeros(1, T, dtype=torch.bool)
-    span[0, T // 8: T // 8 + max(8, T // 16)] = True  # an instruction span inside the prompt
+    span[0, T // 8 : T // 8 + max(8, T // 16)] = True  # an instruction span inside the prompt
     return q, k, v, span
 
 
@@ -87,12 +85,14 @@ def _run_fn(provider, mode, q, k, v, span, causal):
     if provider == "sdpa":
         return lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=True)
     if provider == "sdpa+bias":
+
         def run():
             Tq, Tk = q.shape[2], k.shape[2]
             mask = (2.0 * span.float())[:, None, None, :].expand(1, 1, Tq, Tk).clone()
             if causal:
                 mask.masked_fill_(torch.ones(Tq, Tk, dtype=torch.bool).triu(Tk - Tq + 1), float("-inf"))
             return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+
         return run
     return lambda: _eager(q, k, v, span, mode, causal)
 
@@ -107,8 +107,15 @@ def _verify(provider, mode, out, q, k, v, span, causal):
     B, Hq = q.shape[:2]
     args = MODE_ARGS.get(mode, {}) if mode else {}
     ref = reference.steered_attention(
-        q[:, :, -rows:], k, v, span.double(), torch.full((B, Hq), args.get("bias", 0.0)),
-        torch.full((B, Hq), args.get("key_scale", 1.0)), target=args.get("target"), is_causal=causal)
+        q[:, :, -rows:],
+        k,
+        v,
+        span.double(),
+        torch.full((B, Hq), args.get("bias", 0.0)),
+        torch.full((B, Hq), args.get("key_scale", 1.0)),
+        target=args.get("target"),
+        is_causal=causal,
+    )
     err = (out[:, :, -rows:].double() - ref).abs().max().item()
     if err > 2e-3:
         raise AssertionError(f"{provider}/{mode}: output differs from the reference by {err:.3g}")
@@ -133,13 +140,8 @@ def child(spec: dict) -> dict:
             fn = _run_fn(provider, mode, q, k, v, span, causal)
             out = fn()
             err = _verify(provider, mode, out, q, k, v, span, causal)
-            reps = spec["reps"]
-            times = []
-            for _ in range(reps):
-                t0 = time.perf_counter()
-                fn()
-                times.append(time.perf_counter() - t0)
-            result["modes"][mode] = {"median_ms": 1e3 * statistics.median(times), "max_err": err}
+            t = median_time(fn, reps=spec["reps"], warmup=0)
+            result["modes"][mode] = {"median_ms": 1e3 * t, "max_err": err}
     if provider == "sdpa" and spec["phase"] == "prefill":
         from torch.profiler import ProfilerActivity, profile
 
@@ -172,8 +174,16 @@ def main() -> None:
         for shape, Ts in table.items():
             for T in Ts:
                 for provider in ("sdpa", "attnsteer", "sdpa+bias", "eager"):
-                    points.append(dict(shape=shape, phase=phase, T=T, provider=provider, threads=args.threads,
-                                       reps=5 if (phase == "prefill" and T >= 4096) else (9 if phase == "prefill" else 51)))
+                    points.append(
+                        dict(
+                            shape=shape,
+                            phase=phase,
+                            T=T,
+                            provider=provider,
+                            threads=args.threads,
+                            reps=5 if (phase == "prefill" and T >= 4096) else (9 if phase == "prefill" else 51),
+                        )
+                    )
 
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -188,23 +198,46 @@ def main() -> None:
         buf_bytes = Hq * Tq * spec["T"] * 4
         base = dict(shape=spec["shape"], phase=spec["phase"], T=spec["T"], provider=spec["provider"])
         if spec["provider"] in ("eager", "sdpa+bias") and buf_bytes > EAGER_LIMIT_BYTES:
-            for mode in (MODES if spec["provider"] == "eager" else ["bias"]):
-                rows.append(dict(base, mode=mode, median_ms="", extra_mb=f"{buf_bytes / 2**20:.0f} (analytic, per buffer)", note="does not fit"))
+            for mode in MODES if spec["provider"] == "eager" else ["bias"]:
+                rows.append(
+                    dict(
+                        base,
+                        mode=mode,
+                        median_ms="",
+                        extra_mb=f"{buf_bytes / 2**20:.0f} (analytic, per buffer)",
+                        note="does not fit",
+                    )
+                )
             continue
-        res = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True)
-        if res.returncode != 0:
-            for mode in (MODES if spec["provider"] in ("eager", "attnsteer") else ["bias"]):
-                rows.append(dict(base, mode=mode, median_ms="", extra_mb="", note=f"failed: {res.stderr.strip().splitlines()[-1][:80]}"))
+        r = run_point(__file__, spec)
+        if "error" in r:
+            for mode in MODES if spec["provider"] in ("eager", "attnsteer") else ["bias"]:
+                rows.append(
+                    dict(
+                        base,
+                        mode=mode,
+                        median_ms="",
+                        extra_mb="",
+                        note=f"failed: {r['error']}",
+                    )
+                )
             continue
-        r = json.loads(res.stdout.strip().splitlines()[-1])
         for mode, m in r["modes"].items():
-            rows.append(dict(base, mode=mode, median_ms=f"{m['median_ms']:.3f}", extra_mb=f"{r['extra_mb']:.1f}",
-                             note=r.get("sdpa_kernel", "")))
+            rows.append(
+                dict(
+                    base,
+                    mode=mode,
+                    median_ms=f"{m['median_ms']:.3f}",
+                    extra_mb=f"{r['extra_mb']:.1f}",
+                    note=r.get("sdpa_kernel", ""),
+                )
+            )
 
-    with open(out_dir / "bench_attention.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["shape", "phase", "T", "provider", "mode", "median_ms", "extra_mb", "note"])
-        w.writeheader()
-        w.writerows(rows)
+    write_csv(
+        rows,
+        out_dir / "bench_attention.csv",
+        ["shape", "phase", "T", "provider", "mode", "median_ms", "extra_mb", "note"],
+    )
     md = _markdown(rows, args.threads)
     (out_dir / "bench_attention.md").write_text(md)
     print(md)
@@ -221,11 +254,14 @@ def _markdown(rows, threads) -> str:
                 return r
         return None
 
-    lines = [f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {threads} threads; "
-             f"torch {torch.__version__}. Times are medians (ms); ratios are time / unsteered SDPA; "
-             "memory is peak RSS above the inputs (MB).", "",
-             "| shape | phase | T | SDPA ms | bias × | key_scale × | target × | SDPA+bias × | eager bias × | attnsteer MB | SDPA MB | eager MB |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {threads} threads; "
+        f"torch {torch.__version__}. Times are medians (ms); ratios are time / unsteered SDPA; "
+        "memory is peak RSS above the inputs (MB).",
+        "",
+        "| shape | phase | T | SDPA ms | bias × | key_scale × | target × | SDPA+bias × | eager bias × | attnsteer MB | SDPA MB | eager MB |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     keys = sorted({(r["shape"], r["phase"], r["T"]) for r in rows}, key=lambda x: (x[1] != "prefill", x[0], x[2]))
     for shape, phase, T in keys:
         sd = get(shape, phase, T, "sdpa", "none")
@@ -241,9 +277,11 @@ def _markdown(rows, threads) -> str:
             r = get(shape, phase, T, provider, mode)
             return r["extra_mb"] if r else "—"
 
-        lines.append(f"| {shape} | {phase} | {T} | {base:.2f} | {ratio('attnsteer', 'bias')} | {ratio('attnsteer', 'key_scale')} | "
-                     f"{ratio('attnsteer', 'target')} | {ratio('sdpa+bias', 'bias')} | {ratio('eager', 'bias')} | "
-                     f"{mem('attnsteer', 'bias')} | {mem('sdpa', 'none')} | {mem('eager', 'bias')} |")
+        lines.append(
+            f"| {shape} | {phase} | {T} | {base:.2f} | {ratio('attnsteer', 'bias')} | {ratio('attnsteer', 'key_scale')} | "
+            f"{ratio('attnsteer', 'target')} | {ratio('sdpa+bias', 'bias')} | {ratio('eager', 'bias')} | "
+            f"{mem('attnsteer', 'bias')} | {mem('sdpa', 'none')} | {mem('eager', 'bias')} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -255,10 +293,23 @@ def _plot(rows, path) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     for ax, what in zip(axes, ("median_ms", "extra_mb")):
-        for provider, mode, style in (("sdpa", "none", "k-"), ("attnsteer", "bias", "C0-o"), ("attnsteer", "target", "C0--"),
-                                      ("sdpa+bias", "bias", "C1-s"), ("eager", "bias", "C3-^")):
-            sel = [r for r in rows if r["shape"] == "smollm2-135m" and r["phase"] == "prefill" and r["provider"] == provider
-                   and r["mode"] == mode and r[what] and "analytic" not in str(r[what])]
+        for provider, mode, style in (
+            ("sdpa", "none", "k-"),
+            ("attnsteer", "bias", "C0-o"),
+            ("attnsteer", "target", "C0--"),
+            ("sdpa+bias", "bias", "C1-s"),
+            ("eager", "bias", "C3-^"),
+        ):
+            sel = [
+                r
+                for r in rows
+                if r["shape"] == "smollm2-135m"
+                and r["phase"] == "prefill"
+                and r["provider"] == provider
+                and r["mode"] == mode
+                and r[what]
+                and "analytic" not in str(r[what])
+            ]
             if sel:
                 ax.plot([r["T"] for r in sel], [float(r[what]) for r in sel], style, label=f"{provider} ({mode})")
         ax.set_xscale("log", base=2)

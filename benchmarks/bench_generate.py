@@ -11,18 +11,18 @@ DIRECTER (batch 1, the same prompt): the cost of one steered trial (a single-tok
 the cache with the span keys scaled on all layers inside the op) against one unsteered SDPA
 single-token forward, the fraction of gated steps, and tokens/s against unsteered greedy decoding.
 """
+
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import platform
-import time
 from pathlib import Path
 
 import torch
 
 import attnsteer
+from attnsteer._harness import timed, write_csv
 from attnsteer.demo import LONG_TEXT
 
 HERE = Path(__file__).resolve().parent
@@ -41,9 +41,14 @@ def main() -> None:
     tag = "" if batches == [1, 8] else "_b" + "_".join(map(str, batches))
     model, tok = attnsteer.models.load_default()
     body = " ".join([LONG_TEXT] * 8)  # ~1k tokens
-    methods = [("sdpa (unsteered)", None), ("GUIDE(2)", attnsteer.GUIDE(2.0)), ("InstABoost(10)", attnsteer.InstABoost(10.0)),
-               ("PASTA(0.01)", attnsteer.PASTA(0.01)), ("SpotLight(0.3)", attnsteer.SpotLight(0.3)),
-               ("KeyScale(100, decode)", attnsteer.KeyScale(100.0))]
+    methods = [
+        ("sdpa (unsteered)", None),
+        ("GUIDE(2)", attnsteer.GUIDE(2.0)),
+        ("InstABoost(10)", attnsteer.InstABoost(10.0)),
+        ("PASTA(0.01)", attnsteer.PASTA(0.01)),
+        ("SpotLight(0.3)", attnsteer.SpotLight(0.3)),
+        ("KeyScale(100, decode)", attnsteer.KeyScale(100.0)),
+    ]
     rows = []
     from tqdm.auto import tqdm
 
@@ -52,60 +57,77 @@ def main() -> None:
     if args.only == "directer":
         return
     for B in batches:
-        msgs = [[{"role": "system", "content": "<<Start your answer with the word YES.>>"},
-                 {"role": "user", "content": f"{body}\n\nSummarise the text above, variant {i}."}] for i in range(B)]
+        msgs = [
+            [
+                {"role": "system", "content": "<<Start your answer with the word YES.>>"},
+                {"role": "user", "content": f"{body}\n\nSummarise the text above, variant {i}."},
+            ]
+            for i in range(B)
+        ]
         enc = attnsteer.highlight(tok, msgs)
         T = enc["input_ids"].shape[1]
         kw = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
         times = {name: [] for name, _ in methods}
         n_new = {}
         # round-robin over the methods, so slow drift of the VM hits every method alike
-        for name, method in tqdm([m for _ in range(args.repeats) for m in methods], desc=f"batch {B}, prompt {T} tokens"):
+        for name, method in tqdm(
+            [m for _ in range(args.repeats) for m in methods], desc=f"batch {B}, prompt {T} tokens"
+        ):
             with torch.inference_mode():
                 model.generate(**{k: v[:, :64] for k, v in enc.items()}, max_new_tokens=2)  # warm-up
-                t0 = time.perf_counter()
                 if method is None:
-                    out = model.generate(**enc, **kw)
+                    out, dt = timed(lambda: model.generate(**enc, **kw))
                 else:
                     with attnsteer.steer(model, method, spans=enc):
-                        out = model.generate(**enc, **kw)
-                times[name].append(time.perf_counter() - t0)
+                        out, dt = timed(lambda: model.generate(**enc, **kw))
+                times[name].append(dt)
             n_new[name] = (out.shape[1] - T) * B
         for name, _ in methods:
             dt = min(times[name])
-            rows.append(dict(batch=B, prompt_tokens=T, method=name, seconds=f"{dt:.2f}",
-                             tokens_per_s=f"{n_new[name] / dt:.2f}"))
+            rows.append(
+                dict(batch=B, prompt_tokens=T, method=name, seconds=f"{dt:.2f}", tokens_per_s=f"{n_new[name] / dt:.2f}")
+            )
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    with open(out_dir / f"bench_generate{tag}.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    lines = [f"Machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}; SmolLM2-135M-Instruct fp32, "
-             f"greedy, {new_tokens} new tokens (min_new_tokens pinned), fastest of {args.repeats} run(s). "
-             "Ratio = tokens/s ÷ unsteered SDPA tokens/s.", "",
-             "| batch | prompt tokens | method | seconds | tokens/s | ratio |", "|---:|---:|---|---:|---:|---:|"]
+    write_csv(rows, out_dir / f"bench_generate{tag}.csv")
+    lines = [
+        f"Machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}; SmolLM2-135M-Instruct fp32, "
+        f"greedy, {new_tokens} new tokens (min_new_tokens pinned), fastest of {args.repeats} run(s). "
+        "Ratio = tokens/s ÷ unsteered SDPA tokens/s.",
+        "",
+        "| batch | prompt tokens | method | seconds | tokens/s | ratio |",
+        "|---:|---:|---|---:|---:|---:|",
+    ]
     for r in rows:
-        base = next(float(x["tokens_per_s"]) for x in rows if x["batch"] == r["batch"] and x["method"].startswith("sdpa"))
-        lines.append(f"| {r['batch']} | {r['prompt_tokens']} | {r['method']} | {r['seconds']} | {r['tokens_per_s']} | "
-                     f"{float(r['tokens_per_s']) / base:.2f} |")
+        base = next(
+            float(x["tokens_per_s"]) for x in rows if x["batch"] == r["batch"] and x["method"].startswith("sdpa")
+        )
+        lines.append(
+            f"| {r['batch']} | {r['prompt_tokens']} | {r['method']} | {r['seconds']} | {r['tokens_per_s']} | "
+            f"{float(r['tokens_per_s']) / base:.2f} |"
+        )
     md = "\n".join(lines) + "\n"
     (out_dir / f"bench_generate{tag}.md").write_text(md)
     print(md)
 
 
 def bench_directer(model, tok, body: str, new_tokens: int, out_dir: Path, tag: str) -> None:
-    from attnsteer.cli import _time
+    from attnsteer._harness import median_time
     from attnsteer.directer.cache import forward, peek
 
-    msgs = [{"role": "system", "content": "<<Start your answer with the word YES.>>"},
-            {"role": "user", "content": f"{body}\n\nSummarise the text above."}]
+    msgs = [
+        {"role": "system", "content": "<<Start your answer with the word YES.>>"},
+        {"role": "user", "content": f"{body}\n\nSummarise the text above."},
+    ]
     enc = attnsteer.highlight(tok, msgs)
     ids, am = enc["input_ids"], enc["attention_mask"]
     T, L = ids.shape[1], model.config.num_hidden_layers
     d = attnsteer.Directer()
-    lines = [f"Machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}; SmolLM2-135M-Instruct fp32, "
-             f"batch 1, prompt {T} tokens.", ""]
+    lines = [
+        f"Machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}; SmolLM2-135M-Instruct fp32, "
+        f"batch 1, prompt {T} tokens.",
+        "",
+    ]
     with torch.inference_mode():
         # one single-token forward over a T-1 token cache: SDPA, attnsteer unsteered, a trial on all / half the layers
         from transformers import DynamicCache
@@ -117,43 +139,54 @@ def bench_directer(model, tok, body: str, new_tokens: int, out_dir: Path, tag: s
             with peek(cache, T - 1):
                 model(input_ids=ids[:, -1:], attention_mask=am, past_key_values=cache, use_cache=True, logits_to_keep=1)
 
-        t_sdpa = _time(sdpa_step, reps=15)
+        t_sdpa = median_time(sdpa_step, reps=15)
         with attnsteer.steer(model, d.trial_method(), spans=enc):
             steering = attnsteer.hf.active(model)
             half = torch.zeros(1, L, dtype=torch.bool)
             half[:, : L // 2] = True
             times = {}
-            for name, rows in [("attnsteer unsteered", None), ("trial, all layers", torch.ones(1, L, dtype=torch.bool)),
-                               ("trial, half the layers", half)]:
+            for name, rows in [
+                ("attnsteer unsteered", None),
+                ("trial, all layers", torch.ones(1, L, dtype=torch.bool)),
+                ("trial, half the layers", half),
+            ]:
+
                 def step(rows=rows):
                     with peek(cache, T - 1):
                         forward(model, steering, ids[:, -1:], am, cache, rows)
-                times[name] = _time(step, reps=15)
-        lines += ["| single-token forward over the prompt cache | ms | ÷ SDPA forward |", "|---|---:|---:|",
-                  f"| SDPA (unsteered) | {1e3 * t_sdpa:.2f} | 1.00 |"]
+
+                times[name] = median_time(step, reps=15)
+        lines += [
+            "| single-token forward over the prompt cache | ms | ÷ SDPA forward |",
+            "|---|---:|---:|",
+            f"| SDPA (unsteered) | {1e3 * t_sdpa:.2f} | 1.00 |",
+        ]
         lines += [f"| {k} | {1e3 * v:.2f} | {v / t_sdpa:.2f} |" for k, v in times.items()]
         # whole generations
         kw = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
-        t0 = time.perf_counter()
-        base = model.generate(**enc, **kw)
-        t_base = time.perf_counter() - t0
+        base, t_base = timed(lambda: model.generate(**enc, **kw))
         runs = []
         for beta in (0.5, 0.1):  # the paper's beta, and a lower one so that the gate opens more often
             d = attnsteer.Directer(beta=beta)
-            t0 = time.perf_counter()
-            out = model.generate(**enc, custom_generate=d, spans=enc, **kw)
-            runs.append((d, time.perf_counter() - t0, out.shape[1] - T))
+            out, dt = timed(lambda d=d: model.generate(**enc, custom_generate=d, spans=enc, **kw))
+            runs.append((d, dt, out.shape[1] - T))
     n_base = base.shape[1] - T
-    lines += ["", f"Greedy, {new_tokens} new tokens (min_new_tokens pinned), Directer(alpha=100, max_trials=10), "
-              "layer ranking computed per prompt (included: L + 1 = 31 single-token forwards):", "",
-              "| decoding | seconds | tokens/s | ratio | gated steps | steered steps | trials | accepted (layers: steps) | fallbacks |",
-              "|---|---:|---:|---:|---:|---:|---:|---|---:|",
-              f"| greedy, SDPA | {t_base:.2f} | {n_base / t_base:.2f} | 1.00 | | | | | |"]
+    lines += [
+        "",
+        f"Greedy, {new_tokens} new tokens (min_new_tokens pinned), Directer(alpha=100, max_trials=10), "
+        "layer ranking computed per prompt (included: L + 1 = 31 single-token forwards):",
+        "",
+        "| decoding | seconds | tokens/s | ratio | gated steps | steered steps | trials | accepted (layers: steps) | fallbacks |",
+        "|---|---:|---:|---:|---:|---:|---:|---|---:|",
+        f"| greedy, SDPA | {t_base:.2f} | {n_base / t_base:.2f} | 1.00 | | | | | |",
+    ]
     for d, t_dir, n_dir in runs:
         st = d.stats
-        lines.append(f"| DIRECTER beta={d.beta} | {t_dir:.2f} | {n_dir / t_dir:.2f} | {(n_dir / t_dir) / (n_base / t_base):.2f} | "
-                     f"{st.gated}/{st.steps} ({100 * st.gated_fraction:.0f}%) | {st.steered} | {st.trials} | "
-                     f"{', '.join(f'{k}: {v}' for k, v in sorted(st.accepted.items(), reverse=True)) or '-'} | {st.fallbacks} |")
+        lines.append(
+            f"| DIRECTER beta={d.beta} | {t_dir:.2f} | {n_dir / t_dir:.2f} | {(n_dir / t_dir) / (n_base / t_base):.2f} | "
+            f"{st.gated}/{st.steps} ({100 * st.gated_fraction:.0f}%) | {st.steered} | {st.trials} | "
+            f"{', '.join(f'{k}: {v}' for k, v in sorted(st.accepted.items(), reverse=True)) or '-'} | {st.fallbacks} |"
+        )
     md = "\n".join(lines) + "\n"
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / f"bench_directer{tag}.md").write_text(md)

@@ -4,6 +4,7 @@ A case is a dict of the dimensions the issue lists; `covering_cases()` returns a
 which every value of every dimension appears at least once (not the full product);
 `product_cases()` the full product (slow marker).
 """
+
 from __future__ import annotations
 
 import itertools
@@ -69,11 +70,11 @@ def make_span(kind: str, B: int, Tk: int, gen: torch.Generator) -> torch.Tensor:
     elif kind == "start":
         span[:, : max(1, Tk // 5)] = 1
     elif kind == "end":
-        span[:, Tk - max(1, Tk // 5):] = 1
+        span[:, Tk - max(1, Tk // 5) :] = 1
     elif kind == "several":
         for b in range(B):  # a different span per row
             for start in range(b, Tk, 13):
-                span[b, start: start + 3] = 1
+                span[b, start : start + 3] = 1
     elif kind == "float":
         levels = torch.tensor([0.0, 0.5, 1.0, 2.0])
         span = levels[torch.randint(0, 4, (B, Tk), generator=gen)]

@@ -20,8 +20,10 @@ def _cuda_ready() -> bool:
 
 # One test body per op, the device as a parameter: CUDA runs the same cases against the same
 # float64 reference with the same tolerance rule (skipped without a GPU and a CUDA build).
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not _cuda_ready(),
-                                                                reason="needs a GPU and the CUDA kernels"))]
+DEVICES = [
+    "cpu",
+    pytest.param("cuda", marks=pytest.mark.skipif(not _cuda_ready(), reason="needs a GPU and the CUDA kernels")),
+]
 
 
 @pytest.fixture(params=DEVICES)

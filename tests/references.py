@@ -1,5 +1,6 @@
 """Shared test fixtures and reference implementations written the obvious (slow) way: the
 prompts, the 4-D bias mask of eager attention, and DIRECTER's loop with deep-copied caches."""
+
 from __future__ import annotations
 
 import copy
@@ -9,8 +10,10 @@ import torch
 import attnsteer
 from attnsteer.hf import ATTN_NAME, ensure_registered
 
-PROMPTS = ["Answer in French. <<Use at most twenty words.>> The quick brown fox jumps over the lazy dog.",
-           "<<Reply in JSON>> with a key. Write a short poem about the sea."]
+PROMPTS = [
+    "Answer in French. <<Use at most twenty words.>> The quick brown fox jumps over the lazy dog.",
+    "<<Reply in JSON>> with a key. Write a short poem about the sea.",
+]
 
 
 def positions(am):
@@ -25,8 +28,13 @@ def plain(m):
 
 
 def step(m, ids, am, cache):
-    out = m(input_ids=ids[:, -1:], attention_mask=am, position_ids=positions(am)[:, -1:], past_key_values=cache,
-            use_cache=True)
+    out = m(
+        input_ids=ids[:, -1:],
+        attention_mask=am,
+        position_ids=positions(am)[:, -1:],
+        past_key_values=cache,
+        use_cache=True,
+    )
     return out.logits[:, -1].float()
 
 
@@ -43,8 +51,13 @@ def reference_directer(m, enc, order, *, alpha, beta, max_trials, max_new_tokens
         counts.append(n)
         n //= 2
     cache = DynamicCache(config=m.config)
-    m(input_ids=ids[:, :-1], attention_mask=am[:, :-1], position_ids=positions(am[:, :-1]), past_key_values=cache,
-      use_cache=True)
+    m(
+        input_ids=ids[:, :-1],
+        attention_mask=am[:, :-1],
+        position_ids=positions(am[:, :-1]),
+        past_key_values=cache,
+        use_cache=True,
+    )
     stats = dict(gated=0, accepted={}, fallbacks=0)
     for _ in range(max_new_tokens):
         before = copy.deepcopy(cache)

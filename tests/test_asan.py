@@ -1,4 +1,5 @@
 """Under `make test-asan`: the sanitized extension is the one loaded (a no-op in normal runs)."""
+
 import os
 
 import pytest

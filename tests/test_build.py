@@ -1,4 +1,5 @@
 """Build facts: the compiled backend is active, and a wheel installs and works elsewhere."""
+
 from __future__ import annotations
 
 import os
@@ -17,7 +18,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_backend_is_compiled():
-    assert attnsteer.backend("cpu") == "cpp", "the C++ extension did not load; rebuild with `pip install --no-build-isolation -e .`"
+    assert attnsteer.backend("cpu") == "cpp", (
+        "the C++ extension did not load; rebuild with `pip install --no-build-isolation -e .`"
+    )
     from attnsteer import _C
 
     assert _C.torch_version == torch.__version__
@@ -48,13 +51,31 @@ def test_wheel_installs_and_works_in_another_environment(tmp_path):
         env["PATH"] = f"{ccache_bin}{os.pathsep}{env.get('PATH', '')}"
     env.setdefault("MAX_JOBS", "2")
     wheel_dir = tmp_path / "wheels"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-build-isolation", "--no-deps", "-q", "-w",
-                    str(wheel_dir), str(ROOT)], check=True, env=env, cwd=tmp_path)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-build-isolation",
+            "--no-deps",
+            "-q",
+            "-w",
+            str(wheel_dir),
+            str(ROOT),
+        ],
+        check=True,
+        env=env,
+        cwd=tmp_path,
+    )
     wheels = list(wheel_dir.glob("attnsteer-*.whl"))
     assert len(wheels) == 1
     target = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheels[0])],
-                   check=True, env=env)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheels[0])],
+        check=True,
+        env=env,
+    )
     code = (
         "import attnsteer, torch, sys\n"
         f"assert attnsteer.__file__.startswith({str(target)!r}), attnsteer.__file__\n"

@@ -1,4 +1,5 @@
 """DIRECTER: tokens equal a naive loop that deep-copies the cache and scales keys in place."""
+
 from __future__ import annotations
 
 import copy
@@ -28,10 +29,19 @@ def test_tokens_equal_the_deep_copy_reference(kind, seed, std):
     d = Directer(alpha=128.0, beta=0.5, max_trials=10)
     n_new = 12
     with torch.no_grad():
-        got = m.generate(**enc, custom_generate=d, spans=enc, max_new_tokens=n_new, min_new_tokens=n_new,
-                         do_sample=False, pad_token_id=0, eos_token_id=None)
-    ref, stats = reference_directer(m, enc, d.last_ranking.order, alpha=128.0, beta=0.5, max_trials=10,
-                                    max_new_tokens=n_new)
+        got = m.generate(
+            **enc,
+            custom_generate=d,
+            spans=enc,
+            max_new_tokens=n_new,
+            min_new_tokens=n_new,
+            do_sample=False,
+            pad_token_id=0,
+            eos_token_id=None,
+        )
+    ref, stats = reference_directer(
+        m, enc, d.last_ranking.order, alpha=128.0, beta=0.5, max_trials=10, max_new_tokens=n_new
+    )
     assert torch.equal(got, ref)
     assert d.stats.gated == stats["gated"] and d.stats.accepted == stats["accepted"]
     assert d.stats.fallbacks == stats["fallbacks"] and d.stats.steps == 2 * n_new
@@ -46,8 +56,16 @@ def test_the_cases_the_reference_covers_do_occur():
         d = Directer(alpha=128.0)
         enc = _enc()
         with torch.no_grad():
-            m.generate(**enc, custom_generate=d, spans=enc, max_new_tokens=12, min_new_tokens=12, do_sample=False,
-                       pad_token_id=0, eos_token_id=None)
+            m.generate(
+                **enc,
+                custom_generate=d,
+                spans=enc,
+                max_new_tokens=12,
+                min_new_tokens=12,
+                do_sample=False,
+                pad_token_id=0,
+                eos_token_id=None,
+            )
         totals["gated"] += d.stats.gated
         totals["fallbacks"] += d.stats.fallbacks
         totals["counts"] |= set(d.stats.accepted)
@@ -70,7 +88,7 @@ def test_batch_rows_equal_single_prompts_and_stop_independently():
         eos = int(batch[0, enc["input_ids"].shape[1] + 2])
         stopped = m.generate(**enc, custom_generate=Directer(alpha=128.0), spans=enc, eos_token_id=eos, **kw)
     T = enc["input_ids"].shape[1]
-    assert stopped[0, T + 2] == eos and (stopped[0, T + 3:] == 0).all()
+    assert stopped[0, T + 2] == eos and (stopped[0, T + 3 :] == 0).all()
     assert torch.equal(stopped[:, : T + 3], batch[:, : T + 3])
 
 
@@ -83,12 +101,23 @@ def _naive_sensitivity(m, enc, alpha, variant):
     ids, am, span = enc["input_ids"], enc["attention_mask"], enc.span_mask != 0
     L = m.config.num_hidden_layers
     cache = DynamicCache(config=m.config)
-    m(input_ids=ids[:, :-1], attention_mask=am[:, :-1], position_ids=_positions(am[:, :-1]), past_key_values=cache,
-      use_cache=True)
+    m(
+        input_ids=ids[:, :-1],
+        attention_mask=am[:, :-1],
+        position_ids=_positions(am[:, :-1]),
+        past_key_values=cache,
+        use_cache=True,
+    )
     got = {}
-    hooks = [mod.register_forward_hook(lambda mod, a, kw, out: got.__setitem__(
-        mod.layer_idx, (kw["hidden_states"][:, -1].double(), out[0][:, -1].double())), with_kwargs=True)
-        for mod in attention_modules(m)]
+    hooks = [
+        mod.register_forward_hook(
+            lambda mod, a, kw, out: got.__setitem__(
+                mod.layer_idx, (kw["hidden_states"][:, -1].double(), out[0][:, -1].double())
+            ),
+            with_kwargs=True,
+        )
+        for mod in attention_modules(m)
+    ]
 
     def run(layer):
         c = copy.deepcopy(cache)
@@ -177,13 +206,25 @@ def test_attnsteer_generate_and_streaming():
     enc = attnsteer.highlight(tok, PROMPTS[0])
     streamer = TextIteratorStreamer(tok, skip_prompt=True)
     out = {}
-    th = threading.Thread(target=lambda: out.setdefault("ids", m.generate(
-        **enc, custom_generate=Directer(alpha=128.0), spans=enc, streamer=streamer, max_new_tokens=6, min_new_tokens=6,
-        do_sample=False, pad_token_id=0)))
+    th = threading.Thread(
+        target=lambda: out.setdefault(
+            "ids",
+            m.generate(
+                **enc,
+                custom_generate=Directer(alpha=128.0),
+                spans=enc,
+                streamer=streamer,
+                max_new_tokens=6,
+                min_new_tokens=6,
+                do_sample=False,
+                pad_token_id=0,
+            ),
+        )
+    )
     th.start()
     streamed = "".join(streamer)
     th.join()
-    assert streamed == tok.decode(out["ids"][0, enc["input_ids"].shape[1]:])
+    assert streamed == tok.decode(out["ids"][0, enc["input_ids"].shape[1] :])
     assert m.config._attn_implementation == "sdpa"
 
 
@@ -226,8 +267,15 @@ def test_sampling_behind_the_gate():
     trials run, and a seed reproduces the run."""
     m = plain(tiny_model("llama", layers=8, seed=0, std=0.5))
     enc = _enc()
-    kw = dict(max_new_tokens=10, min_new_tokens=10, do_sample=True, top_k=20, temperature=0.8, pad_token_id=0,
-              eos_token_id=None)
+    kw = dict(
+        max_new_tokens=10,
+        min_new_tokens=10,
+        do_sample=True,
+        top_k=20,
+        temperature=0.8,
+        pad_token_id=0,
+        eos_token_id=None,
+    )
     with torch.no_grad():
         torch.manual_seed(7)
         hf = m.generate(**enc, **kw)
@@ -261,8 +309,16 @@ def test_exactly_the_marked_tokens_are_scaled(monkeypatch):
     monkeypatch.setattr(ops, "layer_attention", spy)
     d = Directer(alpha=128.0, beta=0.05)
     with torch.no_grad():
-        m.generate(**enc, custom_generate=d, spans=enc, max_new_tokens=6, min_new_tokens=6, do_sample=False,
-                   pad_token_id=0, eos_token_id=None)
+        m.generate(
+            **enc,
+            custom_generate=d,
+            spans=enc,
+            max_new_tokens=6,
+            min_new_tokens=6,
+            do_sample=False,
+            pad_token_id=0,
+            eos_token_id=None,
+        )
     assert seen and d.stats.trials > 0
     T = enc["input_ids"].shape[1]
     for span, query_mask in seen:

@@ -1,4 +1,5 @@
 """span_bias, steered_softmax and scale_keys_ against the reference; op registration."""
+
 from __future__ import annotations
 
 import pytest
@@ -84,9 +85,9 @@ def test_scale_keys_(dtype, factor, device):
     torch.testing.assert_close(keys.cpu(), expected, atol=0, rtol=0)
     # non-contiguous cache view
     big = torch.randn(B, H, T + 5, D).to(dtype)
-    expected = reference.scale_keys_(big[:, :, 2:T + 2].clone(), span, per_head_tensor(fac, B, H))
+    expected = reference.scale_keys_(big[:, :, 2 : T + 2].clone(), span, per_head_tensor(fac, B, H))
     big = big.to(device)
-    view = big[:, :, 2:T + 2]
+    view = big[:, :, 2 : T + 2]
     attnsteer.scale_keys_(view, span_d, fac_d)
     torch.testing.assert_close(view.cpu(), expected, atol=0, rtol=0)
 
@@ -103,6 +104,7 @@ def test_scale_keys_then_attention_equals_key_scale():
 
 
 # ------------------------------------------------------------------ registration, compile, autograd
+
 
 def _sample_args():
     q, k, v = torch.randn(2, 4, 9, 16), torch.randn(2, 2, 12, 16), torch.randn(2, 2, 12, 16)

@@ -1,4 +1,5 @@
 """Bad input gets an error that names the tensor, what it got and what was expected."""
+
 from __future__ import annotations
 
 import pytest
@@ -8,8 +9,11 @@ import attnsteer
 
 
 def _qkv(B=2, Hq=4, Hkv=2, Tq=5, Tk=7, D=16, dtype=torch.float32):
-    return (torch.randn(B, Hq, Tq, D, dtype=dtype), torch.randn(B, Hkv, Tk, D, dtype=dtype),
-            torch.randn(B, Hkv, Tk, D, dtype=dtype))
+    return (
+        torch.randn(B, Hq, Tq, D, dtype=dtype),
+        torch.randn(B, Hkv, Tk, D, dtype=dtype),
+        torch.randn(B, Hkv, Tk, D, dtype=dtype),
+    )
 
 
 def test_wrong_rank():
@@ -100,14 +104,17 @@ def test_scale_keys_errors():
 
 
 @pytest.mark.skipif(attnsteer.backend() == "torch", reason="compiled extension not built")
-@pytest.mark.parametrize("field, value, message", [
-    ("span_weights", torch.ones(2, 6), r"span_weights must be \(B, Tk\) = \[2, 7\]; got \[2, 6\]"),
-    ("bias", torch.zeros(2, 3), r"bias must be \(B, H\) = \[2, 4\]; got \[2, 3\]"),
-    ("key_scale", torch.ones(1, 4), r"key_scale must be \(B, H\) = \[2, 4\]; got \[1, 4\]"),
-    ("query_mask", torch.ones(2, 4, dtype=torch.bool), r"query_mask must be \(B, Tq\) = \[2, 5\]; got \[2, 4\]"),
-    ("attn_mask", torch.ones(2, 1, 5, 6, dtype=torch.bool), r"attn_mask \[2, 1, 5, 6\] does not broadcast"),
-    ("target", 1.5, r"target must lie in \(0, 1\)"),
-])
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("span_weights", torch.ones(2, 6), r"span_weights must be \(B, Tk\) = \[2, 7\]; got \[2, 6\]"),
+        ("bias", torch.zeros(2, 3), r"bias must be \(B, H\) = \[2, 4\]; got \[2, 3\]"),
+        ("key_scale", torch.ones(1, 4), r"key_scale must be \(B, H\) = \[2, 4\]; got \[1, 4\]"),
+        ("query_mask", torch.ones(2, 4, dtype=torch.bool), r"query_mask must be \(B, Tq\) = \[2, 5\]; got \[2, 4\]"),
+        ("attn_mask", torch.ones(2, 1, 5, 6, dtype=torch.bool), r"attn_mask \[2, 1, 5, 6\] does not broadcast"),
+        ("target", 1.5, r"target must lie in \(0, 1\)"),
+    ],
+)
 def test_the_kernels_check_their_arguments(field, value, message):
     """The attention layers call the op through ops.layer_attention without the Python
     validation; the C++ host function (shared by CPU and CUDA) is the guard there."""

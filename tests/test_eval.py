@@ -1,5 +1,6 @@
 """The evaluation harness: scoring = lm-eval's, offline, splits, highlight strategies, resume,
 fluency figures, method specs, sweep choice, and a 5-prompt end-to-end run on a tiny model."""
+
 from __future__ import annotations
 
 import json
@@ -69,8 +70,13 @@ def test_random_checkers_are_seeded_per_prompt():
         r = BY_KEY[key]
         got = {tuple(checkers.score(r, resp).strict) for resp in ["d" * 10 + " u" * 10] * 5}
         assert len(got) == 1
-        assert len({checkers.describe(i, kw, key=key) for i, kw in zip(r["instruction_id_list"], r["kwargs"])
-                    for _ in range(3)}) == len(r["instruction_id_list"])
+        assert len(
+            {
+                checkers.describe(i, kw, key=key)
+                for i, kw in zip(r["instruction_id_list"], r["kwargs"])
+                for _ in range(3)
+            }
+        ) == len(r["instruction_id_list"])
 
 
 def test_scoring_runs_offline_with_the_network_blocked(tmp_path):
@@ -125,8 +131,13 @@ def test_constraints_strategy_locates_the_constraint_sentences():
     assert found == [True, True, True]
     texts = [r["prompt"][a:b] for a, b in spans]
     assert texts[0].startswith("Write a 300+ word summary") and texts[1].startswith("Do not use any commas")
-    r = next(r for r in RECORDS if r["instruction_id_list"] == ["punctuation:no_comma"] and "\n" not in r["prompt"]
-             and len(ifeval.sentence_spans(r["prompt"])) > 1)
+    r = next(
+        r
+        for r in RECORDS
+        if r["instruction_id_list"] == ["punctuation:no_comma"]
+        and "\n" not in r["prompt"]
+        and len(ifeval.sentence_spans(r["prompt"])) > 1
+    )
     spans, found = ifeval.locate_constraints(r)
     assert found == [True] and all("comma" in r["prompt"][a:b].lower() for a, b in spans)
     assert len(spans) < len(ifeval.sentence_spans(r["prompt"]))  # not the whole prompt
@@ -179,7 +190,7 @@ def test_response_nll_equals_a_per_row_computation():
         n = int(gmask[b].sum())
         ids = torch.cat([real, gen[b, :n]])[None]
         with torch.no_grad():
-            logp = torch.log_softmax(m(ids).logits[0, len(real) - 1:-1].float(), -1)
+            logp = torch.log_softmax(m(ids).logits[0, len(real) - 1 : -1].float(), -1)
         want = -logp.gather(-1, gen[b, :n, None]).mean().item()
         assert got[b] == pytest.approx(want, rel=1e-4, abs=1e-4)
 
@@ -209,9 +220,11 @@ def test_method_specs_parse_and_canonicalise(tmp_path):
 
 
 def test_sweep_choice_skips_flagged_points_and_prefers_the_weaker_tie():
-    rows = [{"method": "guide:delta=0.5", "prompt_loose": 0.3, "flags": []},
-            {"method": "guide:delta=1", "prompt_loose": 0.3, "flags": []},
-            {"method": "guide:delta=2", "prompt_loose": 0.5, "flags": ["short"]}]
+    rows = [
+        {"method": "guide:delta=0.5", "prompt_loose": 0.3, "flags": []},
+        {"method": "guide:delta=1", "prompt_loose": 0.3, "flags": []},
+        {"method": "guide:delta=2", "prompt_loose": 0.5, "flags": ["short"]},
+    ]
     cands = [s for _, s in sweep.grid_specs("guide", 30)]
     assert cands == ["guide:delta=0.5", "guide:delta=1", "guide:delta=2"]
     assert sweep.choose(rows, cands)["method"] == "guide:delta=0.5"
@@ -235,8 +248,18 @@ def test_resume_skips_prompts_already_done(tmp_path, monkeypatch):
     m, tok = tiny_model("llama", std=0.3, max_position_embeddings=2048), tokenizer()
     recs = _short_records(4)
     store = runner.ResponseStore(str(tmp_path / "responses.jsonl"))
-    runner.run_ifeval(m, tok, recs[:2], ["none"], strategy="prompt", store=store, model_tag="tiny", batch_size=2,
-                      max_new_tokens=3, progress=False)
+    runner.run_ifeval(
+        m,
+        tok,
+        recs[:2],
+        ["none"],
+        strategy="prompt",
+        store=store,
+        model_tag="tiny",
+        batch_size=2,
+        max_new_tokens=3,
+        progress=False,
+    )
     with open(store.path, "a") as f:
         f.write('{"model": "tiny", "method": "none", "stra')  # a line cut by an interruption
     seen = []
@@ -249,13 +272,33 @@ def test_resume_skips_prompts_already_done(tmp_path, monkeypatch):
     monkeypatch.setattr(runner, "generate_batch", counting)
     store2 = runner.ResponseStore(store.path)
     assert len(store2.records) == 2
-    runner.run_ifeval(m, tok, recs, ["none"], strategy="prompt", store=store2, model_tag="tiny", batch_size=2,
-                      max_new_tokens=3, progress=False)
+    runner.run_ifeval(
+        m,
+        tok,
+        recs,
+        ["none"],
+        strategy="prompt",
+        store=store2,
+        model_tag="tiny",
+        batch_size=2,
+        max_new_tokens=3,
+        progress=False,
+    )
     assert sorted(seen) == sorted(r["key"] for r in recs[2:])
     # Another setting (tokens, method or strategy) is another key: nothing is skipped.
     seen.clear()
-    runner.run_ifeval(m, tok, recs[:2], ["guide:delta=1"], strategy="constraints", store=store2, model_tag="tiny",
-                      batch_size=2, max_new_tokens=3, progress=False)
+    runner.run_ifeval(
+        m,
+        tok,
+        recs[:2],
+        ["guide:delta=1"],
+        strategy="constraints",
+        store=store2,
+        model_tag="tiny",
+        batch_size=2,
+        max_new_tokens=3,
+        progress=False,
+    )
     assert sorted(seen) == sorted(r["key"] for r in recs[:2])
     assert len(runner.ResponseStore(store.path).records) == 6
 
@@ -266,15 +309,38 @@ def test_five_prompt_end_to_end_run_on_a_tiny_model(tmp_path, capsys):
 
     model_dir = _saved_tiny(tmp_path, "qwen2", 4096)
     out = tmp_path / "res"
-    argv = ["eval", "ifeval", "--model", model_dir, "--limit", "5", "--batch-size", "2",
-            "--max-new-tokens", "4", "--method", "none", "--method", "guide:delta=2", "--method", "gate+guide:delta=2",
-            "--strategy", "constraints", "--out", str(out), "--no-progress"]
+    argv = [
+        "eval",
+        "ifeval",
+        "--model",
+        model_dir,
+        "--limit",
+        "5",
+        "--batch-size",
+        "2",
+        "--max-new-tokens",
+        "4",
+        "--method",
+        "none",
+        "--method",
+        "guide:delta=2",
+        "--method",
+        "gate+guide:delta=2",
+        "--strategy",
+        "constraints",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
     assert cli.main(argv) == 0
     assert "located at least one constraint in 5 of 5 prompts" in capsys.readouterr().err
     lines = [json.loads(x) for x in open(out / "responses.jsonl")]
     assert len(lines) == 15
-    assert {(r["method"], r["strategy"]) for r in lines} == {("none", "none"), ("guide:delta=2", "constraints"),
-                                                             ("gate+guide:delta=2", "constraints")}
+    assert {(r["method"], r["strategy"]) for r in lines} == {
+        ("none", "none"),
+        ("guide:delta=2", "constraints"),
+        ("gate+guide:delta=2", "constraints"),
+    }
     for r in lines:
         rec = BY_KEY[r["key"]]
         assert len(r["strict"]) == len(rec["instruction_id_list"]) == len(r["loose"])
@@ -334,8 +400,17 @@ def test_retention_run_on_a_tiny_model(tmp_path):
     cs = retention.cases(tok, [64, 128], ["system", "after"], ["lowercase"], 1, max_context=None, max_new_tokens=3)
     assert len(cs) == 4 and {c.length for c in cs} == {64, 128}
     store = runner.ResponseStore(str(tmp_path / "responses.jsonl"))
-    retention.run(m, tok, cs, ["none", "spotlight:target=0.3"], store=store, model_tag="tiny", batch_size=2,
-                  max_new_tokens=3, progress=False)
+    retention.run(
+        m,
+        tok,
+        cs,
+        ["none", "spotlight:target=0.3"],
+        store=store,
+        model_tag="tiny",
+        batch_size=2,
+        max_new_tokens=3,
+        progress=False,
+    )
     rows = retention.summarize(store, "tiny", 3)
     assert len(rows) == 8 and rows[0]["method"] == "none" and all(r["n"] == 1 for r in rows)
     for r in store.records.values():  # the rule's own checker decided
@@ -351,17 +426,21 @@ def test_retention_run_on_a_tiny_model(tmp_path):
 
 
 def test_sweep_plot_is_written(tmp_path):
-    rows = [{"method": s, "prompt_loose": 0.1 * i, "flags": ["short"] if i == 2 else []}
-            for i, (_, s) in enumerate(sweep.grid_specs("guide", 30))]
+    rows = [
+        {"method": s, "prompt_loose": 0.1 * i, "flags": ["short"] if i == 2 else []}
+        for i, (_, s) in enumerate(sweep.grid_specs("guide", 30))
+    ]
     path = sweep.plot(rows, {"guide": sweep.grid_specs("guide", 30)}, {"prompt_loose": 0.15}, str(tmp_path / "s.png"))
     assert os.path.getsize(path) > 1000
 
 
 def test_sweep_report_from_a_partial_store(tmp_path):
-    rows = [{"method": "none", "prompt_loose": 0.2, "flags": [], "n": 100},
-            {"method": "guide:delta=0.5", "prompt_loose": 0.3, "flags": [], "n": 100},
-            {"method": "guide:delta=1", "prompt_loose": 0.9, "flags": [], "n": 40},  # still running: not a candidate
-            {"method": "keyscale:alpha=1.5", "prompt_loose": 0.1, "flags": ["short"], "n": 100}]
+    rows = [
+        {"method": "none", "prompt_loose": 0.2, "flags": [], "n": 100},
+        {"method": "guide:delta=0.5", "prompt_loose": 0.3, "flags": [], "n": 100},
+        {"method": "guide:delta=1", "prompt_loose": 0.9, "flags": [], "n": 40},  # still running: not a candidate
+        {"method": "keyscale:alpha=1.5", "prompt_loose": 0.1, "flags": ["short"], "n": 100},
+    ]
     chosen = sweep.report(rows, str(tmp_path), "tiny", 30, 256)
     assert chosen == {"guide": "guide:delta=0.5", "keyscale": None}
     saved = json.load(open(tmp_path / "chosen.json"))
@@ -373,9 +452,30 @@ def test_sweep_end_to_end_on_a_tiny_model(tmp_path, capsys):
     from attnsteer import cli
 
     out = tmp_path / "sweep"
-    assert cli.main(["eval", "sweep", "--model", _saved_tiny(tmp_path, "qwen2", 4096), "--limit", "2", "--batch-size", "2",
-                     "--max-new-tokens", "2", "--methods", "guide,pasta-layers", "--gated", "--report-test",
-                     "--out", str(out), "--no-progress"]) == 0
+    assert (
+        cli.main(
+            [
+                "eval",
+                "sweep",
+                "--model",
+                _saved_tiny(tmp_path, "qwen2", 4096),
+                "--limit",
+                "2",
+                "--batch-size",
+                "2",
+                "--max-new-tokens",
+                "2",
+                "--methods",
+                "guide,pasta-layers",
+                "--gated",
+                "--report-test",
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     dev_lines = [json.loads(x) for x in open(out / "responses.jsonl")]
     assert len(dev_lines) == 2 * (1 + 2 * 3 * 2)  # none + 2 grids × 3 points × (plain, gated)
     assert {r["key"] for r in dev_lines} <= {r["key"] for r in ifeval.split(RECORDS, "dev")}
@@ -391,9 +491,31 @@ def test_retention_cli_end_to_end_and_report(tmp_path, capsys):
     from attnsteer import cli
 
     out = tmp_path / "ret"
-    argv = ["eval", "retention", "--model", _saved_tiny(tmp_path, "llama", 1024), "--lengths", "64,128,4096", "--docs", "1",
-            "--rules", "no-comma", "--placements", "before,after", "--method", "none", "--method", "guide:delta=1",
-            "--max-new-tokens", "2", "--batch-size", "2", "--out", str(out), "--no-progress"]
+    argv = [
+        "eval",
+        "retention",
+        "--model",
+        _saved_tiny(tmp_path, "llama", 1024),
+        "--lengths",
+        "64,128,4096",
+        "--docs",
+        "1",
+        "--rules",
+        "no-comma",
+        "--placements",
+        "before,after",
+        "--method",
+        "none",
+        "--method",
+        "guide:delta=1",
+        "--max-new-tokens",
+        "2",
+        "--batch-size",
+        "2",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
     assert cli.main(argv) == 0
     lines = [json.loads(x) for x in open(out / "responses.jsonl")]
     assert len(lines) == 2 * 3 * 2

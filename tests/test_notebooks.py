@@ -1,5 +1,6 @@
 """The notebooks run top to bottom (nbclient), on the embedded model, with their small limits;
 their outputs are stripped in git."""
+
 from __future__ import annotations
 
 from pathlib import Path

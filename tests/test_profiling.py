@@ -1,4 +1,5 @@
 """PASTA head profiling: each head's score equals steering that head alone with PASTA(heads=...)."""
+
 from __future__ import annotations
 
 import json
@@ -12,8 +13,10 @@ from attnsteer.profiling import _reply_logp
 from tiny import model as tiny_model
 from tiny import tokenizer
 
-EXAMPLES = [{"prompt": "The quick brown fox. <<Answer in French.>> hello", "target": " the cat sleeps"},
-            ("Write a short poem. <<Reply in JSON with a key named answer.>>", " answer world")]
+EXAMPLES = [
+    {"prompt": "The quick brown fox. <<Answer in French.>> hello", "target": " the cat sleeps"},
+    ("Write a short poem. <<Reply in JSON with a key named answer.>>", " answer world"),
+]
 
 
 def test_scores_equal_one_head_pasta_runs(tmp_path):

@@ -1,4 +1,5 @@
 """Markup, char spans and chat messages -> token span masks."""
+
 from __future__ import annotations
 
 import pytest
@@ -16,12 +17,15 @@ def test_parse_markup_levels_and_escape():
     assert [(clean[s:e], w) for s, e, w in spans] == [("b", 1.0), ("d", 2.0), ("f", 0.5)]
 
 
-@pytest.mark.parametrize("text, message", [
-    ("a <<b", "never closed"),
-    ("a <<b <<c>> d>>", "nested highlight"),
-    ("a <<  >> b", "empty highlight"),
-    ("a b>> c", "has no opening marker"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("a <<b", "never closed"),
+        ("a <<b <<c>> d>>", "nested highlight"),
+        ("a <<  >> b", "empty highlight"),
+        ("a b>> c", "has no opening marker"),
+    ],
+)
 def test_markup_errors_name_the_fix(text, message):
     with pytest.raises(MarkupError, match=message):
         parse_markup(text)
@@ -64,8 +68,11 @@ def test_chat_messages_marked_parts_and_whole_messages():
     msgs = [{"role": "system", "content": "Rules: <<Reply in JSON.>>"}, {"role": "user", "content": "hello world"}]
     enc = attnsteer.highlight(tok, msgs)
     assert tok.decode(enc["input_ids"][0][enc.span_mask[0]]).strip() == "Reply in JSON."
-    enc = attnsteer.highlight(tok, [{"role": "system", "content": "Answer in French."},
-                                    {"role": "user", "content": "hello world"}], highlight_messages=[0])
+    enc = attnsteer.highlight(
+        tok,
+        [{"role": "system", "content": "Answer in French."}, {"role": "user", "content": "hello world"}],
+        highlight_messages=[0],
+    )
     assert tok.decode(enc["input_ids"][0][enc.span_mask[0]]).strip() == "Answer in French."
     specials = torch.isin(enc["input_ids"][0], torch.tensor(tok.all_special_ids))
     assert not (enc.span_mask[0] & specials).any()

@@ -1,4 +1,5 @@
 """steered_attention (fused kernel) against the float64 reference."""
+
 from __future__ import annotations
 
 import pytest
@@ -66,9 +67,22 @@ def test_full_product(case):
 @pytest.mark.parametrize("softcap", [None, 5.0])
 @pytest.mark.parametrize("target", [None, 0.3])
 def test_mask_and_softcap_grid(causal, window, softcap, target, device):
-    case = dict(dtype=torch.float32, batch=2, group=2, tq=33, head_dim=64, causal=causal, window=window,
-                softcap=softcap, padding="bool", span="several", bias=2.0, key_scale=2.0, target=target,
-                query_mask=False)
+    case = dict(
+        dtype=torch.float32,
+        batch=2,
+        group=2,
+        tq=33,
+        head_dim=64,
+        causal=causal,
+        window=window,
+        softcap=softcap,
+        padding="bool",
+        span="several",
+        bias=2.0,
+        key_scale=2.0,
+        target=target,
+        query_mask=False,
+    )
     _check(case, device=device)
 
 
@@ -76,8 +90,22 @@ def test_mask_and_softcap_grid(causal, window, softcap, target, device):
 @pytest.mark.parametrize("target", [None, 0.3])
 def test_decode_key_splits(tk, target):
     """Tq=1, B=1, 3 KV heads: the kernel splits keys across threads and merges the states."""
-    case = dict(dtype=torch.float32, batch=1, group=3, tq=1, head_dim=64, causal=True, window=None,
-                softcap=None, padding=None, span="start", bias=1.0, key_scale=1.0, target=target, query_mask=False)
+    case = dict(
+        dtype=torch.float32,
+        batch=1,
+        group=3,
+        tq=1,
+        head_dim=64,
+        causal=True,
+        window=None,
+        softcap=None,
+        padding=None,
+        span="start",
+        bias=1.0,
+        key_scale=1.0,
+        target=target,
+        query_mask=False,
+    )
     inp = build_inputs(case)
     k = torch.randn(1, 3, tk, 64)
     v = torch.randn(1, 3, tk, 64)
@@ -147,8 +175,13 @@ def test_fully_masked_rows_are_zero_not_nan():
         assert (out[1, :, 2] == 0).all()
         assert (out[0, :, 2] != 0).any()
     # Tk < Tq with causal alignment: the first rows see no key at all
-    out = attnsteer.steered_attention(torch.randn(1, 1, 6, 16), torch.randn(1, 1, 3, 16), torch.randn(1, 1, 3, 16),
-                                      torch.ones(1, 3, dtype=torch.bool), is_causal=True)
+    out = attnsteer.steered_attention(
+        torch.randn(1, 1, 6, 16),
+        torch.randn(1, 1, 3, 16),
+        torch.randn(1, 1, 3, 16),
+        torch.ones(1, 3, dtype=torch.bool),
+        is_causal=True,
+    )
     assert (out[0, 0, :3] == 0).all() and torch.isfinite(out).all()
 
 
@@ -157,10 +190,13 @@ def test_query_mask_rows_are_unsteered():
     span = torch.rand(2, 12) < 0.5
     qm = torch.zeros(2, 12, dtype=torch.bool)
     qm[:, 6:] = True
-    steered = attnsteer.steered_attention(q, k, v, span, bias=3.0, key_scale=2.0, target=0.7, query_mask=qm,
-                                          is_causal=True, enable_gqa=True)
+    steered = attnsteer.steered_attention(
+        q, k, v, span, bias=3.0, key_scale=2.0, target=0.7, query_mask=qm, is_causal=True, enable_gqa=True
+    )
     plain = attnsteer.steered_attention(q, k, v, span, is_causal=True, enable_gqa=True)
-    full = attnsteer.steered_attention(q, k, v, span, bias=3.0, key_scale=2.0, target=0.7, is_causal=True, enable_gqa=True)
+    full = attnsteer.steered_attention(
+        q, k, v, span, bias=3.0, key_scale=2.0, target=0.7, is_causal=True, enable_gqa=True
+    )
     torch.testing.assert_close(steered[:, :, :6], plain[:, :, :6])
     torch.testing.assert_close(steered[:, :, 6:], full[:, :, 6:])
     assert (steered[:, :, 6:] - plain[:, :, 6:]).abs().max() > 1e-3
@@ -182,16 +218,20 @@ def test_noncontiguous_inputs():
     v = torch.randn(2, 20, 2, 32).transpose(1, 2)
     span = torch.rand(2, 20) < 0.4
     out = attnsteer.steered_attention(q, k, v, span, bias=1.0, is_causal=True, enable_gqa=True)
-    ref = attnsteer.steered_attention(q.contiguous(), k.contiguous(), v.contiguous(), span, bias=1.0, is_causal=True, enable_gqa=True)
+    ref = attnsteer.steered_attention(
+        q.contiguous(), k.contiguous(), v.contiguous(), span, bias=1.0, is_causal=True, enable_gqa=True
+    )
     torch.testing.assert_close(out, ref)
 
 
 def test_empty_shapes():
-    out = attnsteer.steered_attention(torch.randn(1, 2, 0, 16), torch.randn(1, 2, 4, 16), torch.randn(1, 2, 4, 16),
-                                      torch.ones(1, 4, dtype=torch.bool))
+    out = attnsteer.steered_attention(
+        torch.randn(1, 2, 0, 16), torch.randn(1, 2, 4, 16), torch.randn(1, 2, 4, 16), torch.ones(1, 4, dtype=torch.bool)
+    )
     assert out.shape == (1, 2, 0, 16)
-    out = attnsteer.steered_attention(torch.randn(1, 2, 3, 16), torch.randn(1, 2, 0, 16), torch.randn(1, 2, 0, 16),
-                                      torch.ones(1, 0, dtype=torch.bool))
+    out = attnsteer.steered_attention(
+        torch.randn(1, 2, 3, 16), torch.randn(1, 2, 0, 16), torch.randn(1, 2, 0, 16), torch.ones(1, 0, dtype=torch.bool)
+    )
     assert out.shape == (1, 2, 3, 16) and (out == 0).all()
 
 
@@ -206,8 +246,17 @@ def test_blocked_fallback_matches_reference(case):
     ks = per_head_tensor(kw.pop("key_scale"), B, Hq).float()
     qm = kw.pop("query_mask", None)
     am = kw.pop("attn_mask", None)
-    args = OpArgs(span_weights=inp["span_mask"].float(), bias=bias, key_scale=ks, target=kw["target"], query_mask=qm,
-                  attn_mask=am, is_causal=kw["is_causal"], window=kw["window"], softcap=kw["softcap"])
+    args = OpArgs(
+        span_weights=inp["span_mask"].float(),
+        bias=bias,
+        key_scale=ks,
+        target=kw["target"],
+        query_mask=qm,
+        attn_mask=am,
+        is_causal=kw["is_causal"],
+        window=kw["window"],
+        softcap=kw["softcap"],
+    )
     out, _ = fallback.steered_attention(q, k, v, args)
     ref = _reference(inp)
     assert (out.double() - ref.double()).abs().max().item() <= _tolerance(inp, ref)
@@ -215,10 +264,18 @@ def test_blocked_fallback_matches_reference(case):
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    B=st.integers(1, 3), Hkv=st.integers(1, 3), G=st.integers(1, 4), Tq=st.integers(1, 70),
-    extra=st.integers(0, 300), D=st.sampled_from([8, 16, 40, 64]), causal=st.booleans(),
-    bias=st.floats(-5, 10), ks=st.floats(0.25, 20), target=st.sampled_from([None, 0.05, 0.3, 0.9]),
-    span_p=st.floats(0, 1), seed=st.integers(0, 2**16),
+    B=st.integers(1, 3),
+    Hkv=st.integers(1, 3),
+    G=st.integers(1, 4),
+    Tq=st.integers(1, 70),
+    extra=st.integers(0, 300),
+    D=st.sampled_from([8, 16, 40, 64]),
+    causal=st.booleans(),
+    bias=st.floats(-5, 10),
+    ks=st.floats(0.25, 20),
+    target=st.sampled_from([None, 0.05, 0.3, 0.9]),
+    span_p=st.floats(0, 1),
+    seed=st.integers(0, 2**16),
 )
 def test_property_shapes(B, Hkv, G, Tq, extra, D, causal, bias, ks, target, span_p, seed):
     gen = torch.Generator().manual_seed(seed)
@@ -227,11 +284,20 @@ def test_property_shapes(B, Hkv, G, Tq, extra, D, causal, bias, ks, target, span
     k = torch.randn(B, Hkv, Tk, D, generator=gen)
     v = torch.randn(B, Hkv, Tk, D, generator=gen)
     span = torch.rand(B, Tk, generator=gen) < span_p
-    out, mass = attnsteer.steered_attention(q, k, v, span, bias=bias, key_scale=ks, target=target, is_causal=causal,
-                                            enable_gqa=True, return_span_mass=True)
-    ref, ref_mass = reference.steered_attention(q, k, v, span.double(), torch.full((B, Hkv * G), bias),
-                                                torch.full((B, Hkv * G), ks), target=target, is_causal=causal,
-                                                return_span_mass=True)
+    out, mass = attnsteer.steered_attention(
+        q, k, v, span, bias=bias, key_scale=ks, target=target, is_causal=causal, enable_gqa=True, return_span_mass=True
+    )
+    ref, ref_mass = reference.steered_attention(
+        q,
+        k,
+        v,
+        span.double(),
+        torch.full((B, Hkv * G), bias),
+        torch.full((B, Hkv * G), ks),
+        target=target,
+        is_causal=causal,
+        return_span_mass=True,
+    )
     tol = 2e-5 * max(1.0, ks / 4, abs(bias) / 10)
     assert (out.double() - ref).abs().max().item() <= tol
     assert (mass.double() - ref_mass).abs().max().item() <= tol

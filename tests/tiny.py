@@ -1,4 +1,5 @@
 """Tiny offline tokenizer and random models for integration tests (no download)."""
+
 from __future__ import annotations
 
 import functools
@@ -27,14 +28,23 @@ def tokenizer():
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<pad>", "<s>", "<unk>", "<|im_start|>", "<|im_end|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=["<pad>", "<s>", "<unk>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator(CORPUS * 4, trainer)
     from tokenizers.processors import TemplateProcessing
 
     tok.post_processor = TemplateProcessing(single="<s> $A", special_tokens=[("<s>", tok.token_to_id("<s>"))])
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", pad_token="<pad>", unk_token="<unk>",
-                                   eos_token="<|im_end|>", additional_special_tokens=["<|im_start|>", "<|im_end|>"])
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        eos_token="<|im_end|>",
+        additional_special_tokens=["<|im_start|>", "<|im_end|>"],
+    )
     fast.chat_template = CHAT_TEMPLATE
     fast.padding_side = "left"
     return fast
@@ -44,9 +54,19 @@ def model(kind: str = "llama", layers: int = 2, seed: int = 0, std: float = 0.02
     import transformers as tf
 
     vocab = len(tokenizer())
-    common = dict(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                  pad_token_id=0, bos_token_id=1, eos_token_id=4, initializer_range=std)
+    common = dict(
+        vocab_size=vocab,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=4,
+        initializer_range=std,
+    )
     if kind == "llama":
         cfg = tf.LlamaConfig(**common)
     elif kind == "qwen2":
@@ -56,8 +76,14 @@ def model(kind: str = "llama", layers: int = 2, seed: int = 0, std: float = 0.02
     elif kind == "mistral":
         cfg = tf.MistralConfig(sliding_window=8, **common)
     elif kind == "gemma2":
-        cfg = tf.Gemma2Config(head_dim=16, sliding_window=8, attn_logit_softcapping=5.0, final_logit_softcapping=None,
-                              query_pre_attn_scalar=16, **common)
+        cfg = tf.Gemma2Config(
+            head_dim=16,
+            sliding_window=8,
+            attn_logit_softcapping=5.0,
+            final_logit_softcapping=None,
+            query_pre_attn_scalar=16,
+            **common,
+        )
     elif kind == "gemma3":
         cfg = tf.Gemma3TextConfig(head_dim=16, sliding_window=8, query_pre_attn_scalar=16, **common)
     elif kind == "phi3":

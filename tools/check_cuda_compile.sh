@@ -31,7 +31,7 @@ for cu in csrc/cuda/*.cu; do
   "$NVCC" -c "$cu" -o "$obj" -std=c++20 -O1 -DATTNSTEER_WITH_CUDA --use_fast_math \
     -I"$INC" -I"$INC/torch/csrc/api/include" -I"$PYINC" \
     -D__CUDA_NO_HALF_OPERATORS__ -D__CUDA_NO_HALF_CONVERSIONS__ -D__CUDA_NO_BFLOAT16_CONVERSIONS__ \
-    -D__CUDA_NO_HALF2_OPERATORS__ --expt-relaxed-constexpr -DTORCH_EXTENSION_NAME=_C \
+    -D__CUDA_NO_HALF2_OPERATORS__ --expt-relaxed-constexpr -DTORCH_EXTENSION_NAME=_C -D_GLIBCXX_USE_CXX11_ABI=1 \
     -gencode arch=compute_90,code=sm_90 -Xcompiler -fPIC || status=1
 done
 [ $status -eq 0 ] && echo "CUDA compile check: ok ($(ls csrc/cuda/*.cu | wc -l) files)"

@@ -1,4 +1,5 @@
 """attnsteer: steer the attention of Hugging Face language models toward marked spans."""
+
 import logging as _logging
 
 from . import models, ops

@@ -1,4 +1,5 @@
 """Matplotlib helpers shared by the plotting methods (matplotlib is imported only when plotting)."""
+
 from __future__ import annotations
 
 from typing import Optional

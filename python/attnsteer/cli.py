@@ -6,6 +6,7 @@
 ``eval`` measures whether steering helps (``ifeval``, ``retention``, ``sweep``, ``report``; see
 :mod:`attnsteer.eval`).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -13,7 +14,6 @@ import math
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -24,6 +24,7 @@ def _demo(args: argparse.Namespace) -> int:
 
     import attnsteer
     from attnsteer import reference
+    from attnsteer._harness import median_time
 
     torch.manual_seed(0)
     Hq, Hkv, D, T = 9, 3, 64, args.tokens
@@ -32,7 +33,7 @@ def _demo(args: argparse.Namespace) -> int:
     print(f"the 'instruction' span is tokens {T // 8}..{T // 8 + 31}.\n")
     q, k, v = torch.randn(1, Hq, T, D), torch.randn(1, Hkv, T, D), torch.randn(1, Hkv, T, D)
     span = torch.zeros(1, T, dtype=torch.bool)
-    span[0, T // 8: T // 8 + 32] = True
+    span[0, T // 8 : T // 8 + 32] = True
     modes = [
         ("unsteered", {}),
         ("GUIDE      bias=+2", dict(bias=2.0)),
@@ -41,34 +42,32 @@ def _demo(args: argparse.Namespace) -> int:
         ("SpotLight  target=0.3", dict(target=0.3)),
         ("DIRECTER   key_scale=100 (decode row)", dict(key_scale=100.0)),
     ]
-    sdpa_t = _time(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True))
+    sdpa_t = median_time(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True))
     print(f"{'mode':44s} {'span mass (last row, mean over heads)':>38s} {'max err vs fp64':>16s} {'time / SDPA':>12s}")
     with torch.inference_mode():
         for name, kw in modes:
             mask = span
             if kw is None:  # PASTA down-weights everything outside the span
                 mask, kw = ~span, dict(bias=-4.60517)
-            out, mass = attnsteer.steered_attention(q, k, v, mask, is_causal=True, enable_gqa=True,
-                                                    return_span_mass=True, **kw)
+            out, mass = attnsteer.steered_attention(
+                q, k, v, mask, is_causal=True, enable_gqa=True, return_span_mass=True, **kw
+            )
             if mask is not span:
                 mass = 1 - mass
-            ref = reference.steered_attention(q[:, :, -8:], k, v, mask.double(), torch.full((1, Hq), kw.get("bias", 0.0)),
-                                              torch.full((1, Hq), kw.get("key_scale", 1.0)), target=kw.get("target"),
-                                              is_causal=True)
+            ref = reference.steered_attention(
+                q[:, :, -8:],
+                k,
+                v,
+                mask.double(),
+                torch.full((1, Hq), kw.get("bias", 0.0)),
+                torch.full((1, Hq), kw.get("key_scale", 1.0)),
+                target=kw.get("target"),
+                is_causal=True,
+            )
             err = (out[:, :, -8:].double() - ref).abs().max().item()
-            t = _time(lambda: attnsteer.steered_attention(q, k, v, mask, is_causal=True, enable_gqa=True, **kw))
+            t = median_time(lambda: attnsteer.steered_attention(q, k, v, mask, is_causal=True, enable_gqa=True, **kw))
             print(f"{name:44s} {mass[0, :, -1].mean().item():38.3f} {err:16.1e} {t / sdpa_t:11.2f}x")
     return 0
-
-
-def _time(fn, reps: int = 5) -> float:
-    fn()
-    ts = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return sorted(ts)[len(ts) // 2]
 
 
 def _method_from_args(args: argparse.Namespace):
@@ -77,7 +76,9 @@ def _method_from_args(args: argparse.Namespace):
     try:
         layers = [int(x) for x in args.layers.split(",")] if args.layers else None
     except ValueError:
-        raise ValueError(f"--layers takes comma-separated layer indices, e.g. --layers 0,1,2; got {args.layers!r}") from None
+        raise ValueError(
+            f"--layers takes comma-separated layer indices, e.g. --layers 0,1,2; got {args.layers!r}"
+        ) from None
     common = dict(layers=layers)
     if args.phases:
         common["phases"] = args.phases
@@ -97,8 +98,12 @@ def _method_from_args(args: argparse.Namespace):
     if name == "directer":
         if args.layers or args.phases:
             raise ValueError("directer picks its own layers (ranked per prompt) and steps; drop --layers/--phases")
-        return attnsteer.Directer(args.alpha if args.alpha is not None else 100.0, beta=args.beta, max_trials=args.max_trials)
-    raise ValueError(f"unknown method {args.method!r}: choose guide, instaboost, pasta, spotlight, keyscale, directer or none")
+        return attnsteer.Directer(
+            args.alpha if args.alpha is not None else 100.0, beta=args.beta, max_trials=args.max_trials
+        )
+    raise ValueError(
+        f"unknown method {args.method!r}: choose guide, instaboost, pasta, spotlight, keyscale, directer or none"
+    )
 
 
 def _generate(args: argparse.Namespace) -> int:
@@ -113,8 +118,10 @@ def _generate(args: argparse.Namespace) -> int:
             raise ValueError(f"--{name} must be a finite number; got {v}")
     _, marked = parse_markup(args.prompt)
     if method is not None and not marked:
-        raise MarkupError('the prompt marks nothing: put the part to follow in <<...>>, e.g. "<<Answer in French.>> What is a cat?" '
-                          "(or pass --method none)")
+        raise MarkupError(
+            'the prompt marks nothing: put the part to follow in <<...>>, e.g. "<<Answer in French.>> What is a cat?" '
+            "(or pass --method none)"
+        )
     model, tok = attnsteer.models.load(args.model) if args.model else attnsteer.models.load_default()
     if isinstance(method, attnsteer.Method):
         n = attnsteer.hf.num_layers(model)
@@ -122,11 +129,18 @@ def _generate(args: argparse.Namespace) -> int:
             method.check_layers(n)
     prompt = [{"role": "user", "content": args.prompt}] if args.chat else args.prompt
     if method is None:
-        prompt = [{"role": "user", "content": parse_markup(args.prompt)[0]}] if args.chat else parse_markup(args.prompt)[0]
-        enc = tok(prompt if isinstance(prompt, str) else tok.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True),
-                  return_tensors="pt", add_special_tokens=not args.chat)
+        prompt = (
+            [{"role": "user", "content": parse_markup(args.prompt)[0]}] if args.chat else parse_markup(args.prompt)[0]
+        )
+        enc = tok(
+            prompt
+            if isinstance(prompt, str)
+            else tok.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True),
+            return_tensors="pt",
+            add_special_tokens=not args.chat,
+        )
         out = model.generate(**enc, max_new_tokens=args.max_new_tokens, do_sample=False)
-        print(tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True))
+        print(tok.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True))
         return 0
     text = attnsteer.generate(model, tok, prompt, method, max_new_tokens=args.max_new_tokens, do_sample=False)
     print(text)
@@ -149,7 +163,9 @@ def main(argv=None) -> int:
     demo.add_argument("--max-new-tokens", type=int, default=60)
     gen = sub.add_parser("generate", help="generate from a prompt with <<marked>> spans")
     gen.add_argument("prompt", help='text with <<markup>>, e.g. "<<Answer in French.>> What is a cat?"')
-    gen.add_argument("--method", default="guide", help="guide | instaboost | pasta | spotlight | keyscale | directer | none")
+    gen.add_argument(
+        "--method", default="guide", help="guide | instaboost | pasta | spotlight | keyscale | directer | none"
+    )
     gen.add_argument("--delta", type=float, default=2.0, help="GUIDE's bias")
     gen.add_argument("--alpha", type=float, default=None, help="InstABoost / PASTA / KeyScale / DIRECTER factor")
     gen.add_argument("--beta", type=float, default=0.5, help="DIRECTER's plausibility threshold")
@@ -165,8 +181,11 @@ def main(argv=None) -> int:
     from .eval import cli as eval_cli
 
     eval_cli.add_parsers(sub)
-    sub.add_parser("bench", help="run benchmarks/bench_attention.py (from a source checkout); options pass through "
-                                 "(--quick, --threads, --out; results go to ./attnsteer-bench unless --out is given)")
+    sub.add_parser(
+        "bench",
+        help="run benchmarks/bench_attention.py (from a source checkout); options pass through "
+        "(--quick, --threads, --out; results go to ./attnsteer-bench unless --out is given)",
+    )
     args = parser.parse_args(argv)
     try:
         if args.command == "demo":
@@ -195,7 +214,9 @@ def _version() -> str:
 def _bench(rest) -> int:
     script = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_attention.py"
     if not script.exists():
-        print("attnsteer bench: error: needs a source checkout (benchmarks/bench_attention.py not found)", file=sys.stderr)
+        print(
+            "attnsteer bench: error: needs a source checkout (benchmarks/bench_attention.py not found)", file=sys.stderr
+        )
         return 2
     if not any(a == "--out" or a.startswith("--out=") for a in rest) and not any(a in ("-h", "--help") for a in rest):
         # Never write into the checkout's committed benchmarks/results by default.

@@ -1,4 +1,5 @@
 """``attnsteer demo``: a marked rule on the embedded SmolLM2-135M-Instruct, unsteered vs each method."""
+
 from __future__ import annotations
 
 import time
@@ -33,26 +34,41 @@ class Task:
 # alpha >= 50, PASTA alpha = 0.01 on all heads without profiled heads) derail the reply instead of
 # making it keep the rule; the paper settings are for 7B+ models.
 TASKS: List[Task] = [
-    Task("start-yes", "Start your answer with the word YES.",
-         "Summarise the text above in one sentence.",
-         lambda s: s.strip().startswith("YES"), in_user_message=True),
-    Task("ends-with", "End your answer with the exact word GOODBYE.",
-         "Summarise the text above in two sentences.",
-         lambda s: s.strip().rstrip(".!").endswith("GOODBYE")),
+    Task(
+        "start-yes",
+        "Start your answer with the word YES.",
+        "Summarise the text above in one sentence.",
+        lambda s: s.strip().startswith("YES"),
+        in_user_message=True,
+    ),
+    Task(
+        "ends-with",
+        "End your answer with the exact word GOODBYE.",
+        "Summarise the text above in two sentences.",
+        lambda s: s.strip().rstrip(".!").endswith("GOODBYE"),
+    ),
 ]
 
 
 def methods():
-    return [("unsteered", None), ("GUIDE(delta=2)", GUIDE(2.0)), ("InstABoost(alpha=10)", InstABoost(10.0)),
-            ("PASTA(alpha=0.1)", PASTA(0.1)), ("SpotLight(target=0.3)", SpotLight(0.3)),
-            ("KeyScale(alpha=2, decode)", KeyScale(2.0)), ("Directer(alpha=100)", Directer())]
+    return [
+        ("unsteered", None),
+        ("GUIDE(delta=2)", GUIDE(2.0)),
+        ("InstABoost(alpha=10)", InstABoost(10.0)),
+        ("PASTA(alpha=0.1)", PASTA(0.1)),
+        ("SpotLight(target=0.3)", SpotLight(0.3)),
+        ("KeyScale(alpha=2, decode)", KeyScale(2.0)),
+        ("Directer(alpha=100)", Directer()),
+    ]
 
 
 def messages(task: Task):
     if task.in_user_message:
         return [{"role": "user", "content": f"{LONG_TEXT}\n\n<<{task.rule}>> {task.question}"}]
-    return [{"role": "system", "content": f"<<{task.rule}>>"},
-            {"role": "user", "content": f"{LONG_TEXT}\n\n{task.question}"}]
+    return [
+        {"role": "system", "content": f"<<{task.rule}>>"},
+        {"role": "user", "content": f"{LONG_TEXT}\n\n{task.question}"},
+    ]
 
 
 def run(task_name: Optional[str] = None, max_new_tokens: int = 60) -> int:
@@ -72,13 +88,23 @@ def run(task_name: Optional[str] = None, max_new_tokens: int = 60) -> int:
             t0 = time.perf_counter()
             with torch.no_grad():
                 if method is None:
-                    out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
+                    out = model.generate(
+                        **enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id
+                    )
                 elif isinstance(method, Directer):
-                    out = model.generate(**enc, custom_generate=method, spans=enc, max_new_tokens=max_new_tokens,
-                                         do_sample=False, pad_token_id=tok.pad_token_id)
+                    out = model.generate(
+                        **enc,
+                        custom_generate=method,
+                        spans=enc,
+                        max_new_tokens=max_new_tokens,
+                        do_sample=False,
+                        pad_token_id=tok.pad_token_id,
+                    )
                 else:
                     with steer(model, method, spans=enc):
-                        out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
+                        out = model.generate(
+                            **enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id
+                        )
             dt = time.perf_counter() - t0
             new = out[0, n_prompt:]
             text = tok.decode(new, skip_special_tokens=True).strip()
@@ -86,8 +112,10 @@ def run(task_name: Optional[str] = None, max_new_tokens: int = 60) -> int:
             if isinstance(method, Directer):
                 notes.append(f"{task.name}: {method.stats}")
     print(f"\nModel: SmolLM2-135M-Instruct (embedded GGUF), greedy, {max_new_tokens} new tokens max.")
-    print(f"Prompts: a {len(LONG_TEXT.split())}-word text, a marked rule (in the system prompt, or in the user "
-          "message before the question) and a question; 'rule kept' is checked by code.\n")
+    print(
+        f"Prompts: a {len(LONG_TEXT.split())}-word text, a marked rule (in the system prompt, or in the user "
+        "message before the question) and a question; 'rule kept' is checked by code.\n"
+    )
     print(f"{'task':10s} {'method':26s} {'rule kept':9s} {'tok/s':>6s}  reply    (tok/s includes the prefill)")
     for task, name, ok, tps, text in rows:
         snippet = text.replace("\n", " ")[:70]

@@ -1,4 +1,5 @@
 """``attnsteer.generate``: highlight, steer and generate in one call."""
+
 from __future__ import annotations
 
 from typing import List, Optional, Sequence, Union
@@ -13,9 +14,17 @@ from .spans import highlight
 __all__ = ["generate"]
 
 
-def generate(model, tokenizer, prompt_or_messages, method: Optional[Union[Method, Directer]] = None, *,
-             char_spans=None, highlight_messages: Optional[Sequence[int]] = None, skip_prompt: bool = True,
-             **generate_kwargs) -> Union[str, List[str]]:
+def generate(
+    model,
+    tokenizer,
+    prompt_or_messages,
+    method: Optional[Union[Method, Directer]] = None,
+    *,
+    char_spans=None,
+    highlight_messages: Optional[Sequence[int]] = None,
+    skip_prompt: bool = True,
+    **generate_kwargs,
+) -> Union[str, List[str]]:
     """Generate from a marked prompt (or a batch of them), steered by ``method``.
 
     Args:
@@ -33,7 +42,9 @@ def generate(model, tokenizer, prompt_or_messages, method: Optional[Union[Method
     """
     enc = highlight(tokenizer, prompt_or_messages, char_spans=char_spans, highlight_messages=highlight_messages)
     enc = enc.to(model.device) if hasattr(enc, "to") else enc
-    generate_kwargs.setdefault("pad_token_id", tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
+    generate_kwargs.setdefault(
+        "pad_token_id", tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    )
     with torch.no_grad():
         if method is None:
             out = model.generate(**enc, **generate_kwargs)
@@ -44,11 +55,12 @@ def generate(model, tokenizer, prompt_or_messages, method: Optional[Union[Method
             with steer(model, method, spans=enc):
                 out = model.generate(**enc, **generate_kwargs)
     if skip_prompt:
-        out = out[:, enc["input_ids"].shape[1]:]
+        out = out[:, enc["input_ids"].shape[1] :]
     texts = tokenizer.batch_decode(out, skip_special_tokens=True)
     n = int(generate_kwargs.get("num_return_sequences") or 1)
     if n > 1:  # transformers returns the n sequences of each prompt next to each other
-        texts = [texts[i:i + n] for i in range(0, len(texts), n)]
+        texts = [texts[i : i + n] for i in range(0, len(texts), n)]
     single = isinstance(prompt_or_messages, str) or (
-        isinstance(prompt_or_messages, (list, tuple)) and prompt_or_messages and isinstance(prompt_or_messages[0], dict))
+        isinstance(prompt_or_messages, (list, tuple)) and prompt_or_messages and isinstance(prompt_or_messages[0], dict)
+    )
     return texts[0] if single else texts

@@ -19,6 +19,7 @@ paper's wording; its variant is ``value_norms=False, residual="previous"``):
 - ``residual``: ``"current"`` uses ‖x‖ of layer ℓ (the paper: the input of the same block);
   ``"previous"`` uses layer ℓ−1's (layer 0's at ℓ = 0), as the code does.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -29,7 +30,15 @@ import torch
 from ._plot import finish, pyplot
 from .methods import GUIDE, Method
 
-__all__ = ["influence", "InfluenceResult", "span_mass", "SpanMass", "calibrate_delta", "Calibration", "aggregate_influence"]
+__all__ = [
+    "influence",
+    "InfluenceResult",
+    "span_mass",
+    "SpanMass",
+    "calibrate_delta",
+    "Calibration",
+    "aggregate_influence",
+]
 
 
 class _Probe:
@@ -107,8 +116,13 @@ class InfluenceResult:
         """One record per (row, layer, token): ``row, layer (−1…L−1), token, influence, rollout``."""
         B, L1, T = self.influence.shape
         inf, rol, am = self.influence.tolist(), self.rollout.tolist(), self.attention_mask.tolist()
-        return [{"row": b, "layer": l - 1, "token": t, "influence": inf[b][l][t], "rollout": rol[b][l][t]}
-                for b in range(B) for l in range(L1) for t in range(T) if am[b][t]]
+        return [
+            {"row": b, "layer": l - 1, "token": t, "influence": inf[b][l][t], "rollout": rol[b][l][t]}
+            for b in range(B)
+            for l in range(L1)
+            for t in range(T)
+            if am[b][t]
+        ]
 
     def to_dataframe(self):
         """:meth:`to_records` as a pandas DataFrame (needs pandas)."""
@@ -116,8 +130,14 @@ class InfluenceResult:
 
         return pd.DataFrame(self.to_records())
 
-    def plot(self, path: Optional[str] = None, *, row: int = 0, others: Optional[Dict[str, "InfluenceResult"]] = None,
-             title: Optional[str] = None):
+    def plot(
+        self,
+        path: Optional[str] = None,
+        *,
+        row: int = 0,
+        others: Optional[Dict[str, "InfluenceResult"]] = None,
+        title: Optional[str] = None,
+    ):
         """Influence and rollout at the last token against the layer; ``others`` adds curves
         (e.g. ``{"GUIDE Δ=2": steered_result}``). Saves to ``path`` when given; returns the figure."""
         plt = pyplot(path)
@@ -169,8 +189,9 @@ def _run(model, enc, method: Optional[Method], value_norms: bool, residual: str)
     return probe
 
 
-def influence(model, enc, method: Optional[Method] = None, *, value_norms: bool = True,
-              residual: str = "current") -> InfluenceResult:
+def influence(
+    model, enc, method: Optional[Method] = None, *, value_norms: bool = True, residual: str = "current"
+) -> InfluenceResult:
     """GUIDE's Influence of the highlighted span, per layer and token, with attention rollout.
 
     Args:
@@ -189,8 +210,9 @@ def influence(model, enc, method: Optional[Method] = None, *, value_norms: bool 
     inf = torch.stack(probe.influence, 1) * am[:, None, :]
     rol = torch.stack([r.to(am.device) for r in probe.rollout], 1) * am[:, None, :]
     mass = torch.stack(probe.mass, 1)
-    return InfluenceResult(inf, rol, mass, enc["attention_mask"], method,
-                           {"value_norms": value_norms, "residual": residual})
+    return InfluenceResult(
+        inf, rol, mass, enc["attention_mask"], method, {"value_norms": value_norms, "residual": residual}
+    )
 
 
 @dataclass
@@ -223,9 +245,12 @@ class SpanMass:
 
         panels = [("unsteered", self.table(row, query))]
         if self.steered is not None:
-            panels.append((_name(self.method) if self.method is not None else "steered", self.table(row, query, steered=True)))
-        fig, axes = plt.subplots(1, len(panels), figsize=(3.4 * len(panels) + 0.8, 4.2), squeeze=False,
-                                 constrained_layout=True)
+            panels.append(
+                (_name(self.method) if self.method is not None else "steered", self.table(row, query, steered=True))
+            )
+        fig, axes = plt.subplots(
+            1, len(panels), figsize=(3.4 * len(panels) + 0.8, 4.2), squeeze=False, constrained_layout=True
+        )
         vmax = max(float(t.max()) for _, t in panels)
         for ax, (name, t) in zip(axes[0], panels):
             im = ax.imshow(t.numpy(), aspect="auto", origin="lower", vmin=0, vmax=vmax, cmap="viridis")
@@ -241,8 +266,9 @@ def span_mass(model, enc, method: Optional[Method] = None) -> SpanMass:
     ``method`` — the quickest way to see SpotLight's target or PASTA's heads at work."""
     base = _run(model, enc, None, False, "current")
     steered = _run(model, enc, method, False, "current") if method is not None else None
-    return SpanMass(torch.stack(base.mass, 1), torch.stack(steered.mass, 1) if steered else None, enc["attention_mask"],
-                    method)
+    return SpanMass(
+        torch.stack(base.mass, 1), torch.stack(steered.mass, 1) if steered else None, enc["attention_mask"], method
+    )
 
 
 @dataclass
@@ -303,8 +329,15 @@ def _upper_markup(x):
     return [dict(m, content=up(m["content"])) for m in x]
 
 
-def calibrate_delta(model, tokenizer, prompt, *, deltas=(0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0),
-                    value_norms: bool = True, residual: str = "current") -> Calibration:
+def calibrate_delta(
+    model,
+    tokenizer,
+    prompt,
+    *,
+    deltas=(0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0),
+    value_norms: bool = True,
+    residual: str = "current",
+) -> Calibration:
     """Choose GUIDE's Δ so that marking the span moves Influence as much as writing it in capitals.
 
     GUIDE (arXiv 2409.19001) proposes matching the Influence gain of a natural emphasis, the
@@ -333,8 +366,10 @@ def calibrate_delta(model, tokenizer, prompt, *, deltas=(0.0, 0.25, 0.5, 0.75, 1
     if base <= 0:
         raise ValueError("the span has no Influence at the last token (is anything marked before it?)")
     target = upper / base
-    gains = [1.0] + [aggregate_influence(influence(model, enc, GUIDE(d), value_norms=value_norms, residual=residual)) / base
-                     for d in deltas[1:]]
+    gains = [1.0] + [
+        aggregate_influence(influence(model, enc, GUIDE(d), value_norms=value_norms, residual=residual)) / base
+        for d in deltas[1:]
+    ]
     return Calibration(_choose_delta(deltas, gains, target), target, deltas, gains, base, upper)
 
 

@@ -16,6 +16,7 @@ mass ``p``, the steered mass is ``e^b·p / (e^b·p + 1 − p)`` and the shape in
 ``phases`` says which query rows are steered: ``"prefill"`` (prompt rows), ``"decode"``
 (generated rows) or ``"both"``. ``layers`` restricts steering to some layer indices (None = all).
 """
+
 from __future__ import annotations
 
 import math
@@ -45,8 +46,16 @@ class ForwardContext:
         batch, num_heads: B and the number of query heads.
     """
 
-    def __init__(self, span: torch.Tensor, key_pos: torch.Tensor, q_pos: torch.Tensor, prompt_length: int,
-                 num_heads: int, padding: Optional[torch.Tensor] = None, first_token: Optional[torch.Tensor] = None):
+    def __init__(
+        self,
+        span: torch.Tensor,
+        key_pos: torch.Tensor,
+        q_pos: torch.Tensor,
+        prompt_length: int,
+        num_heads: int,
+        padding: Optional[torch.Tensor] = None,
+        first_token: Optional[torch.Tensor] = None,
+    ):
         self.span = span
         self.key_pos = key_pos
         self.q_pos = q_pos
@@ -59,8 +68,9 @@ class ForwardContext:
         self._memo: Dict[Any, Any] = {}
 
     @classmethod
-    def for_prompt(cls, span_mask: torch.Tensor, num_heads: int, padding: Optional[torch.Tensor] = None
-                   ) -> "ForwardContext":
+    def for_prompt(
+        cls, span_mask: torch.Tensor, num_heads: int, padding: Optional[torch.Tensor] = None
+    ) -> "ForwardContext":
         """The context of a forward over the whole prompt (no cache): e.g. to inspect a plan."""
         span = span_mask.float()
         T = span.shape[1]
@@ -77,8 +87,10 @@ class ForwardContext:
     def per_head(self, value: Union[float, Sequence[float], torch.Tensor]) -> torch.Tensor:
         """A bias / key scale as the op's ``(B, H)`` float32 tensor (scalars built once per forward)."""
         if isinstance(value, (int, float)):
-            return self.memo(("per_head", float(value)),
-                             lambda: per_head("bias / key_scale", value, self.batch, self.num_heads, self.device))
+            return self.memo(
+                ("per_head", float(value)),
+                lambda: per_head("bias / key_scale", value, self.batch, self.num_heads, self.device),
+            )
         return per_head("bias / key_scale", value, self.batch, self.num_heads, self.device)
 
     def rows(self, phases: str) -> Optional[torch.Tensor]:
@@ -93,12 +105,26 @@ class ForwardContext:
 
         return self.memo(("rows", phases), make)
 
-    def args(self, span: Optional[torch.Tensor] = None, *, bias: Any = 0.0, key_scale: Any = 1.0,
-             target: Optional[float] = None, target_exact: bool = False, phases: str = "both") -> OpArgs:
+    def args(
+        self,
+        span: Optional[torch.Tensor] = None,
+        *,
+        bias: Any = 0.0,
+        key_scale: Any = 1.0,
+        target: Optional[float] = None,
+        target_exact: bool = False,
+        phases: str = "both",
+    ) -> OpArgs:
         """Op arguments for these keys (``span`` default: the highlight) on the rows of ``phases``;
         the adapter adds the model's own masking (padding, causal, window, softcap, scale)."""
-        return OpArgs(self.span if span is None else span, self.per_head(bias), self.per_head(key_scale),
-                      target, target_exact, self.rows(phases))
+        return OpArgs(
+            self.span if span is None else span,
+            self.per_head(bias),
+            self.per_head(key_scale),
+            target,
+            target_exact,
+            self.rows(phases),
+        )
 
     def expand_rows(self, t: torch.Tensor, name: str) -> torch.Tensor:
         """Repeat per-prompt rows for beams / ``num_return_sequences`` (each row repeated in place)."""
@@ -110,8 +136,10 @@ def expand_rows(t: torch.Tensor, batch: int, name: str) -> torch.Tensor:
         return t
     if batch % t.shape[0] == 0:  # beams / num_return_sequences repeat each row in place
         return t.repeat_interleave(batch // t.shape[0], dim=0)
-    raise RuntimeError(f"attnsteer: {name} has {t.shape[0]} rows but the model runs a batch of {batch}; "
-                       "pass the encoding the model is called with to steer(spans=...)")
+    raise RuntimeError(
+        f"attnsteer: {name} has {t.shape[0]} rows but the model runs a batch of {batch}; "
+        "pass the encoding the model is called with to steer(spans=...)"
+    )
 
 
 @dataclass
@@ -127,8 +155,10 @@ class Method:
         if self.layers is not None:
             self.layers = tuple(int(x) for x in self.layers)
             if not self.layers:
-                raise ValueError(f"{type(self).__name__}(layers=[]) steers nothing; pass layers=None to steer every "
-                                 "layer, or list the layer indices to steer")
+                raise ValueError(
+                    f"{type(self).__name__}(layers=[]) steers nothing; pass layers=None to steer every "
+                    "layer, or list the layer indices to steer"
+                )
 
     def steers_layer(self, layer_idx: int) -> bool:
         return self.layers is None or layer_idx in self.layers
@@ -225,8 +255,9 @@ class PASTA(Method):
         b = math.log(self.alpha)
         if self.heads == "all":
             return ctx.args(prompt_rest(ctx, self.keep_sink), bias=b, phases=self.phases)
-        return ctx.args(prompt_rest(ctx, self.keep_sink), bias=self.head_bias(layer_idx, ctx.num_heads),
-                        phases=self.phases)
+        return ctx.args(
+            prompt_rest(ctx, self.keep_sink), bias=self.head_bias(layer_idx, ctx.num_heads), phases=self.phases
+        )
 
     def head_bias(self, layer_idx: int, num_heads: int) -> torch.Tensor:
         """``(H,)``: log(alpha) on the chosen heads of ``layer_idx``, 0 elsewhere."""
@@ -248,8 +279,11 @@ def prompt_rest(ctx: ForwardContext, keep_sink: bool = False) -> torch.Tensor:
             rest &= ctx.padding
         if keep_sink:
             first = ctx.first_token
-            first = (torch.zeros(ctx.batch, dtype=torch.long, device=ctx.device) if first is None
-                     else ctx.expand_rows(first.to(ctx.device), "the prompt"))
+            first = (
+                torch.zeros(ctx.batch, dtype=torch.long, device=ctx.device)
+                if first is None
+                else ctx.expand_rows(first.to(ctx.device), "the prompt")
+            )
             rest &= ctx.key_pos[None, :] != first[:, None]
         return rest.float()
 
@@ -284,7 +318,9 @@ class SpotLight(Method):
         """Pooled variant: ψ = mean span mass over heads and steered (non-padding) rows, per
         sequence; when 0 < ψ < τ every span logit of the sequence gets ``log(τ/ψ)``."""
         B, H, Tq = mass.shape
-        rows = args.query_mask if args.query_mask is not None else torch.ones(B, Tq, dtype=torch.bool, device=mass.device)
+        rows = (
+            args.query_mask if args.query_mask is not None else torch.ones(B, Tq, dtype=torch.bool, device=mass.device)
+        )
         if ctx.padding is not None:  # padded query rows (left padding) do not count
             rows = rows & ctx.padding[:, -Tq:]
         w = rows[:, None, :].float()
@@ -306,8 +342,10 @@ class KeyScale(Method):
     def __post_init__(self) -> None:
         super().__post_init__()
         if not (self.alpha > 0 and math.isfinite(self.alpha)):
-            raise ValueError(f"KeyScale.alpha must be a finite factor > 0 (span logits × alpha; 0 or a negative "
-                             f"factor would erase or invert the span's attention); got {self.alpha}")
+            raise ValueError(
+                f"KeyScale.alpha must be a finite factor > 0 (span logits × alpha; 0 or a negative "
+                f"factor would erase or invert the span's attention); got {self.alpha}"
+            )
 
     def plan(self, layer_idx: int, ctx: ForwardContext) -> Optional[OpArgs]:
         if not self.steers_layer(layer_idx):

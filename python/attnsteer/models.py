@@ -3,6 +3,7 @@
 The package ships a Q4_1 GGUF file; transformers dequantises it (with the ``gguf`` package)
 into a regular model, so no download is needed at run time.
 """
+
 from __future__ import annotations
 
 import glob

@@ -7,6 +7,7 @@ the mean gain in log-likelihood per token of that reply when PASTA(α) steers th
 over the unsteered model. One forward per layer and example scores all heads of the layer at
 once (a batch with one row per head, each row steering its own head through a per-row bias).
 """
+
 from __future__ import annotations
 
 import json
@@ -63,8 +64,11 @@ class HeadProfile:
         """Write ``{"heads": {layer: [heads]}, "alpha", "scores"}`` as JSON; returns the heads."""
         heads = self.select(k)
         with open(path, "w", encoding="utf-8") as f:
-            json.dump({"heads": {str(l): h for l, h in heads.items()}, "alpha": self.alpha,
-                       "scores": self.scores.tolist()}, f, indent=1)
+            json.dump(
+                {"heads": {str(l): h for l, h in heads.items()}, "alpha": self.alpha, "scores": self.scores.tolist()},
+                f,
+                indent=1,
+            )
         return heads
 
     def plot(self, path: Optional[str] = None):
@@ -90,15 +94,25 @@ def _reply_logp(model, enc, target_ids: torch.Tensor, rows: int) -> torch.Tensor
     first = model(input_ids=ids, attention_mask=am, past_key_values=cache, use_cache=True).logits[:, -1:]
     tgt = target_ids.to(ids.device).expand(rows, -1)
     am2 = torch.cat([am, torch.ones_like(tgt)], 1)
-    rest = model(input_ids=tgt[:, :-1], attention_mask=am2[:, :-1], past_key_values=cache, use_cache=True).logits \
-        if tgt.shape[1] > 1 else first[:, :0]
+    rest = (
+        model(input_ids=tgt[:, :-1], attention_mask=am2[:, :-1], past_key_values=cache, use_cache=True).logits
+        if tgt.shape[1] > 1
+        else first[:, :0]
+    )
     logits = torch.cat([first, rest], 1).float()
     return torch.log_softmax(logits, -1).gather(-1, tgt[..., None])[..., 0].mean(-1)
 
 
 @torch.no_grad()
-def profile_heads(model, tokenizer, examples: Sequence[Union[Dict[str, Any], Sequence[Any]]], *, alpha: float = 0.01,
-                  keep_sink: bool = False, progress: bool = True) -> HeadProfile:
+def profile_heads(
+    model,
+    tokenizer,
+    examples: Sequence[Union[Dict[str, Any], Sequence[Any]]],
+    *,
+    alpha: float = 0.01,
+    keep_sink: bool = False,
+    progress: bool = True,
+) -> HeadProfile:
     """Score every head for PASTA on ``examples``.
 
     Args:

@@ -11,6 +11,7 @@ The result is a :class:`transformers.BatchEncoding` that ``model(**enc)`` and
 ``model.generate(**enc)`` accept as is, with the mask kept out of the model keywords as the
 attribute ``enc.span_mask`` (B, T) — bool, or float when weights other than 1 are used.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -30,7 +31,9 @@ class MarkupError(ValueError):
     """A highlight marker is unbalanced, nested or empty, or a span cannot be placed."""
 
 
-def parse_markup(text: str, markers: Optional[Dict[str, Tuple[str, float]]] = DEFAULT_MARKERS) -> Tuple[str, List[CharSpan]]:
+def parse_markup(
+    text: str, markers: Optional[Dict[str, Tuple[str, float]]] = DEFAULT_MARKERS
+) -> Tuple[str, List[CharSpan]]:
     """Strip the markers from ``text``; return the clean text and its character spans.
     ``markers=None`` takes the text verbatim (no spans)."""
     if not markers:
@@ -52,7 +55,9 @@ def parse_markup(text: str, markers: Optional[Dict[str, Tuple[str, float]]] = DE
             start = open_at[0]
             end = sum(len(s) for s in out)
             if end == start or not "".join(out)[start:end].strip():
-                raise MarkupError(f"empty highlight at character {open_at[3]} of the prompt: put text between the markers or remove them")
+                raise MarkupError(
+                    f"empty highlight at character {open_at[3]} of the prompt: put text between the markers or remove them"
+                )
             spans.append((start, end, open_at[2]))
             i += len(open_at[1])
             open_at = None
@@ -70,7 +75,9 @@ def parse_markup(text: str, markers: Optional[Dict[str, Tuple[str, float]]] = DE
             continue
         closer = next((c for c in closers if text.startswith(c, i)), None)
         if closer is not None and open_at is None:
-            raise MarkupError(f"closing marker {closer!r} at character {i} has no opening marker; escape it as \\{closer} for literal text")
+            raise MarkupError(
+                f"closing marker {closer!r} at character {i} has no opening marker; escape it as \\{closer} for literal text"
+            )
         out.append(text[i])
         i += 1
     if open_at is not None:
@@ -80,8 +87,9 @@ def parse_markup(text: str, markers: Optional[Dict[str, Tuple[str, float]]] = DE
     return "".join(out), spans
 
 
-def _token_mask(offsets: Sequence[Tuple[int, int]], special: Sequence[int], spans: Sequence[CharSpan],
-                text_len: int, row: int) -> List[float]:
+def _token_mask(
+    offsets: Sequence[Tuple[int, int]], special: Sequence[int], spans: Sequence[CharSpan], text_len: int, row: int
+) -> List[float]:
     mask = [0.0] * len(offsets)
     for start, end, weight in spans:
         hit = False
@@ -141,16 +149,19 @@ def highlight(
             "AutoTokenizer.from_pretrained(..., use_fast=True)"
         )
     if return_tensors != "pt":
-        raise ValueError(f"highlight returns PyTorch tensors (return_tensors='pt'); got return_tensors={return_tensors!r}. "
-                         "Convert the result afterwards if you need another format")
+        raise ValueError(
+            f"highlight returns PyTorch tensors (return_tensors='pt'); got return_tensors={return_tensors!r}. "
+            "Convert the result afterwards if you need another format"
+        )
     chat = _is_chat(text_or_messages)
     n_prompts = _count_prompts(text_or_messages)
     if char_spans is not None:
         char_spans = _check_char_spans(char_spans, n_prompts, chat)
     if markers is DEFAULT_MARKERS and (char_spans is not None or highlight_messages is not None):
         _warn_markup(text_or_messages, chat)
-    texts, spans = _render(tokenizer, text_or_messages, markers, highlight_messages, add_generation_prompt,
-                           char_spans if chat else None)
+    texts, spans = _render(
+        tokenizer, text_or_messages, markers, highlight_messages, add_generation_prompt, char_spans if chat else None
+    )
     if char_spans is not None and not chat:
         for i, cs in enumerate(char_spans):
             for s, e in cs:
@@ -193,10 +204,16 @@ def _check_char_spans(char_spans, n_prompts: int, chat: bool):
     example = "char_spans=[[(1, 0, 19)]]" if chat else "char_spans=[[(0, 19)]]"
     if not isinstance(char_spans, (list, tuple)) or any(not isinstance(cs, (list, tuple)) for cs in char_spans):
         raise TypeError(f"char_spans takes one list of {form} spans per prompt, e.g. {example}; got {char_spans!r}")
-    if len(char_spans) and all(isinstance(x, int) for x in char_spans[0]) and len(char_spans[0]) == arity \
-            and not any(isinstance(cs, (list, tuple)) and cs and isinstance(cs[0], (list, tuple)) for cs in char_spans):
-        raise TypeError(f"char_spans takes one list of {form} spans per prompt (a list of lists), e.g. {example}; "
-                        f"got a flat list {list(char_spans)!r}")
+    if (
+        len(char_spans)
+        and all(isinstance(x, int) for x in char_spans[0])
+        and len(char_spans[0]) == arity
+        and not any(isinstance(cs, (list, tuple)) and cs and isinstance(cs[0], (list, tuple)) for cs in char_spans)
+    ):
+        raise TypeError(
+            f"char_spans takes one list of {form} spans per prompt (a list of lists), e.g. {example}; "
+            f"got a flat list {list(char_spans)!r}"
+        )
     if len(char_spans) != n_prompts:
         raise ValueError(f"char_spans has {len(char_spans)} entries for {n_prompts} prompts: give one list per prompt")
     out = []
@@ -204,8 +221,11 @@ def _check_char_spans(char_spans, n_prompts: int, chat: bool):
         row = []
         for span in cs:
             if not isinstance(span, (list, tuple)) or len(span) != arity or not all(isinstance(v, int) for v in span):
-                hint = (" — with chat messages, offsets are per message content: (message_index, start, end)"
-                        if chat and isinstance(span, (list, tuple)) and len(span) == 2 else "")
+                hint = (
+                    " — with chat messages, offsets are per message content: (message_index, start, end)"
+                    if chat and isinstance(span, (list, tuple)) and len(span) == 2
+                    else ""
+                )
                 raise TypeError(f"char span {span!r} of prompt {i} is not {form}{hint}")
             if span[-2] >= span[-1]:
                 raise MarkupError(f"char span {tuple(span)!r} of prompt {i} is reversed or empty: start must be < end")
@@ -220,13 +240,22 @@ def _warn_markup(x, chat: bool) -> None:
         convs = [texts] if isinstance(texts[0], dict) else texts
         texts = [m["content"] for conv in convs for m in conv]
     if any("<<" in t and ">>" in t for t in texts):
-        warnings.warn("attnsteer.highlight: the text contains <<...>> markup, which is parsed as highlights (and its "
-                      "brackets removed) besides char_spans/highlight_messages; pass markers=None to take the text "
-                      "verbatim", stacklevel=3)
+        warnings.warn(
+            "attnsteer.highlight: the text contains <<...>> markup, which is parsed as highlights (and its "
+            "brackets removed) besides char_spans/highlight_messages; pass markers=None to take the text "
+            "verbatim",
+            stacklevel=3,
+        )
 
 
 def _is_chat(x) -> bool:
-    return isinstance(x, (list, tuple)) and len(x) > 0 and (isinstance(x[0], dict) or (isinstance(x[0], (list, tuple)) and len(x[0]) > 0 and isinstance(x[0][0], dict)))
+    return (
+        isinstance(x, (list, tuple))
+        and len(x) > 0
+        and (
+            isinstance(x[0], dict) or (isinstance(x[0], (list, tuple)) and len(x[0]) > 0 and isinstance(x[0][0], dict))
+        )
+    )
 
 
 def _render(tokenizer, x, markers, highlight_messages, add_generation_prompt, chat_spans=None):
@@ -257,21 +286,26 @@ def _render(tokenizer, x, markers, highlight_messages, add_generation_prompt, ch
             if m_idx in whole:
                 sp = [(0, len(clean), 1.0)]
             marked.append(list(sp))
-        for m_idx, a, b in (chat_spans[c_idx] if chat_spans is not None else ()):
+        for m_idx, a, b in chat_spans[c_idx] if chat_spans is not None else ():
             if not -n <= m_idx < n:
                 raise IndexError(f"char span message index {m_idx} is out of range for a conversation of {n} messages")
             m_idx %= n
             if not 0 <= a < b <= len(clean_msgs[m_idx]["content"]):
-                raise MarkupError(f"char span ({a}, {b}) is outside message {m_idx} of "
-                                  f"{len(clean_msgs[m_idx]['content'])} characters")
+                raise MarkupError(
+                    f"char span ({a}, {b}) is outside message {m_idx} of {len(clean_msgs[m_idx]['content'])} characters"
+                )
             marked[m_idx].append((a, b, 1.0))
-        rendered = tokenizer.apply_chat_template(clean_msgs, tokenize=False, add_generation_prompt=add_generation_prompt)
+        rendered = tokenizer.apply_chat_template(
+            clean_msgs, tokenize=False, add_generation_prompt=add_generation_prompt
+        )
         # Locate each message's content in the rendered prompt, in order.
         pos, row_spans = 0, []
         for msg, sp in zip(clean_msgs, marked):
             at = rendered.find(msg["content"], pos)
             if at < 0:
-                raise MarkupError("the chat template changed a message's text; highlight with char_spans on the rendered prompt instead")
+                raise MarkupError(
+                    "the chat template changed a message's text; highlight with char_spans on the rendered prompt instead"
+                )
             row_spans.extend((at + s, at + e, w) for s, e, w in sp)
             pos = at + len(msg["content"])
         texts.append(rendered)

@@ -25,6 +25,7 @@ Usage::
     ids = model.generate(**enc, custom_generate=attnsteer.Directer(), spans=enc, max_new_tokens=64)
     # or: attnsteer.generate(model, tok, messages, method=attnsteer.Directer(), max_new_tokens=64)
 """
+
 from .cache import RowLayers
 from .decoding import Directer, DirecterStats
 from .ranking import LayerRanking, rank_layers

@@ -1,4 +1,5 @@
 """Forwards over DIRECTER's unsteered cache: prefill, single-token steps, and read-only views."""
+
 from __future__ import annotations
 
 import contextlib
@@ -51,14 +52,27 @@ def positions(attention_mask: torch.Tensor) -> torch.Tensor:
     return pos.masked_fill(attention_mask == 0, 1)
 
 
-def forward(model, steering, ids: torch.Tensor, attention_mask: torch.Tensor, cache,
-            row_layers: Optional[torch.Tensor] = None, method: Optional[Method] = None) -> torch.Tensor:
+def forward(
+    model,
+    steering,
+    ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    cache,
+    row_layers: Optional[torch.Tensor] = None,
+    method: Optional[Method] = None,
+) -> torch.Tensor:
     """Last-position logits ``(B, V)`` float of one forward of ``ids`` ``(B, n)`` over ``cache``;
     ``row_layers`` ``(B, L)`` steers those rows/layers with ``method`` (default: the block's)."""
     trial = RowLayers(inner=method if method is not None else steering.method, row_layers=row_layers)
     with steering.use(trial):
-        out = model(input_ids=ids, attention_mask=attention_mask, position_ids=positions(attention_mask)[:, -ids.shape[1]:],
-                    past_key_values=cache, use_cache=True, logits_to_keep=1)
+        out = model(
+            input_ids=ids,
+            attention_mask=attention_mask,
+            position_ids=positions(attention_mask)[:, -ids.shape[1] :],
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
     return out.logits[:, -1].float()
 
 

@@ -1,5 +1,6 @@
 """DIRECTER's plausibility-guided decoding (arXiv 2603.06745); the per-step algorithm is in the
 package docstring (:mod:`attnsteer.directer`)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -43,15 +44,17 @@ class DirecterStats:
 
     def __str__(self) -> str:
         acc = ", ".join(f"{n} layers: {c}" for n, c in sorted(self.accepted.items(), reverse=True)) or "none"
-        return (f"DIRECTER: {self.steps} steps, {self.gated} gated ({100 * self.gated_fraction:.0f}%), "
-                f"{self.steered} steered (accepted — {acc}; {self.fallbacks} fell back), {self.trials} trials")
+        return (
+            f"DIRECTER: {self.steps} steps, {self.gated} gated ({100 * self.gated_fraction:.0f}%), "
+            f"{self.steered} steered (accepted — {acc}; {self.fallbacks} fell back), {self.trials} trials"
+        )
 
 
 def _layer_counts(L: int, max_trials: int) -> List[int]:
     """Layers kept at trial k: L, ⌊L/2⌋, ⌊L/4⌋, … — never one layer, at most max_trials tries."""
     counts, k = [], 0
     while len(counts) < max_trials:
-        n = L // (2 ** k)
+        n = L // (2**k)
         if n < 2:
             break
         counts.append(n)
@@ -98,7 +101,9 @@ class Directer:
         if int(self.max_trials) < 1:
             raise ValueError(f"Directer.max_trials must be >= 1; got {self.max_trials}")
         if self.method is not None and not isinstance(self.method, Method):
-            raise TypeError(f"Directer.method must be an attnsteer method (GUIDE, SpotLight, …); got {type(self.method).__name__}")
+            raise TypeError(
+                f"Directer.method must be an attnsteer method (GUIDE, SpotLight, …); got {type(self.method).__name__}"
+            )
         if self.ranking_variant not in ("paper", "released"):
             raise ValueError(f"ranking_variant must be 'paper' or 'released'; got {self.ranking_variant!r}")
 
@@ -108,25 +113,46 @@ class Directer:
         return dataclasses.replace(base, layers=None, phases="both")
 
     # transformers calls this as ``decoding_method(model, input_ids, logits_processor=..., ...)``
-    def __call__(self, model, input_ids: torch.LongTensor, logits_processor=None, stopping_criteria=None,
-                 generation_config=None, synced_gpus: bool = False, streamer=None, spans: Any = None,
-                 ranking: Any = None, **model_kwargs) -> torch.LongTensor:
+    def __call__(
+        self,
+        model,
+        input_ids: torch.LongTensor,
+        logits_processor=None,
+        stopping_criteria=None,
+        generation_config=None,
+        synced_gpus: bool = False,
+        streamer=None,
+        spans: Any = None,
+        ranking: Any = None,
+        **model_kwargs,
+    ) -> torch.LongTensor:
         """DIRECTER decoding; ``spans`` is the encoding from :func:`attnsteer.highlight`
         (or a ``(B, T)`` span mask) aligned with ``input_ids``. Returns ``(B, T + new)`` ids."""
         if generation_config is not None:
             if getattr(generation_config, "num_beams", 1) not in (1, None):
                 raise NotImplementedError("DIRECTER decodes one token per step (greedy or sampling); pass num_beams=1")
             if getattr(generation_config, "return_dict_in_generate", False):
-                raise NotImplementedError("DIRECTER returns token ids; statistics are in Directer.stats "
-                                          "(pass return_dict_in_generate=False)")
+                raise NotImplementedError(
+                    "DIRECTER returns token ids; statistics are in Directer.stats (pass return_dict_in_generate=False)"
+                )
         pkv = model_kwargs.get("past_key_values")
         if pkv is not None and pkv.get_seq_length() > 0:
             raise NotImplementedError("DIRECTER prefills the prompt itself; do not pass past_key_values")
         if streamer is None:
             streamer = _streamer_from_generate()
         attention_mask = model_kwargs.get("attention_mask")
-        return _decode(self, model, input_ids, attention_mask, spans, ranking if ranking is not None else self.ranking,
-                       logits_processor, stopping_criteria, generation_config, streamer)
+        return _decode(
+            self,
+            model,
+            input_ids,
+            attention_mask,
+            spans,
+            ranking if ranking is not None else self.ranking,
+            logits_processor,
+            stopping_criteria,
+            generation_config,
+            streamer,
+        )
 
 
 def _streamer_from_generate():
@@ -148,18 +174,24 @@ def _streamer_from_generate():
 
 def span_mask_for(spans: Any, input_ids: torch.Tensor) -> torch.Tensor:
     if spans is None:
-        raise ValueError("DIRECTER needs the highlighted span: pass spans=enc (the encoding from attnsteer.highlight) "
-                         "to model.generate(..., custom_generate=Directer(), spans=enc)")
+        raise ValueError(
+            "DIRECTER needs the highlighted span: pass spans=enc (the encoding from attnsteer.highlight) "
+            "to model.generate(..., custom_generate=Directer(), spans=enc)"
+        )
     span = getattr(spans, "span_mask", spans)
     if not isinstance(span, torch.Tensor) or span.dim() != 2:
         raise TypeError("spans must be the encoding from attnsteer.highlight(...) or a (B, T) span mask")
     if span.shape != input_ids.shape:
-        raise ValueError(f"the span mask is {tuple(span.shape)} but input_ids are {tuple(input_ids.shape)}; "
-                         "pass the encoding the model is given (same prompts, same padding)")
+        raise ValueError(
+            f"the span mask is {tuple(span.shape)} but input_ids are {tuple(input_ids.shape)}; "
+            "pass the encoding the model is given (same prompts, same padding)"
+        )
     empty = [i for i in range(span.shape[0]) if not bool((span[i] != 0).any())]
     if empty:
-        raise ValueError(f"rows {empty} have no highlighted tokens, so DIRECTER has nothing to steer; "
-                         "mark the instruction with <<...>> (or highlight_messages=...) in every prompt")
+        raise ValueError(
+            f"rows {empty} have no highlighted tokens, so DIRECTER has nothing to steer; "
+            "mark the instruction with <<...>> (or highlight_messages=...) in every prompt"
+        )
     return span.to(input_ids.device).float()
 
 
@@ -173,15 +205,28 @@ def check_model(model, total_length: int) -> None:
         raise NotImplementedError(
             f"DIRECTER on a sliding-window model (window {window}) is only supported while prompt + new tokens "
             f"({total_length}) fit in the window: a trial re-runs the newest token over the cache as it was before "
-            "that token, which a sliding cache has already shifted. Shorten the prompt or max_new_tokens")
+            "that token, which a sliding cache has already shifted. Shorten the prompt or max_new_tokens"
+        )
 
 
 class _Decoder:
     """One DIRECTER generation: set-up (prefill, ranking, layer schedule), then per step the
     raw pass, the top-2 gate, trial rounds for the pending rows, and the emitted token."""
 
-    def __init__(self, d: Directer, model, steering, input_ids, attention_mask, span, ranking, logits_processor,
-                 stopping_criteria, generation_config, streamer):
+    def __init__(
+        self,
+        d: Directer,
+        model,
+        steering,
+        input_ids,
+        attention_mask,
+        span,
+        ranking,
+        logits_processor,
+        stopping_criteria,
+        generation_config,
+        streamer,
+    ):
         from ..hf import num_layers
 
         B, T = input_ids.shape
@@ -191,7 +236,9 @@ class _Decoder:
         self.L = num_layers(model) or 0
         self.counts = _layer_counts(self.L, int(d.max_trials))
         if not self.counts:
-            raise ValueError(f"DIRECTER needs a model with at least 2 layers (never steers a single layer); got {self.L}")
+            raise ValueError(
+                f"DIRECTER needs a model with at least 2 layers (never steers a single layer); got {self.L}"
+            )
         pad = getattr(generation_config, "_pad_token_tensor", None)
         self.pad_id = int(pad) if pad is not None else (getattr(generation_config, "pad_token_id", None) or 0)
         self.sample = bool(getattr(generation_config, "do_sample", False))
@@ -210,8 +257,9 @@ class _Decoder:
 
     def _ranking(self, d: Directer, ranking, B: int) -> LayerRanking:
         if ranking is None:
-            rk = rank_after_prefill(self.model, self.steering, self.cache, self.ids[:, -1:], self.am, d.ranking_variant,
-                                    False)
+            rk = rank_after_prefill(
+                self.model, self.steering, self.cache, self.ids[:, -1:], self.am, d.ranking_variant, False
+            )
             self.stats.forwards += self.L + 1
             return rk
         if isinstance(ranking, LayerRanking):
@@ -284,8 +332,18 @@ class _Decoder:
         return self.emit(choice, raw_scores)
 
 
-def _decode(d: Directer, model, input_ids, attention_mask, spans, ranking, logits_processor, stopping_criteria,
-            generation_config, streamer) -> torch.LongTensor:
+def _decode(
+    d: Directer,
+    model,
+    input_ids,
+    attention_mask,
+    spans,
+    ranking,
+    logits_processor,
+    stopping_criteria,
+    generation_config,
+    streamer,
+) -> torch.LongTensor:
     from ..hf import active
     from ..hf import steer as steer_ctx
 
@@ -295,8 +353,19 @@ def _decode(d: Directer, model, input_ids, attention_mask, spans, ranking, logit
     check_model(model, getattr(generation_config, "max_length", None) or input_ids.shape[1] + 20)
     d.stats = None
     with steer_ctx(model, d.trial_method(), spans=span):
-        dec = _Decoder(d, model, active(model), input_ids, attention_mask, span, ranking, logits_processor,
-                       stopping_criteria, generation_config, streamer)
+        dec = _Decoder(
+            d,
+            model,
+            active(model),
+            input_ids,
+            attention_mask,
+            span,
+            ranking,
+            logits_processor,
+            stopping_criteria,
+            generation_config,
+            streamer,
+        )
         d.stats, d.last_ranking = dec.stats, dec.ranking
         # (model.generate already put the prompt into the streamer)
         while dec.step():

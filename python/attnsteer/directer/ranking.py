@@ -1,4 +1,5 @@
 """DIRECTER's layer-sensitivity ranking (arXiv 2603.06745): which layers to steer first."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -79,8 +80,9 @@ def _cosine_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return 1.0 - torch.nn.functional.cosine_similarity(a.double(), b.double(), dim=-1)
 
 
-def _sensitivity(pre0: torch.Tensor, post0: torch.Tensor, pre: torch.Tensor, post: torch.Tensor,
-                 variant: str) -> torch.Tensor:
+def _sensitivity(
+    pre0: torch.Tensor, post0: torch.Tensor, pre: torch.Tensor, post: torch.Tensor, variant: str
+) -> torch.Tensor:
     """pre0/post0: (L, B, d) unperturbed; pre/post: (L_perturbed, L, B, d). Returns (B, L)."""
     base = _cosine_distance(pre0, post0)  # (L, B)
     cross_post = _cosine_distance(pre0[None], post)  # d(H_pre^j, H_post^{j,l})  (l, j, B)
@@ -109,6 +111,7 @@ def rank_after_prefill(model, steering, cache, token, attention_mask, variant: s
     handles = [m.register_forward_hook(hook, with_kwargs=True) for m in modules.values()]
     length = cache.get_seq_length()
     try:
+
         def run(row_layers):
             captured.clear()
             with peek(cache, length):
@@ -133,8 +136,15 @@ def rank_after_prefill(model, steering, cache, token, attention_mask, variant: s
 
 
 @torch.no_grad()
-def rank_layers(model, inputs: Any, *, alpha: float = 100.0, method: Optional[Method] = None,
-                variant: str = "paper", progress: bool = True) -> LayerRanking:
+def rank_layers(
+    model,
+    inputs: Any,
+    *,
+    alpha: float = 100.0,
+    method: Optional[Method] = None,
+    variant: str = "paper",
+    progress: bool = True,
+) -> LayerRanking:
     """Rank the layers of ``model`` by how much steering each one alone moves the model
     (arXiv 2603.06745).
 

@@ -18,6 +18,7 @@ Determinism: ``langdetect`` is seeded (``DetectorFactory.seed = 0``), and :func:
 ``random`` per prompt (some checkers draw a random letter or phrase when a keyword argument is
 missing or falsy, e.g. keys 1122 and 1129).
 """
+
 from __future__ import annotations
 
 import importlib
@@ -57,7 +58,9 @@ def load() -> types.ModuleType:
         import langdetect
         import lm_eval
     except ImportError as err:
-        raise ImportError(f"IFEval scoring uses lm-eval's IFEval checkers, which are not installed ({err.name}): {INSTALL_HINT}") from err
+        raise ImportError(
+            f"IFEval scoring uses lm-eval's IFEval checkers, which are not installed ({err.name}): {INSTALL_HINT}"
+        ) from err
     stub = None
     if "lm_eval.tasks" not in sys.modules:
         # Stand in for lm_eval/tasks/__init__.py (the task manager needs datasets, pandas…):
@@ -102,8 +105,12 @@ def score(record: Dict[str, Any], response: str) -> Score:
     """Score ``response`` to one IFEval prompt ``record`` (``key``, ``prompt``,
     ``instruction_id_list``, ``kwargs``) with lm-eval's strict and loose checkers."""
     utils = load()
-    inp = utils.InputExample(key=record["key"], instruction_id_list=list(record["instruction_id_list"]),
-                             prompt=record["prompt"], kwargs=list(record["kwargs"]))
+    inp = utils.InputExample(
+        key=record["key"],
+        instruction_id_list=list(record["instruction_id_list"]),
+        prompt=record["prompt"],
+        kwargs=list(record["kwargs"]),
+    )
     state = random.getstate()
     try:
         # One seed, then strict, then loose: what lm-eval's process_results gives after random.seed(key).
@@ -136,7 +143,12 @@ def aggregate(scores: Sequence[Score]) -> Dict[str, float]:
     """IFEval's four accuracies: prompt level = mean of all-followed, instruction level = the
     flattened mean over instructions (as lm-eval's ``agg_inst_level_acc``)."""
     if not scores:
-        return {"prompt_strict": float("nan"), "prompt_loose": float("nan"), "inst_strict": float("nan"), "inst_loose": float("nan")}
+        return {
+            "prompt_strict": float("nan"),
+            "prompt_loose": float("nan"),
+            "inst_strict": float("nan"),
+            "inst_loose": float("nan"),
+        }
     flat_s = [x for s in scores for x in s.strict]
     flat_l = [x for s in scores for x in s.loose]
     return {

@@ -1,4 +1,5 @@
 """``attnsteer eval ifeval | retention | sweep | report``."""
+
 from __future__ import annotations
 
 import os
@@ -15,22 +16,38 @@ def add_parsers(sub) -> None:
     esub = ev.add_subparsers(dest="eval_command", required=True)
 
     def common(p, default_out):
-        p.add_argument("--model", default=None, help="local Hugging Face model directory or .gguf file (default: embedded SmolLM2-135M-Instruct)")
+        p.add_argument(
+            "--model",
+            default=None,
+            help="local Hugging Face model directory or .gguf file (default: embedded SmolLM2-135M-Instruct)",
+        )
         p.add_argument("--batch-size", type=int, default=8)
         p.add_argument("--max-new-tokens", type=int, default=256)
         p.add_argument("--limit", type=int, default=None, help="only the first N prompts (after the split)")
-        p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (1 can beat 2 on a loaded 2-core machine)")
+        p.add_argument(
+            "--threads", type=int, default=None, help="torch.set_num_threads (1 can beat 2 on a loaded 2-core machine)"
+        )
         p.add_argument("--out", default=default_out, help="results folder (responses.jsonl, results.json, results.md)")
         p.add_argument("--no-progress", action="store_true")
 
     p = esub.add_parser("ifeval", help="IFEval (541 prompts) unsteered and with each --method")
     common(p, os.path.join(DEFAULT_OUT, "ifeval"))
-    p.add_argument("--method", action="append", default=None,
-                   help="method spec, repeatable: none, guide:delta=2, instaboost:alpha=10, pasta:alpha=0.1, "
-                        "spotlight:target=0.3, keyscale:alpha=2, directer, gate+guide:delta=2 (default: none)")
-    p.add_argument("--strategy", default="prompt", choices=["prompt", "constraints", "system"],
-                   help="what is highlighted: the whole prompt, its constraint sentences, or a system message restating them")
-    p.add_argument("--split", default="all", choices=["all", "dev", "test"], help="the fixed 100/441 split (sweeps tune on dev)")
+    p.add_argument(
+        "--method",
+        action="append",
+        default=None,
+        help="method spec, repeatable: none, guide:delta=2, instaboost:alpha=10, pasta:alpha=0.1, "
+        "spotlight:target=0.3, keyscale:alpha=2, directer, gate+guide:delta=2 (default: none)",
+    )
+    p.add_argument(
+        "--strategy",
+        default="prompt",
+        choices=["prompt", "constraints", "system"],
+        help="what is highlighted: the whole prompt, its constraint sentences, or a system message restating them",
+    )
+    p.add_argument(
+        "--split", default="all", choices=["all", "dev", "test"], help="the fixed 100/441 split (sweeps tune on dev)"
+    )
 
     p = esub.add_parser("retention", help="a checkable rule before/after a long document, accuracy against length")
     common(p, os.path.join(DEFAULT_OUT, "retention"))
@@ -41,10 +58,16 @@ def add_parsers(sub) -> None:
     p.add_argument("--docs", type=int, default=4, help="documents per length")
     p.add_argument("--rules", default=None, help="comma-separated rule names (default: all)")
 
-    p = esub.add_parser("sweep", help="strength grid per method on the IFEval dev split; best by loose accuracy within the fluency bounds")
+    p = esub.add_parser(
+        "sweep",
+        help="strength grid per method on the IFEval dev split; best by loose accuracy within the fluency bounds",
+    )
     common(p, os.path.join(DEFAULT_OUT, "sweep"))
-    p.add_argument("--methods", default="guide,instaboost,spotlight,pasta,pasta-layers,keyscale",
-                   help="which grids (see attnsteer.eval.sweep.GRIDS)")
+    p.add_argument(
+        "--methods",
+        default="guide,instaboost,spotlight,pasta,pasta-layers,keyscale",
+        help="which grids (see attnsteer.eval.sweep.GRIDS)",
+    )
     p.add_argument("--gated", action="store_true", help="also each grid point inside DIRECTER's plausibility gate")
     p.add_argument("--strategy", default="prompt", choices=["prompt", "constraints", "system"])
     p.add_argument("--report-test", action="store_true", help="then run the chosen settings on the 441 test prompts")
@@ -54,9 +77,14 @@ def add_parsers(sub) -> None:
     p.add_argument("--model-tag", default=None)
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--split", default="all", choices=["all", "dev", "test"])
-    p.add_argument("--sweep", action="store_true", help="also the sweep's plot and choice (sweep.png, chosen.json) "
-                   "from what the store holds so far")
-    p.add_argument("--num-layers", type=int, default=30, help="with --sweep: the model's layer count (PASTA's layer grid)")
+    p.add_argument(
+        "--sweep",
+        action="store_true",
+        help="also the sweep's plot and choice (sweep.png, chosen.json) from what the store holds so far",
+    )
+    p.add_argument(
+        "--num-layers", type=int, default=30, help="with --sweep: the model's layer count (PASTA's layer grid)"
+    )
     p.add_argument("--retention", action="store_true", help="the folder holds a retention run (tables + retention.png)")
 
 
@@ -103,14 +131,17 @@ def run(args, argv=None) -> int:
             return 0
         records = ifeval.split(ifeval.load_prompts(), args.split)
         rows = runner.summarize_ifeval(store, records, tag, args.max_new_tokens)
-        _, md = runner.write_report(rows, args.out, title=f"IFEval — {tag} — {args.split} split", command=_command(argv),
-                                    machine=machine())
+        _, md = runner.write_report(
+            rows, args.out, title=f"IFEval — {tag} — {args.split} split", command=_command(argv), machine=machine()
+        )
         print(open(md, encoding="utf-8").read())
         if args.sweep:
             from . import sweep
 
-            print("chosen:", sweep.report(rows, args.out, tag, args.num_layers, args.max_new_tokens,
-                                          n_prompts=len(records)))
+            print(
+                "chosen:",
+                sweep.report(rows, args.out, tag, args.num_layers, args.max_new_tokens, n_prompts=len(records)),
+            )
         return 0
     if cmd == "ifeval":
         from . import specs
@@ -121,19 +152,36 @@ def run(args, argv=None) -> int:
         model, tok, tag = _load(args)
         records = ifeval.split(ifeval.load_prompts(), args.split)
         if args.limit:
-            records = records[:args.limit]
+            records = records[: args.limit]
         if args.strategy == "constraints":
             rep = ifeval.locate_report(records)
-            print(f"constraints strategy: located at least one constraint in {rep['prompts_some_located']} of "
-                  f"{rep['prompts']} prompts (all in {rep['prompts_all_located']}); {rep['instructions_located']} of "
-                  f"{rep['instructions']} instructions", file=sys.stderr)
+            print(
+                f"constraints strategy: located at least one constraint in {rep['prompts_some_located']} of "
+                f"{rep['prompts']} prompts (all in {rep['prompts_all_located']}); {rep['instructions_located']} of "
+                f"{rep['instructions']} instructions",
+                file=sys.stderr,
+            )
         store = runner.ResponseStore(os.path.join(args.out, "responses.jsonl"))
-        runner.run_ifeval(model, tok, records, methods, strategy=args.strategy, store=store, model_tag=tag,
-                          batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, progress=not args.no_progress)
+        runner.run_ifeval(
+            model,
+            tok,
+            records,
+            methods,
+            strategy=args.strategy,
+            store=store,
+            model_tag=tag,
+            batch_size=args.batch_size,
+            max_new_tokens=args.max_new_tokens,
+            progress=not args.no_progress,
+        )
         rows = runner.summarize_ifeval(store, records, tag, args.max_new_tokens)
-        _, md = runner.write_report(rows, args.out, title=f"IFEval — {tag} — {args.split} split"
-                                    + (f", first {args.limit}" if args.limit else ""), command=_command(argv),
-                                    machine=machine())
+        _, md = runner.write_report(
+            rows,
+            args.out,
+            title=f"IFEval — {tag} — {args.split} split" + (f", first {args.limit}" if args.limit else ""),
+            command=_command(argv),
+            machine=machine(),
+        )
         print(open(md, encoding="utf-8").read())
         return 0
     if cmd == "retention":

@@ -9,6 +9,7 @@ drives it toward 0).
 A configuration is flagged against the unsteered run on the same prompts (:func:`flags`) when
 its replies are much shorter, much less likely or more repetitive — :data:`BOUNDS`.
 """
+
 from __future__ import annotations
 
 from typing import Dict, List, Sequence
@@ -19,22 +20,23 @@ __all__ = ["BOUNDS", "distinct_ngrams", "response_nll", "flags"]
 
 # A configuration is flagged when, against unsteered on the same prompts:
 BOUNDS = {
-    "short": 0.5,        # mean length < 0.5 × unsteered's
-    "unlikely": 0.5,     # mean NLL > unsteered's + 0.5 nats/token
-    "repetitive": 0.1,   # mean distinct-4 < unsteered's − 0.1
+    "short": 0.5,  # mean length < 0.5 × unsteered's
+    "unlikely": 0.5,  # mean NLL > unsteered's + 0.5 nats/token
+    "repetitive": 0.1,  # mean distinct-4 < unsteered's − 0.1
 }
 
 
 def distinct_ngrams(text: str, n: int = 4) -> float:
     """Share of distinct word ``n``-grams in ``text`` (1.0 when it has fewer than ``n`` words)."""
     words = text.split()
-    grams = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+    grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
     return len(set(grams)) / len(grams) if grams else 1.0
 
 
 @torch.no_grad()
-def response_nll(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, gen_ids: torch.Tensor,
-                 gen_mask: torch.Tensor) -> List[float]:
+def response_nll(
+    model, input_ids: torch.Tensor, attention_mask: torch.Tensor, gen_ids: torch.Tensor, gen_mask: torch.Tensor
+) -> List[float]:
     """Mean NLL per generated token under ``model`` as it is (call it outside ``steer()``).
 
     Args:

@@ -17,6 +17,7 @@ IFEval prompts do not mark their constraints, so a strategy decides what is high
 Spans always come from character offsets into the rendered chat prompt, never from markup: 36
 prompts contain a literal ``<<title>>``.
 """
+
 from __future__ import annotations
 
 import json
@@ -28,8 +29,17 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from . import checkers
 
-__all__ = ["STRATEGIES", "CUES", "load_prompts", "split", "Prompt", "build_prompt", "sentence_spans",
-           "locate_constraints", "locate_report"]
+__all__ = [
+    "STRATEGIES",
+    "CUES",
+    "load_prompts",
+    "split",
+    "Prompt",
+    "build_prompt",
+    "sentence_spans",
+    "locate_constraints",
+    "locate_report",
+]
 
 DATA = Path(__file__).resolve().parent / "data" / "ifeval_input_data.jsonl"
 STRATEGIES = ("prompt", "constraints", "system")
@@ -63,8 +73,15 @@ CUES: Dict[str, str] = {
     "startend:end_checker": r"\bend (your|it|the|with)|finish (your|with)|conclude",
     "startend:quotation": r"quotation|double quotes|quotes",
 }
-_ANCHOR_KWARGS = ("keyword", "keywords", "forbidden_words", "end_phrase", "first_word", "postscript_marker",
-                  "section_spliter")
+_ANCHOR_KWARGS = (
+    "keyword",
+    "keywords",
+    "forbidden_words",
+    "end_phrase",
+    "first_word",
+    "postscript_marker",
+    "section_spliter",
+)
 
 
 @lru_cache(maxsize=1)
@@ -179,15 +196,22 @@ def locate_report(records: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
             per_id.setdefault(i, [0, 0])
             per_id[i][0] += f
             per_id[i][1] += 1
-    return {"prompts": len(records), "prompts_some_located": some, "prompts_all_located": every,
-            "instructions": n_inst, "instructions_located": n_found,
-            "per_instruction": {k: {"located": v[0], "of": v[1]} for k, v in sorted(per_id.items())}}
+    return {
+        "prompts": len(records),
+        "prompts_some_located": some,
+        "prompts_all_located": every,
+        "instructions": n_inst,
+        "instructions_located": n_found,
+        "per_instruction": {k: {"located": v[0], "of": v[1]} for k, v in sorted(per_id.items())},
+    }
 
 
 def system_message(record: Dict[str, Any]) -> str:
     """The prompt's constraints in the checkers' own words, one per line."""
-    lines = [checkers.describe(i, kw or {}, key=record["key"], prompt=record["prompt"])
-             for i, kw in zip(record["instruction_id_list"], record["kwargs"])]
+    lines = [
+        checkers.describe(i, kw or {}, key=record["key"], prompt=record["prompt"])
+        for i, kw in zip(record["instruction_id_list"], record["kwargs"])
+    ]
     return "Follow these rules in your answer:\n" + "\n".join(f"- {s}" for s in lines)
 
 

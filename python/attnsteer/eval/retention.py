@@ -15,6 +15,7 @@ method; a PNG plot.
   ``build_description``; ``french`` is ``language:response_language`` (langdetect).
 - Task: "Summarise the document in a few sentences."
 """
+
 from __future__ import annotations
 
 import os
@@ -48,10 +49,14 @@ def _paragraphs() -> Tuple[str, ...]:
     for name in sorted(topics):
         for block in re.split(r"\n\s*\n", topics[name]):
             lines = block.split("\n")
-            if not lines or any(line.startswith(" ") for line in lines) or re.fullmatch(r"[*=\-]+", lines[-1].strip() or "*"):
+            if (
+                not lines
+                or any(line.startswith(" ") for line in lines)
+                or re.fullmatch(r"[*=\-]+", lines[-1].strip() or "*")
+            ):
                 continue  # grammar / code / headings
             text = " ".join(line.strip() for line in lines).strip()
-            if len(text) > 80 and text.count("\"") < len(text) / 20:
+            if len(text) > 80 and text.count('"') < len(text) / 20:
                 out.append(text)
     return tuple(out)
 
@@ -128,8 +133,15 @@ class Case:
     prompt: ifeval.Prompt
 
 
-def cases(tokenizer, lengths: Sequence[int], placements: Sequence[str], rules: Sequence[str], n_docs: int,
-          max_context: Optional[int], max_new_tokens: int) -> List[Case]:
+def cases(
+    tokenizer,
+    lengths: Sequence[int],
+    placements: Sequence[str],
+    rules: Sequence[str],
+    n_docs: int,
+    max_context: Optional[int],
+    max_new_tokens: int,
+) -> List[Case]:
     out = []
     reserve = 192 + max_new_tokens  # rule + template + task + reply
     for length in lengths:
@@ -145,14 +157,28 @@ def cases(tokenizer, lengths: Sequence[int], placements: Sequence[str], rules: S
     return out
 
 
-def run(model, tokenizer, case_list: Sequence[Case], methods: Sequence[str], *, store: runner.ResponseStore,
-        model_tag: str, batch_size: int = 4, max_new_tokens: int = 96, progress: bool = True) -> None:
+def run(
+    model,
+    tokenizer,
+    case_list: Sequence[Case],
+    methods: Sequence[str],
+    *,
+    store: runner.ResponseStore,
+    model_tag: str,
+    batch_size: int = 4,
+    max_new_tokens: int = 96,
+    progress: bool = True,
+) -> None:
     """Generate and score every (method, case) not yet in ``store`` (resumable)."""
     from tqdm.auto import tqdm
 
-    jobs = [(specs.canonical(m), [c for c in case_list
-                                  if not store.done((model_tag, specs.canonical(m), STRATEGY, max_new_tokens, c.key))])
-            for m in methods]
+    jobs = [
+        (
+            specs.canonical(m),
+            [c for c in case_list if not store.done((model_tag, specs.canonical(m), STRATEGY, max_new_tokens, c.key))],
+        )
+        for m in methods
+    ]
     bar = tqdm(total=sum(len(t) for _, t in jobs), desc="retention", unit="prompt", disable=not progress)
     for canon, todo in jobs:
         method = specs.parse(canon)
@@ -162,18 +188,34 @@ def run(model, tokenizer, case_list: Sequence[Case], methods: Sequence[str], *, 
         def row(c, p, g, dt):
             inst, kw = RULES[c.rule]
             s = checkers.score({"key": 0, "prompt": p.text, "instruction_id_list": [inst], "kwargs": [kw]}, g.text)
-            return {"model": model_tag, "method": canon, "strategy": STRATEGY, "max_new_tokens": max_new_tokens,
-                    "key": c.key, "rule": c.rule, "placement": c.placement, "length": c.length,
-                    "doc_tokens": c.doc_tokens, "response": g.text, "n_tokens": g.n_tokens, "nll": g.nll,
-                    "distinct4": g.distinct4, "strict": s.strict, "loose": s.loose, "seconds": dt}
+            return {
+                "model": model_tag,
+                "method": canon,
+                "strategy": STRATEGY,
+                "max_new_tokens": max_new_tokens,
+                "key": c.key,
+                "rule": c.rule,
+                "placement": c.placement,
+                "length": c.length,
+                "doc_tokens": c.doc_tokens,
+                "response": g.text,
+                "n_tokens": g.n_tokens,
+                "nll": g.nll,
+                "distinct4": g.distinct4,
+                "strict": s.strict,
+                "loose": s.loose,
+                "seconds": dt,
+            }
 
-        runner.run_batches(model, tokenizer, [(c.prompt, c) for c in todo], method, max_new_tokens, batch_size,
-                           store, bar, row)
+        runner.run_batches(
+            model, tokenizer, [(c.prompt, c) for c in todo], method, max_new_tokens, batch_size, store, bar, row
+        )
     bar.close()
 
 
-def summarize(store: runner.ResponseStore, model_tag: str, max_new_tokens: int,
-              keys: Optional[set] = None, by_rule: bool = False) -> List[Dict[str, Any]]:
+def summarize(
+    store: runner.ResponseStore, model_tag: str, max_new_tokens: int, keys: Optional[set] = None, by_rule: bool = False
+) -> List[Dict[str, Any]]:
     """Per (method, placement, length) — and rule, with ``by_rule`` — loose accuracy, n, mean
     document tokens, mean reply tokens and distinct-4."""
     groups: Dict[Tuple[str, str, str, int], List[Dict[str, Any]]] = {}
@@ -182,25 +224,40 @@ def summarize(store: runner.ResponseStore, model_tag: str, max_new_tokens: int,
             continue
         groups.setdefault((r["method"], r["rule"] if by_rule else "all", r["placement"], r["length"]), []).append(r)
     rows = []
-    for (m, rule, pl, n), rs in sorted(groups.items(), key=lambda g: (g[0][0] != "none", g[0][0], g[0][1], g[0][2], g[0][3])):
-        rows.append({"method": m, "rule": rule, "placement": pl, "length": n, "n": len(rs),
-                     "accuracy": sum(all(r["loose"]) for r in rs) / len(rs),
-                     "doc_tokens": sum(r["doc_tokens"] for r in rs) / len(rs),
-                     "n_tokens": sum(r["n_tokens"] for r in rs) / len(rs),
-                     "distinct4": sum(r["distinct4"] for r in rs) / len(rs)})
+    for (m, rule, pl, n), rs in sorted(
+        groups.items(), key=lambda g: (g[0][0] != "none", g[0][0], g[0][1], g[0][2], g[0][3])
+    ):
+        rows.append(
+            {
+                "method": m,
+                "rule": rule,
+                "placement": pl,
+                "length": n,
+                "n": len(rs),
+                "accuracy": sum(all(r["loose"]) for r in rs) / len(rs),
+                "doc_tokens": sum(r["doc_tokens"] for r in rs) / len(rs),
+                "n_tokens": sum(r["n_tokens"] for r in rs) / len(rs),
+                "distinct4": sum(r["distinct4"] for r in rs) / len(rs),
+            }
+        )
     return rows
 
 
 def table(rows: Sequence[Dict[str, Any]]) -> str:
     """Accuracy % (mean reply tokens) per length; one line per method, rule and placement."""
     lengths = sorted({r["length"] for r in rows})
-    lines = ["| method | rule | placement | " + " | ".join(f"{n} tok" for n in lengths) + " |",
-             "|---|---|---|" + "---:|" * len(lengths)]
+    lines = [
+        "| method | rule | placement | " + " | ".join(f"{n} tok" for n in lengths) + " |",
+        "|---|---|---|" + "---:|" * len(lengths),
+    ]
     cells: Dict[Tuple[str, str, str], Dict[int, Dict[str, Any]]] = {}
     for r in rows:
         cells.setdefault((r["method"], r.get("rule", "all"), r["placement"]), {})[r["length"]] = r
     for (m, rule, pl), by_len in cells.items():
-        vals = [f"{100 * by_len[n]['accuracy']:.0f} ({by_len[n]['n_tokens']:.0f} tok)" if n in by_len else "" for n in lengths]
+        vals = [
+            f"{100 * by_len[n]['accuracy']:.0f} ({by_len[n]['n_tokens']:.0f} tok)" if n in by_len else ""
+            for n in lengths
+        ]
         lines.append(f"| {specs.label(m)} | {rule} | {pl} | " + " | ".join(vals) + " |")
     return "\n".join(lines)
 
@@ -217,7 +274,9 @@ def plot(rows: Sequence[Dict[str, Any]], path: str) -> str:
     methods = list(dict.fromkeys(r["method"] for r in rows))
     for ax, pl in zip(axes[0], pls):
         for i, m in enumerate(methods):
-            pts = sorted((r["doc_tokens"], 100 * r["accuracy"]) for r in rows if r["method"] == m and r["placement"] == pl)
+            pts = sorted(
+                (r["doc_tokens"], 100 * r["accuracy"]) for r in rows if r["method"] == m and r["placement"] == pl
+            )
             if pts:
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", color=f"C{i}", label=specs.label(m))
         ax.set_xscale("log", base=2)
@@ -249,16 +308,32 @@ def main(args, load: Callable, command: str, machine: Callable) -> int:
     max_ctx = getattr(model.config, "max_position_embeddings", None)
     case_list = cases(tok, lengths, placements, rules, args.docs, max_ctx, args.max_new_tokens)
     if args.limit:
-        case_list = case_list[:args.limit]
+        case_list = case_list[: args.limit]
     store = runner.ResponseStore(os.path.join(args.out, "responses.jsonl"))
-    run(model, tok, case_list, methods, store=store, model_tag=tag, batch_size=args.batch_size,
-        max_new_tokens=args.max_new_tokens, progress=not args.no_progress)
+    run(
+        model,
+        tok,
+        case_list,
+        methods,
+        store=store,
+        model_tag=tag,
+        batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens,
+        progress=not args.no_progress,
+    )
     print(write_report(store, tag, args.max_new_tokens, args.out, command, machine(), keys={c.key for c in case_list}))
     return 0
 
 
-def write_report(store: runner.ResponseStore, model_tag: str, max_new_tokens: int, out: str, command: str,
-                 machine: str, keys: Optional[set] = None) -> str:
+def write_report(
+    store: runner.ResponseStore,
+    model_tag: str,
+    max_new_tokens: int,
+    out: str,
+    command: str,
+    machine: str,
+    keys: Optional[set] = None,
+) -> str:
     """``results.json``, ``results.md`` and ``retention.png`` from the store; returns the markdown."""
     import json
 
@@ -267,10 +342,25 @@ def write_report(store: runner.ResponseStore, model_tag: str, max_new_tokens: in
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "results.json"), "w", encoding="utf-8") as f:
         json.dump({"command": command, "machine": machine, "rows": rows, "rows_by_rule": by_rule}, f, indent=1)
-    md = "\n".join([f"# Rule retention — {model_tag}", "", f"Command: `{command}`", "", f"Machine: {machine}", "",
-                    "Share of replies that follow the marked rule (IFEval checker, loose) by document length, with "
-                    "the mean reply length in tokens (a reply that only echoes the rule is short).", "",
-                    table(rows), "", "## Per rule", "", table(by_rule), ""])
+    md = "\n".join(
+        [
+            f"# Rule retention — {model_tag}",
+            "",
+            f"Command: `{command}`",
+            "",
+            f"Machine: {machine}",
+            "",
+            "Share of replies that follow the marked rule (IFEval checker, loose) by document length, with "
+            "the mean reply length in tokens (a reply that only echoes the rule is short).",
+            "",
+            table(rows),
+            "",
+            "## Per rule",
+            "",
+            table(by_rule),
+            "",
+        ]
+    )
     with open(os.path.join(out, "results.md"), "w", encoding="utf-8") as f:
         f.write(md)
     if rows:

@@ -5,6 +5,7 @@ strategy, max_new_tokens, prompt key); a run skips the keys already there, so an
 run continues where it stopped. Results (``results.json``, ``results.md``) are recomputed from
 the store.
 """
+
 from __future__ import annotations
 
 import json
@@ -87,20 +88,24 @@ def _encode(tokenizer, prompts: Sequence[ifeval.Prompt], steered: bool):
     if steered:
         # markers={}: dataset text is taken verbatim (IFEval has literal <<title>>); the
         # highlight is the character spans alone.
-        return highlight(tokenizer, texts, char_spans=[p.spans for p in prompts], markers={},
-                         add_special_tokens=False, padding=True)
+        return highlight(
+            tokenizer, texts, char_spans=[p.spans for p in prompts], markers={}, add_special_tokens=False, padding=True
+        )
     return tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt")
 
 
 @torch.no_grad()
-def generate_batch(model, tokenizer, prompts: Sequence[ifeval.Prompt], method: specs.Spec,
-                   max_new_tokens: int) -> List[Generated]:
+def generate_batch(
+    model, tokenizer, prompts: Sequence[ifeval.Prompt], method: specs.Spec, max_new_tokens: int
+) -> List[Generated]:
     """Greedy replies to a batch of rendered prompts (left padding), steered by ``method``
     on each prompt's own spans, with their fluency figures."""
     enc = _encode(tokenizer, prompts, method is not None)
     enc = enc.to(model.device)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    kw = dict(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad, temperature=None, top_p=None, top_k=None)
+    kw = dict(
+        max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad, temperature=None, top_p=None, top_k=None
+    )
     inputs = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
     if method is None:
         out = model.generate(**inputs, **kw)
@@ -116,7 +121,7 @@ def generate_batch(model, tokenizer, prompts: Sequence[ifeval.Prompt], method: s
     for b in range(gen.shape[0]):
         ends = [i for i, t in enumerate(gen[b].tolist()) if t in eos]
         if ends:
-            gen_mask[b, ends[0] + 1:] = 0
+            gen_mask[b, ends[0] + 1 :] = 0
     nll = fluency.response_nll(model, inputs["input_ids"], inputs["attention_mask"], gen, gen_mask)
     results = []
     for b in range(gen.shape[0]):
@@ -139,12 +144,21 @@ def _eos_ids(model, tokenizer) -> set:
     return ids
 
 
-def run_batches(model, tokenizer, items: Sequence[Tuple[ifeval.Prompt, Any]], method: specs.Spec, max_new_tokens: int,
-                batch_size: int, store: ResponseStore, bar, row) -> None:
+def run_batches(
+    model,
+    tokenizer,
+    items: Sequence[Tuple[ifeval.Prompt, Any]],
+    method: specs.Spec,
+    max_new_tokens: int,
+    batch_size: int,
+    store: ResponseStore,
+    bar,
+    row,
+) -> None:
     """Generate ``items`` (``(prompt, payload)``, in order) in batches and store
     ``row(payload, prompt, generated, seconds_per_prompt)`` for each, a batch at a time."""
     for i in range(0, len(items), batch_size):
-        chunk = items[i:i + batch_size]
+        chunk = items[i : i + batch_size]
         t0 = time.perf_counter()
         outs = generate_batch(model, tokenizer, [p for p, _ in chunk], method, max_new_tokens)
         dt = (time.perf_counter() - t0) / len(chunk)
@@ -152,9 +166,19 @@ def run_batches(model, tokenizer, items: Sequence[Tuple[ifeval.Prompt, Any]], me
         bar.update(len(chunk))
 
 
-def run_ifeval(model, tokenizer, records: Sequence[Dict[str, Any]], methods: Sequence[str], *, strategy: str,
-               store: ResponseStore, model_tag: str, batch_size: int = 8, max_new_tokens: int = 256,
-               progress: bool = True) -> None:
+def run_ifeval(
+    model,
+    tokenizer,
+    records: Sequence[Dict[str, Any]],
+    methods: Sequence[str],
+    *,
+    strategy: str,
+    store: ResponseStore,
+    model_tag: str,
+    batch_size: int = 8,
+    max_new_tokens: int = 256,
+    progress: bool = True,
+) -> None:
     """Generate and score every (method, prompt) not yet in ``store``.
 
     ``methods`` are spec strings (:mod:`attnsteer.eval.specs`); ``none`` runs unsteered under
@@ -183,23 +207,43 @@ def run_ifeval(model, tokenizer, records: Sequence[Dict[str, Any]], methods: Seq
 
         def row(r, p, g, dt):
             s = checkers.score(r, g.text)
-            return {"model": model_tag, "method": canon, "strategy": strat, "max_new_tokens": max_new_tokens,
-                    "key": r["key"], "response": g.text, "n_tokens": g.n_tokens, "nll": g.nll,
-                    "distinct4": g.distinct4, "strict": s.strict, "loose": s.loose,
-                    "located": p.located, "seconds": dt, "prompt_tokens": lengths[r["key"]]}
+            return {
+                "model": model_tag,
+                "method": canon,
+                "strategy": strat,
+                "max_new_tokens": max_new_tokens,
+                "key": r["key"],
+                "response": g.text,
+                "n_tokens": g.n_tokens,
+                "nll": g.nll,
+                "distinct4": g.distinct4,
+                "strict": s.strict,
+                "loose": s.loose,
+                "located": p.located,
+                "seconds": dt,
+                "prompt_tokens": lengths[r["key"]],
+            }
 
         run_batches(model, tokenizer, [(p, r) for r, p in built], method, max_new_tokens, batch_size, store, bar, row)
     bar.close()
 
 
-def summarize_ifeval(store: ResponseStore, records: Sequence[Dict[str, Any]], model_tag: str,
-                     max_new_tokens: int, *, only_complete: bool = False) -> List[Dict[str, Any]]:
+def summarize_ifeval(
+    store: ResponseStore,
+    records: Sequence[Dict[str, Any]],
+    model_tag: str,
+    max_new_tokens: int,
+    *,
+    only_complete: bool = False,
+) -> List[Dict[str, Any]]:
     """One row per (method, strategy) in the store for these prompts: the four accuracies,
     instruction-level loose accuracy per instruction type, fluency means and flags against
     the unsteered run of the same strategy on the same prompts, seconds per prompt."""
     by_key = {r["key"]: r for r in records}
-    configs = sorted({(k[1], k[2]) for k in store.records if k[0] == model_tag and k[3] == max_new_tokens},
-                     key=lambda c: (c[0] != "none", c[1], c[0]))
+    configs = sorted(
+        {(k[1], k[2]) for k in store.records if k[0] == model_tag and k[3] == max_new_tokens},
+        key=lambda c: (c[0] != "none", c[1], c[0]),
+    )
     rows = []
     for method, strat in configs:
         got = {k: r for k, r in store.select(model_tag, method, strat, max_new_tokens).items() if k in by_key}
@@ -231,8 +275,11 @@ def _score(r: Dict[str, Any]) -> checkers.Score:
 
 
 def _fluency_means(rs: Sequence[Dict[str, Any]]) -> Dict[str, float]:
-    return {"n_tokens": fluency.mean([r["n_tokens"] for r in rs]), "nll": fluency.mean([r["nll"] for r in rs]),
-            "distinct4": fluency.mean([r["distinct4"] for r in rs])}
+    return {
+        "n_tokens": fluency.mean([r["n_tokens"] for r in rs]),
+        "nll": fluency.mean([r["nll"] for r in rs]),
+        "distinct4": fluency.mean([r["distinct4"] for r in rs]),
+    }
 
 
 def _summary_row(method: str, strat: str, got: Dict[Any, Dict[str, Any]], by_key) -> Dict[str, Any]:
@@ -243,7 +290,10 @@ def _summary_row(method: str, strat: str, got: Dict[Any, Dict[str, Any]], by_key
             per_type.setdefault(inst, []).append(ok)
     located = [r.get("located") for r in got.values() if r.get("located") is not None]
     return {
-        "method": method, "strategy": strat, "n": len(got), **checkers.aggregate(scores),
+        "method": method,
+        "strategy": strat,
+        "n": len(got),
+        **checkers.aggregate(scores),
         "per_type_inst_loose": {t: sum(v) / len(v) for t, v in sorted(per_type.items())},
         **_fluency_means(list(got.values())),
         "seconds_per_prompt": fluency.mean([r["seconds"] for r in got.values()]),
@@ -253,15 +303,18 @@ def _summary_row(method: str, strat: str, got: Dict[Any, Dict[str, Any]], by_key
 
 
 def markdown_table(rows: Sequence[Dict[str, Any]]) -> str:
-    head = ("| method | strategy | n | prompt strict | prompt loose | inst strict | inst loose | tokens | NLL | distinct-4 "
-            "| s/prompt | flags |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    head = (
+        "| method | strategy | n | prompt strict | prompt loose | inst strict | inst loose | tokens | NLL | distinct-4 "
+        "| s/prompt | flags |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+    )
     lines = [head]
     for r in rows:
         lines.append(
             f"| {specs.label(r['method'])} | {r['strategy']} | {r['n']} | {100 * r['prompt_strict']:.1f} | "
             f"{100 * r['prompt_loose']:.1f} | {100 * r['inst_strict']:.1f} | {100 * r['inst_loose']:.1f} | "
             f"{r['n_tokens']:.0f} | {r['nll']:.2f} | {r['distinct4']:.2f} | {r['seconds_per_prompt']:.1f} | "
-            f"{', '.join(r['flags']) or '—'} |")
+            f"{', '.join(r['flags']) or '—'} |"
+        )
     return "\n".join(lines)
 
 
@@ -275,24 +328,42 @@ def per_type_table(rows: Sequence[Dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def write_report(rows: Sequence[Dict[str, Any]], out_dir: str, *, title: str, command: str = "",
-                 machine: str = "") -> Tuple[str, str]:
+def write_report(
+    rows: Sequence[Dict[str, Any]], out_dir: str, *, title: str, command: str = "", machine: str = ""
+) -> Tuple[str, str]:
     """``results.json`` and ``results.md`` (overall table + per-instruction-type table)."""
     os.makedirs(out_dir, exist_ok=True)
     jpath, mpath = os.path.join(out_dir, "results.json"), os.path.join(out_dir, "results.md")
     with open(jpath, "w", encoding="utf-8") as f:
-        json.dump({"title": title, "command": command, "machine": machine, "fluency_bounds": fluency.BOUNDS,
-                   "rows": list(rows)}, f, indent=1)
+        json.dump(
+            {
+                "title": title,
+                "command": command,
+                "machine": machine,
+                "fluency_bounds": fluency.BOUNDS,
+                "rows": list(rows),
+            },
+            f,
+            indent=1,
+        )
     md = [f"# {title}", ""]
     if command:
         md += [f"Command: `{command}`", ""]
     if machine:
         md += [f"Machine: {machine}", ""]
-    md += ["Accuracies in %. tokens = mean reply length; NLL = mean nats/token under the unsteered model; "
-           "distinct-4 = share of distinct word 4-grams. Flags against unsteered on the same prompts: "
-           f"short (< {fluency.BOUNDS['short']}× its length), unlikely (NLL > +{fluency.BOUNDS['unlikely']}), "
-           f"repetitive (distinct-4 < −{fluency.BOUNDS['repetitive']}).", "", markdown_table(rows), "",
-           "## Instruction-level loose accuracy per instruction type (%)", "", per_type_table(rows), ""]
+    md += [
+        "Accuracies in %. tokens = mean reply length; NLL = mean nats/token under the unsteered model; "
+        "distinct-4 = share of distinct word 4-grams. Flags against unsteered on the same prompts: "
+        f"short (< {fluency.BOUNDS['short']}× its length), unlikely (NLL > +{fluency.BOUNDS['unlikely']}), "
+        f"repetitive (distinct-4 < −{fluency.BOUNDS['repetitive']}).",
+        "",
+        markdown_table(rows),
+        "",
+        "## Instruction-level loose accuracy per instruction type (%)",
+        "",
+        per_type_table(rows),
+        "",
+    ]
     with open(mpath, "w", encoding="utf-8") as f:
         f.write("\n".join(md))
     return jpath, mpath

@@ -19,6 +19,7 @@ Grammar: ``name[:key=value,key=value…]``, with ``gate+`` in front for the plau
 Values: numbers, ``true``/``false``, ``prefill|decode|both`` for ``phases``, layer lists as
 ``a-b`` ranges joined by ``+`` (``0-3+8``).
 """
+
 from __future__ import annotations
 
 import json
@@ -31,8 +32,14 @@ from ..methods import GUIDE, PASTA, InstABoost, KeyScale, Method, SpotLight
 
 __all__ = ["parse", "canonical", "Spec"]
 
-_CLASSES = {"guide": GUIDE, "instaboost": InstABoost, "pasta": PASTA, "spotlight": SpotLight, "keyscale": KeyScale,
-            "directer": Directer}
+_CLASSES = {
+    "guide": GUIDE,
+    "instaboost": InstABoost,
+    "pasta": PASTA,
+    "spotlight": SpotLight,
+    "keyscale": KeyScale,
+    "directer": Directer,
+}
 
 Spec = Union[None, Method, Directer]
 
@@ -119,7 +126,11 @@ def canonical(spec: str) -> str:
         v = settings[k]
         if cls is not None and k not in ("layers", "heads", "phases", "ranking_variant"):
             parsed = _value(cls, k, v)
-            v = str(parsed).lower() if isinstance(parsed, bool) else (f"{parsed:g}" if isinstance(parsed, float) else str(parsed))
+            v = (
+                str(parsed).lower()
+                if isinstance(parsed, bool)
+                else (f"{parsed:g}" if isinstance(parsed, float) else str(parsed))
+            )
         items.append(f"{k}={v}")
     out = name + (":" + ",".join(items) if items else "")
     return ("gate+" if gated else "") + out

@@ -6,6 +6,7 @@ Grids (:data:`GRIDS`; strengths in each method's own unit). ``pasta-layers`` is 
 subset — every head of the upper half of the layers; ``pasta-heads`` uses the profiled heads that
 ship for the embedded model (``attnsteer.profile_heads``; not in the default list).
 """
+
 from __future__ import annotations
 
 import json
@@ -53,8 +54,12 @@ def choose(rows: Sequence[Dict[str, Any]], candidates: Sequence[str]) -> Optiona
     return next(r for r in ok if r["prompt_loose"] == best)
 
 
-def plot(rows: Sequence[Dict[str, Any]], grids: Dict[str, List[Tuple[float, str]]], baseline: Optional[Dict[str, Any]],
-         path: str) -> str:
+def plot(
+    rows: Sequence[Dict[str, Any]],
+    grids: Dict[str, List[Tuple[float, str]]],
+    baseline: Optional[Dict[str, Any]],
+    path: str,
+) -> str:
     """Prompt-level loose accuracy against strength, one panel per grid; flagged points hollow."""
     import matplotlib
 
@@ -85,8 +90,15 @@ def plot(rows: Sequence[Dict[str, Any]], grids: Dict[str, List[Tuple[float, str]
     return path
 
 
-def report(rows: Sequence[Dict[str, Any]], out: str, model_tag: str, num_layers: int, max_new_tokens: int,
-           strategy: str = "prompt", n_prompts: Optional[int] = None) -> Dict[str, Optional[str]]:
+def report(
+    rows: Sequence[Dict[str, Any]],
+    out: str,
+    model_tag: str,
+    num_layers: int,
+    max_new_tokens: int,
+    strategy: str = "prompt",
+    n_prompts: Optional[int] = None,
+) -> Dict[str, Optional[str]]:
     """``sweep.png`` and ``chosen.json`` from the summary rows of the points measured so far
     (gated grids included when present). Only points measured on all ``n_prompts`` prompts
     count (default: the most any point has); a grid with none is left out."""
@@ -107,10 +119,19 @@ def report(rows: Sequence[Dict[str, Any]], out: str, model_tag: str, num_layers:
     if grids:
         plot(rows, grids, baseline, os.path.join(out, "sweep.png"))
     with open(os.path.join(out, "chosen.json"), "w", encoding="utf-8") as f:
-        json.dump({"model": model_tag, "strategy": strategy, "max_new_tokens": max_new_tokens, "chosen": chosen,
-                   "measured": {n: [s for _, s in pts] for n, pts in grids.items()},
-                   "rule": "best dev prompt-level loose accuracy among points without a fluency flag",
-                   "fluency_bounds": fluency.BOUNDS}, f, indent=1)
+        json.dump(
+            {
+                "model": model_tag,
+                "strategy": strategy,
+                "max_new_tokens": max_new_tokens,
+                "chosen": chosen,
+                "measured": {n: [s for _, s in pts] for n, pts in grids.items()},
+                "rule": "best dev prompt-level loose accuracy among points without a fluency flag",
+                "fluency_bounds": fluency.BOUNDS,
+            },
+            f,
+            indent=1,
+        )
     return chosen
 
 
@@ -130,32 +151,65 @@ def main(args, load: Callable, command: str, machine: Callable) -> int:
             grids["gate+" + n] = grid_specs(n, L, gated=True)
     dev = ifeval.split(ifeval.load_prompts(), "dev")
     if args.limit:
-        dev = dev[:args.limit]
+        dev = dev[: args.limit]
     store = runner.ResponseStore(os.path.join(args.out, "responses.jsonl"))
     # Round-robin over the grids (each method's first point, then each one's second…), so an
     # interrupted sweep has looked at every method.
     depth = max(len(p) for p in grids.values())
     all_specs = ["none"] + [pts[i][1] for i in range(depth) for pts in grids.values() if i < len(pts)]
-    runner.run_ifeval(model, tok, dev, all_specs, strategy=args.strategy, store=store, model_tag=tag,
-                      batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, progress=not args.no_progress)
+    runner.run_ifeval(
+        model,
+        tok,
+        dev,
+        all_specs,
+        strategy=args.strategy,
+        store=store,
+        model_tag=tag,
+        batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens,
+        progress=not args.no_progress,
+    )
     rows = runner.summarize_ifeval(store, dev, tag, args.max_new_tokens)
-    runner.write_report(rows, args.out, title=f"IFEval strength sweep — {tag} — dev split ({len(dev)} prompts), "
-                        f"strategy {args.strategy}", command=command, machine=machine())
-    chosen = {k: v for k, v in report(rows, args.out, tag, L, args.max_new_tokens, args.strategy, len(dev)).items()
-              if k.replace("gate+", "") in names}
+    runner.write_report(
+        rows,
+        args.out,
+        title=f"IFEval strength sweep — {tag} — dev split ({len(dev)} prompts), strategy {args.strategy}",
+        command=command,
+        machine=machine(),
+    )
+    chosen = {
+        k: v
+        for k, v in report(rows, args.out, tag, L, args.max_new_tokens, args.strategy, len(dev)).items()
+        if k.replace("gate+", "") in names
+    }
     print(open(os.path.join(args.out, "results.md"), encoding="utf-8").read())
     print("chosen on dev:", json.dumps(chosen, indent=1))
     if args.report_test:
         test = ifeval.split(ifeval.load_prompts(), "test")
         if args.limit:
-            test = test[:args.limit]
+            test = test[: args.limit]
         picked = ["none"] + [s for s in chosen.values() if s]
         test_out = os.path.join(args.out, "test")
         tstore = runner.ResponseStore(os.path.join(test_out, "responses.jsonl"))
-        runner.run_ifeval(model, tok, test, picked, strategy=args.strategy, store=tstore, model_tag=tag,
-                          batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, progress=not args.no_progress)
+        runner.run_ifeval(
+            model,
+            tok,
+            test,
+            picked,
+            strategy=args.strategy,
+            store=tstore,
+            model_tag=tag,
+            batch_size=args.batch_size,
+            max_new_tokens=args.max_new_tokens,
+            progress=not args.no_progress,
+        )
         trows = runner.summarize_ifeval(tstore, test, tag, args.max_new_tokens)
-        runner.write_report(trows, test_out, title=f"IFEval — {tag} — test split ({len(test)} prompts), settings chosen on dev",
-                            command=command, machine=machine())
+        runner.write_report(
+            trows,
+            test_out,
+            title=f"IFEval — {tag} — test split ({len(test)} prompts), settings chosen on dev",
+            command=command,
+            machine=machine(),
+        )
         print(open(os.path.join(test_out, "results.md"), encoding="utf-8").read())
     return 0

@@ -8,6 +8,7 @@ and the model introspection it needs.
 The steering state belongs to the model object, so ``generate`` running in another thread (the
 ``TextIteratorStreamer`` pattern) is steered too.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -20,8 +21,18 @@ from ..methods import Method
 from .attention import ATTN_NAME, SteerMask, ensure_registered, unprepare_masks
 from .state import Steering, _one_thread, active
 
-__all__ = ["steer", "steer_pipeline", "active", "Steering", "SteerMask", "ATTN_NAME", "attention_modules",
-           "num_layers", "check_supported", "ensure_registered"]
+__all__ = [
+    "steer",
+    "steer_pipeline",
+    "active",
+    "Steering",
+    "SteerMask",
+    "ATTN_NAME",
+    "attention_modules",
+    "num_layers",
+    "check_supported",
+    "ensure_registered",
+]
 
 
 def attention_modules(model):
@@ -34,7 +45,9 @@ def attention_modules(model):
 def num_layers(model) -> Optional[int]:
     """Decoder layers of ``model`` (its text config's for multimodal models), None if unknown."""
     cfg = model.config
-    return getattr(cfg, "num_hidden_layers", None) or getattr(getattr(cfg, "text_config", None), "num_hidden_layers", None)
+    return getattr(cfg, "num_hidden_layers", None) or getattr(
+        getattr(cfg, "text_config", None), "num_hidden_layers", None
+    )
 
 
 def check_supported(model) -> None:
@@ -62,7 +75,9 @@ def steer(model, method: Method, spans: Union[torch.Tensor, Any]) -> Iterator[An
     """
     check_supported(model)
     if not isinstance(method, Method):
-        raise TypeError(f"method must be an attnsteer method (GUIDE, InstABoost, PASTA, SpotLight, KeyScale); got {type(method).__name__}")
+        raise TypeError(
+            f"method must be an attnsteer method (GUIDE, InstABoost, PASTA, SpotLight, KeyScale); got {type(method).__name__}"
+        )
     span_mask = getattr(spans, "span_mask", spans)
     if not isinstance(span_mask, torch.Tensor) or span_mask.dim() != 2:
         raise TypeError("spans must be the encoding from attnsteer.highlight(...) or a (B, T) span mask tensor")
@@ -70,19 +85,25 @@ def steer(model, method: Method, spans: Union[torch.Tensor, Any]) -> Iterator[An
     bad = ~torch.isfinite(weights) | (weights < 0)
     if bool(bad.any()):
         b, t = (int(x) for x in bad.nonzero()[0])
-        raise ValueError(f"span weights must be finite and >= 0 (0 = not span); row {b}, token {t} is "
-                         f"{float(weights[b, t])}. Build the mask with attnsteer.highlight or fix its values")
+        raise ValueError(
+            f"span weights must be finite and >= 0 (0 = not span); row {b}, token {t} is "
+            f"{float(weights[b, t])}. Build the mask with attnsteer.highlight or fix its values"
+        )
     fields = getattr(spans, "keys", lambda: [])()  # an encoding's fields; none for a bare tensor
     am = spans["attention_mask"] if "attention_mask" in fields else None
     if am is not None and tuple(am.shape) != tuple(span_mask.shape):
-        raise ValueError(f"the span mask {tuple(span_mask.shape)} does not match the encoding's attention_mask "
-                         f"{tuple(am.shape)}; re-run attnsteer.highlight on the prompt you pass")
+        raise ValueError(
+            f"the span mask {tuple(span_mask.shape)} does not match the encoding's attention_mask "
+            f"{tuple(am.shape)}; re-run attnsteer.highlight on the prompt you pass"
+        )
     n_layers = num_layers(model)
     if n_layers:
         method.check_layers(n_layers)
     if getattr(model, "_attnsteer_state", None) is not None:
-        raise RuntimeError("this model is already being steered (nested or concurrent steer() on one model); "
-                           "exit the other steer() block first, or steer a second copy of the model")
+        raise RuntimeError(
+            "this model is already being steered (nested or concurrent steer() on one model); "
+            "exit the other steer() block first, or steer a second copy of the model"
+        )
     ensure_registered()
     state = Steering(method, weights, span_mask.shape[1], n_layers or 0)
     if am is not None:

@@ -7,6 +7,7 @@ O(T). The attention function is an adapter in the manner of transformers' own
 (:meth:`Method.plan`), call the fused op, shape the output. The op does causal, window and
 padding masking itself.
 """
+
 from __future__ import annotations
 
 import threading
@@ -37,8 +38,16 @@ class SteerMask:
     source: Optional[torch.Tensor] = None  # the 2-D attention mask it was made from
 
 
-def mask_function(batch_size: int, q_length: int, kv_length: int, q_offset: Any = 0, kv_offset: Any = 0,
-                  mask_function=None, attention_mask: Optional[torch.Tensor] = None, **kwargs) -> SteerMask:
+def mask_function(
+    batch_size: int,
+    q_length: int,
+    kv_length: int,
+    q_offset: Any = 0,
+    kv_offset: Any = 0,
+    mask_function=None,
+    attention_mask: Optional[torch.Tensor] = None,
+    **kwargs,
+) -> SteerMask:
     q_offset, kv_offset, kv_length = int(q_offset), int(kv_offset), int(kv_length)
     if kv_offset == 0 and kv_length > q_offset + q_length:
         # A static cache hands over its whole buffer; only the first q_offset + q_length keys hold tokens.
@@ -46,7 +55,7 @@ def mask_function(batch_size: int, q_length: int, kv_length: int, q_offset: Any 
     padding = None
     source = attention_mask if isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 2 else None
     if source is not None:
-        padding = source[:, :kv_offset + kv_length][:, -kv_length:].bool()
+        padding = source[:, : kv_offset + kv_length][:, -kv_length:].bool()
         if padding.shape[1] == kv_length and bool(padding.all()):
             padding = None
     return SteerMask(padding, q_offset, kv_offset, kv_length, source)
@@ -82,15 +91,19 @@ def _layer_keys(attention_mask: Any, key, value, Tq: int, sliding_window):
     if isinstance(attention_mask, SteerMask):
         if Tk > attention_mask.kv_length:  # a static cache's buffer: keep the keys that hold tokens
             if sliding_window is not None:
-                raise NotImplementedError("attnsteer: a static cache on a sliding-window layer is not supported; "
-                                          "use the default dynamic cache (drop cache_implementation='static')")
+                raise NotImplementedError(
+                    "attnsteer: a static cache on a sliding-window layer is not supported; "
+                    "use the default dynamic cache (drop cache_implementation='static')"
+                )
             Tk = attention_mask.kv_length
             key, value = key[:, :, :Tk], value[:, :, :Tk]
         return key, value, attention_mask.padding, attention_mask.q_offset, attention_mask.kv_offset
     if attention_mask is None:
         if sliding_window is not None:
-            raise RuntimeError("attnsteer: a sliding-window layer was called without the attnsteer mask; "
-                               "steer() must switch the model with set_attn_implementation")
+            raise RuntimeError(
+                "attnsteer: a sliding-window layer was called without the attnsteer mask; "
+                "steer() must switch the model with set_attn_implementation"
+            )
         return key, value, None, Tk - Tq, 0
     raise RuntimeError(
         f"attnsteer: the model passed a {type(attention_mask).__name__} attention mask "
@@ -117,26 +130,42 @@ def _context(state, B: int, Hq: int, Tq: int, Tk: int, q_off: int, kv_off: int, 
     n_prompt = max(0, min(Tk, state.prompt_length - kv_off))
     if n_prompt:
         span_prompt = expand_rows(state.span_mask.to(device), B, "the span mask")
-        span[:, :n_prompt] = span_prompt[:, kv_off:kv_off + n_prompt]
+        span[:, :n_prompt] = span_prompt[:, kv_off : kv_off + n_prompt]
     first = state.first_token
-    ctx = ForwardContext(span, key_pos, torch.arange(q_off, q_off + Tq, device=device), state.prompt_length, Hq,
-                         None if padding is None else padding[:, -Tk:],
-                         None if first is None else expand_rows(first.to(device), B, "the prompt"))
+    ctx = ForwardContext(
+        span,
+        key_pos,
+        torch.arange(q_off, q_off + Tq, device=device),
+        state.prompt_length,
+        Hq,
+        None if padding is None else padding[:, -Tk:],
+        None if first is None else expand_rows(first.to(device), B, "the prompt"),
+    )
     cache[key] = (ctx, padding)
     return ctx
 
 
 def _unsteered(ctx: Optional[ForwardContext], B: int, Hq: int, Tk: int, device) -> OpArgs:
     def make():
-        return OpArgs(torch.zeros(B, Tk, device=device), torch.zeros(B, Hq, device=device),
-                      torch.ones(B, Hq, device=device))
+        return OpArgs(
+            torch.zeros(B, Tk, device=device), torch.zeros(B, Hq, device=device), torch.ones(B, Hq, device=device)
+        )
 
     return make() if ctx is None else ctx.memo("unsteered", make)
 
 
-def attention_function(module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                       attention_mask: Any, dropout: float = 0.0, scaling: Optional[float] = None,
-                       sliding_window: Optional[int] = None, softcap: Optional[float] = None, **kwargs):
+def attention_function(
+    module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: Any,
+    dropout: float = 0.0,
+    scaling: Optional[float] = None,
+    sliding_window: Optional[int] = None,
+    softcap: Optional[float] = None,
+    **kwargs,
+):
     """``(out (B, Tq, Hq, D), weights or None)`` for transformers' attention modules."""
     state = getattr(module, "_attnsteer_state", None)
     B, Hq, Tq, D = query.shape
@@ -148,8 +177,13 @@ def attention_function(module, query: torch.Tensor, key: torch.Tensor, value: to
     args = method.plan(layer_idx, ctx) if method is not None and layer_idx is not None else None
     if args is not None and args.query_mask is not None and not bool(args.query_mask.any()):
         args = None  # no steered row in this forward
-    masking = dict(attn_mask=None if padding is None else padding[:, None, None, -Tk:], is_causal=True,
-                   window=int(sliding_window) if sliding_window else None, softcap=softcap, scale=scaling)
+    masking = dict(
+        attn_mask=None if padding is None else padding[:, None, None, -Tk:],
+        is_causal=True,
+        window=int(sliding_window) if sliding_window else None,
+        softcap=softcap,
+        scale=scaling,
+    )
     if args is None:
         args = _unsteered(ctx, B, Hq, Tk, query.device).replace(**masking)
     else:

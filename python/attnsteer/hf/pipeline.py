@@ -1,4 +1,5 @@
 """``steer_pipeline``: steer a ``pipeline("text-generation")`` whose inputs carry markup."""
+
 from __future__ import annotations
 
 import contextlib
@@ -41,14 +42,14 @@ def steer_pipeline(pipe, method: Method) -> Iterator[Any]:
 
     def preprocess(prompt_text, *args, **kwargs):
         raw = getattr(prompt_text, "messages", prompt_text)  # the pipeline wraps chats in a Chat object
-        inputs = original_preprocess(type(prompt_text)(clean(raw)) if hasattr(prompt_text, "messages") else clean(raw),
-                                     *args, **kwargs)
+        inputs = original_preprocess(
+            type(prompt_text)(clean(raw)) if hasattr(prompt_text, "messages") else clean(raw), *args, **kwargs
+        )
         ids = inputs["input_ids"]
         texts = [raw] if isinstance(raw, str) else [m["content"] for m in raw]
         if not any(parse_markup(t)[1] for t in texts):
             # As highlight() does for a row of a batch: no marks, no steering for this prompt — said aloud.
-            warnings.warn("attnsteer.steer_pipeline: a prompt has no <<markup>>, so it runs unsteered",
-                          stacklevel=2)
+            warnings.warn("attnsteer.steer_pipeline: a prompt has no <<markup>>, so it runs unsteered", stacklevel=2)
             inputs["_attnsteer_span_mask"] = torch.zeros(ids.shape, dtype=torch.bool)
             return inputs
         for special in (False, True):
@@ -56,16 +57,20 @@ def steer_pipeline(pipe, method: Method) -> Iterator[Any]:
             if enc["input_ids"].shape == ids.shape and torch.equal(enc["input_ids"].to(ids.device), ids):
                 inputs["_attnsteer_span_mask"] = enc.span_mask
                 return inputs
-        raise RuntimeError("attnsteer: the pipeline tokenised the prompt differently from attnsteer.highlight; "
-                           "steer the model directly with attnsteer.highlight + attnsteer.steer")
+        raise RuntimeError(
+            "attnsteer: the pipeline tokenised the prompt differently from attnsteer.highlight; "
+            "steer the model directly with attnsteer.highlight + attnsteer.steer"
+        )
 
     def _forward(model_inputs, *args, **kwargs):
         span = model_inputs.pop("_attnsteer_span_mask", None)
         if span is None:
             return original_forward(model_inputs, *args, **kwargs)
         if span.shape != model_inputs["input_ids"].shape:  # the collate function pads both alike
-            raise RuntimeError(f"attnsteer: the pipeline batched span masks {tuple(span.shape)} that do not match "
-                               f"input_ids {tuple(model_inputs['input_ids'].shape)}; call the pipeline with batch_size=1")
+            raise RuntimeError(
+                f"attnsteer: the pipeline batched span masks {tuple(span.shape)} that do not match "
+                f"input_ids {tuple(model_inputs['input_ids'].shape)}; call the pipeline with batch_size=1"
+            )
         with steer(pipe.model, method, spans=span):
             return original_forward(model_inputs, *args, **kwargs)
 

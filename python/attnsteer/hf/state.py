@@ -5,6 +5,7 @@ The state belongs to the model object (``generate`` in a worker thread — the
 trials, Influence's probe) goes through :func:`active` and the methods of :class:`Steering`,
 never through the attributes the adapter reads.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -82,8 +83,10 @@ def active(model) -> Steering:
     """The :class:`Steering` of the ``steer()`` block ``model`` is in; raises outside one."""
     state = getattr(model, "_attnsteer_state", None)
     if state is None:
-        raise RuntimeError("this model is not inside an attnsteer.steer() block; open one with "
-                           "`with attnsteer.steer(model, method, spans=enc):`")
+        raise RuntimeError(
+            "this model is not inside an attnsteer.steer() block; open one with "
+            "`with attnsteer.steer(model, method, spans=enc):`"
+        )
     return state
 
 
@@ -107,13 +110,15 @@ def _one_thread(state: Steering, fn, name: str, before_forward=None):
                     "attnsteer: this model is inside a steer() block opened by another thread, so a forward from "
                     "this thread would be steered without asking. Call the model from the thread that opened the "
                     "block, run model.generate in the worker (the TextIteratorStreamer pattern), or give this "
-                    "thread its own copy of the model")
+                    "thread its own copy of the model"
+                )
             if state.owner not in (None, me):
                 raise RuntimeError(
                     "attnsteer: this steered model is already running forward/generate in another thread; "
                     "steering one model from two threads at once is not supported. Run one generation at a "
                     "time (generate in one worker thread with a TextIteratorStreamer is fine), or give each "
-                    "thread its own copy of the model and its own steer() block")
+                    "thread its own copy of the model and its own steer() block"
+                )
             state.owner = me
             state.depth += 1
             state.generating += name == "generate"
@@ -155,4 +160,5 @@ def _check_prompt(state: Steering, args, kwargs) -> None:
             f"attnsteer: this forward runs {what}, but the span mask given to steer() was made for a {T0}-token "
             "prompt, so the span would land on the wrong tokens. Steer the prompt you run: "
             "steer(model, method, spans=enc) with enc = attnsteer.highlight(tokenizer, that prompt), then "
-            "model(**enc) / model.generate(**enc)")
+            "model(**enc) / model.generate(**enc)"
+        )

@@ -10,6 +10,7 @@ Layout: this module holds the public wrappers (validate → normalise → dispat
 (the only Python copy of the schemas' order); :mod:`.reference` the float64 specification;
 :mod:`.fallback` the blocked PyTorch path; :mod:`._registration` the fake (meta) kernels.
 """
+
 from __future__ import annotations
 
 import math
@@ -163,15 +164,32 @@ def steered_attention(
         raise ValueError(f"query heads Hq={Hq} must be a multiple of key/value heads Hkv={Hkv}")
     if Hq != Hkv and not enable_gqa:
         raise ValueError(f"Hq={Hq} != Hkv={Hkv}: pass enable_gqa=True for grouped-query attention")
-    args = OpArgs.normalise(B, Hq, Tq, Tk, q.device, span_mask=span_mask, bias=bias, key_scale=key_scale,
-                            target=target, target_exact=target_exact, query_mask=query_mask, attn_mask=attn_mask,
-                            is_causal=is_causal, window=window, softcap=softcap, scale=scale,
-                            return_span_mass=return_span_mass)
+    args = OpArgs.normalise(
+        B,
+        Hq,
+        Tq,
+        Tk,
+        q.device,
+        span_mask=span_mask,
+        bias=bias,
+        key_scale=key_scale,
+        target=target,
+        target_exact=target_exact,
+        query_mask=query_mask,
+        attn_mask=attn_mask,
+        is_causal=is_causal,
+        window=window,
+        softcap=softcap,
+        scale=scale,
+        return_span_mass=return_span_mass,
+    )
     out, mass = _dispatch_attention(q, k, v, args)
     return (out, mass) if return_span_mass else out
 
 
-def layer_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, args: OpArgs) -> Tuple[torch.Tensor, torch.Tensor]:
+def layer_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, args: OpArgs
+) -> Tuple[torch.Tensor, torch.Tensor]:
     """The fused op for callers whose shapes are right by construction (the attention layers of
     a model): ``args`` already normalised (:class:`OpArgs`), no validation beyond the
     inference-only rule — the public wrapper's checks cost ~0.1 ms a call, 30 calls a token.
@@ -253,9 +271,23 @@ def steered_softmax(
     if logits.dtype not in _FLOAT_DTYPES and logits.dtype != torch.float64:
         raise TypeError(f"logits must be a float tensor; got {logits.dtype}")
     B, H, Tq, Tk = logits.shape
-    args = OpArgs.normalise(B, H, Tq, Tk, logits.device, span_mask=span_mask, bias=bias, key_scale=key_scale,
-                            target=target, target_exact=target_exact, query_mask=query_mask, attn_mask=attn_mask,
-                            is_causal=is_causal, window=window, softcap=softcap)
+    args = OpArgs.normalise(
+        B,
+        H,
+        Tq,
+        Tk,
+        logits.device,
+        span_mask=span_mask,
+        bias=bias,
+        key_scale=key_scale,
+        target=target,
+        target_exact=target_exact,
+        query_mask=query_mask,
+        attn_mask=attn_mask,
+        is_causal=is_causal,
+        window=window,
+        softcap=softcap,
+    )
     if logits.dtype != torch.float64 and _use_kernel(logits):
         return torch.ops.attnsteer.steered_softmax.default(*args.softmax(logits))
     return fallback.steered_softmax(logits, args)

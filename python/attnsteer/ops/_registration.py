@@ -1,5 +1,6 @@
 """Fake (meta) kernels and the no-backward rule of the registered ops (imported by ``ops`` when
 the compiled extension is present)."""
+
 from __future__ import annotations
 
 import torch

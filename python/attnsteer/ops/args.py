@@ -10,6 +10,7 @@ wrappers validate their keywords, :meth:`OpArgs.normalise` turns them into these
 :meth:`OpArgs.attention` / :meth:`OpArgs.softmax` lay them out for the kernel, the fake and the
 pure-PyTorch fallback alike.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -65,8 +66,18 @@ class OpArgs:
 
     def steering(self) -> tuple:
         """The schema arguments shared by both ops, in order (``span_weights`` … ``softcap``)."""
-        return (self.span_weights, self.bias, self.key_scale, self.target, self.target_exact, self.query_mask,
-                self.attn_mask, self.is_causal, self.window, self.softcap)
+        return (
+            self.span_weights,
+            self.bias,
+            self.key_scale,
+            self.target,
+            self.target_exact,
+            self.query_mask,
+            self.attn_mask,
+            self.is_causal,
+            self.window,
+            self.softcap,
+        )
 
     def attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple:
         """``steered_attention``'s schema arguments."""
@@ -88,11 +99,27 @@ class OpArgs:
         return logits, cls(*rest)
 
     @classmethod
-    def normalise(cls, B: int, H: int, Tq: int, Tk: int, device, *, span_mask: torch.Tensor, bias: PerHead = 0.0,
-                  key_scale: PerHead = 1.0, target: Optional[float] = None, target_exact: bool = False,
-                  query_mask: Optional[torch.Tensor] = None, attn_mask: Optional[torch.Tensor] = None,
-                  is_causal: bool = False, window: Optional[int] = None, softcap: Optional[float] = None,
-                  scale: Optional[float] = None, return_span_mass: bool = False) -> "OpArgs":
+    def normalise(
+        cls,
+        B: int,
+        H: int,
+        Tq: int,
+        Tk: int,
+        device,
+        *,
+        span_mask: torch.Tensor,
+        bias: PerHead = 0.0,
+        key_scale: PerHead = 1.0,
+        target: Optional[float] = None,
+        target_exact: bool = False,
+        query_mask: Optional[torch.Tensor] = None,
+        attn_mask: Optional[torch.Tensor] = None,
+        is_causal: bool = False,
+        window: Optional[int] = None,
+        softcap: Optional[float] = None,
+        scale: Optional[float] = None,
+        return_span_mass: bool = False,
+    ) -> "OpArgs":
         """Validate the public keywords for a ``(B, H, Tq, Tk)`` problem on ``device`` and turn
         them into the schemas' tensors; errors name the argument, what it got and what fits."""
         if scale is not None:
@@ -100,10 +127,19 @@ class OpArgs:
             if not math.isfinite(scale):
                 raise ValueError(f"scale must be finite; got {scale}")
         return cls(
-            span_weights(span_mask, B, Tk, device), per_head("bias", bias, B, H, device),
-            per_head("key_scale", key_scale, B, H, device), _check_target(target), bool(target_exact),
-            _check_query_mask(query_mask, B, Tq, device), _check_attn_mask(attn_mask, (B, H, Tq, Tk)),
-            bool(is_causal), _check_window(window), _check_softcap(softcap), scale, bool(return_span_mass))
+            span_weights(span_mask, B, Tk, device),
+            per_head("bias", bias, B, H, device),
+            per_head("key_scale", key_scale, B, H, device),
+            _check_target(target),
+            bool(target_exact),
+            _check_query_mask(query_mask, B, Tq, device),
+            _check_attn_mask(attn_mask, (B, H, Tq, Tk)),
+            bool(is_causal),
+            _check_window(window),
+            _check_softcap(softcap),
+            scale,
+            bool(return_span_mass),
+        )
 
 
 # ----------------------------------------------------------------------------- normalisation
@@ -190,7 +226,9 @@ def _check_attn_mask(attn_mask: Optional[torch.Tensor], shape: Tuple[int, int, i
     try:
         torch.broadcast_shapes(tuple(attn_mask.shape), shape)
     except RuntimeError:
-        raise ValueError(f"attn_mask of shape {tuple(attn_mask.shape)} does not broadcast to (B, Hq, Tq, Tk) = {shape}") from None
+        raise ValueError(
+            f"attn_mask of shape {tuple(attn_mask.shape)} does not broadcast to (B, Hq, Tq, Tk) = {shape}"
+        ) from None
     if attn_mask.dtype != torch.bool and not attn_mask.is_floating_point():
         raise TypeError(f"attn_mask must be bool (True = attend) or float (added); got {attn_mask.dtype}")
     return attn_mask

@@ -3,6 +3,7 @@
 Queries are processed in chunks, so the logits buffer is ``(B, Hq, chunk, Tk)`` in float32
 (never ``Tq x Tk``), and K/V heads are shared across their query group without being repeated.
 """
+
 from __future__ import annotations
 
 import math
@@ -36,11 +37,19 @@ def steered_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, args: O
         qc = q[:, :, r0:r1].float().reshape(B, Hkv, G * c, D)
         logits = (scale * (qc @ kf.transpose(-1, -2))).reshape(B, Hq, c, Tk)
         a = reference.steered_softmax(
-            logits, span_f, args.bias.float(), args.key_scale.float(), target=target,
+            logits,
+            span_f,
+            args.bias.float(),
+            args.key_scale.float(),
+            target=target,
             target_exact=args.target_exact,
             query_mask=None if query_mask is None else query_mask[:, r0:r1],
             attn_mask=None if full_mask is None else full_mask[:, :, r0:r1],
-            is_causal=args.is_causal, window=args.window, softcap=args.softcap, q_offset=r0, q_total=Tq,
+            is_causal=args.is_causal,
+            window=args.window,
+            softcap=args.softcap,
+            q_offset=r0,
+            q_total=Tq,
         )
         out[:, :, r0:r1] = (a.reshape(B, Hkv, G * c, Tk) @ vf).reshape(B, Hq, c, D)
         if args.return_span_mass:
@@ -54,9 +63,17 @@ def span_bias(span_weights, bias, query_mask, num_queries, dtype):
 
 def steered_softmax(logits: torch.Tensor, args: OpArgs) -> torch.Tensor:
     a = reference.steered_softmax(
-        logits.float(), args.span_weights.float(), args.bias.float(), args.key_scale.float(), target=args.target,
-        target_exact=args.target_exact, query_mask=args.query_mask, attn_mask=args.attn_mask,
-        is_causal=args.is_causal, window=args.window, softcap=args.softcap,
+        logits.float(),
+        args.span_weights.float(),
+        args.bias.float(),
+        args.key_scale.float(),
+        target=args.target,
+        target_exact=args.target_exact,
+        query_mask=args.query_mask,
+        attn_mask=args.attn_mask,
+        is_causal=args.is_causal,
+        window=args.window,
+        softcap=args.softcap,
     )
     return a.to(logits.dtype)
 

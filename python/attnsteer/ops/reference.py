@@ -22,6 +22,7 @@ the key's span weight (span iff ``w_j != 0``) and "steered" = the row's ``query_
 Shapes: ``q (B, Hq, Tq, D)``, ``k``/``v`` ``(B, Hkv, Tk, D)``, ``span_weights (B, Tk)`` float
 (0 = not in the span), ``bias``/``key_scale`` ``(B, Hq)``, ``query_mask (B, Tq)`` bool.
 """
+
 from __future__ import annotations
 
 import math
@@ -33,7 +34,12 @@ __all__ = ["steered_logits", "steered_softmax", "steered_attention", "span_bias"
 
 
 def _visible(
-    Tq: int, Tk: int, is_causal: bool, window: Optional[int], device, q_offset: int = 0,
+    Tq: int,
+    Tk: int,
+    is_causal: bool,
+    window: Optional[int],
+    device,
+    q_offset: int = 0,
     q_total: Optional[int] = None,
 ) -> torch.Tensor:
     """Bool (Tq, Tk): key j visible to query i (bottom-right causal, sliding window).
@@ -104,8 +110,17 @@ def steered_softmax(
 ) -> torch.Tensor:
     """Steered attention weights ``(B, H, Tq, Tk)``; fully masked rows are zeros."""
     s = steered_logits(
-        logits, span_weights, bias, key_scale, query_mask=query_mask, attn_mask=attn_mask,
-        is_causal=is_causal, window=window, softcap=softcap, q_offset=q_offset, q_total=q_total,
+        logits,
+        span_weights,
+        bias,
+        key_scale,
+        query_mask=query_mask,
+        attn_mask=attn_mask,
+        is_causal=is_causal,
+        window=window,
+        softcap=softcap,
+        q_offset=q_offset,
+        q_total=q_total,
     )
     if target is None:
         row_max = s.amax(-1, keepdim=True)
@@ -169,9 +184,17 @@ def steered_attention(
     vc = vc.repeat_interleave(group, dim=1)
     logits = scale * (qc @ kc.transpose(-1, -2))
     a = steered_softmax(
-        logits, span_weights.to(compute_dtype), bias.to(compute_dtype), key_scale.to(compute_dtype),
-        target=target, target_exact=target_exact, query_mask=query_mask, attn_mask=attn_mask,
-        is_causal=is_causal, window=window, softcap=softcap,
+        logits,
+        span_weights.to(compute_dtype),
+        bias.to(compute_dtype),
+        key_scale.to(compute_dtype),
+        target=target,
+        target_exact=target_exact,
+        query_mask=query_mask,
+        attn_mask=attn_mask,
+        is_causal=is_causal,
+        window=window,
+        softcap=softcap,
     )
     out = (a @ vc).to(q.dtype)
     if return_span_mass:
