@@ -16,10 +16,15 @@ CHOSEN=(guide:delta=1 instaboost:alpha=2 spotlight:target=0.1 pasta:alpha=0.5 "p
 case "${1:-}" in
   dev)
     # The rest of the ungated grid, then the plausibility gate around the strongest points
-    # (the over-steered ones, which the gate is meant to rescue) and around the chosen ones.
+    # (the over-steered ones, which the gate is meant to rescue) and around the best one, and
+    # retention at the best dev strength; the remaining gated points last.
     $EV ifeval --split dev --out eval_results/sweep $COMMON --method "pasta:alpha=0.01,layers=15-29"
-    for m in gate+guide:delta=2 gate+pasta:alpha=0.2 gate+spotlight:target=0.3 gate+instaboost:alpha=5 \
-             gate+keyscale:alpha=2 gate+keyscale:alpha=1.5 gate+spotlight:target=0.1 gate+guide:delta=1 keyscale:alpha=4; do
+    for m in gate+guide:delta=2 gate+pasta:alpha=0.2 gate+keyscale:alpha=1.5 gate+spotlight:target=0.3; do
+      $EV ifeval --split dev --out eval_results/sweep $COMMON --method "$m"
+    done
+    $EV retention --docs 1 --rules french,end-phrase --placements system,after --batch-size 4 \
+      --out eval_results/retention $COMMON --method keyscale:alpha=1.5 --method guide:delta=1
+    for m in gate+instaboost:alpha=5 gate+keyscale:alpha=2 gate+spotlight:target=0.1 gate+guide:delta=1 keyscale:alpha=4; do
       $EV ifeval --split dev --out eval_results/sweep $COMMON --method "$m"
     done ;;
   test)
