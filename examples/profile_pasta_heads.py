@@ -5,6 +5,7 @@
 Each example pairs a marked rule with a reply that follows it; a head's score is the gain in
 log-likelihood per token of those replies when PASTA(0.01) steers that head alone.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -13,15 +14,28 @@ import torch
 
 import attnsteer
 
-TEXT = ("The first bicycles appeared in Germany in 1817, when Karl Drais built a wooden running machine that riders "
-        "pushed along with their feet. In the 1860s, French makers fixed pedals directly to the front wheel.")
+TEXT = (
+    "The first bicycles appeared in Germany in 1817, when Karl Drais built a wooden running machine that riders "
+    "pushed along with their feet. In the 1860s, French makers fixed pedals directly to the front wheel."
+)
 EXAMPLES = [
     ("<<Answer in French.>>", "Who built the first bicycle?", "Karl Drais a construit la première bicyclette en 1817."),
-    ("<<Start your answer with the word YES.>>", "Did bicycles exist in 1817?", "YES, the first bicycles appeared in 1817."),
-    ("<<Answer in all capital letters.>>", "Where did the first bicycles appear?", "THE FIRST BICYCLES APPEARED IN GERMANY."),
+    (
+        "<<Start your answer with the word YES.>>",
+        "Did bicycles exist in 1817?",
+        "YES, the first bicycles appeared in 1817.",
+    ),
+    (
+        "<<Answer in all capital letters.>>",
+        "Where did the first bicycles appear?",
+        "THE FIRST BICYCLES APPEARED IN GERMANY.",
+    ),
     ("<<Reply in JSON with a key named answer.>>", "When were pedals added?", '{"answer": "in the 1860s"}'),
-    ("<<End your answer with the exact word GOODBYE.>>", "Who fixed pedals to the front wheel?",
-     "French makers fixed pedals to the front wheel. GOODBYE"),
+    (
+        "<<End your answer with the exact word GOODBYE.>>",
+        "Who fixed pedals to the front wheel?",
+        "French makers fixed pedals to the front wheel. GOODBYE",
+    ),
     ("<<Answer in at most five words.>>", "What did riders push with?", "Their feet."),
 ]
 
@@ -33,8 +47,13 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     model, tok = attnsteer.models.load_default(progress=False)
-    examples = [{"prompt": [{"role": "system", "content": rule}, {"role": "user", "content": f"{TEXT}\n\n{q}"}],
-                 "target": reply} for rule, q, reply in EXAMPLES]
+    examples = [
+        {
+            "prompt": [{"role": "system", "content": rule}, {"role": "user", "content": f"{TEXT}\n\n{q}"}],
+            "target": reply,
+        }
+        for rule, q, reply in EXAMPLES
+    ]
     prof = attnsteer.profile_heads(model, tok, examples, alpha=0.01)
     heads = prof.save(args.out, k=args.k)
     print(f"{sum(len(h) for h in heads.values())} heads in {len(heads)} layers -> {args.out}")
