@@ -14,7 +14,7 @@ export CCACHE_DIR ?= $(CURDIR)/$(VENV)/ccache
 export PATH := $(CCACHE_BIN):$(PATH)
 export MAX_JOBS ?= 2
 
-.PHONY: install demo test lint format check-cuda test-slow test-asan bench wheel clean
+.PHONY: install demo test lint format cuda-check test-slow test-asan bench wheel clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -54,7 +54,7 @@ format: install
 	$(VENV)/bin/clang-format -i $(CXX_SOURCES)
 
 # Compile csrc/cuda/*.cu with nvcc against a CUDA torch's headers (no GPU needed; nothing is run).
-check-cuda:
+cuda-check:
 	tools/check_cuda_compile.sh
 
 test-slow: install

@@ -8,8 +8,14 @@ cd "$(dirname "$0")/.."
 WHEEL="${1:-${TORCH_CUDA_WHEEL:-$(ls /opt/pypi-more/files/torch-2.14.1-*.whl 2>/dev/null | head -1)}}"
 NVCC="${NVCC:-$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)}"
 OUT=build/cuda-check
-[ -f "$WHEEL" ] || { echo "check_cuda_compile: no CUDA torch wheel found; pass its path (or set TORCH_CUDA_WHEEL)" >&2; exit 2; }
-[ -x "$NVCC" ] || { echo "check_cuda_compile: nvcc not found; install the CUDA toolkit or set NVCC=/path/to/nvcc" >&2; exit 2; }
+# Without the toolchain the check is skipped aloud (exit 0), unless ATTNSTEER_REQUIRE_CUDA_CHECK=1.
+missing() {
+  echo "check_cuda_compile: SKIPPED — $1" >&2
+  [ "${ATTNSTEER_REQUIRE_CUDA_CHECK:-0}" = 1 ] && exit 2
+  exit 0
+}
+[ -f "$WHEEL" ] || missing "no CUDA torch wheel found; pass its path (or set TORCH_CUDA_WHEEL)"
+[ -x "$NVCC" ] || missing "nvcc not found; install the CUDA toolkit or set NVCC=/path/to/nvcc"
 mkdir -p "$OUT"
 if [ ! -f "$OUT/headers.stamp" ] || [ "$(cat "$OUT/headers.stamp")" != "$WHEEL" ]; then
   rm -rf "$OUT/torch"

@@ -14,12 +14,13 @@ Layout: this module holds the public wrappers (validate → normalise → dispat
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from typing import Optional, Tuple, Union
 
 import torch
 
-from . import fallback
+from . import fallback, pieces
 from .args import OpArgs, PerHead, per_head, span_weights
 
 __all__ = [
@@ -211,6 +212,8 @@ def layer_weights(q: torch.Tensor, k: torch.Tensor, args: OpArgs) -> torch.Tenso
 
 
 def _dispatch_attention(q, k, v, args: OpArgs) -> Tuple[torch.Tensor, torch.Tensor]:
+    if q.is_cuda and os.environ.get("ATTNSTEER_CUDA_PIECES", "1") != "0" and pieces.applicable(q, args):
+        return pieces.steered_attention(q, k, v, args)  # torch's flash kernel per key range (ops/pieces.py)
     if _use_kernel(q):
         return torch.ops.attnsteer.steered_attention.default(*args.attention(q, k, v))
     return fallback.steered_attention(q, k, v, args)
