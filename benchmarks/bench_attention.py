@@ -14,6 +14,10 @@ rows for long sequences) before timing. Writes CSV, a markdown table and a PNG p
 
     python benchmarks/bench_attention.py              # full run (about 10 minutes, 2 cores)
     python benchmarks/bench_attention.py --quick      # a few points
+    python benchmarks/bench_attention.py --device cuda   # the GPU table (bf16; SDPA = flash)
+
+On CUDA the inputs are bf16, times are taken after a device synchronise, memory is the peak
+allocated above the inputs, and decode also runs at batch 16.
 """
 
 from __future__ import annotations
@@ -34,23 +38,26 @@ HERE = Path(__file__).resolve().parent
 SHAPES = {"smollm2-135m": (9, 3, 64), "llama-8b": (32, 8, 128)}
 MODES = ["bias", "key_scale", "target"]
 MODE_ARGS = {"bias": dict(bias=2.0), "key_scale": dict(key_scale=100.0), "target": dict(target=0.3)}
-EAGER_LIMIT_BYTES = 6e9  # skip materialised providers whose (B, Hq, Tq, Tk) fp32 buffer exceeds this
+EAGER_LIMIT_BYTES = (
+    6e9  # skip materialised providers whose (B, Hq, Tq, Tk) fp32 buffer exceeds this (CPU; 40e9 on CUDA)
+)
 
 
 def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def _inputs(shape: str, T: int, phase: str):
+def _inputs(shape: str, T: int, phase: str, device: str = "cpu", batch: int = 1):
     Hq, Hkv, D = SHAPES[shape]
     Tq = T if phase == "prefill" else 1
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
     g = torch.Generator().manual_seed(0)
-    q = torch.randn(1, Hq, Tq, D, generator=g)
-    k = torch.randn(1, Hkv, T, D, generator=g)
-    v = torch.randn(1, Hkv, T, D, generator=g)
-    span = torch.zeros(1, T, dtype=torch.bool)
-    span[0, T // 8 : T // 8 + max(8, T // 16)] = True  # an instruction span inside the prompt
-    return q, k, v, span
+    q = torch.randn(batch, Hq, Tq, D, generator=g).to(device, dtype)
+    k = torch.randn(batch, Hkv, T, D, generator=g).to(device, dtype)
+    v = torch.randn(batch, Hkv, T, D, generator=g).to(device, dtype)
+    span = torch.zeros(batch, T, dtype=torch.bool)
+    span[:, T // 8 : T // 8 + max(8, T // 16)] = True  # an instruction span inside the prompt
+    return q, k, v, span.to(device)
 
 
 def _eager(q, k, v, span, mode, causal):
@@ -106,6 +113,8 @@ def _verify(provider, mode, out, q, k, v, span, causal):
     rows = min(16, q.shape[2])
     B, Hq = q.shape[:2]
     args = MODE_ARGS.get(mode, {}) if mode else {}
+    q, k, v, span, out = (t[:1].cpu() for t in (q, k, v, span, out))  # the first batch row
+    B = 1
     ref = reference.steered_attention(
         q[:, :, -rows:],
         k,
@@ -117,7 +126,7 @@ def _verify(provider, mode, out, q, k, v, span, causal):
         is_causal=causal,
     )
     err = (out[:, :, -rows:].double() - ref).abs().max().item()
-    if err > 2e-3:
+    if err > (3e-2 if q.dtype == torch.bfloat16 else 2e-3):
         raise AssertionError(f"{provider}/{mode}: output differs from the reference by {err:.3g}")
     return err
 
@@ -127,22 +136,34 @@ def child(spec: dict) -> dict:
     torch.set_num_threads(spec["threads"])
     import attnsteer  # noqa: F401  (load the extension before measuring the baseline)
 
-    q, k, v, span = _inputs(spec["shape"], spec["T"], spec["phase"])
+    device = spec.get("device", "cpu")
+    q, k, v, span = _inputs(spec["shape"], spec["T"], spec["phase"], device, spec.get("batch", 1))
     causal = spec["phase"] == "prefill"
     provider = spec["provider"]
     modes = {"attnsteer": MODES, "eager": MODES, "sdpa": ["none"], "sdpa+bias": ["bias"]}[provider]
     result = {"modes": {}}
+    cuda = device == "cuda"
     with torch.inference_mode():
-        base = _rss_mb()
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated() / 2**20
+        else:
+            base = _rss_mb()
         out = _run_fn(provider, modes[0], q, k, v, span, causal)()
-        result["extra_mb"] = max(0.0, _rss_mb() - base)
+        if cuda:
+            torch.cuda.synchronize()
+            result["extra_mb"] = max(0.0, torch.cuda.max_memory_allocated() / 2**20 - base)
+        else:
+            result["extra_mb"] = max(0.0, _rss_mb() - base)
         for mode in modes:
             fn = _run_fn(provider, mode, q, k, v, span, causal)
             out = fn()
             err = _verify(provider, mode, out, q, k, v, span, causal)
-            t = median_time(fn, reps=spec["reps"], warmup=0)
+            timed_fn = (lambda fn=fn: (fn(), torch.cuda.synchronize())) if cuda else fn
+            t = median_time(timed_fn, reps=spec["reps"], warmup=1 if cuda else 0)
             result["modes"][mode] = {"median_ms": 1e3 * t, "max_err": err}
-    if provider == "sdpa" and spec["phase"] == "prefill":
+    if provider == "sdpa" and spec["phase"] == "prefill" and not cuda:
         from torch.profiler import ProfilerActivity, profile
 
         with torch.inference_mode(), profile(activities=[ProfilerActivity.CPU]) as prof:
@@ -152,19 +173,17 @@ def child(spec: dict) -> dict:
     return result
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="a few small points")
-    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
-    ap.add_argument("--out", default=str(HERE / "results"))
-    ap.add_argument("--child", help=argparse.SUPPRESS)
-    args = ap.parse_args()
-    if args.child:
-        print(json.dumps(child(json.loads(args.child))))
-        return
-
+def _points(args) -> list:
+    """The (shape, phase, T, batch, provider) points of a run."""
     points = []
-    if args.quick:
+    batches = {"prefill": [1], "decode": [1]}
+    if args.device == "cuda":  # the GPU targets (issue 13)
+        prefill = {"smollm2-135m": [4096, 16384, 32768], "llama-8b": [4096, 16384, 32768]}
+        decode = {"smollm2-135m": [8192, 32768, 131072], "llama-8b": [8192, 32768, 131072]}
+        batches["decode"] = [1, 16]
+        if args.quick:
+            prefill, decode = {"smollm2-135m": [4096]}, {"smollm2-135m": [8192]}
+    elif args.quick:
         prefill = {"smollm2-135m": [512, 2048]}
         decode = {"smollm2-135m": [2048, 8192]}
     else:
@@ -173,18 +192,36 @@ def main() -> None:
     for phase, table in (("prefill", prefill), ("decode", decode)):
         for shape, Ts in table.items():
             for T in Ts:
-                for provider in ("sdpa", "attnsteer", "sdpa+bias", "eager"):
-                    points.append(
-                        dict(
-                            shape=shape,
-                            phase=phase,
-                            T=T,
-                            provider=provider,
-                            threads=args.threads,
-                            reps=5 if (phase == "prefill" and T >= 4096) else (9 if phase == "prefill" else 51),
+                for batch in batches[phase]:
+                    for provider in ("sdpa", "attnsteer", "sdpa+bias", "eager"):
+                        points.append(
+                            dict(
+                                shape=shape,
+                                phase=phase,
+                                T=T,
+                                batch=batch,
+                                provider=provider,
+                                device=args.device,
+                                threads=args.threads,
+                                reps=5 if (phase == "prefill" and T >= 4096) else (9 if phase == "prefill" else 51),
+                            )
                         )
-                    )
+    return points
 
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="a few small points")
+    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--out", default=str(HERE / "results"))
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        print(json.dumps(child(json.loads(args.child))))
+        return
+
+    points = _points(args)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -195,9 +232,12 @@ def main() -> None:
     for spec in tqdm(points, desc="benchmark points"):
         Hq = SHAPES[spec["shape"]][0]
         Tq = spec["T"] if spec["phase"] == "prefill" else 1
-        buf_bytes = Hq * Tq * spec["T"] * 4
-        base = dict(shape=spec["shape"], phase=spec["phase"], T=spec["T"], provider=spec["provider"])
-        if spec["provider"] in ("eager", "sdpa+bias") and buf_bytes > EAGER_LIMIT_BYTES:
+        buf_bytes = spec["batch"] * Hq * Tq * spec["T"] * 4
+        base = dict(
+            shape=spec["shape"], phase=spec["phase"], T=spec["T"], batch=spec["batch"], provider=spec["provider"]
+        )
+        limit = 40e9 if args.device == "cuda" else EAGER_LIMIT_BYTES
+        if spec["provider"] in ("eager", "sdpa+bias") and buf_bytes > limit:
             for mode in MODES if spec["provider"] == "eager" else ["bias"]:
                 rows.append(
                     dict(
@@ -233,52 +273,67 @@ def main() -> None:
                 )
             )
 
+    name = "bench_attention" + ("_cuda" if args.device == "cuda" else "")
     write_csv(
         rows,
-        out_dir / "bench_attention.csv",
-        ["shape", "phase", "T", "provider", "mode", "median_ms", "extra_mb", "note"],
+        out_dir / f"{name}.csv",
+        ["shape", "phase", "T", "batch", "provider", "mode", "median_ms", "extra_mb", "note"],
     )
-    md = _markdown(rows, args.threads)
-    (out_dir / "bench_attention.md").write_text(md)
+    md = _markdown(rows, args.threads, args.device)
+    (out_dir / f"{name}.md").write_text(md)
     print(md)
     try:
-        _plot(rows, out_dir / "bench_attention.png")
+        _plot([r for r in rows if r["batch"] == 1], out_dir / f"{name}.png")
     except ImportError:
         print("matplotlib not installed: no plot")
 
 
-def _markdown(rows, threads) -> str:
-    def get(shape, phase, T, provider, mode):
+def _markdown(rows, threads, device="cpu") -> str:
+    def get(shape, phase, T, B, provider, mode):
         for r in rows:
-            if (r["shape"], r["phase"], r["T"], r["provider"], r["mode"]) == (shape, phase, T, provider, mode):
+            if (r["shape"], r["phase"], r["T"], r["batch"], r["provider"], r["mode"]) == (
+                shape,
+                phase,
+                T,
+                B,
+                provider,
+                mode,
+            ):
                 return r
         return None
 
+    if device == "cuda":
+        machine = f"{torch.cuda.get_device_name()}, bf16, torch {torch.__version__} (CUDA {torch.version.cuda})"
+        memory = "memory is peak allocated above the inputs (MB)"
+    else:
+        machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {threads} threads; torch {torch.__version__}"
+        memory = "memory is peak RSS above the inputs (MB)"
     lines = [
-        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {threads} threads; "
-        f"torch {torch.__version__}. Times are medians (ms); ratios are time / unsteered SDPA; "
-        "memory is peak RSS above the inputs (MB).",
+        f"Machine: {machine}. Times are medians (ms); ratios are time / unsteered SDPA; {memory}.",
         "",
-        "| shape | phase | T | SDPA ms | bias × | key_scale × | target × | SDPA+bias × | eager bias × | attnsteer MB | SDPA MB | eager MB |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| shape | phase | T | B | SDPA ms | bias × | key_scale × | target × | SDPA+bias × | eager bias × | attnsteer MB | SDPA MB | eager MB |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    keys = sorted({(r["shape"], r["phase"], r["T"]) for r in rows}, key=lambda x: (x[1] != "prefill", x[0], x[2]))
-    for shape, phase, T in keys:
-        sd = get(shape, phase, T, "sdpa", "none")
+    keys = sorted(
+        {(r["shape"], r["phase"], r["T"], r["batch"]) for r in rows},
+        key=lambda x: (x[1] != "prefill", x[0], x[3], x[2]),
+    )
+    for shape, phase, T, B in keys:
+        sd = get(shape, phase, T, B, "sdpa", "none")
         if sd is None or not sd["median_ms"]:
             continue
         base = float(sd["median_ms"])
 
         def ratio(provider, mode):
-            r = get(shape, phase, T, provider, mode)
+            r = get(shape, phase, T, B, provider, mode)
             return f"{float(r['median_ms']) / base:.2f}" if r and r["median_ms"] else "—"
 
         def mem(provider, mode):
-            r = get(shape, phase, T, provider, mode)
+            r = get(shape, phase, T, B, provider, mode)
             return r["extra_mb"] if r else "—"
 
         lines.append(
-            f"| {shape} | {phase} | {T} | {base:.2f} | {ratio('attnsteer', 'bias')} | {ratio('attnsteer', 'key_scale')} | "
+            f"| {shape} | {phase} | {T} | {B} | {base:.2f} | {ratio('attnsteer', 'bias')} | {ratio('attnsteer', 'key_scale')} | "
             f"{ratio('attnsteer', 'target')} | {ratio('sdpa+bias', 'bias')} | {ratio('eager', 'bias')} | "
             f"{mem('attnsteer', 'bias')} | {mem('sdpa', 'none')} | {mem('eager', 'bias')} |"
         )
