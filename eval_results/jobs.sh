@@ -4,6 +4,7 @@
 # the responses.jsonl it writes, so re-running a queue after an interruption continues it.
 #   nohup eval_results/jobs.sh dev  > eval_results/logs/dev.log  2>&1 &
 #   nohup eval_results/jobs.sh test > eval_results/logs/test.log 2>&1 &
+#   nohup eval_results/jobs.sh gated-test > eval_results/logs/gated-test.log 2>&1 &   (a third queue)
 # EVAL_CODE=DIR runs the code of another checkout (e.g. a `git worktree` of a fixed commit with
 # its built _C copied in), so that editing this tree does not change a queue that is running;
 # the results still go to this tree's eval_results/.
@@ -35,5 +36,12 @@ case "${1:-}" in
       args=(); for m in "${CHOSEN[@]}"; do args+=(--method "$m"); done
       $EV ifeval --split test --limit $n --out eval_results/ifeval $COMMON "${args[@]}"
     done ;;
-  *) echo "usage: $0 dev|test" >&2; exit 2 ;;
+  gated-test)
+    # The plausibility gate around the best dev points, on the first test prompts (the gate
+    # costs about twice the forwards, so it gets a smaller slice of the test split).
+    for n in 100 200; do
+      $EV ifeval --split test --limit $n --out eval_results/ifeval $COMMON \
+        --method gate+keyscale:alpha=1.5 --method gate+spotlight:target=0.3
+    done ;;
+  *) echo "usage: $0 dev|test|gated-test" >&2; exit 2 ;;
 esac
