@@ -527,3 +527,17 @@ def test_retention_cli_end_to_end_and_report(tmp_path, capsys):
     assert "guide:delta=1" in capsys.readouterr().out
     assert cli.main(["eval", "retention", "--placements", "middle"]) == 2  # before loading any model
     assert "unknown placement 'middle'" in capsys.readouterr().err
+
+
+def test_paired_table_compares_on_the_same_prompts():
+    """A run over a subset of the prompts is compared with unsteered on that subset."""
+    acc = dict(prompt_strict=0.5, prompt_loose=0.75, inst_strict=0.5, inst_loose=0.8, n_tokens=100.0, nll=0.6)
+    base = dict(prompt_strict=0.25, prompt_loose=0.5, inst_strict=0.5, inst_loose=0.9, n_tokens=120.0, nll=0.5, n=4)
+    rows = [
+        dict(method="none", strategy="none", n=10, **acc),
+        dict(method="guide:delta=1", strategy="prompt", n=4, baseline_on_same=base, **acc),
+    ]
+    table = runner.paired_table(rows)
+    assert table.count("\n") == 2  # header, rule, one row: the unsteered row is the baseline, not a row
+    assert "| 4 | 50.0 / 25.0 (+25.0) | 75.0 / 50.0 (+25.0) | 50.0 / 50.0 (+0.0) | 80.0 / 90.0 (-10.0) |" in table
+    assert "100 / 120 | 0.60 / 0.50 |" in table

@@ -318,6 +318,30 @@ def markdown_table(rows: Sequence[Dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def paired_table(rows: Sequence[Dict[str, Any]]) -> str:
+    """Each steered row against unsteered on the *same* prompts (``baseline_on_same``), so runs
+    that cover different subsets of the prompts compare fairly: steered / unsteered (Δ)."""
+    head = (
+        "| method | strategy | n | prompt strict | prompt loose | inst strict | inst loose | tokens | NLL |\n"
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|"
+    )
+    lines = [head]
+    for r in rows:
+        b = r.get("baseline_on_same")
+        if r["method"] == "none" or not b:
+            continue
+        cells = [
+            f"{100 * r[k]:.1f} / {100 * b[k]:.1f} ({100 * (r[k] - b[k]):+.1f})"
+            for k in ("prompt_strict", "prompt_loose", "inst_strict", "inst_loose")
+        ]
+        lines.append(
+            f"| {specs.label(r['method'])} | {r['strategy']} | {b['n']} | "
+            + " | ".join(cells)
+            + f" | {r['n_tokens']:.0f} / {b['n_tokens']:.0f} | {r['nll']:.2f} / {b['nll']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
 def per_type_table(rows: Sequence[Dict[str, Any]]) -> str:
     types = sorted({t for r in rows for t in r["per_type_inst_loose"]})
     cols = [f"{specs.label(r['method'])} [{r['strategy']}]" for r in rows]
@@ -358,6 +382,12 @@ def write_report(
         f"repetitive (distinct-4 < −{fluency.BOUNDS['repetitive']}).",
         "",
         markdown_table(rows),
+        "",
+        "## Against unsteered on the same prompts",
+        "",
+        "Steered / unsteered (difference), accuracies in %; tokens and NLL steered / unsteered.",
+        "",
+        paired_table(rows),
         "",
         "## Instruction-level loose accuracy per instruction type (%)",
         "",
