@@ -23,6 +23,13 @@ TORCH_LIBRARY(attnsteer, m) {
       "float? target, bool target_exact, Tensor? query_mask, Tensor? attn_mask, "
       "bool is_causal, int? window, float? softcap) -> Tensor");
   m.def("scale_keys_(Tensor(a!) keys, Tensor span_weights, Tensor factor) -> ()");
+  // The fused op over a paged KV cache (vLLM's layout): packed query tokens (N, Hq, D) of R
+  // requests, per-request span weights (R, S) and bias / key_scale (R, Hq); causal by position.
+  m.def(
+      "steered_attention_paged(Tensor q, Tensor key_cache, Tensor value_cache, bool k_transposed, "
+      "Tensor block_table, Tensor seq_lens, Tensor query_start_loc, Tensor span_weights, Tensor bias, "
+      "Tensor key_scale, float? target, bool target_exact, Tensor? query_mask, int? window, float? softcap, "
+      "float scale, bool return_span_mass) -> (Tensor, Tensor)");
 }
 
 namespace {

@@ -30,6 +30,30 @@ def _steered_softmax_fake(*schema_args):
     return torch.empty_like(logits, memory_format=torch.contiguous_format)
 
 
+@torch.library.register_fake("attnsteer::steered_attention_paged")
+def _steered_attention_paged_fake(
+    q,
+    key_cache,
+    value_cache,
+    k_transposed,
+    block_table,
+    seq_lens,
+    query_start_loc,
+    span_weights,
+    bias,
+    key_scale,
+    target,
+    target_exact,
+    query_mask,
+    window,
+    softcap,
+    scale,
+    return_span_mass,
+):
+    N, Hq, _ = q.shape
+    return q.new_empty(q.shape), q.new_empty((N, Hq) if return_span_mass else (0,), dtype=torch.float32)
+
+
 @torch.library.register_fake("attnsteer::scale_keys_")
 def _scale_keys_fake(keys, span_weights, factor):
     return None
@@ -46,5 +70,5 @@ def _setup_nothing(ctx, inputs, output):
     return None
 
 
-for _name in ("steered_attention", "span_bias", "steered_softmax"):
+for _name in ("steered_attention", "span_bias", "steered_softmax", "steered_attention_paged"):
     torch.library.register_autograd(f"attnsteer::{_name}", _no_backward, setup_context=_setup_nothing)
