@@ -1,0 +1,62 @@
+"""The vLLM plugin (entry point ``vllm.general_plugins``: ``attnsteer = attnsteer.vllm.plugin:register``).
+
+In every vLLM process it (1) overrides the ``CPU_ATTN`` backend with attnsteer's
+(:mod:`attnsteer.vllm.backend`) and (2) wraps the model runner's attention-metadata build so
+each step publishes which of its requests are steered, at which positions
+(``extra_args["attnsteer"]`` or the server's flat ``attnsteer_method`` / ``attnsteer_spans``,
+read by :func:`attnsteer.vllm.request.parse_request`; parsed once per request).
+"""
+
+from __future__ import annotations
+
+import functools
+
+from .backend import Step
+from .request import parse_request
+
+__all__ = ["register"]
+
+_DONE = False
+
+
+def register() -> None:
+    global _DONE
+    if _DONE:
+        return
+    _DONE = True
+    from vllm.v1.attention.backends.registry import AttentionBackendEnum, register_backend
+    from vllm.v1.worker.gpu_model_runner import GPUModelRunner
+
+    register_backend(AttentionBackendEnum.CPU_ATTN, "attnsteer.vllm.backend.AttnsteerCPUBackend")
+    original = GPUModelRunner._build_attention_metadata
+
+    @functools.wraps(original)
+    def build(self, num_tokens, num_reqs, *args, **kwargs):
+        step = _step(self, num_reqs)
+        attn_metadata, rest = original(self, num_tokens, num_reqs, *args, **kwargs)
+        # The step rides on the metadata objects themselves: with async scheduling the next
+        # step's metadata is built while this one runs, so nothing global can carry it.
+        for per_layer in attn_metadata if isinstance(attn_metadata, list) else [attn_metadata]:
+            for md in per_layer.values():
+                md.attnsteer_step = step
+        return attn_metadata, rest
+
+    GPUModelRunner._build_attention_metadata = build
+
+
+def _step(runner, num_reqs: int) -> Step:
+    cache = runner.__dict__.setdefault("_attnsteer_parsed", {})
+    step = Step()
+    qsl = runner.query_start_loc.np[: num_reqs + 1]
+    computed = runner.input_batch.num_computed_tokens_cpu[:num_reqs]
+    for row, req_id in enumerate(runner.input_batch.req_ids[:num_reqs]):
+        state = runner.requests.get(req_id)
+        if state is None or state.sampling_params is None:
+            continue
+        if req_id not in cache:
+            special = getattr(getattr(runner, "_attnsteer_special", None), "copy", lambda: ())()
+            cache[req_id] = parse_request(state.sampling_params.extra_args, state.prompt_token_ids, special)
+        steering = cache[req_id]
+        if steering is not None:
+            step.steered[row] = (steering, int(computed[row]), int(qsl[row + 1] - qsl[row]))
+    return step

