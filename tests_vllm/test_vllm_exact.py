@@ -36,7 +36,10 @@ PROMPTS = [
     ],
     "<<Answer in French.>> What is the capital of Italy? Explain briefly why it became the capital.",
     [{"role": "user", "content": "Write one sentence about cats. <<Use no commas.>>"}],
+    "The quick brown fox jumps over the lazy dog while the cat sleeps on the warm mat. " * 6
+    + "<<Reply with one word.>> Which animal sleeps?",
 ]
+CHUNK = 32  # token budget per step: every prompt but the shortest is prefilled in chunks
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +63,8 @@ def _engine(**kw):
 
 @pytest.fixture(scope="module")
 def llm(hf):
-    return _engine()
+    # chunked prefill with a small budget, prefix caching on (vLLM's default)
+    return _engine(enable_chunked_prefill=True, max_num_batched_tokens=CHUNK, max_num_seqs=8)
 
 
 def _hf_tokens(hf, prompt, spec):
@@ -99,10 +103,23 @@ def _trim(hf_ids, v_ids):
 
 @pytest.mark.parametrize("spec", METHODS)
 def test_each_method_in_a_mixed_batch(llm, hf, spec):
-    jobs = [(PROMPTS[0], spec), (PROMPTS[1], None), (PROMPTS[2], spec), (PROMPTS[1], spec)]
+    jobs = [(PROMPTS[0], spec), (PROMPTS[1], None), (PROMPTS[2], spec), (PROMPTS[1], spec), (PROMPTS[3], spec)]
     got = _vllm_batch(llm, hf, jobs)
     for (prompt, s), v in zip(jobs, got):
         assert v == _trim(_hf_tokens(hf, prompt, s), v), (s, prompt)
+
+
+def test_prefix_cache_is_salted_by_the_steering(llm, hf):
+    """The same prompt steered, unsteered, and steered again (a prefix-cache hit for the second
+    steered run only: the salt is the steering configuration)."""
+    spec = "guide:delta=2"
+    first = _vllm_batch(llm, hf, [(PROMPTS[3], spec)])
+    mixed = _vllm_batch(llm, hf, [(PROMPTS[3], None), (PROMPTS[3], spec), (PROMPTS[3], "guide:delta=1")])
+    assert mixed[1] == first[0]
+    for (prompt, s), v in zip([(PROMPTS[3], None), (PROMPTS[3], spec), (PROMPTS[3], "guide:delta=1")], mixed):
+        assert v == _trim(_hf_tokens(hf, prompt, s), v), s
+    tok = hf[1]
+    assert steered_prompt(tok, PROMPTS[3], spec).cache_salt == steered_prompt(tok, PROMPTS[3], spec).cache_salt
 
 
 def test_steering_changes_the_reply(llm, hf):
