@@ -56,6 +56,7 @@ def test_unsteered_requests_are_none():
         ({"attnsteer": {"method": "guide:alpha=2", "spans": [[0, 2]]}}, "GUIDE has no setting 'alpha'"),
         ({"attnsteer": {"method": "gate+guide:delta=2", "spans": [[0, 2]]}}, "cannot be served per request"),
         ({"attnsteer": {"method": "directer", "spans": [[0, 2]]}}, "cannot be served per request"),
+        ({"attnsteer": {"method": "spotlight:target=0.3,pooled=true", "spans": [[0, 2]]}}, "pooled SpotLight"),
         ({"attnsteer": {"method": "none", "spans": [[0, 2]]}}, "unsteered request"),
         ({"attnsteer": {"method": "guide:delta=2", "spans": [[3, 9]]}}, r"outside the 5-token prompt"),
         ({"attnsteer": {"method": "guide:delta=2", "spans": [[2, 2]]}}, r"outside the 5-token prompt"),

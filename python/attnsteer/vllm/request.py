@@ -96,6 +96,11 @@ def _servable_spec(method: Union[str, Any]) -> str:
             f"{canon!r} needs extra forwards per token (DIRECTER's trials) and cannot be served "
             "per request; use guide, instaboost, pasta, spotlight or keyscale"
         )
+    if specs.parse(canon).needs_span_mass():
+        raise ValueError(
+            f"{canon!r}: pooled SpotLight needs a first pass over the whole layer's span mass, which a paged "
+            "step (chunked prefill) does not have; serve spotlight without pooled=true"
+        )
     return canon
 
 
