@@ -72,7 +72,9 @@ void load_block(const PagedProblem& P, const void* base, int64_t sb, int64_t sh,
 template <typename T>
 void run(const PagedProblem& P) {
   const int64_t G = P.G, D = P.D, bs = P.block_size;
-  const int64_t qblock = std::max<int64_t>(1, 128 / G);
+  // query rows per unit: large blocks amortise reading each K/V block (a prefill chunk), small
+  // ones still split a single decode row per kv head
+  const int64_t qblock = std::max<int64_t>(1, 512 / G);
   // work units: (request, kv head, query block)
   std::vector<int64_t> unit_r, unit_q0;
   for (int64_t r = 0; r < P.R; ++r) {

@@ -65,6 +65,14 @@ def _build():
     return AttnsteerCPUBackend
 
 
+def _rows_index(step: Step, qsl, rows) -> torch.Tensor:
+    """Packed token indices of ``rows`` (the same in every layer of the step: built once)."""
+    key = ("idx", tuple(rows))
+    if key not in step.contexts:
+        step.contexts[key] = torch.cat([torch.arange(qsl[r], qsl[r + 1]) for r in rows])
+    return step.contexts[key]
+
+
 def _steered_forward(impl, ops, layer, query, kv_cache, md, output, step: Step):
     num_blocks, num_kv_heads, block_size, _ = kv_cache.size()
     kv = kv_cache.view((num_blocks, num_kv_heads, block_size * 2, -1))
@@ -79,7 +87,7 @@ def _steered_forward(impl, ops, layer, query, kv_cache, md, output, step: Step):
     steered_rows = sorted(r for r in step.steered if r < R)
     plain = [r for r in range(R) if r not in step.steered]
     if plain:  # vLLM's own kernel on the unsteered requests
-        idx = torch.cat([torch.arange(qsl[r], qsl[r + 1]) for r in plain])
+        idx = _rows_index(step, qsl, plain)
         sub_qsl = torch.tensor([0] + [qsl[r + 1] - qsl[r] for r in plain], dtype=md.query_start_loc.dtype).cumsum(0)
         sub_qsl = sub_qsl.to(md.query_start_loc.dtype)
         sub_lens = lens[plain].contiguous()
@@ -128,7 +136,7 @@ def _steered_forward(impl, ops, layer, query, kv_cache, md, output, step: Step):
     window = impl.sliding_window if impl.sliding_window and impl.sliding_window > 0 else None
     for target, members in groups.items():
         rows = [r for r, _ in members]
-        idx = torch.cat([torch.arange(qsl[r], qsl[r + 1]) for r in rows])
+        idx = _rows_index(step, qsl, rows)
         S = max(int(lens[r]) for r in rows)
         span = torch.zeros(len(rows), S)
         bias = torch.zeros(len(rows), H)
