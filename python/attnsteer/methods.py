@@ -168,6 +168,14 @@ class Method:
         to leave the layer unsteered. Each method writes its own math here."""
         raise NotImplementedError(f"{type(self).__name__} must implement plan(layer_idx, ctx)")
 
+    def plan_steered(self, layer_idx: int, ctx: ForwardContext) -> Optional[OpArgs]:
+        """:meth:`plan`, or None when the plan steers no query row of this forward (the model
+        adapters' rule: such a layer runs unsteered)."""
+        args = self.plan(layer_idx, ctx)
+        if args is not None and args.query_mask is not None and not bool(args.query_mask.any()):
+            return None
+        return args
+
     def needs_span_mass(self) -> bool:
         """True when :meth:`with_span_mass` must see the span mass of a first pass (pooled SpotLight)."""
         return False

@@ -174,9 +174,7 @@ def attention_function(
     layer_idx = getattr(module, "layer_idx", None)
     ctx = _context(state, B, Hq, Tq, Tk, q_off, kv_off, padding, query.device) if state is not None else None
     method = state.method if state is not None else None
-    args = method.plan(layer_idx, ctx) if method is not None and layer_idx is not None else None
-    if args is not None and args.query_mask is not None and not bool(args.query_mask.any()):
-        args = None  # no steered row in this forward
+    args = method.plan_steered(layer_idx, ctx) if method is not None and layer_idx is not None else None
     masking = dict(
         attn_mask=None if padding is None else padding[:, None, None, -Tk:],
         is_causal=True,

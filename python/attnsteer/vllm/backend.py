@@ -1,9 +1,9 @@
 """The steered attention backend for vLLM's CPU path (``CPU_ATTN`` overridden by the plugin).
 
 Per step, the runner hook (:func:`attnsteer.vllm.plugin.register`) attaches to the step's
-attention metadata which requests of the batch are steered (:class:`Step`). A layer then runs vLLM's own kernel for the unsteered requests
-and :func:`attnsteer.ops.steered_attention_paged` — one call per group of requests that share a
-SpotLight target — for the steered ones, over the same paged cache: no steered row is computed
+attention metadata which requests of the batch are steered (:class:`Step`). A layer then runs
+vLLM's own kernel for the unsteered requests and :func:`attnsteer.ops.steered_attention_paged` —
+one call per group of requests that share a SpotLight target — for the steered ones, over the same paged cache: no steered row is computed
 twice. A batch without steered requests is vLLM's kernel alone.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 import torch
 
@@ -25,10 +25,12 @@ _LAYER = re.compile(r"layers\.(\d+)\.")
 
 @dataclass
 class Step:
-    """The steered requests of one scheduled batch: row index in the batch → (steering, start)."""
+    """The steered requests of one scheduled batch: row index in the batch → (steering, start,
+    number of query tokens), and what every layer of the step shares (built on first use)."""
 
     steered: Dict[int, tuple] = field(default_factory=dict)  # row -> (request.RequestSteering, start, n_query)
-    contexts: Dict[int, object] = field(default_factory=dict)
+    contexts: Dict[int, object] = field(default_factory=dict)  # row -> its ForwardContext
+    packed: Dict[tuple, tuple] = field(default_factory=dict)  # rows -> (token indices, query_start_loc)
 
 
 def _layer_index(layer) -> int:
@@ -65,12 +67,15 @@ def _build():
     return AttnsteerCPUBackend
 
 
-def _rows_index(step: Step, qsl, rows) -> torch.Tensor:
-    """Packed token indices of ``rows`` (the same in every layer of the step: built once)."""
-    key = ("idx", tuple(rows))
-    if key not in step.contexts:
-        step.contexts[key] = torch.cat([torch.arange(qsl[r], qsl[r + 1]) for r in rows])
-    return step.contexts[key]
+def _packed(step: Step, qsl, rows, dtype=torch.int64) -> tuple:
+    """``(token indices, query_start_loc)`` of ``rows`` packed together — the same in every layer
+    of the step, so built once."""
+    key = tuple(rows)
+    if key not in step.packed:
+        idx = torch.cat([torch.arange(qsl[r], qsl[r + 1]) for r in rows])
+        starts = torch.tensor([0] + [qsl[r + 1] - qsl[r] for r in rows]).cumsum(0).to(dtype)
+        step.packed[key] = (idx, starts)
+    return step.packed[key]
 
 
 def _steered_forward(impl, ops, layer, query, kv_cache, md, output, step: Step):
@@ -87,9 +92,7 @@ def _steered_forward(impl, ops, layer, query, kv_cache, md, output, step: Step):
     steered_rows = sorted(r for r in step.steered if r < R)
     plain = [r for r in range(R) if r not in step.steered]
     if plain:  # vLLM's own kernel on the unsteered requests
-        idx = _rows_index(step, qsl, plain)
-        sub_qsl = torch.tensor([0] + [qsl[r + 1] - qsl[r] for r in plain], dtype=md.query_start_loc.dtype).cumsum(0)
-        sub_qsl = sub_qsl.to(md.query_start_loc.dtype)
+        idx, sub_qsl = _packed(step, qsl, plain, md.query_start_loc.dtype)
         sub_lens = lens[plain].contiguous()
         sched = ops.cpu_attn_get_scheduler_metadata(
             num_reqs=len(plain),
@@ -125,35 +128,34 @@ def _steered_forward(impl, ops, layer, query, kv_cache, md, output, step: Step):
             kv_cache_dtype=impl.kv_cache_dtype,
         )
         out[idx] = sub_out
-    groups: Dict[Optional[float], List[tuple]] = {}
+    groups: Dict[tuple, List[tuple]] = {}  # (target, target_exact) -> members: one paged call each
     for r in steered_rows:
         steering, start, n = step.steered[r]
         ctx = step.contexts.get(r)
         if ctx is None:
             ctx = step.contexts[r] = request_context(steering.span_weights, start, n, H)
         args = plan_request(steering.method, steering.span_weights, start, n, H, layer_idx, ctx)
-        groups.setdefault(None if args is None else args.target, []).append((r, args))
+        key = (None, False) if args is None else (args.target, args.target_exact)
+        groups.setdefault(key, []).append((r, args))
     window = impl.sliding_window if impl.sliding_window and impl.sliding_window > 0 else None
-    for target, members in groups.items():
+    for (target, exact), members in groups.items():
         rows = [r for r, _ in members]
-        idx = _rows_index(step, qsl, rows)
+        idx, sub_qsl = _packed(step, qsl, rows)
         S = max(int(lens[r]) for r in rows)
         span = torch.zeros(len(rows), S)
         bias = torch.zeros(len(rows), H)
         ks = torch.ones(len(rows), H)
         qmask = torch.ones(len(idx), dtype=torch.bool)
-        exact, pos = False, 0
+        pos = 0
         for i, (r, args) in enumerate(members):
             n = qsl[r + 1] - qsl[r]
             if args is not None:
                 w = args.span_weights[0]
                 span[i, : w.shape[0]] = w
                 bias[i], ks[i] = args.bias[0], args.key_scale[0]
-                exact = exact or args.target_exact
                 if args.query_mask is not None:
                     qmask[pos : pos + n] = args.query_mask[0]
             pos += n
-        sub_qsl = torch.tensor([0] + [qsl[r + 1] - qsl[r] for r in rows]).cumsum(0)
         res, _ = steered_attention_paged(
             q[idx].contiguous(),
             key_cache,

@@ -43,7 +43,4 @@ def plan_request(
     (an unsteered layer, or no steered row in this step — the adapter's rule); pass a ``ctx`` from
     :func:`request_context` to share it across the layers of one step."""
     ctx = ctx or request_context(span_weights, start, n_query, num_heads)
-    args = method.plan(layer_idx, ctx)
-    if args is not None and args.query_mask is not None and not bool(args.query_mask.any()):
-        return None
-    return args
+    return method.plan_steered(layer_idx, ctx)

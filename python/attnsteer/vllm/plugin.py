@@ -53,10 +53,12 @@ def _step(runner, num_reqs: int) -> Step:
         state = runner.requests.get(req_id)
         if state is None or state.sampling_params is None:
             continue
-        if req_id not in cache:
-            special = getattr(getattr(runner, "_attnsteer_special", None), "copy", lambda: ())()
-            cache[req_id] = parse_request(state.sampling_params.extra_args, state.prompt_token_ids, special)
+        if req_id not in cache:  # (special-token-only spans are refused client-side, by steered_prompt)
+            cache[req_id] = parse_request(state.sampling_params.extra_args, state.prompt_token_ids)
         steering = cache[req_id]
         if steering is not None:
             step.steered[row] = (steering, int(computed[row]), int(qsl[row + 1] - qsl[row]))
+    if len(cache) > 2 * len(runner.requests) + 64:  # forget finished requests (a server runs for days)
+        for req_id in [k for k in cache if k not in runner.requests]:
+            del cache[req_id]
     return step

@@ -68,22 +68,13 @@ def _num(w: float) -> str:
 
 def spans_from_mask(span_mask: torch.Tensor) -> List[Span]:
     """Runs of equal nonzero weight of a ``(T,)`` span mask as ``[start, end, weight]``."""
-    w = span_mask.float().flatten().tolist()
-    out: List[Span] = []
-    j = 0
-    while j < len(w):
-        if w[j] == 0:
-            j += 1
-            continue
-        k = j
-        while k + 1 < len(w) and w[k + 1] == w[j]:
-            k += 1
-        out.append((j, k + 1, w[j]))
-        j = k + 1
-    return out
+    from ..ops.pieces import key_ranges
+
+    return [r for r in key_ranges(span_mask.float().flatten()) if r[2] != 0]
 
 
-def _servable_spec(method: Union[str, Any]) -> str:
+def _servable_spec(method: Union[str, Any]) -> Tuple[str, Any]:
+    """``(canonical spec, method)`` of a method that can be served per request, else a clear error."""
     from ..eval import specs
 
     if not isinstance(method, str):
@@ -96,12 +87,13 @@ def _servable_spec(method: Union[str, Any]) -> str:
             f"{canon!r} needs extra forwards per token (DIRECTER's trials) and cannot be served "
             "per request; use guide, instaboost, pasta, spotlight or keyscale"
         )
-    if specs.parse(canon).needs_span_mass():
+    parsed = specs.parse(canon)
+    if parsed.needs_span_mass():
         raise ValueError(
             f"{canon!r}: pooled SpotLight needs a first pass over the whole layer's span mass, which a paged "
             "step (chunked prefill) does not have; serve spotlight without pooled=true"
         )
-    return canon
+    return canon, parsed
 
 
 def _salt(spec: str, spans: Sequence[Span]) -> str:
@@ -120,7 +112,7 @@ def steered_prompt(tokenizer, prompt: Any, method: str, **highlight_kwargs) -> S
     """
     from ..spans import highlight
 
-    spec = _servable_spec(method)
+    spec, _ = _servable_spec(method)
     enc = highlight(tokenizer, prompt, **highlight_kwargs)
     if enc["input_ids"].shape[0] != 1:
         raise ValueError("steered_prompt builds one request; call it once per prompt")
@@ -149,8 +141,6 @@ def parse_request(
     """The steering of one request, or None for an unsteered one; a ``ValueError`` that names the
     problem for an unknown method or parameter, spans outside the prompt, bad weights, or a span
     that covers special tokens only."""
-    from ..eval import specs
-
     extra_args = extra_args or {}
     if KEY in extra_args:
         cfg = extra_args[KEY]
@@ -165,7 +155,7 @@ def parse_request(
         method, spans = extra_args[FLAT_METHOD], _parse_flat_spans(str(extra_args[FLAT_SPANS]))
     else:
         return None
-    spec = _servable_spec(method)
+    spec, parsed = _servable_spec(method)
     T = len(prompt_token_ids)
     weights = torch.zeros(T, dtype=torch.float32)
     for s in spans:
@@ -188,4 +178,4 @@ def parse_request(
                 "the spans cover special tokens only (chat markers, BOS), which are never steered; "
                 "mark the instruction's text"
             )
-    return RequestSteering(specs.parse(spec), spec, weights)
+    return RequestSteering(parsed, spec, weights)
