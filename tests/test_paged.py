@@ -19,10 +19,11 @@ pytestmark = pytest.mark.skipif(attnsteer.backend() == "torch", reason="compiled
 BS = 16
 
 
-def _step(dtype, k_transposed, seed=0, Hq=6, Hkv=2, D=32):
-    """Requests (keys L, query tokens n): prefill, a chunk after 20 cached tokens, two decodes."""
+def _step(dtype, k_transposed, seed=0, Hq=6, Hkv=2, D=32, BS=BS, reqs=((37, 37), (50, 30), (23, 1), (64, 1))):
+    """Requests (keys L, query tokens n): by default a prefill, a chunk after 20 cached tokens, two
+    decodes."""
     g = torch.Generator().manual_seed(seed)
-    reqs = [(37, 37), (50, 30), (23, 1), (64, 1)]
+    reqs = list(reqs)
     R = len(reqs)
     nblocks = [math.ceil(L / BS) for L, _ in reqs]
     total = sum(nblocks) + 3
@@ -80,7 +81,28 @@ MODES = {
 @pytest.mark.parametrize("k_transposed", [True, False], ids=["kT", "k"])
 @pytest.mark.parametrize("mode", list(MODES))
 def test_paged_equals_dense_per_request(dtype, k_transposed, mode):
-    st = _step(dtype, k_transposed)
+    _check_against_dense(_step(dtype, k_transposed), dtype, k_transposed, mode)
+
+
+# Shapes that reach every path of the CPU micro-kernels: head dims of 4 x 16 lanes, of one
+# vector plus a scalar tail and below one vector; blocks of 128 (vLLM's CPU default), 48 and
+# 5 keys (vector and scalar column tails); 1 to 5 query rows per kv head (row remainders).
+SHAPES = {
+    "D64_bs128_G3": dict(Hq=9, Hkv=3, D=64, BS=128, reqs=((300, 300), (1012, 1), (130, 2))),
+    "D40_bs48_G5": dict(Hq=10, Hkv=2, D=40, BS=48, reqs=((97, 97), (200, 1), (61, 13))),
+    "D8_bs5_G1": dict(Hq=2, Hkv=2, D=8, BS=5, reqs=((23, 23), (11, 1))),
+    "D80_bs64_G2": dict(Hq=4, Hkv=2, D=80, BS=64, reqs=((150, 150), (70, 1))),
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("shape", list(SHAPES))
+@pytest.mark.parametrize("mode", ["bias", "target"])
+def test_paged_kernel_shapes(dtype, shape, mode):
+    _check_against_dense(_step(dtype, True, seed=3, **SHAPES[shape]), dtype, True, mode)
+
+
+def _check_against_dense(st, dtype, k_transposed, mode):
     R, Hq = len(st["reqs"]), st["Hq"]
     kw = dict(MODES[mode])
     g = torch.Generator().manual_seed(1)

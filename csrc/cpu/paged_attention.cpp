@@ -19,6 +19,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "../common/check.h"
@@ -54,19 +55,30 @@ struct PagedProblem {
   bool target_exact;
 };
 
-// Block jb of request r, kv head h, as float [n][D] row-major (K de-transposed when needed).
+// K and V of block `phys`, kv head h, as float: straight from the cache when it holds float (no
+// copy), else converted into kb / vb in the cache's own layout (K [D][block_size] when
+// transposed, else [n][D]; V [n][D]). Returns K's row stride.
 template <typename T>
-void load_block(const PagedProblem& P, const void* base, int64_t sb, int64_t sh, bool transposed, int64_t phys,
-                int64_t h, int64_t n, float* dst) {
-  const T* src = static_cast<const T*>(base) + phys * sb + h * sh;
-  const int64_t D = P.D, bs = P.block_size;
-  if (transposed) {
-    for (int64_t d = 0; d < D; ++d)
-      for (int64_t t = 0; t < n; ++t) dst[t * D + d] = static_cast<float>(src[d * bs + t]);
+int64_t block_kv(const PagedProblem& P, int64_t phys, int64_t h, int64_t n, float* kb, float* vb, const float** kp,
+                 const float** vp) {
+  const T* k = static_cast<const T*>(P.k) + phys * P.k_sb + h * P.k_sh;
+  const T* v = static_cast<const T*>(P.v) + phys * P.v_sb + h * P.v_sh;
+  const int64_t D = P.D, bs = P.block_size, ldk = P.k_transposed ? bs : D;
+  if constexpr (std::is_same_v<T, float>) {
+    *kp = k;
+    *vp = v;
   } else {
-    for (int64_t t = 0; t < n; ++t)
-      for (int64_t d = 0; d < D; ++d) dst[t * D + d] = static_cast<float>(src[t * D + d]);
+    if (P.k_transposed) {
+      for (int64_t d = 0; d < D; ++d)
+        for (int64_t t = 0; t < n; ++t) kb[d * bs + t] = static_cast<float>(k[d * bs + t]);
+    } else {
+      for (int64_t i = 0; i < n * D; ++i) kb[i] = static_cast<float>(k[i]);
+    }
+    for (int64_t i = 0; i < n * D; ++i) vb[i] = static_cast<float>(v[i]);
+    *kp = kb;
+    *vp = vb;
   }
+  return ldk;
 }
 
 template <typename T>
@@ -122,12 +134,15 @@ void run(const PagedProblem& P) {
         const int64_t j0 = jb * bs, n = std::min(bs, L - j0);
         if (n <= 0) break;
         const int64_t phys = P.block_table[r * P.max_blocks + jb];
-        load_block<T>(P, P.k, P.k_sb, P.k_sh, P.k_transposed, phys, hkv, n, kb.data());
-        load_block<T>(P, P.v, P.v_sb, P.v_sh, false, phys, hkv, n, vb.data());
+        const float *kp, *vp;
+        const int64_t ldk = block_kv<T>(P, phys, hkv, n, kb.data(), vb.data(), &kp, &vp);
         for (int64_t t = 0; t < n; ++t) span_buf[t] = j0 + t < P.S ? span_r[j0 + t] : 0.f;
         int64_t n_span = 0;
         for (int64_t t = 0; t < n; ++t) n_span += span_buf[t] != 0.f;
-        gemm_rowmajor(false, true, rows, n, D, 1.f, qp.data(), D, kb.data(), D, 0.f, S.data(), n);
+        if (P.k_transposed)
+          scores_kt(qp.data(), rows, D, kp, ldk, n, S.data(), n);
+        else
+          gemm_rowmajor(false, !P.k_transposed, rows, n, D, 1.f, qp.data(), D, kp, ldk, 0.f, S.data(), n);
         for (int64_t row = 0; row < rows; ++row) {
           const int64_t g = row / qlen, ii = row % qlen, hq = hkv * G + g, i = q0 + ii;
           float* s = S.data() + row * n;
@@ -135,8 +150,9 @@ void run(const PagedProblem& P) {
           steer_row(s, span_buf.data(), n, steered ? P.key_scale[r * P.Hq + hq] : 1.f, P.softcap,
                     steered ? P.bias[r * P.Hq + hq] : 0.f);
           const RowRange rr = visible_range(i, nq, L, true, P.window);
-          for (int64_t t = 0; t < n; ++t)
-            if (j0 + t < rr.lo || j0 + t > rr.hi) s[t] = kNegInf;
+          const int64_t lo = std::clamp<int64_t>(rr.lo - j0, 0, n), hi = std::clamp<int64_t>(rr.hi - j0 + 1, lo, n);
+          std::fill(s, s + lo, kNegInf);
+          std::fill(s + hi, s + n, kNegInf);
           if (!two) {
             update_row(s, n, ch[0].m[row], ch[0].l[row], ch[0].ls ? ch[0].ls + row : nullptr, ch[0].acc + row * D, D,
                        span_buf.data());
@@ -149,9 +165,13 @@ void run(const PagedProblem& P) {
             update_row(s2, n, ch[1].m[row], ch[1].l[row], nullptr, ch[1].acc + row * D, D, span_buf.data());
           }
         }
-        for (int c = 0; c < nch; ++c)
-          gemm_rowmajor(false, false, rows, D, n, 1.f, c == 0 ? S.data() : S2.data(), n, vb.data(), D, 1.f, ch[c].acc,
-                        D);
+        for (int c = 0; c < nch; ++c) {
+          const float* p = c == 0 ? S.data() : S2.data();
+          if (P.k_transposed)
+            pv_rows(p, rows, n, n, vp, D, D, ch[c].acc, D);
+          else
+            gemm_rowmajor(false, false, rows, D, n, 1.f, p, n, vp, D, 1.f, ch[c].acc, D);
+        }
       }
       for (int64_t row = 0; row < rows; ++row) {
         const int64_t g = row / qlen, ii = row % qlen, hq = hkv * G + g;

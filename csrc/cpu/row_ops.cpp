@@ -174,6 +174,141 @@ void mask_by_span(float* s, const float* span_weights, int64_t n, bool keep_span
   }
 }
 
+// Register-blocked micro-kernels behind scores_kt / pv_rows: RB query rows x 4 vectors of
+// output columns in accumulators, each loaded K/V vector reused by all RB rows. Inlined into
+// each target clone of the callers.
+template <int RB>
+__attribute__((always_inline)) inline void scores_kt_rows(const float* q, int64_t D, const float* kt, int64_t ldk,
+                                                          int64_t n, float* S, int64_t lds) {
+  int64_t t = 0;
+  for (; t + 4 * kLanes <= n; t += 4 * kLanes) {
+    vf a[RB][4];
+#pragma GCC unroll 4
+    for (int r = 0; r < RB; ++r)
+#pragma GCC unroll 4
+      for (int c = 0; c < 4; ++c) a[r][c] = splat(0.f);
+    for (int64_t d = 0; d < D; ++d) {
+      const float* k = kt + d * ldk + t;
+      const vf k0 = load(k), k1 = load(k + kLanes), k2 = load(k + 2 * kLanes), k3 = load(k + 3 * kLanes);
+#pragma GCC unroll 4
+      for (int r = 0; r < RB; ++r) {
+        const vf x = splat(q[r * D + d]);
+        a[r][0] += x * k0;
+        a[r][1] += x * k1;
+        a[r][2] += x * k2;
+        a[r][3] += x * k3;
+      }
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < RB; ++r)
+#pragma GCC unroll 4
+      for (int c = 0; c < 4; ++c) store(S + r * lds + t + c * kLanes, a[r][c]);
+  }
+  for (; t + kLanes <= n; t += kLanes) {
+    vf a[RB];
+#pragma GCC unroll 4
+    for (int r = 0; r < RB; ++r) a[r] = splat(0.f);
+    for (int64_t d = 0; d < D; ++d) {
+      const vf k = load(kt + d * ldk + t);
+#pragma GCC unroll 4
+      for (int r = 0; r < RB; ++r) a[r] += splat(q[r * D + d]) * k;
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < RB; ++r) store(S + r * lds + t, a[r]);
+  }
+  for (; t < n; ++t)
+    for (int r = 0; r < RB; ++r) {
+      float a = 0.f;
+      for (int64_t d = 0; d < D; ++d) a += q[r * D + d] * kt[d * ldk + t];
+      S[r * lds + t] = a;
+    }
+}
+
+template <int RB>
+__attribute__((always_inline)) inline void pv_rows_block(const float* p, int64_t n, int64_t ldp, const float* v,
+                                                         int64_t ldv, int64_t D, float* acc, int64_t ldacc) {
+  int64_t d = 0;
+  for (; d + 4 * kLanes <= D; d += 4 * kLanes) {
+    vf a[RB][4];
+#pragma GCC unroll 4
+    for (int r = 0; r < RB; ++r)
+#pragma GCC unroll 4
+      for (int c = 0; c < 4; ++c) a[r][c] = load(acc + r * ldacc + d + c * kLanes);
+    for (int64_t t = 0; t < n; ++t) {
+      const float* vt = v + t * ldv + d;
+      const vf v0 = load(vt), v1 = load(vt + kLanes), v2 = load(vt + 2 * kLanes), v3 = load(vt + 3 * kLanes);
+#pragma GCC unroll 4
+      for (int r = 0; r < RB; ++r) {
+        const vf w = splat(p[r * ldp + t]);
+        a[r][0] += w * v0;
+        a[r][1] += w * v1;
+        a[r][2] += w * v2;
+        a[r][3] += w * v3;
+      }
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < RB; ++r)
+#pragma GCC unroll 4
+      for (int c = 0; c < 4; ++c) store(acc + r * ldacc + d + c * kLanes, a[r][c]);
+  }
+  for (; d + kLanes <= D; d += kLanes) {
+    vf a[RB];
+#pragma GCC unroll 4
+    for (int r = 0; r < RB; ++r) a[r] = load(acc + r * ldacc + d);
+    for (int64_t t = 0; t < n; ++t) {
+      const vf x = load(v + t * ldv + d);
+#pragma GCC unroll 4
+      for (int r = 0; r < RB; ++r) a[r] += splat(p[r * ldp + t]) * x;
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < RB; ++r) store(acc + r * ldacc + d, a[r]);
+  }
+  for (; d < D; ++d)
+    for (int r = 0; r < RB; ++r) {
+      float a = acc[r * ldacc + d];
+      for (int64_t t = 0; t < n; ++t) a += p[r * ldp + t] * v[t * ldv + d];
+      acc[r * ldacc + d] = a;
+    }
+}
+
+ATTNSTEER_CLONES void scores_kt(const float* q, int64_t rows, int64_t D, const float* kt, int64_t ldk, int64_t n,
+                                float* S, int64_t lds) {
+  int64_t r = 0;
+  for (; r + 4 <= rows; r += 4) scores_kt_rows<4>(q + r * D, D, kt, ldk, n, S + r * lds, lds);
+  switch (rows - r) {
+    case 3:
+      scores_kt_rows<3>(q + r * D, D, kt, ldk, n, S + r * lds, lds);
+      break;
+    case 2:
+      scores_kt_rows<2>(q + r * D, D, kt, ldk, n, S + r * lds, lds);
+      break;
+    case 1:
+      scores_kt_rows<1>(q + r * D, D, kt, ldk, n, S + r * lds, lds);
+      break;
+    default:
+      break;
+  }
+}
+
+ATTNSTEER_CLONES void pv_rows(const float* p, int64_t rows, int64_t n, int64_t ldp, const float* v, int64_t ldv,
+                              int64_t D, float* acc, int64_t ldacc) {
+  int64_t r = 0;
+  for (; r + 4 <= rows; r += 4) pv_rows_block<4>(p + r * ldp, n, ldp, v, ldv, D, acc + r * ldacc, ldacc);
+  switch (rows - r) {
+    case 3:
+      pv_rows_block<3>(p + r * ldp, n, ldp, v, ldv, D, acc + r * ldacc, ldacc);
+      break;
+    case 2:
+      pv_rows_block<2>(p + r * ldp, n, ldp, v, ldv, D, acc + r * ldacc, ldacc);
+      break;
+    case 1:
+      pv_rows_block<1>(p + r * ldp, n, ldp, v, ldv, D, acc + r * ldacc, ldacc);
+      break;
+    default:
+      break;
+  }
+}
+
 SequentialBlas::SequentialBlas() {
   if (MKL_Set_Num_Threads_Local != nullptr) previous_ = MKL_Set_Num_Threads_Local(1);
 }

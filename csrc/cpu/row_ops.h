@@ -29,6 +29,15 @@ void axpy(float* y, const float* x, int64_t n, float a);
 // s[j] = -inf where keep(j) is false: keep_span selects span keys (true) or the rest (false).
 void mask_by_span(float* s, const float* span_weights, int64_t n, bool keep_span);
 
+// Register-blocked products of query rows with one key block of the paged cache, in place of
+// BLAS (MKL takes a slow generic path on AMD CPUs, and a call per block costs more than the
+// arithmetic of a decode row):
+// S[r][t] = sum_d q[r*D + d] * kt[d*ldk + t] for r < rows, t < n — K stored transposed (D x n).
+void scores_kt(const float* q, int64_t rows, int64_t D, const float* kt, int64_t ldk, int64_t n, float* S, int64_t lds);
+// acc[r*ldacc + d] += sum_t p[r*ldp + t] * v[t*ldv + d] for r < rows, d < D — V row-major (n x D).
+void pv_rows(const float* p, int64_t rows, int64_t n, int64_t ldp, const float* v, int64_t ldv, int64_t D, float* acc,
+             int64_t ldacc);
+
 // Scope guard: BLAS calls on this thread run single-threaded (restores on exit). Use inside
 // at::parallel_for bodies that call gemm_rowmajor.
 class SequentialBlas {
