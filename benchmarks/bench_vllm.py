@@ -47,7 +47,16 @@ def main() -> None:
         attnsteer.models.export(m, t, args.model)
     batches = [1, 8] if args.quick else [1, 8, 32]
     new = 16 if args.quick else 64
-    llm = LLM(model=args.model, dtype="float32", max_model_len=2048, enforce_eager=True, seed=0, max_num_seqs=32)
+    # no prefix caching: every run computes its prompts (the runs repeat the same prompts)
+    llm = LLM(
+        model=args.model,
+        dtype="float32",
+        max_model_len=2048,
+        enforce_eager=True,
+        seed=0,
+        max_num_seqs=32,
+        enable_prefix_caching=False,
+    )
     tok = llm.get_tokenizer()
     body = " ".join([LONG_TEXT] * 8)
     rows = []

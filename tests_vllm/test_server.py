@@ -104,3 +104,22 @@ def test_steered_and_unsteered_requests_through_the_server(server, hf_model):
             hf_steer = model.generate(**enc, max_new_tokens=NEW, do_sample=False)[0, T:].tolist()
     got_s, got_p = steered["token_ids"], plain["token_ids"]
     assert got_s == _trim(hf_steer, got_s) and got_p == _trim(hf_plain, got_p) and got_s != got_p
+
+
+def test_a_bad_steered_request_gets_a_400_and_the_server_keeps_serving(server, hf_model):
+    import urllib.error
+
+    model, tok = hf_model
+    p = steered_prompt(tok, PROMPTS[0], "guide:delta=2")
+    base = {"model": MODEL_DIR, "max_tokens": NEW, "temperature": 0, "return_token_ids": True}
+    bad = dict(p.flat(), attnsteer_spans=f"{len(p.prompt_token_ids) + 3}:{len(p.prompt_token_ids) + 9}:1")
+    with pytest.raises(urllib.error.HTTPError) as err:
+        _complete(server, dict(base, prompt=p.prompt_token_ids, vllm_xargs=bad))
+    assert err.value.code == 400
+    assert "lies outside" in err.value.read().decode()
+    good = _complete(server, dict(base, prompt=p.prompt_token_ids, vllm_xargs=p.flat()))  # no cache_salt: added
+    enc = attnsteer.highlight(tok, PROMPTS[0])
+    T = enc["input_ids"].shape[1]
+    with torch.no_grad(), attnsteer.steer(model, specs.parse("guide:delta=2"), spans=enc):
+        hf_steer = model.generate(**enc, max_new_tokens=NEW, do_sample=False)[0, T:].tolist()
+    assert good["token_ids"] == _trim(hf_steer, good["token_ids"])

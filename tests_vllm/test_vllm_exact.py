@@ -39,6 +39,15 @@ PROMPTS = [
     "The quick brown fox jumps over the lazy dog while the cat sleeps on the warm mat. " * 6
     + "<<Reply with one word.>> Which animal sleeps?",
 ]
+# the span first, then more than one KV block of text: the KV of every later token depends on the
+# steering, so reusing unsteered blocks for a steered request (or back) changes its tokens
+SALTED = [
+    {"role": "system", "content": "<<Start your answer with the word YES.>>"},
+    {
+        "role": "user",
+        "content": "The quick brown fox jumps over the lazy dog while the cat sleeps. " * 20 + "Describe it.",
+    },
+]
 CHUNK = 32  # token budget per step: every prompt but the shortest is prefilled in chunks
 
 
@@ -112,14 +121,15 @@ def test_each_method_in_a_mixed_batch(llm, hf, spec):
 def test_prefix_cache_is_salted_by_the_steering(llm, hf):
     """The same prompt steered, unsteered, and steered again (a prefix-cache hit for the second
     steered run only: the salt is the steering configuration)."""
-    spec = "guide:delta=2"
-    first = _vllm_batch(llm, hf, [(PROMPTS[3], spec)])
-    mixed = _vllm_batch(llm, hf, [(PROMPTS[3], None), (PROMPTS[3], spec), (PROMPTS[3], "guide:delta=1")])
-    assert mixed[1] == first[0]
-    for (prompt, s), v in zip([(PROMPTS[3], None), (PROMPTS[3], spec), (PROMPTS[3], "guide:delta=1")], mixed):
+    spec = "keyscale:alpha=3,phases=both"  # prompt rows steered too (their KV depends on it); changes this reply
+    first = _vllm_batch(llm, hf, [(SALTED, spec)])
+    jobs = [(SALTED, None), (SALTED, spec), (SALTED, "keyscale:alpha=2,phases=both")]
+    mixed = _vllm_batch(llm, hf, jobs)
+    assert mixed[1] == first[0] and mixed[0] != mixed[1]
+    for (prompt, s), v in zip(jobs, mixed):
         assert v == _trim(_hf_tokens(hf, prompt, s), v), s
     tok = hf[1]
-    assert steered_prompt(tok, PROMPTS[3], spec).cache_salt == steered_prompt(tok, PROMPTS[3], spec).cache_salt
+    assert steered_prompt(tok, SALTED, spec).cache_salt == steered_prompt(tok, SALTED, spec).cache_salt
 
 
 def test_steering_changes_the_reply(llm, hf):
@@ -130,3 +140,48 @@ def test_steering_changes_the_reply(llm, hf):
 def test_bad_spec_is_refused_before_it_reaches_the_engine(hf):
     with pytest.raises(ValueError, match="cannot be served per request"):
         steered_prompt(hf[1], PROMPTS[0], "gate+guide:delta=2")
+
+
+def test_bad_steering_is_refused_at_admission_and_the_engine_keeps_serving(llm, hf):
+    from vllm import SamplingParams
+    from vllm.exceptions import VLLMValidationError
+
+    tok = hf[1]
+    p = steered_prompt(tok, PROMPTS[0], "guide:delta=2")
+    T = len(p.prompt_token_ids)
+    bad = {
+        "outside": ({"attnsteer": {"method": "guide:delta=2", "spans": [[T - 2, T + 5, 1]]}}, "lies outside"),
+        "unknown method": ({"attnsteer": {"method": "guied:delta=2", "spans": [[1, 3, 1]]}}, "guied"),
+        "unknown setting": ({"attnsteer": {"method": "guide:dleta=2", "spans": [[1, 3, 1]]}}, "dleta"),
+        "special only": ({"attnsteer": {"method": "guide:delta=2", "spans": [[0, 1, 1]]}}, "special tokens only"),
+        "flat half": ({"attnsteer_method": "guide:delta=2"}, "needs both"),
+    }
+    for extra, message in bad.values():
+        with pytest.raises(VLLMValidationError, match=message):
+            llm.generate([p.prompt()], SamplingParams(temperature=0, max_tokens=NEW, extra_args=extra), use_tqdm=False)
+    # the engine still serves, steered and unsteered, exactly
+    jobs = [(PROMPTS[0], "guide:delta=2"), (PROMPTS[2], None)]
+    for (prompt, s), v in zip(jobs, _vllm_batch(llm, hf, jobs)):
+        assert v == _trim(_hf_tokens(hf, prompt, s), v), s
+
+
+def test_steered_request_without_a_salt_gets_its_steerings(llm, hf):
+    """A steered request sent without cache_salt right after the same prompt unsteered: without
+    the salt added at admission it would reuse the unsteered prompt's KV blocks."""
+    from vllm import SamplingParams
+
+    from attnsteer.vllm.request import parse_request, request_salt
+
+    tok = hf[1]
+    spec = "keyscale:alpha=3,phases=both"
+    p = steered_prompt(tok, SALTED, spec)
+    assert request_salt(parse_request(p.extra_args, p.prompt_token_ids)) == p.cache_salt
+    assert len(p.prompt_token_ids) > 2 * llm.llm_engine.vllm_config.cache_config.block_size
+    (plain,) = _vllm_batch(llm, hf, [(SALTED, None)])  # fills the prefix cache, unsalted
+    out = llm.generate(
+        [{"prompt_token_ids": p.prompt_token_ids}],  # no cache_salt
+        SamplingParams(temperature=0, max_tokens=NEW, extra_args=p.extra_args),
+        use_tqdm=False,
+    )
+    got = list(out[0].outputs[0].token_ids)
+    assert got == _trim(_hf_tokens(hf, SALTED, spec), got) and got != plain

@@ -68,14 +68,22 @@ def _build():
 
 
 def _packed(step: Step, qsl, rows, dtype=torch.int64) -> tuple:
-    """``(token indices, query_start_loc)`` of ``rows`` packed together — the same in every layer
-    of the step, so built once."""
+    """``(token index, query_start_loc)`` of ``rows`` packed together — the same in every layer
+    of the step, so built once. The index is a slice (views, no copies) when the rows are
+    consecutive in the batch, else a tensor of token indices."""
     key = tuple(rows)
     if key not in step.packed:
-        idx = torch.cat([torch.arange(qsl[r], qsl[r + 1]) for r in rows])
+        if rows == list(range(rows[0], rows[-1] + 1)):
+            idx = slice(qsl[rows[0]], qsl[rows[-1] + 1])
+        else:
+            idx = torch.cat([torch.arange(qsl[r], qsl[r + 1]) for r in rows])
         starts = torch.tensor([0] + [qsl[r + 1] - qsl[r] for r in rows]).cumsum(0).to(dtype)
         step.packed[key] = (idx, starts)
     return step.packed[key]
+
+
+def _num_tokens(idx) -> int:
+    return idx.stop - idx.start if isinstance(idx, slice) else len(idx)
 
 
 def _steered_forward(impl, ops, layer, query, kv_cache, md, output, step: Step):
@@ -107,7 +115,8 @@ def _steered_forward(impl, ops, layer, query, kv_cache, md, output, step: Step):
             isa=layer.isa,
             enable_kv_split=False,
         )
-        sub_out = torch.empty(len(idx), H, D, dtype=out.dtype)
+        # consecutive rows: vLLM's kernel writes straight into the output's rows
+        sub_out = out[idx] if isinstance(idx, slice) else torch.empty(len(idx), H, D, dtype=out.dtype)
         ops.cpu_attention_with_kv_cache(
             query=q[idx].contiguous(),
             key_cache=key_cache,
@@ -127,7 +136,8 @@ def _steered_forward(impl, ops, layer, query, kv_cache, md, output, step: Step):
             v_scale=layer._v_scale_float,
             kv_cache_dtype=impl.kv_cache_dtype,
         )
-        out[idx] = sub_out
+        if not isinstance(idx, slice):
+            out[idx] = sub_out
     groups: Dict[tuple, List[tuple]] = {}  # (target, target_exact) -> members: one paged call each
     for r in steered_rows:
         steering, start, n = step.steered[r]
@@ -145,7 +155,7 @@ def _steered_forward(impl, ops, layer, query, kv_cache, md, output, step: Step):
         span = torch.zeros(len(rows), S)
         bias = torch.zeros(len(rows), H)
         ks = torch.ones(len(rows), H)
-        qmask = torch.ones(len(idx), dtype=torch.bool)
+        qmask = torch.ones(_num_tokens(idx), dtype=torch.bool)
         pos = 0
         for i, (r, args) in enumerate(members):
             n = qsl[r + 1] - qsl[r]

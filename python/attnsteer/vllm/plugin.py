@@ -1,10 +1,15 @@
 """The vLLM plugin (entry point ``vllm.general_plugins``: ``attnsteer = attnsteer.vllm.plugin:register``).
 
 In every vLLM process it (1) overrides the ``CPU_ATTN`` backend with attnsteer's
-(:mod:`attnsteer.vllm.backend`) and (2) wraps the model runner's attention-metadata build so
-each step publishes which of its requests are steered, at which positions
-(``extra_args["attnsteer"]`` or the server's flat ``attnsteer_method`` / ``attnsteer_spans``,
-read by :func:`attnsteer.vllm.request.parse_request`; parsed once per request).
+(:mod:`attnsteer.vllm.backend`), (2) checks each request where vLLM admits it
+(``InputProcessor.process_inputs``, in the front-end process): a bad steering request is refused
+there with a ``VLLMValidationError`` (HTTP 400 from the server) naming the problem, and the engine
+keeps serving the others; a steered request without a ``cache_salt`` gets the one its steering
+implies (a user's own salt is kept, extended with it), so prefix caching never mixes steered and
+unsteered KV; and (3) wraps the model runner's attention-metadata build so each step publishes
+which of its requests are steered, at which positions (``extra_args["attnsteer"]`` or the
+server's flat ``attnsteer_method`` / ``attnsteer_spans``, read by
+:func:`attnsteer.vllm.request.parse_request`; parsed once per request).
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ from __future__ import annotations
 import functools
 
 from .backend import Step
-from .request import parse_request
+from .request import parse_request, request_salt
 
 __all__ = ["register"]
 
@@ -28,6 +33,7 @@ def register() -> None:
     from vllm.v1.worker.gpu_model_runner import GPUModelRunner
 
     register_backend(AttentionBackendEnum.CPU_ATTN, "attnsteer.vllm.backend.AttnsteerCPUBackend")
+    _check_at_admission()
     original = GPUModelRunner._build_attention_metadata
 
     @functools.wraps(original)
@@ -42,6 +48,51 @@ def register() -> None:
         return attn_metadata, rest
 
     GPUModelRunner._build_attention_metadata = build
+
+
+def _check_at_admission() -> None:
+    from vllm.v1.engine.input_processor import InputProcessor
+
+    original = InputProcessor.process_inputs
+
+    @functools.wraps(original)
+    def process_inputs(self, *args, **kwargs):
+        request = original(self, *args, **kwargs)
+        admit(request, self.tokenizer)
+        return request
+
+    InputProcessor.process_inputs = process_inputs
+
+
+def admit(request, tokenizer=None) -> None:
+    """Check one ``EngineCoreRequest``'s steering before it reaches the engine, and salt its
+    prefix-cache hash. Raises ``VLLMValidationError`` (a 400 on the server) for bad steering, or for
+    steering on a platform whose attention backend attnsteer does not replace (GPU, for now)."""
+    from vllm.exceptions import VLLMValidationError
+    from vllm.platforms import current_platform
+
+    params = request.sampling_params
+    if params is None:
+        return
+    special = getattr(tokenizer, "all_special_ids", ()) if tokenizer is not None else ()
+    try:
+        steering = parse_request(params.extra_args, request.prompt_token_ids or [], special)
+    except (ValueError, TypeError) as e:
+        raise VLLMValidationError(f"attnsteer: {e}", parameter="extra_args.attnsteer") from None
+    if steering is None:
+        return
+    if not current_platform.is_cpu():
+        raise VLLMValidationError(
+            f"attnsteer: steered requests run on vLLM's CPU backend only; this engine runs on "
+            f"{current_platform.device_name!r}, whose attention backend attnsteer does not replace yet. Send the "
+            "request without attnsteer extra args, or serve it with the Hugging Face path (attnsteer.steer)",
+            parameter="extra_args.attnsteer",
+        )
+    salt = request_salt(steering)
+    if request.cache_salt is None:
+        request.cache_salt = salt
+    elif not request.cache_salt.endswith(salt):
+        request.cache_salt = f"{request.cache_salt}|{salt}"
 
 
 def _step(runner, num_reqs: int) -> Step:

@@ -12,10 +12,8 @@ and, for the OpenAI server's ``vllm_xargs`` (flat values only), the same as two 
 
 Steered requests get a ``cache_salt`` derived from that configuration, so that identical steered
 requests share prefix-cache blocks with each other but never with unsteered ones (whose salt
-is unset). Methods that need extra forwards (``directer``, ``gate+…``) are not servable this way.
-
-Status: this module defines and checks the format; the vLLM attention backend that reads it is
-not built yet (issue 12).
+is unset); the plugin adds it at admission to a steered request that comes without one. Methods
+that need extra forwards (``directer``, ``gate+…``) are not servable this way.
 """
 
 from __future__ import annotations
@@ -27,7 +25,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
-__all__ = ["SteeredPrompt", "RequestSteering", "steered_prompt", "parse_request", "spans_from_mask"]
+__all__ = ["SteeredPrompt", "RequestSteering", "steered_prompt", "parse_request", "request_salt", "spans_from_mask"]
 
 KEY = "attnsteer"
 FLAT_METHOD, FLAT_SPANS = "attnsteer_method", "attnsteer_spans"
@@ -60,6 +58,7 @@ class RequestSteering:
     method: Any
     spec: str
     span_weights: torch.Tensor
+    spans: Tuple[Span, ...] = ()
 
 
 def _num(w: float) -> str:
@@ -99,6 +98,11 @@ def _servable_spec(method: Union[str, Any]) -> Tuple[str, Any]:
 def _salt(spec: str, spans: Sequence[Span]) -> str:
     blob = json.dumps({"method": spec, "spans": [[int(a), int(b), float(w)] for a, b, w in spans]}, sort_keys=True)
     return "attnsteer-" + hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def request_salt(steering: RequestSteering) -> str:
+    """The ``cache_salt`` a request with this steering gets (the one :func:`steered_prompt` sets)."""
+    return _salt(steering.spec, steering.spans)
 
 
 def steered_prompt(tokenizer, prompt: Any, method: str, **highlight_kwargs) -> SteeredPrompt:
@@ -158,6 +162,7 @@ def parse_request(
     spec, parsed = _servable_spec(method)
     T = len(prompt_token_ids)
     weights = torch.zeros(T, dtype=torch.float32)
+    clean: List[Span] = []
     for s in spans:
         if len(s) not in (2, 3):
             raise ValueError(f"a span is [start, end] or [start, end, weight]; got {list(s)}")
@@ -168,6 +173,7 @@ def parse_request(
         if not (w > 0 and w < float("inf")):
             raise ValueError(f"span [{a}, {b}) has weight {w}; weights are finite and > 0")
         weights[a:b] = w
+        clean.append((a, b, w))
     special = set(int(i) for i in special_ids)
     if special:
         ids = torch.as_tensor(list(prompt_token_ids))
@@ -178,4 +184,4 @@ def parse_request(
                 "the spans cover special tokens only (chat markers, BOS), which are never steered; "
                 "mark the instruction's text"
             )
-    return RequestSteering(parsed, spec, weights)
+    return RequestSteering(parsed, spec, weights, tuple(clean))
