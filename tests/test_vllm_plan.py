@@ -81,3 +81,43 @@ def test_a_chunk_sees_the_whole_span_so_far():
     dec = request_context(w, 7, 1, 2)  # a decode token after two generated ones
     assert dec.span.tolist() == [[0.0, 1, 1, 0, 2, 0, 0, 0]]
     assert attnsteer.GUIDE(1.0, phases="prefill").plan(0, dec).query_mask.tolist() == [[False]]
+
+
+@pytest.mark.parametrize("tp_size", [2, 4])
+def test_tensor_parallel_ranks_steer_their_share_of_the_heads(tp_size):
+    """Rank r's plan holds the per-head settings of heads r·H/P … (r+1)·H/P − 1, and attention
+    run per rank on its heads, put back together, equals the single-device steered attention."""
+    from attnsteer.vllm.plan import heads_of_rank
+
+    H, Hkv, T, D = 8, 4, 12, 16
+    w = torch.zeros(T)
+    w[3:6] = 1.0
+    method = attnsteer.PASTA(0.1, heads={0: [1, 6]})
+    whole = plan_request(method, w, 0, T, H, 0)
+    ranks = [plan_request(method, w, 0, T, H, 0, tp_rank=r, tp_size=tp_size) for r in range(tp_size)]
+    assert torch.equal(torch.cat([a.bias for a in ranks], -1), whole.bias)
+    assert torch.equal(torch.cat([a.key_scale for a in ranks], -1), whole.key_scale)
+    steered = whole.bias[0].nonzero().flatten().tolist()
+    assert steered == [1, 6]
+    h = H // tp_size
+    assert [r for r, a in enumerate(ranks) if a.bias.abs().sum() > 0] == sorted({1 // h, 6 // h})
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (
+        torch.randn(1, H, T, D, generator=g),
+        torch.randn(1, Hkv, T, D, generator=g),
+        torch.randn(1, Hkv, T, D, generator=g),
+    )
+    full, _ = attnsteer.ops.layer_attention(q, k, v, whole.replace(is_causal=True))
+    kv_h = Hkv // tp_size
+    parts = [
+        attnsteer.ops.layer_attention(
+            q[:, r * h : (r + 1) * h],
+            k[:, r * kv_h : (r + 1) * kv_h],
+            v[:, r * kv_h : (r + 1) * kv_h],
+            a.replace(is_causal=True),
+        )[0]
+        for r, a in enumerate(ranks)
+    ]
+    assert torch.allclose(torch.cat(parts, 1), full, atol=1e-6)
+    with pytest.raises(ValueError, match="cannot be split over 3"):
+        heads_of_rank(whole, 0, 3)

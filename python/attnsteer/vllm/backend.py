@@ -86,6 +86,15 @@ def _num_tokens(idx) -> int:
     return idx.stop - idx.start if isinstance(idx, slice) else len(idx)
 
 
+def _tensor_parallel() -> tuple:
+    """(rank, world size) of this worker's tensor-parallel group; (0, 1) without one."""
+    from vllm.distributed import parallel_state
+
+    if not parallel_state.model_parallel_is_initialized():
+        return 0, 1
+    return parallel_state.get_tensor_model_parallel_rank(), parallel_state.get_tensor_model_parallel_world_size()
+
+
 def _steered_forward(impl, ops, layer, query, kv_cache, md, output, step: Step):
     num_blocks, num_kv_heads, block_size, _ = kv_cache.size()
     kv = kv_cache.view((num_blocks, num_kv_heads, block_size * 2, -1))
@@ -97,6 +106,7 @@ def _steered_forward(impl, ops, layer, query, kv_cache, md, output, step: Step):
     H, D = impl.num_heads, impl.head_size
     q = query[: md.num_actual_tokens].view(-1, H, D)
     out = output[: md.num_actual_tokens].view(-1, H, D)
+    tp_rank, tp_size = _tensor_parallel()
     steered_rows = sorted(r for r in step.steered if r < R)
     plain = [r for r in range(R) if r not in step.steered]
     if plain:  # vLLM's own kernel on the unsteered requests
@@ -142,9 +152,11 @@ def _steered_forward(impl, ops, layer, query, kv_cache, md, output, step: Step):
     for r in steered_rows:
         steering, start, n = step.steered[r]
         ctx = step.contexts.get(r)
-        if ctx is None:
-            ctx = step.contexts[r] = request_context(steering.span_weights, start, n, H)
-        args = plan_request(steering.method, steering.span_weights, start, n, H, layer_idx, ctx)
+        if ctx is None:  # planned for the layer's heads on all ranks, cut to this rank's (plan.py)
+            ctx = step.contexts[r] = request_context(steering.span_weights, start, n, H * tp_size)
+        args = plan_request(
+            steering.method, steering.span_weights, start, n, H * tp_size, layer_idx, ctx, tp_rank, tp_size
+        )
         key = (None, False) if args is None else (args.target, args.target_exact)
         groups.setdefault(key, []).append((r, args))
     window = impl.sliding_window if impl.sliding_window and impl.sliding_window > 0 else None

@@ -3,6 +3,13 @@ adapter makes, from the positions a paged step knows: the request's tokens so fa
 generated) are the keys, and the step's queries are the ``n_query`` tokens starting at
 ``start`` (a prefill chunk, or one decode token). Chunked prefill and preemption change only
 ``start`` / ``n_query``; the plan for a token does not depend on how the steps were cut.
+
+Tensor parallelism: vLLM gives rank ``r`` of ``P`` the heads ``r·H/P … (r+1)·H/P − 1`` of every
+layer (and the matching kv heads). A plan is made for the layer's ``H`` heads — per-head settings
+such as PASTA's ``heads`` name global heads — and its per-head arguments are then cut to the
+rank's block (:func:`heads_of_rank`), so every rank steers exactly its share of the heads the
+single-device plan steers. No method needs a reduction across ranks: per-row SpotLight works per
+head; pooled SpotLight (which would) is refused for serving.
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ import torch
 from ..methods import ForwardContext, Method
 from ..ops import OpArgs
 
-__all__ = ["request_context", "plan_request"]
+__all__ = ["request_context", "plan_request", "heads_of_rank"]
 
 
 def request_context(span_weights: torch.Tensor, start: int, n_query: int, num_heads: int) -> ForwardContext:
@@ -38,9 +45,26 @@ def plan_request(
     num_heads: int,
     layer_idx: int,
     ctx: Optional[ForwardContext] = None,
+    tp_rank: int = 0,
+    tp_size: int = 1,
 ) -> Optional[OpArgs]:
     """``method.plan`` for this request's step at ``layer_idx``; None when nothing is steered
     (an unsteered layer, or no steered row in this step — the adapter's rule); pass a ``ctx`` from
-    :func:`request_context` to share it across the layers of one step."""
+    :func:`request_context` to share it across the layers of one step. ``num_heads`` is the whole
+    layer's; with ``tp_size > 1`` the per-head arguments are those of rank ``tp_rank``'s heads."""
     ctx = ctx or request_context(span_weights, start, n_query, num_heads)
-    return method.plan_steered(layer_idx, ctx)
+    args = method.plan_steered(layer_idx, ctx)
+    return args if args is None or tp_size == 1 else heads_of_rank(args, tp_rank, tp_size)
+
+
+def heads_of_rank(args: OpArgs, rank: int, size: int) -> OpArgs:
+    """``args`` with its per-head ``bias`` / ``key_scale`` ``(B, H)`` cut to the contiguous block of
+    heads that tensor-parallel rank ``rank`` of ``size`` holds: ``(B, H / size)``."""
+    H = int(args.bias.shape[-1])
+    if H % size:
+        raise ValueError(f"{H} attention heads cannot be split over {size} tensor-parallel ranks")
+    if not 0 <= rank < size:
+        raise ValueError(f"tensor-parallel rank {rank} outside 0..{size - 1}")
+    h = H // size
+    cut = slice(rank * h, (rank + 1) * h)
+    return args.replace(bias=args.bias[..., cut].contiguous(), key_scale=args.key_scale[..., cut].contiguous())
