@@ -185,3 +185,31 @@ def test_steered_request_without_a_salt_gets_its_steerings(llm, hf):
     )
     got = list(out[0].outputs[0].token_ids)
     assert got == _trim(_hf_tokens(hf, SALTED, spec), got) and got != plain
+
+
+def test_unsteerable_models_and_platforms_are_refused_per_request(hf, monkeypatch):
+    """admit() on a model config whose attention the CPU_ATTN override does not run (MLA, …)."""
+    from types import SimpleNamespace
+
+    from vllm import SamplingParams
+    from vllm.exceptions import VLLMValidationError
+
+    from attnsteer.vllm.plugin import admit, unsteerable
+
+    p = steered_prompt(hf[1], PROMPTS[0], "guide:delta=2")
+    req = SimpleNamespace(
+        sampling_params=SamplingParams(extra_args=p.extra_args), prompt_token_ids=p.prompt_token_ids, cache_salt=None
+    )
+    with pytest.raises(VLLMValidationError, match="latent attention"):
+        admit(req, hf[1], SimpleNamespace(use_mla=True))
+    assert unsteerable(SimpleNamespace(is_hybrid=True)) and unsteerable(SimpleNamespace()) is None
+    admit(req, hf[1], SimpleNamespace())
+    assert req.cache_salt == p.cache_salt
+    plain = SimpleNamespace(sampling_params=SamplingParams(), prompt_token_ids=[1, 2], cache_salt=None)
+    admit(plain, hf[1], SimpleNamespace(use_mla=True))  # unsteered requests pass untouched
+    assert plain.cache_salt is None
+    from vllm.platforms import current_platform
+
+    monkeypatch.setattr(current_platform, "is_cpu", lambda: False)  # a GPU engine: no paged CUDA op yet
+    with pytest.raises(VLLMValidationError, match="CPU backend only"):
+        admit(req, hf[1], SimpleNamespace())

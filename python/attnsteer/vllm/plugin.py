@@ -15,6 +15,7 @@ server's flat ``attnsteer_method`` / ``attnsteer_spans``, read by
 from __future__ import annotations
 
 import functools
+from typing import Optional
 
 from .backend import Step
 from .request import parse_request, request_salt
@@ -58,16 +59,34 @@ def _check_at_admission() -> None:
     @functools.wraps(original)
     def process_inputs(self, *args, **kwargs):
         request = original(self, *args, **kwargs)
-        admit(request, self.tokenizer)
+        admit(request, self.tokenizer, self.model_config)
         return request
 
     InputProcessor.process_inputs = process_inputs
 
 
-def admit(request, tokenizer=None) -> None:
+def unsteerable(model_config) -> Optional[str]:
+    """Why the served model's attention cannot be steered by the ``CPU_ATTN`` override (its layers
+    use another backend or none), or None."""
+    if model_config is None:
+        return None
+    checks = (
+        ("use_mla", "multi-head latent attention (MLA) runs vLLM's MLA backend"),
+        ("is_encoder_decoder", "encoder-decoder models are not supported (decoder self-attention only)"),
+        ("is_attention_free", "the model has no attention layers"),
+        ("is_hybrid", "hybrid attention / state-space models are not supported yet"),
+    )
+    for attr, why in checks:
+        if bool(getattr(model_config, attr, False)):
+            return why
+    return None
+
+
+def admit(request, tokenizer=None, model_config=None) -> None:
     """Check one ``EngineCoreRequest``'s steering before it reaches the engine, and salt its
-    prefix-cache hash. Raises ``VLLMValidationError`` (a 400 on the server) for bad steering, or for
-    steering on a platform whose attention backend attnsteer does not replace (GPU, for now)."""
+    prefix-cache hash. Raises ``VLLMValidationError`` (a 400 on the server) for bad steering, for
+    steering on a platform whose attention backend attnsteer does not replace (GPU, for now), or on
+    a model whose attention it cannot steer (:func:`unsteerable`)."""
     from vllm.exceptions import VLLMValidationError
     from vllm.platforms import current_platform
 
@@ -86,6 +105,13 @@ def admit(request, tokenizer=None) -> None:
             f"attnsteer: steered requests run on vLLM's CPU backend only; this engine runs on "
             f"{current_platform.device_name!r}, whose attention backend attnsteer does not replace yet. Send the "
             "request without attnsteer extra args, or serve it with the Hugging Face path (attnsteer.steer)",
+            parameter="extra_args.attnsteer",
+        )
+    why = unsteerable(model_config)
+    if why is not None:
+        raise VLLMValidationError(
+            f"attnsteer: this model cannot be steered in vLLM: {why}. Send the request without attnsteer extra "
+            "args, or use the Hugging Face path (attnsteer.steer)",
             parameter="extra_args.attnsteer",
         )
     salt = request_salt(steering)
