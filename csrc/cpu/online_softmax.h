@@ -39,4 +39,26 @@ inline void update_row(float* s, int64_t n, float& m, float& l, float* ls, float
   m = new_m;
 }
 
+// The two-channel update (SpotLight's target) of one row whose keys s[0:n) (masked) are split by
+// span membership: the span keys feed `span`, the others `rest`, in one exp pass; s becomes each
+// key's probability relative to its own channel's new max.
+inline void update_row_split(float* s, int64_t n, const float* span_w, Channel& span, Channel& rest, int64_t row,
+                             int64_t D) {
+  constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+  float bm[2];
+  split_max(s, span_w, n, &bm[0], &bm[1]);
+  Channel* ch[2] = {&span, &rest};
+  float new_m[2], sum[2];
+  for (int c = 0; c < 2; ++c) new_m[c] = std::max(ch[c]->m[row], bm[c]);
+  split_exp_sum(s, span_w, n, new_m[0] == kNegInf ? 0.f : new_m[0], new_m[1] == kNegInf ? 0.f : new_m[1], &sum[0],
+                &sum[1]);
+  for (int c = 0; c < 2; ++c) {
+    float& m = ch[c]->m[row];
+    const float alpha = m == kNegInf ? 0.f : std::exp(m - new_m[c]);
+    if (alpha != 1.f) scale_inplace(ch[c]->acc + row * D, D, alpha);
+    ch[c]->l[row] = ch[c]->l[row] * alpha + sum[c];
+    m = new_m[c];
+  }
+}
+
 }  // namespace attnsteer::cpu

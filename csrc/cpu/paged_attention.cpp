@@ -86,7 +86,7 @@ void run(const PagedProblem& P) {
   const int64_t G = P.G, D = P.D, bs = P.block_size;
   // query rows per unit: large blocks amortise reading each K/V block (a prefill chunk), small
   // ones still split a single decode row per kv head
-  const int64_t qblock = std::max<int64_t>(1, 512 / G);
+  const int64_t qblock = std::max<int64_t>(1, 128 / G);
   // work units: (request, kv head, query block)
   std::vector<int64_t> unit_r, unit_q0;
   for (int64_t r = 0; r < P.R; ++r) {
@@ -98,11 +98,11 @@ void run(const PagedProblem& P) {
   }
   const int64_t units = static_cast<int64_t>(unit_r.size()) * P.Hkv;
   const bool two = P.target > 0.f;
-  const int nch = two ? 2 : 1;
   at::parallel_for(0, units, 1, [&](int64_t begin, int64_t end) {
     SequentialBlas sequential_blas;
     const int64_t max_rows = G * qblock;
-    std::vector<float> qp(max_rows * D), S(max_rows * bs), S2(max_rows * bs), kb(bs * D), vb(bs * D), span_buf(bs);
+    std::vector<float> qp(max_rows * D), S(max_rows * bs), Sp(max_rows * bs), kb(bs * D), vb(bs * D), vsp(bs * D),
+        span_buf(bs);
     std::vector<float> state(2 * max_rows * (3 + D));
     for (int64_t u = begin; u < end; ++u) {
       const int64_t hkv = u % P.Hkv, ui = u / P.Hkv;
@@ -131,7 +131,8 @@ void run(const PagedProblem& P) {
       const RowRange last = visible_range(q0 + qlen - 1, nq, L, true, P.window);
       const float* span_r = P.span + r * P.S;
       for (int64_t jb = first.lo / bs; jb * bs <= last.hi; ++jb) {
-        const int64_t j0 = jb * bs, n = std::min(bs, L - j0);
+        // keys past the last row's are not read (rounded up to 16 for the vector loops)
+        const int64_t j0 = jb * bs, n = std::min({bs, L - j0, (last.hi + 1 - j0 + 15) / 16 * 16});
         if (n <= 0) break;
         const int64_t phys = P.block_table[r * P.max_blocks + jb];
         const float *kp, *vp;
@@ -143,34 +144,53 @@ void run(const PagedProblem& P) {
           scores_kt(qp.data(), rows, D, kp, ldk, n, S.data(), n);
         else
           gemm_rowmajor(false, !P.k_transposed, rows, n, D, 1.f, qp.data(), D, kp, ldk, 0.f, S.data(), n);
+        // With a target, a block with no span key (or only span keys) feeds one channel alone:
+        // its probabilities go to that channel without a second pass or product.
+        const bool mixed = two && n_span > 0 && n_span < n;
+        const int single = two && n_span == 0 ? 1 : 0;  // the channel of an unmixed block
         for (int64_t row = 0; row < rows; ++row) {
           const int64_t g = row / qlen, ii = row % qlen, hq = hkv * G + g, i = q0 + ii;
           float* s = S.data() + row * n;
-          const bool steered = n_span > 0 && (P.query_mask == nullptr || P.query_mask[tok0 + ii]);
-          steer_row(s, span_buf.data(), n, steered ? P.key_scale[r * P.Hq + hq] : 1.f, P.softcap,
-                    steered ? P.bias[r * P.Hq + hq] : 0.f);
+          // the keys of this block the row sees, [lo, hi): the rest get probability 0
           const RowRange rr = visible_range(i, nq, L, true, P.window);
           const int64_t lo = std::clamp<int64_t>(rr.lo - j0, 0, n), hi = std::clamp<int64_t>(rr.hi - j0 + 1, lo, n);
-          std::fill(s, s + lo, kNegInf);
-          std::fill(s + hi, s + n, kNegInf);
-          if (!two) {
-            update_row(s, n, ch[0].m[row], ch[0].l[row], ch[0].ls ? ch[0].ls + row : nullptr, ch[0].acc + row * D, D,
-                       span_buf.data());
+          const int64_t w = hi - lo;
+          const float* sw = span_buf.data() + lo;
+          std::fill(s, s + lo, 0.f);
+          std::fill(s + hi, s + n, 0.f);
+          if (w == 0) continue;
+          const bool steered = n_span > 0 && (P.query_mask == nullptr || P.query_mask[tok0 + ii]);
+          steer_row(s + lo, sw, w, steered ? P.key_scale[r * P.Hq + hq] : 1.f, P.softcap,
+                    steered ? P.bias[r * P.Hq + hq] : 0.f);
+          if (!mixed) {
+            Channel& c = ch[single];
+            update_row(s + lo, w, c.m[row], c.l[row], c.ls ? c.ls + row : nullptr, c.acc + row * D, D, sw);
           } else {
-            float* s2 = S2.data() + row * n;
-            std::copy(s, s + n, s2);
-            mask_by_span(s, span_buf.data(), n, true);
-            mask_by_span(s2, span_buf.data(), n, false);
-            update_row(s, n, ch[0].m[row], ch[0].l[row], nullptr, ch[0].acc + row * D, D, span_buf.data());
-            update_row(s2, n, ch[1].m[row], ch[1].l[row], nullptr, ch[1].acc + row * D, D, span_buf.data());
+            update_row_split(s + lo, w, sw, ch[0], ch[1], row, D);
           }
         }
-        for (int c = 0; c < nch; ++c) {
-          const float* p = c == 0 ? S.data() : S2.data();
+        auto pv = [&](const float* p, int64_t cols, int64_t ldp, const float* v, float* acc) {
           if (P.k_transposed)
-            pv_rows(p, rows, n, n, vp, D, D, ch[c].acc, D);
+            pv_rows(p, rows, cols, ldp, v, D, D, acc, D);
           else
-            gemm_rowmajor(false, false, rows, D, n, 1.f, p, n, vp, D, 1.f, ch[c].acc, D);
+            gemm_rowmajor(false, false, rows, D, cols, 1.f, p, ldp, v, D, 1.f, acc, D);
+        };
+        if (!mixed) {
+          pv(S.data(), n, n, vp, ch[single].acc);
+        } else {
+          // the span keys' probabilities and values compacted for the span channel (n_span
+          // columns); zeros left in their place for the rest channel's product
+          for (int64_t t = 0, k = 0; t < n; ++t)
+            if (span_buf[t] != 0.f) {
+              std::copy(vp + t * D, vp + t * D + D, vsp.data() + k * D);
+              for (int64_t row = 0; row < rows; ++row) {
+                Sp[row * n_span + k] = S[row * n + t];
+                S[row * n + t] = 0.f;
+              }
+              ++k;
+            }
+          pv(S.data(), n, n, vp, ch[1].acc);
+          pv(Sp.data(), n_span, n_span, vsp.data(), ch[0].acc);
         }
       }
       for (int64_t row = 0; row < rows; ++row) {

@@ -174,6 +174,51 @@ void mask_by_span(float* s, const float* span_weights, int64_t n, bool keep_span
   }
 }
 
+ATTNSTEER_CLONES void split_max(const float* s, const float* span_weights, int64_t n, float* m_span, float* m_rest) {
+  vf ms = splat(kNegInf), mr = ms;
+  int64_t j = 0;
+  for (; j + kLanes <= n; j += kLanes) {
+    const vf x = load(s + j);
+    const auto in = load(span_weights + j) != 0.f;
+    ms = in && x > ms ? x : ms;
+    mr = !in && x > mr ? x : mr;
+  }
+  float a = hmax(ms), b = hmax(mr);
+  for (; j < n; ++j) {
+    if (span_weights[j] != 0.f)
+      a = s[j] > a ? s[j] : a;
+    else
+      b = s[j] > b ? s[j] : b;
+  }
+  *m_span = a;
+  *m_rest = b;
+}
+
+ATTNSTEER_CLONES void split_exp_sum(float* s, const float* span_weights, int64_t n, float m_span, float m_rest,
+                                    float* sum_span, float* sum_rest) {
+  vf ss = splat(0.f), sr = ss;
+  const vf vs = splat(m_span), vr = splat(m_rest);
+  int64_t j = 0;
+  for (; j + kLanes <= n; j += kLanes) {
+    const auto in = load(span_weights + j) != 0.f;
+    const vf e = vexp(load(s + j) - (in ? vs : vr));
+    store(s + j, e);
+    ss += in ? e : splat(0.f);
+    sr += in ? splat(0.f) : e;
+  }
+  if (j < n) {
+    alignas(64) float w[kLanes] = {};
+    for (int64_t t = 0; t < n - j; ++t) w[t] = span_weights[j + t];
+    const auto in = load(w) != 0.f;
+    const vf e = vexp(load_tail(s + j, n - j, kNegInf) - (in ? vs : vr));
+    store_tail(s + j, e, n - j);
+    ss += in ? e : splat(0.f);
+    sr += in ? splat(0.f) : e;
+  }
+  *sum_span = hsum(ss);
+  *sum_rest = hsum(sr);
+}
+
 // Register-blocked micro-kernels behind scores_kt / pv_rows: RB query rows x 4 vectors of
 // output columns in accumulators, each loaded K/V vector reused by all RB rows. Inlined into
 // each target clone of the callers.

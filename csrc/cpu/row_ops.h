@@ -29,6 +29,13 @@ void axpy(float* y, const float* x, int64_t n, float a);
 // s[j] = -inf where keep(j) is false: keep_span selects span keys (true) or the rest (false).
 void mask_by_span(float* s, const float* span_weights, int64_t n, bool keep_span);
 
+// Maxima of s[0:n) over the span keys (span_weights != 0) and over the rest; -inf for none.
+void split_max(const float* s, const float* span_weights, int64_t n, float* m_span, float* m_rest);
+// s[j] = exp(s[j] - m) with m = m_span on span keys, m_rest on the others (pass a finite m; a
+// channel whose keys are all -inf gives 0s); the sums of each channel.
+void split_exp_sum(float* s, const float* span_weights, int64_t n, float m_span, float m_rest, float* sum_span,
+                   float* sum_rest);
+
 // Register-blocked products of query rows with one key block of the paged cache, in place of
 // BLAS (MKL takes a slow generic path on AMD CPUs, and a call per block costs more than the
 // arithmetic of a decode row):
