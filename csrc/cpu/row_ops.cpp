@@ -178,10 +178,11 @@ ATTNSTEER_CLONES void split_max(const float* s, const float* span_weights, int64
   vf ms = splat(kNegInf), mr = ms;
   int64_t j = 0;
   for (; j + kLanes <= n; j += kLanes) {
-    const vf x = load(s + j);
+    const vf x = load(s + j), ninf = splat(kNegInf);
     const auto in = load(span_weights + j) != 0.f;
-    ms = in && x > ms ? x : ms;
-    mr = !in && x > mr ? x : mr;
+    const vf xs = in ? x : ninf, xr = in ? ninf : x;
+    ms = xs > ms ? xs : ms;
+    mr = xr > mr ? xr : mr;
   }
   float a = hmax(ms), b = hmax(mr);
   for (; j < n; ++j) {
