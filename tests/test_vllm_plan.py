@@ -121,3 +121,29 @@ def test_tensor_parallel_ranks_steer_their_share_of_the_heads(tp_size):
     assert torch.allclose(torch.cat(parts, 1), full, atol=1e-6)
     with pytest.raises(ValueError, match="cannot be split over 3"):
         heads_of_rank(whole, 0, 3)
+
+
+@pytest.mark.parametrize("method", METHODS, ids=repr)
+def test_preemption_recompute_steers_like_the_original_steps(method):
+    """vLLM recomputes a preempted request as one prefill of its prompt and the tokens generated
+    so far: every row of that step must get the attention it got in the prefill / decode step
+    that first computed it (rows past the prompt are decode rows by position)."""
+    T, g, H, D = 9, 4, 4, 8
+    w = torch.zeros(T)
+    w[2:5] = 1.0
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, H, T + g, D, generator=gen) for _ in range(3))
+
+    def run(start, n, layer):
+        args = plan_request(method, w, start, n, H, layer)
+        if args is None:  # nothing steered: plain causal attention
+            args = attnsteer.ops.OpArgs(torch.zeros(1, start + n), torch.zeros(1, H), torch.ones(1, H))
+        out, _ = attnsteer.ops.layer_attention(
+            q[:, :, start : start + n], k[:, :, : start + n], v[:, :, : start + n], args.replace(is_causal=True)
+        )
+        return out
+
+    for layer in range(2):
+        again = run(0, T + g, layer)  # the recompute
+        first = torch.cat([run(0, T, layer)] + [run(T + i, 1, layer) for i in range(g)], 2)
+        assert torch.allclose(again, first, atol=1e-6), layer

@@ -213,3 +213,41 @@ def test_unsteerable_models_and_platforms_are_refused_per_request(hf, monkeypatc
     monkeypatch.setattr(current_platform, "is_cpu", lambda: False)  # a GPU engine: no paged CUDA op yet
     with pytest.raises(VLLMValidationError, match="CPU backend only"):
         admit(req, hf[1], SimpleNamespace())
+
+
+def test_preempted_requests_are_recomputed_with_their_steering(hf, monkeypatch):
+    """Nine 128-token prompts (one KV block each) in a 9-block cache: their first decode tokens need
+    blocks the cache does not have, so vLLM preempts requests and later recomputes them (prompt +
+    tokens so far as one prefill). Their tokens still equal the HF path's."""
+    from vllm.v1.core.sched.scheduler import Scheduler
+
+    preempted = []
+    original = Scheduler._preempt_request
+
+    def counting(self, request, *args, **kwargs):
+        preempted.append(request.request_id)
+        return original(self, request, *args, **kwargs)
+
+    monkeypatch.setattr(Scheduler, "_preempt_request", counting)
+    tok = hf[1]
+
+    def prompt(i):  # a prompt of exactly one block (128 tokens)
+        for n in range(1, 80):
+            p = [
+                {"role": "system", "content": "<<Start your answer with the word YES.>>"},
+                {"role": "user", "content": f"Request {i}: " + "the cat sleeps on the mat " * n + "Describe it."},
+            ]
+            if attnsteer.highlight(tok, p)["input_ids"].shape[1] >= 128:
+                return p
+
+    specs_ = ["guide:delta=2", "keyscale:alpha=3,phases=both", "spotlight:target=0.3", None]
+    jobs = [(prompt(i), specs_[i % 4]) for i in range(9)]
+    assert all(attnsteer.highlight(tok, p)["input_ids"].shape[1] == 128 for p, _ in jobs)
+    llm = _engine(num_gpu_blocks_override=9, max_num_seqs=9, enable_prefix_caching=False)
+    try:
+        got = _vllm_batch(llm, hf, jobs)
+    finally:
+        llm.llm_engine.engine_core.shutdown()
+    assert preempted, "no request was preempted: the test did not test preemption"
+    for (prompt_, s), v in zip(jobs, got):
+        assert v == _trim(_hf_tokens(hf, prompt_, s), v), s
