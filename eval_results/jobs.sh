@@ -5,6 +5,7 @@
 #   nohup eval_results/jobs.sh dev  > eval_results/logs/dev.log  2>&1 &
 #   nohup eval_results/jobs.sh test > eval_results/logs/test.log 2>&1 &
 #   nohup eval_results/jobs.sh gated-test > eval_results/logs/gated-test.log 2>&1 &   (a third queue)
+#   nohup eval_results/jobs.sh strategies > eval_results/logs/strategies.log 2>&1 &
 # EVAL_CODE=DIR runs the code of another checkout (e.g. a `git worktree` of a fixed commit with
 # its built _C copied in), so that editing this tree does not change a queue that is running;
 # the results still go to this tree's eval_results/.
@@ -43,5 +44,10 @@ case "${1:-}" in
       $EV ifeval --split test --limit $n --out eval_results/ifeval $COMMON \
         --method gate+keyscale:alpha=1.5 --method gate+spotlight:target=0.3
     done ;;
-  *) echo "usage: $0 dev|test|gated-test" >&2; exit 2 ;;
+  strategies)
+    # The highlight strategies at the best dev point, on dev: the constraint sentences only, and a
+    # system message restating the constraints (with its own unsteered baseline).
+    $EV ifeval --split dev --out eval_results/sweep $COMMON --strategy constraints --method keyscale:alpha=1.5
+    $EV ifeval --split dev --out eval_results/sweep $COMMON --strategy system --method none --method keyscale:alpha=1.5 ;;
+  *) echo "usage: $0 dev|test|gated-test|strategies" >&2; exit 2 ;;
 esac
