@@ -28,6 +28,8 @@ METHODS = [None, "guide:delta=2", "instaboost:alpha=5", "pasta:alpha=0.1", "spot
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--batches", default=None, help="comma-separated batch sizes (default 1,8,32; --quick 1,8)")
+    ap.add_argument("--new-tokens", type=int, default=None, help="tokens per reply (default 64; --quick 16)")
     ap.add_argument("--model", default=str(HERE.parent / "build" / "smollm2"), help="exported model folder")
     ap.add_argument("--repeats", type=int, default=3, help="rounds over all methods; the fastest counts")
     ap.add_argument("--out", default=str(HERE / "results"))
@@ -46,8 +48,8 @@ def main() -> None:
     if not os.path.isdir(args.model):
         m, t = attnsteer.models.load_default(progress=False)
         attnsteer.models.export(m, t, args.model)
-    batches = [1, 8] if args.quick else [1, 8, 32]
-    new = 16 if args.quick else 64
+    batches = [int(b) for b in args.batches.split(",")] if args.batches else ([1, 8] if args.quick else [1, 8, 32])
+    new = args.new_tokens or (16 if args.quick else 64)
     # no prefix caching: every run computes its prompts (the runs repeat the same prompts)
     llm = LLM(
         model=args.model,
@@ -121,7 +123,7 @@ def main() -> None:
                 )
             )
     out = Path(args.out)
-    tag = "_quick" if args.quick else ""
+    tag = ("_quick" if args.quick else "") + (f"_b{args.batches.replace(',', '-')}" if args.batches else "")
     write_csv(rows, out / f"bench_vllm{tag}.csv")
     lines = [
         f"Machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, vLLM (CPU); "
