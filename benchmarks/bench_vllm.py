@@ -90,6 +90,7 @@ def main() -> None:
         # round-robin over the methods, fastest of --repeats rounds: on a shared machine, load
         # then hits every method alike
         best = {spec: float("inf") for spec in METHODS}
+        llm.generate(*jobs[None], use_tqdm=False)  # warm-up at this batch size (first-touch costs), not timed
         for _ in range(args.repeats):
             for spec, (prompts, params) in jobs.items():
                 dt = timed(lambda: llm.generate(prompts, params, use_tqdm=False))[1]
