@@ -16,7 +16,7 @@ import torch
 
 pytest.importorskip("vllm")
 
-from test_vllm_exact import MODEL_DIR, PROMPTS, _trim  # noqa: E402
+from test_vllm_exact import MODEL_DIR, PROMPTS, _trim, exported_model  # noqa: E402
 
 import attnsteer  # noqa: E402
 from attnsteer.eval import specs  # noqa: E402
@@ -74,10 +74,7 @@ def server(hf_model):
 
 @pytest.fixture(scope="module")
 def hf_model():
-    if not os.path.isdir(MODEL_DIR):
-        m, t = attnsteer.models.load_default(progress=False)
-        attnsteer.models.export(m, t, MODEL_DIR)
-    return attnsteer.models.load(MODEL_DIR, progress=False)
+    return exported_model()
 
 
 def _complete(url, body):

@@ -51,14 +51,17 @@ SALTED = [
 CHUNK = 32  # token budget per step: every prompt but the shortest is prefilled in chunks
 
 
+def exported_model():
+    """The embedded model as the folder vLLM serves (exported on first use), loaded for the HF path."""
+    if not os.path.isdir(MODEL_DIR):
+        m, t = attnsteer.models.load_default(progress=False)
+        attnsteer.models.export(m, t, MODEL_DIR)
+    return attnsteer.models.load(MODEL_DIR, progress=False)
+
+
 @pytest.fixture(scope="module")
 def hf():
-    if not os.path.isdir(MODEL_DIR):
-        from attnsteer import models
-
-        m, t = models.load_default(progress=False)
-        models.export(m, t, MODEL_DIR)
-    return attnsteer.models.load(MODEL_DIR, progress=False)
+    return exported_model()
 
 
 def _engine(**kw):

@@ -16,7 +16,7 @@ import pytest
 
 pytest.importorskip("vllm")
 
-from test_vllm_exact import MODEL_DIR, PROMPTS, _hf_tokens, _trim, _vllm_batch  # noqa: E402
+from test_vllm_exact import MODEL_DIR, PROMPTS, _hf_tokens, _trim, _vllm_batch, exported_model  # noqa: E402
 
 TP = 3
 MARK = "attnsteer-tp-tokens:"
@@ -50,12 +50,7 @@ def _child() -> None:
 
 @pytest.fixture(scope="module")
 def hf():
-    import attnsteer
-
-    if not os.path.isdir(MODEL_DIR):
-        m, t = attnsteer.models.load_default(progress=False)
-        attnsteer.models.export(m, t, MODEL_DIR)
-    return attnsteer.models.load(MODEL_DIR, progress=False)
+    return exported_model()
 
 
 def test_tensor_parallel_steering_equals_one_device(hf):
