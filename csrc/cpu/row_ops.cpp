@@ -317,6 +317,9 @@ __attribute__((always_inline)) inline void pv_rows_block(const float* p, int64_t
     }
 }
 
+// The row-remainder dispatch is written out in each caller: a lambda passed to a shared helper
+// is a function of its own that does not inherit the caller's target clone (it compiles for the
+// baseline ISA and made the paged op 10-25x slower).
 ATTNSTEER_CLONES void scores_kt(const float* q, int64_t rows, int64_t D, const float* kt, int64_t ldk, int64_t n,
                                 float* S, int64_t lds) {
   int64_t r = 0;
