@@ -6,6 +6,8 @@
 #   nohup eval_results/jobs.sh test > eval_results/logs/test.log 2>&1 &
 #   nohup eval_results/jobs.sh gated-test > eval_results/logs/gated-test.log 2>&1 &   (a third queue)
 #   nohup eval_results/jobs.sh strategies > eval_results/logs/strategies.log 2>&1 &
+#   nohup eval_results/jobs.sh retention > eval_results/logs/retention.log 2>&1 &
+#   nohup eval_results/jobs.sh gated-dev > eval_results/logs/gated-dev.log 2>&1 &
 # EVAL_CODE=DIR runs the code of another checkout (e.g. a `git worktree` of a fixed commit with
 # its built _C copied in), so that editing this tree does not change a queue that is running;
 # the results still go to this tree's eval_results/.
@@ -40,7 +42,7 @@ case "${1:-}" in
   gated-test)
     # The plausibility gate around the best dev points, on the first test prompts (the gate
     # costs about twice the forwards, so it gets a smaller slice of the test split).
-    for n in 100 200; do
+    for n in 100 200 300 441; do
       $EV ifeval --split test --limit $n --out eval_results/ifeval $COMMON \
         --method gate+keyscale:alpha=1.5 --method gate+spotlight:target=0.3
     done ;;
@@ -49,5 +51,18 @@ case "${1:-}" in
     # system message restating the constraints (with its own unsteered baseline).
     $EV ifeval --split dev --out eval_results/sweep $COMMON --strategy constraints --method keyscale:alpha=1.5
     $EV ifeval --split dev --out eval_results/sweep $COMMON --strategy system --method none --method keyscale:alpha=1.5 ;;
-  *) echo "usage: $0 dev|test|gated-test|strategies" >&2; exit 2 ;;
+  retention)
+    # Retention for every method at its dev-chosen strength (the first runs had KeyScale 1.5,
+    # GUIDE 1 and the stronger GUIDE 2 / SpotLight 0.3 only), then the rule before the document.
+    R="$EV retention --docs 1 --rules french,end-phrase --batch-size 4 --out eval_results/retention $COMMON"
+    $R --placements system,after --method guide:delta=1 --method instaboost:alpha=2 \
+      --method spotlight:target=0.1 --method "pasta:alpha=0.3,layers=15-29"
+    $R --placements before --method none --method keyscale:alpha=1.5 --method guide:delta=1 \
+      --method instaboost:alpha=2 --method spotlight:target=0.1 --method "pasta:alpha=0.3,layers=15-29" ;;
+  gated-dev)
+    # The gated grid points the dev queue had not reached.
+    for m in gate+instaboost:alpha=5 gate+guide:delta=1 gate+spotlight:target=0.1 gate+keyscale:alpha=2; do
+      $EV ifeval --split dev --out eval_results/sweep $COMMON --method "$m"
+    done ;;
+  *) echo "usage: $0 dev|test|gated-test|strategies|retention|gated-dev" >&2; exit 2 ;;
 esac
