@@ -52,13 +52,14 @@ case "${1:-}" in
     $EV ifeval --split dev --out eval_results/sweep $COMMON --strategy constraints --method keyscale:alpha=1.5
     $EV ifeval --split dev --out eval_results/sweep $COMMON --strategy system --method none --method keyscale:alpha=1.5 ;;
   retention)
-    # Retention for every method at its dev-chosen strength (the first runs had KeyScale 1.5,
-    # GUIDE 1 and the stronger GUIDE 2 / SpotLight 0.3 only), then the rule before the document.
+    # The rule before the document (the long-range case) for every method at its dev-chosen
+    # strength, then the system / after placements for the methods the first runs lacked (they
+    # had KeyScale 1.5, GUIDE 1 at 4k/8k and the stronger GUIDE 2 / SpotLight 0.3).
     R="$EV retention --docs 1 --rules french,end-phrase --batch-size 4 --out eval_results/retention $COMMON"
-    $R --placements system,after --method guide:delta=1 --method instaboost:alpha=2 \
-      --method spotlight:target=0.1 --method "pasta:alpha=0.3,layers=15-29"
     $R --placements before --method none --method keyscale:alpha=1.5 --method guide:delta=1 \
-      --method instaboost:alpha=2 --method spotlight:target=0.1 --method "pasta:alpha=0.3,layers=15-29" ;;
+      --method instaboost:alpha=2 --method spotlight:target=0.1 --method "pasta:alpha=0.3,layers=15-29"
+    $R --placements system,after --method guide:delta=1 --method instaboost:alpha=2 \
+      --method spotlight:target=0.1 --method "pasta:alpha=0.3,layers=15-29" ;;
   gated-dev)
     # The gated grid points the dev queue had not reached.
     for m in gate+instaboost:alpha=5 gate+guide:delta=1 gate+spotlight:target=0.1 gate+keyscale:alpha=2; do
