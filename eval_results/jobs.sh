@@ -8,9 +8,12 @@
 #   nohup eval_results/jobs.sh strategies > eval_results/logs/strategies.log 2>&1 &
 #   nohup eval_results/jobs.sh retention > eval_results/logs/retention.log 2>&1 &
 #   nohup eval_results/jobs.sh gated-dev > eval_results/logs/gated-dev.log 2>&1 &
+#   nohup eval_results/jobs.sh gated-test-more > eval_results/logs/gated-test-more.log 2>&1 &
 # EVAL_CODE=DIR runs the code of another checkout (e.g. a `git worktree` of a fixed commit with
 # its built _C copied in), so that editing this tree does not change a queue that is running;
 # the results still go to this tree's eval_results/.
+# (Edit it by writing a new file and renaming it over this one: a running queue keeps reading the
+# file it opened.)
 set -u
 cd "$(dirname "$0")/.."
 if [ -n "${EVAL_CODE:-}" ]; then export PYTHONPATH="$EVAL_CODE/python"; fi
@@ -65,5 +68,14 @@ case "${1:-}" in
     for m in gate+instaboost:alpha=5 gate+guide:delta=1 gate+spotlight:target=0.1 gate+keyscale:alpha=2; do
       $EV ifeval --split dev --out eval_results/sweep $COMMON --method "$m"
     done ;;
-  *) echo "usage: $0 dev|test|gated-test|strategies|retention|gated-dev" >&2; exit 2 ;;
+  gated-test-more)
+    # After gated-dev: the dev-chosen gated points of GUIDE, PASTA and InstABoost on the first 100
+    # test prompts (the gate costs about twice the forwards; gated KeyScale / SpotLight run on all).
+    $EV report --out eval_results/sweep --split dev --sweep > /dev/null
+    args=()
+    for m in $(.venv/bin/python -c "import json; c = json.load(open('eval_results/sweep/chosen.json'))['chosen']; print(*[c[k] for k in ('gate+guide', 'gate+pasta', 'gate+instaboost') if c.get(k)])"); do
+      args+=(--method "$m")
+    done
+    $EV ifeval --split test --limit 100 --out eval_results/ifeval $COMMON "${args[@]}" ;;
+  *) echo "usage: $0 dev|test|gated-test|strategies|retention|gated-dev|gated-test-more" >&2; exit 2 ;;
 esac
