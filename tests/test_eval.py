@@ -487,6 +487,46 @@ def test_sweep_end_to_end_on_a_tiny_model(tmp_path, capsys):
     assert (out / "sweep.png").exists() and (out / "test" / "results.md").exists()
 
 
+def test_retention_flags_steered_replies_much_shorter_than_unsteered(tmp_path):
+    from attnsteer.eval import retention
+
+    store = runner.ResponseStore(str(tmp_path / "responses.jsonl"))
+
+    def rec(method, key, n_tokens, ok=True):
+        rule, placement, length, _ = key.split("|")
+        return {
+            "model": "m",
+            "method": method,
+            "strategy": retention.STRATEGY,
+            "max_new_tokens": 96,
+            "key": key,
+            "rule": rule,
+            "placement": placement,
+            "length": int(length),
+            "doc_tokens": int(length),
+            "n_tokens": n_tokens,
+            "distinct4": 1.0,
+            "loose": [ok],
+            "strict": [ok],
+        }
+
+    a, b = "end-phrase|after|512|0", "end-phrase|after|512|1"
+    c = "french|after|512|0"
+    store.add([rec("none", a, 96, False), rec("none", b, 96, False), rec("none", c, 96)])
+    # an echo of the rule (10 tokens) on both prompts; one short and one full reply; a full one
+    store.add([rec("guide:delta=2", a, 10), rec("guide:delta=2", b, 10)])
+    store.add([rec("guide:delta=1", a, 10), rec("guide:delta=1", b, 96)])
+    store.add([rec("keyscale:alpha=1.5", c, 90)])
+    rows = {(r["method"], r["rule"]): r for r in retention.summarize(store, "m", 96, by_rule=True)}
+    assert rows[("guide:delta=2", "end-phrase")]["short"] and rows[("guide:delta=2", "end-phrase")]["accuracy"] == 1
+    assert not rows[("guide:delta=1", "end-phrase")]["short"]  # 106 tokens vs 192: over half
+    assert not rows[("keyscale:alpha=1.5", "french")]["short"]
+    assert not rows[("none", "french")]["short"]
+    md = retention.table(list(rows.values()))
+    assert "| guide:delta=2 | end-phrase | after | 100 (10 tok, short) |" in md
+    assert "| guide:delta=1 | end-phrase | after | 100 (53 tok) |" in md
+
+
 def test_retention_cli_end_to_end_and_report(tmp_path, capsys):
     from attnsteer import cli
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from . import checkers, ifeval, runner, specs
+from . import checkers, fluency, ifeval, runner, specs
 
 __all__ = ["RULES", "PLACEMENTS", "documents", "build", "run", "summarize", "plot"]
 
@@ -217,16 +217,28 @@ def summarize(
     store: runner.ResponseStore, model_tag: str, max_new_tokens: int, keys: Optional[set] = None, by_rule: bool = False
 ) -> List[Dict[str, Any]]:
     """Per (method, placement, length) — and rule, with ``by_rule`` — loose accuracy, n, mean
-    document tokens, mean reply tokens and distinct-4."""
+    document tokens, mean reply tokens and distinct-4, and ``short``: a steered cell whose replies
+    are shorter than ``fluency.BOUNDS["short"]`` × the unsteered replies to the same prompts (a
+    reply that only echoes the rule can pass a checker such as the end phrase)."""
     groups: Dict[Tuple[str, str, str, int], List[Dict[str, Any]]] = {}
+    unsteered: Dict[str, int] = {}  # prompt key -> unsteered reply tokens
     for k, r in store.records.items():
         if k[0] != model_tag or k[2] != STRATEGY or k[3] != max_new_tokens or (keys is not None and k[4] not in keys):
             continue
         groups.setdefault((r["method"], r["rule"] if by_rule else "all", r["placement"], r["length"]), []).append(r)
+        if r["method"] == "none":
+            unsteered[r["key"]] = r["n_tokens"]
     rows = []
     for (m, rule, pl, n), rs in sorted(
         groups.items(), key=lambda g: (g[0][0] != "none", g[0][0], g[0][1], g[0][2], g[0][3])
     ):
+        n_tokens = sum(r["n_tokens"] for r in rs) / len(rs)
+        paired = [(r["n_tokens"], unsteered[r["key"]]) for r in rs if r["key"] in unsteered]
+        short = (
+            m != "none"
+            and bool(paired)
+            and sum(a for a, _ in paired) < fluency.BOUNDS["short"] * sum(b for _, b in paired)
+        )
         rows.append(
             {
                 "method": m,
@@ -236,15 +248,16 @@ def summarize(
                 "n": len(rs),
                 "accuracy": sum(all(r["loose"]) for r in rs) / len(rs),
                 "doc_tokens": sum(r["doc_tokens"] for r in rs) / len(rs),
-                "n_tokens": sum(r["n_tokens"] for r in rs) / len(rs),
+                "n_tokens": n_tokens,
                 "distinct4": sum(r["distinct4"] for r in rs) / len(rs),
+                "short": short,
             }
         )
     return rows
 
 
 def table(rows: Sequence[Dict[str, Any]]) -> str:
-    """Accuracy % (mean reply tokens) per length; one line per method, rule and placement."""
+    """Accuracy % (mean reply tokens[, short]) per length; one line per method, rule and placement."""
     lengths = sorted({r["length"] for r in rows})
     lines = [
         "| method | rule | placement | " + " | ".join(f"{n} tok" for n in lengths) + " |",
@@ -255,7 +268,10 @@ def table(rows: Sequence[Dict[str, Any]]) -> str:
         cells.setdefault((r["method"], r.get("rule", "all"), r["placement"]), {})[r["length"]] = r
     for (m, rule, pl), by_len in cells.items():
         vals = [
-            f"{100 * by_len[n]['accuracy']:.0f} ({by_len[n]['n_tokens']:.0f} tok)" if n in by_len else ""
+            f"{100 * by_len[n]['accuracy']:.0f} ({by_len[n]['n_tokens']:.0f} tok"
+            + (", short)" if by_len[n].get("short") else ")")
+            if n in by_len
+            else ""
             for n in lengths
         ]
         lines.append(f"| {specs.label(m)} | {rule} | {pl} | " + " | ".join(vals) + " |")
@@ -351,7 +367,9 @@ def write_report(
             f"Machine: {machine}",
             "",
             "Share of replies that follow the marked rule (IFEval checker, loose) by document length, with "
-            "the mean reply length in tokens (a reply that only echoes the rule is short).",
+            "the mean reply length in tokens; `short`: the replies are under "
+            f"{fluency.BOUNDS['short']}× as long as the unsteered replies to the same prompts (a reply "
+            "that only echoes the rule can pass the end-phrase checker).",
             "",
             table(rows),
             "",
