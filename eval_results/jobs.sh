@@ -9,6 +9,7 @@
 #   nohup eval_results/jobs.sh retention > eval_results/logs/retention.log 2>&1 &
 #   nohup eval_results/jobs.sh gated-dev > eval_results/logs/gated-dev.log 2>&1 &
 #   nohup eval_results/jobs.sh gated-test-more > eval_results/logs/gated-test-more.log 2>&1 &
+#   nohup eval_results/jobs.sh strategies-test > eval_results/logs/strategies-test.log 2>&1 &
 # EVAL_CODE=DIR runs the code of another checkout (e.g. a `git worktree` of a fixed commit with
 # its built _C copied in), so that editing this tree does not change a queue that is running;
 # the results still go to this tree's eval_results/.
@@ -56,13 +57,24 @@ case "${1:-}" in
     $EV ifeval --split dev --out eval_results/sweep $COMMON --strategy system --method none --method keyscale:alpha=1.5 ;;
   retention)
     # The rule before the document (the long-range case) for every method at its dev-chosen
-    # strength, then the system / after placements for the methods the first runs lacked (they
-    # had KeyScale 1.5, GUIDE 1 at 4k/8k and the stronger GUIDE 2 / SpotLight 0.3).
+    # strength; three more documents per length up to 2k tokens (cheap lengths: 8k costs ~90 s
+    # a reply here); then the after / system placements for the methods the first runs lacked
+    # (they had KeyScale 1.5, GUIDE 1 at 4k/8k and the stronger GUIDE 2 / SpotLight 0.3).
     R="$EV retention --docs 1 --rules french,end-phrase --batch-size 4 --out eval_results/retention $COMMON"
-    $R --placements before --method none --method keyscale:alpha=1.5 --method guide:delta=1 \
-      --method instaboost:alpha=2 --method spotlight:target=0.1 --method "pasta:alpha=0.3,layers=15-29"
-    $R --placements system,after --method guide:delta=1 --method instaboost:alpha=2 \
-      --method spotlight:target=0.1 --method "pasta:alpha=0.3,layers=15-29" ;;
+    ALL=(--method none --method keyscale:alpha=1.5 --method guide:delta=1 --method instaboost:alpha=2
+      --method spotlight:target=0.1 --method "pasta:alpha=0.3,layers=15-29")
+    REST=(--method guide:delta=1 --method instaboost:alpha=2 --method spotlight:target=0.1
+      --method "pasta:alpha=0.3,layers=15-29")
+    $R --placements before "${ALL[@]}"
+    $R --placements before --docs 4 --lengths 512,1024,2048 "${ALL[@]}"
+    $R --placements after "${REST[@]}"
+    $R --placements system "${REST[@]}" ;;
+  strategies-test)
+    # The constraints strategy at KeyScale 1.5 on the test split, in chunks of 100 prompts.
+    for n in 100 200 300 441; do
+      $EV ifeval --split test --limit $n --out eval_results/ifeval $COMMON --strategy constraints \
+        --method keyscale:alpha=1.5
+    done ;;
   gated-dev)
     # The gated grid points the dev queue had not reached.
     for m in gate+instaboost:alpha=5 gate+guide:delta=1 gate+spotlight:target=0.1 gate+keyscale:alpha=2; do
@@ -77,5 +89,5 @@ case "${1:-}" in
       args+=(--method "$m")
     done
     $EV ifeval --split test --limit 100 --out eval_results/ifeval $COMMON "${args[@]}" ;;
-  *) echo "usage: $0 dev|test|gated-test|strategies|retention|gated-dev|gated-test-more" >&2; exit 2 ;;
+  *) echo "usage: $0 dev|test|gated-test|strategies|retention|gated-dev|gated-test-more|strategies-test" >&2; exit 2 ;;
 esac

@@ -523,8 +523,8 @@ def test_retention_flags_steered_replies_much_shorter_than_unsteered(tmp_path):
     assert not rows[("keyscale:alpha=1.5", "french")]["short"]
     assert not rows[("none", "french")]["short"]
     md = retention.table(list(rows.values()))
-    assert "| guide:delta=2 | end-phrase | after | 100 (10 tok, short) |" in md
-    assert "| guide:delta=1 | end-phrase | after | 100 (53 tok) |" in md
+    assert "| guide:delta=2 | end-phrase | after | 100 (n=2, 10 tok, short) |" in md
+    assert "| guide:delta=1 | end-phrase | after | 100 (n=2, 53 tok) |" in md
 
 
 def test_retention_cli_end_to_end_and_report(tmp_path, capsys):

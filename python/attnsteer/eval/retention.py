@@ -257,7 +257,8 @@ def summarize(
 
 
 def table(rows: Sequence[Dict[str, Any]]) -> str:
-    """Accuracy % (mean reply tokens[, short]) per length; one line per method, rule and placement."""
+    """Accuracy % (replies, mean reply tokens[, short]) per length; one line per method, rule and
+    placement."""
     lengths = sorted({r["length"] for r in rows})
     lines = [
         "| method | rule | placement | " + " | ".join(f"{n} tok" for n in lengths) + " |",
@@ -268,7 +269,7 @@ def table(rows: Sequence[Dict[str, Any]]) -> str:
         cells.setdefault((r["method"], r.get("rule", "all"), r["placement"]), {})[r["length"]] = r
     for (m, rule, pl), by_len in cells.items():
         vals = [
-            f"{100 * by_len[n]['accuracy']:.0f} ({by_len[n]['n_tokens']:.0f} tok"
+            f"{100 * by_len[n]['accuracy']:.0f} (n={by_len[n]['n']}, {by_len[n]['n_tokens']:.0f} tok"
             + (", short)" if by_len[n].get("short") else ")")
             if n in by_len
             else ""
@@ -366,8 +367,8 @@ def write_report(
             "",
             f"Machine: {machine}",
             "",
-            "Share of replies that follow the marked rule (IFEval checker, loose) by document length, with "
-            "the mean reply length in tokens; `short`: the replies are under "
+            "Share of replies that follow the marked rule (IFEval checker, loose) by document length, with the "
+            "number of replies and their mean length in tokens; `short`: the replies are under "
             f"{fluency.BOUNDS['short']}× as long as the unsteered replies to the same prompts (a reply "
             "that only echoes the rule can pass the end-phrase checker).",
             "",
