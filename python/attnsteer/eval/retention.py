@@ -292,14 +292,28 @@ def plot(rows: Sequence[Dict[str, Any]], path: str) -> str:
     for ax, pl in zip(axes[0], pls):
         for i, m in enumerate(methods):
             pts = sorted(
-                (r["doc_tokens"], 100 * r["accuracy"]) for r in rows if r["method"] == m and r["placement"] == pl
+                (r["doc_tokens"], 100 * r["accuracy"], r.get("short", False))
+                for r in rows
+                if r["method"] == m and r["placement"] == pl
             )
             if pts:
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", color=f"C{i}", label=specs.label(m))
+                style = ("-", "--", ":", "-.")[i % 4]
+                ax.plot(
+                    [p[0] for p in pts],
+                    [p[1] for p in pts],
+                    "o" + style,
+                    color=f"C{i}",
+                    label=specs.label(m),
+                    alpha=0.8,
+                )
+                short = [p for p in pts if p[2]]
+                if short:  # replies under half the unsteered length: a pass there may be an echo
+                    ax.plot([p[0] for p in short], [p[1] for p in short], "x", color="k", ms=8)
         ax.set_xscale("log", base=2)
         ax.set_title(f"rule in the {pl} message" if pl == "system" else f"rule {pl} the document", fontsize=9)
         ax.set_xlabel("document tokens")
     axes[0][0].set_ylabel("rule followed (%)")
+    axes[0][-1].plot([], [], "x", color="k", label="replies < ½ unsteered length")
     axes[0][-1].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
