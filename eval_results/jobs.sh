@@ -81,13 +81,15 @@ case "${1:-}" in
       $EV ifeval --split dev --out eval_results/sweep $COMMON --method "$m"
     done ;;
   gated-test-more)
-    # After gated-dev: the dev-chosen gated points of GUIDE, PASTA and InstABoost on the first 100
-    # test prompts (the gate costs about twice the forwards; gated KeyScale / SpotLight run on all).
+    # After gated-dev: the dev-chosen gated points of GUIDE, PASTA and InstABoost on the test split
+    # in chunks of 100 prompts (gated KeyScale / SpotLight ran first, being the best dev points).
     $EV report --out eval_results/sweep --split dev --sweep > /dev/null
     args=()
     for m in $(.venv/bin/python -c "import json; c = json.load(open('eval_results/sweep/chosen.json'))['chosen']; print(*[c[k] for k in ('gate+guide', 'gate+pasta', 'gate+instaboost') if c.get(k)])"); do
       args+=(--method "$m")
     done
-    $EV ifeval --split test --limit 100 --out eval_results/ifeval $COMMON "${args[@]}" ;;
+    for n in 100 200 300 441; do
+      $EV ifeval --split test --limit $n --out eval_results/ifeval $COMMON "${args[@]}"
+    done ;;
   *) echo "usage: $0 dev|test|gated-test|strategies|retention|gated-dev|gated-test-more|strategies-test" >&2; exit 2 ;;
 esac
