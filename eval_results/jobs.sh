@@ -83,6 +83,8 @@ case "${1:-}" in
   gated-test-more)
     # After gated-dev: the dev-chosen gated points of GUIDE, PASTA and InstABoost on the test split
     # in chunks of 100 prompts (gated KeyScale / SpotLight ran first, being the best dev points).
+    # DIRECTER itself at the paper's defaults first (dev only: it is not one of the grids).
+    $EV ifeval --split dev --out eval_results/sweep $COMMON --method directer
     $EV report --out eval_results/sweep --split dev --sweep > /dev/null
     args=()
     for m in $(.venv/bin/python -c "import json; c = json.load(open('eval_results/sweep/chosen.json'))['chosen']; print(*[c[k] for k in ('gate+guide', 'gate+pasta', 'gate+instaboost') if c.get(k)])"); do
