@@ -234,11 +234,7 @@ def summarize(
     ):
         n_tokens = sum(r["n_tokens"] for r in rs) / len(rs)
         paired = [(r["n_tokens"], unsteered[r["key"]]) for r in rs if r["key"] in unsteered]
-        short = (
-            m != "none"
-            and bool(paired)
-            and sum(a for a, _ in paired) < fluency.BOUNDS["short"] * sum(b for _, b in paired)
-        )
+        short = m != "none" and fluency.is_short(sum(a for a, _ in paired), sum(b for _, b in paired))
         rows.append(
             {
                 "method": m,
