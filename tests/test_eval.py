@@ -581,3 +581,49 @@ def test_paired_table_compares_on_the_same_prompts():
     assert table.count("\n") == 2  # header, rule, one row: the unsteered row is the baseline, not a row
     assert "| 4 | 50.0 / 25.0 (+25.0) | 75.0 / 50.0 (+25.0) | 50.0 / 50.0 (+0.0) | 80.0 / 90.0 (-10.0) |" in table
     assert "100 / 120 | 0.60 / 0.50 |" in table
+
+
+def test_retention_sweep_cli_tunes_on_dev_documents_and_reports_test_ones(tmp_path, capsys):
+    """`eval sweep --task retention`: dev grid (ranked layers computed once), choice, test cells with
+    intervals, a saved configuration that loads; two shards are read together."""
+    from attnsteer import SteeringConfig, cli
+    from attnsteer.eval import retention, retention_sweep
+
+    out = tmp_path / "rs"
+    model_dir = _saved_tiny(tmp_path, "llama", 1024)
+    base = [
+        "eval", "sweep", "--task", "retention", "--model", model_dir, "--lengths", "64", "--docs", "1",
+        "--rules", "no-comma,lowercase", "--max-new-tokens", "2", "--batch-size", "2", "--out", str(out),
+        "--no-progress", "--test-lengths", "64,128", "--test-placements", "before", "--test-docs", "1",
+    ]  # fmt: skip
+    cfg_path = tmp_path / "cfg.json"
+    argv = base + ["--methods", "guide,keyscale-ranked", "--report-test", "--save-config", str(cfg_path)]
+    assert cli.main(argv) == 0
+    ranked = json.loads((out / retention_sweep.RANKED_FILE).read_text())["layers"]
+    assert len(ranked) == 2 and all(0 <= x < 4 for x in ranked)  # tiny llama: 4 layers -> a quarter, at least 2
+    lines = [json.loads(x) for x in open(out / "responses.jsonl")]
+    dev = [r for r in lines if "|dev" in r["key"]]
+    test = [r for r in lines if "|test" in r["key"]]
+    # dev: unsteered + 3 guide + 2 keyscale-ranked points, 2 rules x 1 doc each
+    assert len(dev) == 6 * 2 and {r["method"] for r in dev} >= {
+        "none",
+        f"keyscale:alpha=4,layers={ranked[0]}+{ranked[1]}",
+    }
+    sweep_json = json.loads((out / "sweep.json").read_text())
+    assert sweep_json["best"] in sweep_json["by_grid"].values()
+    cfg = SteeringConfig.load(cfg_path)
+    assert cfg.method == sweep_json["best"] and cfg.task == "retention"
+    # test cells: unsteered + each grid's choice, 2 lengths x 2 rules
+    assert {r["method"] for r in test} == {"none", *[c for c in sweep_json["by_grid"].values() if c]}
+    assert len([r for r in test if r["method"] == "none"]) == 4
+    assert "Δ " in (out / "test" / "results.md").read_text()
+    # dev and test documents never share a paragraph
+    tok = tokenizer()
+    assert not set(retention.documents(tok, 200, 3, split="dev")) & set(retention.documents(tok, 200, 3, split="test"))
+    # a second shard is read with the first: a test-only run of one more setting
+    capsys.readouterr()
+    argv = base + ["--methods", "guide", "--test-only", "--test-method", "instaboost:alpha=2", "--shard", "b"]
+    assert cli.main(argv) == 0
+    assert (out / "responses.b.jsonl").exists()
+    assert "instaboost:alpha=2" in (out / "test" / "results.md").read_text()
+    assert "guide:delta=0.5" in (out / "test" / "results.md").read_text()  # from the first shard

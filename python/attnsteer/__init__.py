@@ -3,6 +3,7 @@
 import logging as _logging
 
 from . import models, ops
+from .config import SteeringConfig, recommended
 from .directer import Directer, DirecterStats, LayerRanking, rank_layers
 from .generate import generate
 from .hf import steer, steer_pipeline
@@ -20,6 +21,8 @@ logger.addHandler(_logging.NullHandler())
 
 __all__ = [
     "Directer",
+    "SteeringConfig",
+    "recommended",
     "DirecterStats",
     "LayerRanking",
     "rank_layers",

@@ -93,6 +93,17 @@ class ForwardContext:
             )
         return per_head("bias / key_scale", value, self.batch, self.num_heads, self.device)
 
+    def key_counts(self) -> torch.Tensor:
+        """``(B,)`` long: the real (non-padding) keys of each row in this forward."""
+
+        def make():
+            Tk = self.key_pos.shape[0]
+            if self.padding is None:
+                return torch.full((self.batch,), Tk, dtype=torch.long, device=self.device)
+            return self.padding[:, -Tk:].sum(1)
+
+        return self.memo("key_counts", make)
+
     def rows(self, phases: str) -> Optional[torch.Tensor]:
         """Steered query rows ``(B, Tq)`` bool for ``phases``; None = every row."""
         if phases == "both":
@@ -198,19 +209,48 @@ class GUIDE(Method):
     Markup levels (``<<-x->>``, ``<<x>>``, ``<<+x+>>``) give span weights 0.5 / 1 / 2, so the
     bias is delta/2, delta, 2·delta. The paper uses delta ≈ 1–2. One release steers only the
     prompt (``phases="prefill"``), the other every step (``"both"``, our default).
+
+    Length-aware option (not in the paper): with ``length_ref`` set, a forward whose row sees
+    ``n`` keys gets ``delta + log(max(1, n / length_ref))``. Under roughly even attention the
+    span's natural mass falls like ``1/n``; the extra ``log(n / length_ref)`` keeps ``e^b·p``, and
+    so the steered mass, about where it is at ``length_ref`` keys. ``n`` is the row's real
+    (non-padding) keys in the forward: exact for generated tokens and the last prompt token,
+    the prompt's length for earlier prompt rows (one bias per sequence and head).
+
+    Example::
+
+        GUIDE(delta=1.0)                     # a fixed bias
+        GUIDE(delta=1.0, length_ref=256)     # + log(n/256) on contexts longer than 256 keys
     """
 
     delta: float = 2.0
+    length_ref: Optional[float] = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if not math.isfinite(self.delta):
             raise ValueError(f"GUIDE.delta must be finite; got {self.delta}")
+        if self.length_ref is not None and not (self.length_ref >= 1 and math.isfinite(self.length_ref)):
+            raise ValueError(
+                f"GUIDE.length_ref is a key count >= 1 (the length at which the bias is delta); got {self.length_ref}"
+            )
 
     def plan(self, layer_idx: int, ctx: ForwardContext) -> Optional[OpArgs]:
         if not self.steers_layer(layer_idx):
             return None
-        return ctx.args(bias=float(self.delta), phases=self.phases)  # × the markup weight, in the op
+        if self.length_ref is None:
+            return ctx.args(bias=float(self.delta), phases=self.phases)  # × the markup weight, in the op
+        return ctx.args(
+            bias=ctx.memo(("guide_length", self.delta, self.length_ref), self._length_bias(ctx)), phases=self.phases
+        )
+
+    def _length_bias(self, ctx: ForwardContext) -> Callable[[], torch.Tensor]:
+        def make() -> torch.Tensor:
+            n = ctx.key_counts().float()
+            extra = torch.log((n / float(self.length_ref)).clamp_min(1.0))
+            return ctx.per_head((self.delta + extra)[:, None].expand(ctx.batch, ctx.num_heads))
+
+        return make
 
 
 @dataclass

@@ -60,17 +60,35 @@ def add_parsers(sub) -> None:
 
     p = esub.add_parser(
         "sweep",
-        help="strength grid per method on the IFEval dev split; best by loose accuracy within the fluency bounds",
+        help="strength grids per method, tuned on a dev split and reported on a test split: IFEval prompts "
+        "(--task ifeval) or long-context rule retention (--task retention)",
     )
-    common(p, os.path.join(DEFAULT_OUT, "sweep"))
+    common(p, None)
+    p.set_defaults(max_new_tokens=None)  # per task: 256 for IFEval, 64 for retention
+    p.add_argument("--task", default="ifeval", choices=["ifeval", "retention"])
     p.add_argument(
         "--methods",
-        default="guide,instaboost,spotlight,pasta,pasta-layers,keyscale",
-        help="which grids (see attnsteer.eval.sweep.GRIDS)",
+        default=None,
+        help="which grids (ifeval: attnsteer.eval.sweep.GRIDS, default guide,instaboost,spotlight,pasta,"
+        "pasta-layers,keyscale; retention: attnsteer.eval.retention_sweep.GRIDS, default all)",
     )
-    p.add_argument("--gated", action="store_true", help="also each grid point inside DIRECTER's plausibility gate")
+    p.add_argument("--gated", action="store_true", help="ifeval: also each grid point inside DIRECTER's gate")
     p.add_argument("--strategy", default="prompt", choices=["prompt", "constraints", "system"])
-    p.add_argument("--report-test", action="store_true", help="then run the chosen settings on the 441 test prompts")
+    p.add_argument("--report-test", action="store_true", help="then run the chosen settings on the test split")
+    p.add_argument(
+        "--save-config", default=None, metavar="FILE", help="write the chosen setting as a SteeringConfig JSON"
+    )
+    g = p.add_argument_group("retention task")
+    g.add_argument("--lengths", default="1024", help="dev document lengths in tokens")
+    g.add_argument("--placements", default="before", help="dev placements of the rule")
+    g.add_argument("--docs", type=int, default=6, help="dev documents per length")
+    g.add_argument("--rules", default="french,lowercase,no-comma", help="rules (checkable on a capped reply)")
+    g.add_argument("--test-lengths", default="512,1024,2048,4096")
+    g.add_argument("--test-placements", default="before,after,system")
+    g.add_argument("--test-docs", type=int, default=11, help="test documents per length (x rules = replies per cell)")
+    g.add_argument("--test-only", action="store_true", help="skip the dev grid; run the test cells")
+    g.add_argument("--test-method", default=None, help="with --test-only: this spec instead of the dev choice")
+    g.add_argument("--shard", default=None, help="write responses.SHARD.jsonl (queues side by side); reports read all")
 
     p = esub.add_parser("report", help="rebuild results.json / results.md from a responses.jsonl")
     p.add_argument("--out", default=os.path.join(DEFAULT_OUT, "ifeval"))
@@ -189,7 +207,17 @@ def run(args, argv=None) -> int:
 
         return retention.main(args, _load, _command(argv), machine)
     if cmd == "sweep":
+        if args.task == "retention":
+            from . import retention_sweep
+
+            args.out = args.out or os.path.join(DEFAULT_OUT, "retention-sweep")
+            args.methods = args.methods or ",".join(retention_sweep.GRIDS)
+            args.max_new_tokens = args.max_new_tokens or 64  # rules checkable on a capped reply
+            return retention_sweep.main(args, _load, _command(argv), machine)
         from . import sweep
 
+        args.out = args.out or os.path.join(DEFAULT_OUT, "sweep")
+        args.methods = args.methods or "guide,instaboost,spotlight,pasta,pasta-layers,keyscale"
+        args.max_new_tokens = args.max_new_tokens or 256
         return sweep.main(args, _load, _command(argv), machine)
     raise ValueError(f"unknown eval command {cmd!r}")

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from . import checkers, fluency, ifeval, runner, specs
+from . import checkers, fluency, ifeval, runner, specs, stats
 
 __all__ = ["RULES", "PLACEMENTS", "documents", "build", "run", "summarize", "plot"]
 
@@ -61,10 +61,26 @@ def _paragraphs() -> Tuple[str, ...]:
     return tuple(out)
 
 
-def documents(tokenizer, length: int, n: int, seed: int = 0) -> List[str]:
-    """``n`` documents of at most ``length`` tokens, each from its own seeded start: whole
-    sentences, paragraph breaks kept, added while they fit."""
+SPLITS = ("dev", "test")
+
+
+def _split_paragraphs(split: Optional[str]) -> Tuple[str, ...]:
+    """All paragraphs (``split=None``, the first retention runs), or one half of them: ``dev``
+    the first half in topic order, ``test`` the second, so tuning never sees a test document."""
     paras = _paragraphs()
+    if split is None:
+        return paras
+    if split not in SPLITS:
+        raise ValueError(f"document split must be one of {SPLITS} (or None for all); got {split!r}")
+    half = len(paras) // 2
+    return paras[:half] if split == "dev" else paras[half:]
+
+
+def documents(tokenizer, length: int, n: int, seed: int = 0, split: Optional[str] = None) -> List[str]:
+    """``n`` documents of at most ``length`` tokens, each from its own seeded start: whole
+    sentences, paragraph breaks kept, added while they fit. ``split`` (``dev`` / ``test``) draws
+    from that half of the paragraphs only."""
+    paras = _split_paragraphs(split)
     rng = random.Random(seed * 1000 + length)
     docs = []
     for _ in range(n):
@@ -141,18 +157,21 @@ def cases(
     n_docs: int,
     max_context: Optional[int],
     max_new_tokens: int,
+    split: Optional[str] = None,
 ) -> List[Case]:
+    """Every (length, document, rule, placement) case. Keys are ``rule|placement|length|doc``;
+    with a document ``split`` the doc part is ``dev3`` / ``test3``, so the splits never share a key."""
     out = []
     reserve = 192 + max_new_tokens  # rule + template + task + reply
     for length in lengths:
         eff = length if max_context is None else min(length, max_context - reserve)
-        for d, doc in enumerate(documents(tokenizer, eff, n_docs)):
+        for d, doc in enumerate(documents(tokenizer, eff, n_docs, split=split)):
             n_tok = len(tokenizer(doc, add_special_tokens=False)["input_ids"])
             for rule in rules:
                 if rule not in RULES:
                     raise ValueError(f"unknown rule {rule!r}: choose from {', '.join(RULES)}")
                 for pl in placements:
-                    key = f"{rule}|{pl}|{length}|{d}"
+                    key = f"{rule}|{pl}|{length}|{split or ''}{d}"
                     out.append(Case(key, rule, pl, length, n_tok, build(tokenizer, rule, pl, doc, key)))
     return out
 
@@ -217,24 +236,34 @@ def summarize(
     store: runner.ResponseStore, model_tag: str, max_new_tokens: int, keys: Optional[set] = None, by_rule: bool = False
 ) -> List[Dict[str, Any]]:
     """Per (method, placement, length) — and rule, with ``by_rule`` — loose accuracy, n, mean
-    document tokens, mean reply tokens and distinct-4, and ``short``: a steered cell whose replies
-    are shorter than ``fluency.BOUNDS["short"]`` × the unsteered replies to the same prompts (a
-    reply that only echoes the rule can pass a checker such as the end phrase)."""
+    document tokens, mean reply tokens and distinct-4; ``flags``: the fluency flags
+    (:func:`fluency.flags`) of a steered cell against the unsteered replies to the same prompts,
+    and ``short`` among them (a reply that only echoes the rule can pass a checker such as the end
+    phrase); ``vs_unsteered``: the paired bootstrap interval of the accuracy difference."""
     groups: Dict[Tuple[str, str, str, int], List[Dict[str, Any]]] = {}
-    unsteered: Dict[str, int] = {}  # prompt key -> unsteered reply tokens
+    unsteered: Dict[str, Dict[str, Any]] = {}  # prompt key -> the unsteered record
     for k, r in store.records.items():
         if k[0] != model_tag or k[2] != STRATEGY or k[3] != max_new_tokens or (keys is not None and k[4] not in keys):
             continue
         groups.setdefault((r["method"], r["rule"] if by_rule else "all", r["placement"], r["length"]), []).append(r)
         if r["method"] == "none":
-            unsteered[r["key"]] = r["n_tokens"]
+            unsteered[r["key"]] = r
     rows = []
     for (m, rule, pl, n), rs in sorted(
         groups.items(), key=lambda g: (g[0][0] != "none", g[0][0], g[0][1], g[0][2], g[0][3])
     ):
         n_tokens = sum(r["n_tokens"] for r in rs) / len(rs)
-        paired = [(r["n_tokens"], unsteered[r["key"]]) for r in rs if r["key"] in unsteered]
-        short = m != "none" and fluency.is_short(sum(a for a, _ in paired), sum(b for _, b in paired))
+        paired = [(r, unsteered[r["key"]]) for r in rs if r["key"] in unsteered]
+        flags = (
+            fluency.flags(runner._fluency_means([a for a, _ in paired]), runner._fluency_means([b for _, b in paired]))
+            if m != "none" and paired
+            else []
+        )
+        diff = (
+            stats.paired({r["key"]: r for r in rs}, unsteered, lambda r: float(all(r["loose"])))
+            if m != "none"
+            else None
+        )
         rows.append(
             {
                 "method": m,
@@ -246,7 +275,9 @@ def summarize(
                 "doc_tokens": sum(r["doc_tokens"] for r in rs) / len(rs),
                 "n_tokens": n_tokens,
                 "distinct4": sum(r["distinct4"] for r in rs) / len(rs),
-                "short": short,
+                "short": "short" in flags,
+                "flags": flags,
+                "vs_unsteered": diff.as_dict() if diff else None,
             }
         )
     return rows
@@ -264,15 +295,20 @@ def table(rows: Sequence[Dict[str, Any]]) -> str:
     for r in rows:
         cells.setdefault((r["method"], r.get("rule", "all"), r["placement"]), {})[r["length"]] = r
     for (m, rule, pl), by_len in cells.items():
-        vals = [
-            f"{100 * by_len[n]['accuracy']:.0f} (n={by_len[n]['n']}, {by_len[n]['n_tokens']:.0f} tok"
-            + (", short)" if by_len[n].get("short") else ")")
-            if n in by_len
-            else ""
-            for n in lengths
-        ]
+        vals = [_cell(by_len[n]) if n in by_len else "" for n in lengths]
         lines.append(f"| {specs.label(m)} | {rule} | {pl} | " + " | ".join(vals) + " |")
     return "\n".join(lines)
+
+
+def _cell(r: Dict[str, Any]) -> str:
+    """``25 (n=32, 90 tok)``, the flag ``short``, and for a steered cell ``Δ +12.5 [+3.1, +21.9]``:
+    the difference to unsteered on the same prompts with its paired bootstrap 95 % interval."""
+    flags = r.get("flags", ["short"] if r.get("short") else [])
+    out = f"{100 * r['accuracy']:.0f} (n={r['n']}, {r['n_tokens']:.0f} tok" + "".join(f", {x}" for x in flags) + ")"
+    d = r.get("vs_unsteered")
+    if d:
+        out += " Δ " + stats.Difference.from_dict(d).pct()
+    return out
 
 
 def plot(rows: Sequence[Dict[str, Any]], path: str) -> str:
@@ -380,7 +416,9 @@ def write_report(
             "Share of replies that follow the marked rule (IFEval checker, loose) by document length, with the "
             "number of replies and their mean length in tokens; `short`: the replies are under "
             f"{fluency.BOUNDS['short']}× as long as the unsteered replies to the same prompts (a reply "
-            "that only echoes the rule can pass the end-phrase checker).",
+            "that only echoes the rule can pass the end-phrase checker). Steered cells: Δ = the difference to "
+            "unsteered on the same prompts in points with its paired bootstrap 95 % interval; '(no evidence)' = "
+            f"{stats.NO_EVIDENCE} (the interval contains 0).",
             "",
             table(rows),
             "",

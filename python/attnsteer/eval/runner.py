@@ -8,18 +8,19 @@ the store.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import time
 from dataclasses import dataclass
-from typing import Any, Dict, Iterable, List, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 
 from ..directer import Directer
 from ..hf import steer
 from ..spans import highlight
-from . import checkers, fluency, ifeval, specs
+from . import checkers, fluency, ifeval, specs, stats
 
 __all__ = ["ResponseStore", "generate_batch", "run_ifeval", "summarize_ifeval", "write_report", "baseline_strategy"]
 
@@ -32,13 +33,24 @@ def baseline_strategy(strategy: str) -> str:
 
 
 class ResponseStore:
-    """Append-only jsonl of responses; :meth:`done` tells which keys exist."""
+    """Append-only jsonl of responses; :meth:`done` tells which keys exist.
+
+    It writes ``path`` and reads it together with its shards, ``<folder>/responses.*.jsonl`` beside
+    a ``responses*.jsonl`` path: two queues running side by side each append to their own shard
+    (no two processes write one file) and every report sees all of them."""
 
     def __init__(self, path: str):
         self.path = path
         self.records: Dict[Key, Dict[str, Any]] = {}
-        if os.path.exists(path):
-            with open(path, encoding="utf-8") as f:
+        folder, name = os.path.split(os.path.abspath(path))
+        paths = []
+        if name.startswith("responses") and name.endswith(".jsonl"):
+            paths = sorted(p for p in glob.glob(os.path.join(folder, "responses*.jsonl")) if p != os.path.abspath(path))
+        paths.append(path)  # last: its own lines win over a shard's
+        for p in paths:
+            if not os.path.exists(p):
+                continue
+            with open(p, encoding="utf-8") as f:
                 for line in f:
                     line = line.strip()
                     if not line:
@@ -265,9 +277,20 @@ def summarize_ifeval(
         bl = _fluency_means([base[k] for k in common])
         row["baseline_on_same"] = {**bl, **checkers.aggregate([_score(base[k]) for k in common]), "n": len(common)}
         row["flags"] = fluency.flags(st, bl)
+        row["vs_unsteered"] = _intervals(mine, base, common)
     for row in rows:
         row.pop("_keys")
     return rows
+
+
+def _intervals(mine: Dict[Any, Dict[str, Any]], base: Dict[Any, Dict[str, Any]], keys) -> Dict[str, Dict[str, Any]]:
+    """Paired bootstrap 95 % intervals of steered − unsteered on the prompts ``keys``: prompt-level
+    loose (every instruction followed) and instruction-level loose (prompts resampled as units)."""
+    m, b = {k: mine[k] for k in keys}, {k: base[k] for k in keys}
+    return {
+        "prompt_loose": stats.paired(m, b, lambda r: float(all(r["loose"]))).as_dict(),
+        "inst_loose": stats.paired(m, b, lambda r: float(sum(r["loose"])), den=lambda r: len(r["loose"])).as_dict(),
+    }
 
 
 def _score(r: Dict[str, Any]) -> checkers.Score:
@@ -320,10 +343,12 @@ def markdown_table(rows: Sequence[Dict[str, Any]]) -> str:
 
 def paired_table(rows: Sequence[Dict[str, Any]]) -> str:
     """Each steered row against unsteered on the *same* prompts (``baseline_on_same``), so runs
-    that cover different subsets of the prompts compare fairly: steered / unsteered (Δ)."""
+    that cover different subsets of the prompts compare fairly: steered / unsteered (Δ), and the
+    paired bootstrap 95 % interval of Δ for the loose accuracies."""
     head = (
-        "| method | strategy | n | prompt strict | prompt loose | inst strict | inst loose | tokens | NLL |\n"
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|"
+        "| method | strategy | n | prompt strict | prompt loose | inst strict | inst loose | tokens | NLL "
+        "| Δ prompt loose, 95 % CI | Δ inst loose, 95 % CI |\n"
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|"
     )
     lines = [head]
     for r in rows:
@@ -337,9 +362,17 @@ def paired_table(rows: Sequence[Dict[str, Any]]) -> str:
         lines.append(
             f"| {specs.label(r['method'])} | {r['strategy']} | {b['n']} | "
             + " | ".join(cells)
-            + f" | {r['n_tokens']:.0f} / {b['n_tokens']:.0f} | {r['nll']:.2f} / {b['nll']:.2f} |"
+            + f" | {r['n_tokens']:.0f} / {b['n_tokens']:.0f} | {r['nll']:.2f} / {b['nll']:.2f} | "
+            + " | ".join(_ci_cell(r.get("vs_unsteered", {}).get(k)) for k in ("prompt_loose", "inst_loose"))
+            + " |"
         )
     return "\n".join(lines)
+
+
+def _ci_cell(d: Optional[Dict[str, Any]]) -> str:
+    if not d:
+        return ""
+    return stats.Difference.from_dict(d).pct()
 
 
 def per_type_table(rows: Sequence[Dict[str, Any]]) -> str:
@@ -385,7 +418,9 @@ def write_report(
         "",
         "## Against unsteered on the same prompts",
         "",
-        "Steered / unsteered (difference), accuracies in %; tokens and NLL steered / unsteered.",
+        "Steered / unsteered (difference), accuracies in %; tokens and NLL steered / unsteered. The last two "
+        "columns: the difference in points with its paired bootstrap 95 % interval (prompts resampled); "
+        f"'(no evidence)' = {stats.NO_EVIDENCE}: the interval contains 0.",
         "",
         paired_table(rows),
         "",

@@ -1,0 +1,151 @@
+"""Tuned steering configurations: the setting a sweep chose for a model and task, with its evidence.
+
+A :class:`SteeringConfig` is a method spec (the :mod:`attnsteer.eval.specs` grammar, e.g.
+``"keyscale:alpha=1.5"``) plus what it was tuned for and what was measured. It is accepted wherever
+a method is: ``steer(model, cfg, spans=...)``, ``attnsteer.generate(..., method=cfg)``, the CLI's
+``--config FILE`` and ``attnsteer.vllm.steered_prompt(tok, prompt, cfg)``.
+
+:func:`recommended` returns the configurations that ship for the embedded model (from the sweeps in
+``eval_results/``); ``attnsteer eval sweep --save-config FILE`` writes one for your model.
+
+Example::
+
+    import attnsteer
+    cfg = attnsteer.recommended("SmolLM2-135M-Instruct", task="ifeval")
+    print(cfg.method, cfg.evidence["test"]["verdict"])
+    text = attnsteer.generate(model, tok, "<<Answer in lowercase.>> Tell me about Paris.", cfg,
+                              max_new_tokens=40)
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Optional, Union
+
+__all__ = ["SteeringConfig", "recommended", "resolve_method", "RECOMMENDED_FILE"]
+
+RECOMMENDED_FILE = Path(__file__).resolve().parent / "data" / "recommended.json"
+
+
+@dataclass(frozen=True)
+class SteeringConfig:
+    """A steering setting chosen for a model and task.
+
+    Attributes:
+        method: the method spec, e.g. ``"keyscale:alpha=1.5"`` (see :mod:`attnsteer.eval.specs`).
+        model: the model it was tuned on (a name, for the record).
+        task: what it was tuned for: ``"ifeval"`` or ``"retention"``.
+        evidence: what was measured — dev score, test difference to unsteered with its 95 %
+            interval and verdict, replies, the command.
+        note: anything a user should know (e.g. "no evidence of a difference at 1k tokens").
+    """
+
+    method: str
+    model: Optional[str] = None
+    task: Optional[str] = None
+    evidence: Dict[str, Any] = field(default_factory=dict)
+    note: str = ""
+
+    def __post_init__(self) -> None:
+        from .eval import specs
+
+        object.__setattr__(self, "method", specs.canonical(self.method))  # raises on a bad spec
+
+    def build(self):
+        """The method object of :attr:`method` (None for ``"none"``)."""
+        from .eval import specs
+
+        return specs.parse(self.method)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+    def save(self, path: Union[str, Path]) -> str:
+        """Write the configuration as JSON; returns the path."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict(), indent=1) + "\n", encoding="utf-8")
+        return str(path)
+
+    @classmethod
+    def load(cls, path: Union[str, Path]) -> "SteeringConfig":
+        """Read a configuration written by :meth:`save` or ``attnsteer eval sweep --save-config``."""
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(
+                f"no steering configuration at {path}; write one with `attnsteer eval sweep --save-config {path}`"
+            )
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path} is not a steering configuration (invalid JSON: {err})") from err
+        if not isinstance(data, dict) or "method" not in data:
+            raise ValueError(f'{path} is not a steering configuration: it needs at least {{"method": "<spec>"}}')
+        unknown = set(data) - {"method", "model", "task", "evidence", "note"}
+        if unknown:
+            raise ValueError(
+                f"{path}: unknown fields {sorted(unknown)}; a configuration has method, model, task, evidence, note"
+            )
+        return cls(**data)
+
+
+def resolve_method(method: Any) -> Any:
+    """A :class:`SteeringConfig` → its method object; anything else unchanged. The entry points
+    call this, so each accepts a configuration where it takes a method."""
+    if isinstance(method, SteeringConfig):
+        return method.build()
+    return method
+
+
+def _shipped() -> Dict[str, Any]:
+    return json.loads(RECOMMENDED_FILE.read_text(encoding="utf-8"))
+
+
+def _model_name(model_or_name: Any, table: Dict[str, Any]) -> str:
+    if isinstance(model_or_name, str):
+        want = model_or_name.lower()
+        for name, entry in table.items():
+            if want == name.lower() or want in [a.lower() for a in entry.get("aliases", [])]:
+                return name
+        raise KeyError(
+            f"no tuned configuration ships for {model_or_name!r} (shipped: {', '.join(table)}); tune one with "
+            "`attnsteer eval sweep --model YOUR_MODEL --save-config FILE` and pass FILE as --config / "
+            "SteeringConfig.load(FILE)"
+        )
+    cfg = getattr(model_or_name, "config", None)
+    arch = (getattr(cfg, "architectures", None) or [type(model_or_name).__name__])[0]
+    sig = [arch, getattr(cfg, "num_hidden_layers", None), getattr(cfg, "hidden_size", None)]
+    for name, entry in table.items():
+        if entry.get("signature") == sig:
+            return name
+    raise KeyError(
+        f"no tuned configuration ships for this model ({sig[0]}, {sig[1]} layers, hidden size {sig[2]}); "
+        f"shipped: {', '.join(table)}. Tune one with `attnsteer eval sweep --save-config FILE`"
+    )
+
+
+def recommended(model_or_name: Any, task: str = "ifeval") -> SteeringConfig:
+    """The configuration the project's sweeps chose for a shipped model and task.
+
+    Args:
+        model_or_name: a model name (``"SmolLM2-135M-Instruct"``, ``"smollm2-135m"``) or a loaded
+            model (recognised by architecture, layer count and hidden size).
+        task: ``"ifeval"`` (instructions in the prompt) or ``"retention"`` (a rule before a long
+            document).
+
+    Returns:
+        :class:`SteeringConfig`, whose ``evidence`` holds the measured gain over unsteered with
+        its paired bootstrap 95 % interval. Read ``evidence["test"]["verdict"]`` before relying on
+        it: "no evidence of a difference" is a possible, honest answer.
+
+    Raises:
+        KeyError: no configuration ships for this model or task (the message says how to tune one).
+    """
+    table = _shipped()
+    name = _model_name(model_or_name, table)
+    tasks = table[name]["tasks"]
+    if task not in tasks:
+        raise KeyError(f"no tuned {task!r} configuration for {name}; tasks shipped for it: {', '.join(tasks)}")
+    return SteeringConfig(model=name, task=task, **tasks[task])
