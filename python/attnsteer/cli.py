@@ -82,6 +82,12 @@ def _method_from_args(args: argparse.Namespace):
     common = dict(layers=layers)
     if args.phases:
         common["phases"] = args.phases
+    if getattr(args, "config", None):
+        from .config import SteeringConfig
+
+        if args.method != "guide" or layers or args.phases:
+            raise ValueError("--config FILE gives the whole setting: drop --method / --layers / --phases")
+        return SteeringConfig.load(args.config).build()
     name = args.method.lower()
     if name == "none":
         return None
@@ -165,6 +171,12 @@ def main(argv=None) -> int:
     gen.add_argument("prompt", help='text with <<markup>>, e.g. "<<Answer in French.>> What is a cat?"')
     gen.add_argument(
         "--method", default="guide", help="guide | instaboost | pasta | spotlight | keyscale | directer | none"
+    )
+    gen.add_argument(
+        "--config",
+        default=None,
+        metavar="FILE",
+        help="a tuned SteeringConfig JSON (attnsteer eval sweep --save-config FILE) instead of --method",
     )
     gen.add_argument("--delta", type=float, default=2.0, help="GUIDE's bias")
     gen.add_argument("--alpha", type=float, default=None, help="InstABoost / PASTA / KeyScale / DIRECTER factor")

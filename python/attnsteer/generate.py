@@ -6,6 +6,7 @@ from typing import List, Optional, Sequence, Union
 
 import torch
 
+from .config import SteeringConfig, resolve_method
 from .directer import Directer
 from .hf import steer
 from .methods import Method
@@ -18,7 +19,7 @@ def generate(
     model,
     tokenizer,
     prompt_or_messages,
-    method: Optional[Union[Method, Directer]] = None,
+    method: Optional[Union[Method, Directer, SteeringConfig]] = None,
     *,
     char_spans=None,
     highlight_messages: Optional[Sequence[int]] = None,
@@ -31,8 +32,8 @@ def generate(
         prompt_or_messages: a string with ``<<...>>`` markup, a list of them, chat messages or a
             list of conversations (see :func:`attnsteer.highlight`).
         method: a steering method or :class:`attnsteer.Directer` (plausibility-guided decoding,
-            greedy; its statistics land in ``method.stats``); None generates unsteered (markup is
-            still removed).
+            greedy; its statistics land in ``method.stats``), a :class:`attnsteer.SteeringConfig`
+            (e.g. ``attnsteer.recommended(model)``); None generates unsteered (markup is still removed).
         **generate_kwargs: passed to ``model.generate`` (``max_new_tokens``, ``do_sample``…).
 
     Returns:
@@ -40,6 +41,7 @@ def generate(
         ``num_return_sequences=n > 1`` each prompt gives a list of its ``n`` texts: one prompt →
         ``[n texts]``, a batch → ``[[n texts] per prompt]``.
     """
+    method = resolve_method(method)
     enc = highlight(tokenizer, prompt_or_messages, char_spans=char_spans, highlight_messages=highlight_messages)
     enc = enc.to(model.device) if hasattr(enc, "to") else enc
     generate_kwargs.setdefault(

@@ -93,16 +93,14 @@ class ForwardContext:
             )
         return per_head("bias / key_scale", value, self.batch, self.num_heads, self.device)
 
-    def key_counts(self) -> torch.Tensor:
-        """``(B,)`` long: the real (non-padding) keys of each row in this forward."""
+    def prompt_tokens(self) -> torch.Tensor:
+        """``(B,)`` long: the real prompt tokens of each row (the prompt length less its left padding)."""
 
         def make():
-            Tk = self.key_pos.shape[0]
-            if self.padding is None:
-                return torch.full((self.batch,), Tk, dtype=torch.long, device=self.device)
-            return self.padding[:, -Tk:].sum(1)
+            n = torch.full((self.batch,), self.prompt_length, dtype=torch.long, device=self.device)
+            return n if self.first_token is None else n - self.first_token.to(self.device)
 
-        return self.memo("key_counts", make)
+        return self.memo("prompt_tokens", make)
 
     def rows(self, phases: str) -> Optional[torch.Tensor]:
         """Steered query rows ``(B, Tq)`` bool for ``phases``; None = every row."""
@@ -210,12 +208,12 @@ class GUIDE(Method):
     bias is delta/2, delta, 2·delta. The paper uses delta ≈ 1–2. One release steers only the
     prompt (``phases="prefill"``), the other every step (``"both"``, our default).
 
-    Length-aware option (not in the paper): with ``length_ref`` set, a forward whose row sees
-    ``n`` keys gets ``delta + log(max(1, n / length_ref))``. Under roughly even attention the
+    Length-aware option (not in the paper): with ``length_ref`` set, a sequence whose prompt has
+    ``n`` tokens gets ``delta + log(max(1, n / length_ref))``. Under roughly even attention the
     span's natural mass falls like ``1/n``; the extra ``log(n / length_ref)`` keeps ``e^b·p``, and
-    so the steered mass, about where it is at ``length_ref`` keys. ``n`` is the row's real
-    (non-padding) keys in the forward: exact for generated tokens and the last prompt token,
-    the prompt's length for earlier prompt rows (one bias per sequence and head).
+    so the steered mass, about where it is at ``length_ref`` keys. ``n`` is the prompt's real
+    (non-padding) tokens, one bias per sequence for every row and step — so a forward with a cache
+    and one without steer alike (a per-row key count would not).
 
     Example::
 
@@ -246,7 +244,7 @@ class GUIDE(Method):
 
     def _length_bias(self, ctx: ForwardContext) -> Callable[[], torch.Tensor]:
         def make() -> torch.Tensor:
-            n = ctx.key_counts().float()
+            n = ctx.prompt_tokens().float()
             extra = torch.log((n / float(self.length_ref)).clamp_min(1.0))
             return ctx.per_head((self.delta + extra)[:, None].expand(ctx.batch, ctx.num_heads))
 

@@ -17,6 +17,7 @@ from typing import Any, Iterator, Optional, Union
 
 import torch
 
+from ..config import SteeringConfig
 from ..methods import Method
 from .attention import ATTN_NAME, SteerMask, ensure_registered, unprepare_masks
 from .state import Steering, _one_thread, active
@@ -59,13 +60,35 @@ def check_supported(model) -> None:
         )
 
 
+def _as_method(method: Any) -> Method:
+    """``method``, or the method of a :class:`SteeringConfig`; a clear error for anything else."""
+    if isinstance(method, SteeringConfig):
+        built = method.build()
+        if not isinstance(built, Method):
+            raise TypeError(
+                f"the configuration {method.method!r} is not a steering method steer() can apply "
+                + (
+                    "(it is unsteered: run the model without steer())"
+                    if built is None
+                    else "(DIRECTER decodes with its own loop: use attnsteer.generate(model, tok, prompt, config))"
+                )
+            )
+        method = built
+    if not isinstance(method, Method):
+        raise TypeError(
+            f"method must be an attnsteer method (GUIDE, InstABoost, PASTA, SpotLight, KeyScale); got {type(method).__name__}"
+        )
+    return method
+
+
 @contextlib.contextmanager
 def steer(model, method: Method, spans: Union[torch.Tensor, Any]) -> Iterator[Any]:
     """Steer ``model`` with ``method`` toward ``spans`` inside the block; restore on every exit.
 
     Args:
         model: a Hugging Face causal LM whose attention goes through ``AttentionInterface``.
-        method: :class:`GUIDE`, :class:`InstABoost`, :class:`PASTA`, :class:`SpotLight`, :class:`KeyScale`.
+        method: :class:`GUIDE`, :class:`InstABoost`, :class:`PASTA`, :class:`SpotLight`, :class:`KeyScale`,
+            or a :class:`attnsteer.SteeringConfig` (e.g. ``attnsteer.recommended(model)``).
         spans: the encoding returned by :func:`attnsteer.highlight` (uses ``.span_mask``), or a
             ``(B, T_prompt)`` bool/float span mask aligned with the prompt the model is given.
 
@@ -74,10 +97,7 @@ def steer(model, method: Method, spans: Union[torch.Tensor, Any]) -> Iterator[An
     the block waits for a steered ``generate`` still running in another thread to finish.
     """
     check_supported(model)
-    if not isinstance(method, Method):
-        raise TypeError(
-            f"method must be an attnsteer method (GUIDE, InstABoost, PASTA, SpotLight, KeyScale); got {type(method).__name__}"
-        )
+    method = _as_method(method)
     span_mask = getattr(spans, "span_mask", spans)
     if not isinstance(span_mask, torch.Tensor) or span_mask.dim() != 2:
         raise TypeError("spans must be the encoding from attnsteer.highlight(...) or a (B, T) span mask tensor")

@@ -73,8 +73,13 @@ def spans_from_mask(span_mask: torch.Tensor) -> List[Span]:
 
 
 def _servable_spec(method: Union[str, Any]) -> Tuple[str, Any]:
-    """``(canonical spec, method)`` of a method that can be served per request, else a clear error."""
+    """``(canonical spec, method)`` of a method that can be served per request, else a clear error.
+    A :class:`attnsteer.SteeringConfig` stands for its spec."""
+    from ..config import SteeringConfig
     from ..eval import specs
+
+    if isinstance(method, SteeringConfig):
+        method = method.method
 
     if not isinstance(method, str):
         raise TypeError(f"method must be a method spec string such as 'guide:delta=2'; got {type(method).__name__}")
@@ -105,13 +110,14 @@ def request_salt(steering: RequestSteering) -> str:
     return _salt(steering.spec, steering.spans)
 
 
-def steered_prompt(tokenizer, prompt: Any, method: str, **highlight_kwargs) -> SteeredPrompt:
+def steered_prompt(tokenizer, prompt: Any, method: Any, **highlight_kwargs) -> SteeredPrompt:
     """Token ids and request arguments for one steered prompt.
 
     Args:
         tokenizer: the served model's tokenizer.
         prompt: what :func:`attnsteer.highlight` takes — text with ``<<markup>>`` or chat messages.
-        method: a method spec, e.g. ``"guide:delta=2"``, ``"spotlight:target=0.3,layers=0-11"``.
+        method: a method spec, e.g. ``"guide:delta=2"``, ``"spotlight:target=0.3,layers=0-11"``, or a
+            :class:`attnsteer.SteeringConfig` (``attnsteer.recommended(...)``, ``SteeringConfig.load(FILE)``).
         highlight_kwargs: passed to :func:`attnsteer.highlight` (``char_spans``, ``markers``, …).
     """
     from ..spans import highlight
