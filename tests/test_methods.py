@@ -148,3 +148,40 @@ def test_steering_handle_swaps_the_method_and_restores_it():
                     pass
     torch.testing.assert_close(neutral, plain, atol=1e-5, rtol=1e-5)
     assert (guided - plain).abs().max() > 1e-3
+
+
+def test_guide_length_ref_grows_the_bias_with_the_prompt_length():
+    """delta + log(max(1, n / length_ref)) with n the row's real prompt tokens (left padding out)."""
+    span = torch.zeros(3, 600)
+    span[:, 500:510] = 1
+    pad = torch.ones(3, 600, dtype=torch.bool)
+    pad[1, :400] = False  # 200 real tokens: under length_ref, the plain delta
+    pad[2, :88] = False  # 512 real tokens: delta + log 2
+    ctx = ForwardContext.for_prompt(span, num_heads=2, padding=pad)
+    bias = GUIDE(1.0, length_ref=256).plan(0, ctx).bias
+    want = torch.tensor([1 + math.log(600 / 256), 1.0, 1 + math.log(2.0)])
+    torch.testing.assert_close(bias, want[:, None].expand(3, 2))
+    assert torch.equal(GUIDE(1.0).plan(0, ctx).bias, torch.ones(3, 2))
+    # a decode step keeps the prompt's bias (the same in a forward with or without a cache)
+    dec = ForwardContext(torch.cat([span, torch.zeros(3, 1)], 1), torch.arange(601), torch.tensor([600]), 600, 2,
+                         torch.cat([pad, torch.ones(3, 1, dtype=torch.bool)], 1), ctx.first_token)  # fmt: skip
+    torch.testing.assert_close(GUIDE(1.0, length_ref=256).plan(0, dec).bias, bias)
+    with pytest.raises(ValueError, match="length_ref is a key count >= 1"):
+        GUIDE(1.0, length_ref=0)
+
+
+def test_guide_length_ref_equals_guide_at_the_grown_delta_and_caches_alike():
+    m, tok = tiny_model("llama", layers=2, std=0.3), tokenizer()
+    enc = attnsteer.highlight(tok, "The quick brown fox jumps over the lazy dog. <<Answer in French.>> Now")
+    n = enc["input_ids"].shape[1]
+    with torch.no_grad():
+        with attnsteer.steer(m, GUIDE(1.0, length_ref=n / 4), spans=enc):
+            got = m(**enc).logits
+        with attnsteer.steer(m, GUIDE(1.0 + math.log(4.0)), spans=enc):
+            want = m(**enc).logits
+        kw = dict(max_new_tokens=8, min_new_tokens=8, do_sample=False, pad_token_id=0)
+        with attnsteer.steer(m, GUIDE(1.0, length_ref=n / 4), spans=enc):
+            cached = m.generate(**enc, **kw)
+            uncached = m.generate(**enc, use_cache=False, **kw)
+    torch.testing.assert_close(got, want)
+    assert torch.equal(cached, uncached)

@@ -1,0 +1,124 @@
+"""Tuned configurations (attnsteer.SteeringConfig, attnsteer.recommended): saved and loaded, and
+accepted wherever a method is — steer(), generate, the CLI's --config, vLLM's steered_prompt."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import attnsteer
+from attnsteer import GUIDE, SteeringConfig
+from attnsteer.config import PAPER_STRENGTHS
+
+from tiny import model as tiny_model
+from tiny import tokenizer
+
+PROMPT = "The quick brown fox jumps over the lazy dog. <<Answer in French.>> Now"
+
+
+def test_save_load_round_trip_and_canonical_spec(tmp_path):
+    cfg = SteeringConfig("GUIDE:delta=1.0", model="m", task="retention", evidence={"dev_accuracy": 0.5}, note="x")
+    assert cfg.method == "guide:delta=1" and cfg.build() == GUIDE(1.0)
+    path = cfg.save(tmp_path / "sub" / "cfg.json")
+    assert SteeringConfig.load(path) == cfg
+    (tmp_path / "bad.json").write_text('{"spec": "guide"}')
+    with pytest.raises(ValueError, match='needs at least {"method"'):
+        SteeringConfig.load(tmp_path / "bad.json")
+    (tmp_path / "extra.json").write_text('{"method": "guide", "strength": 3}')
+    with pytest.raises(ValueError, match="unknown fields"):
+        SteeringConfig.load(tmp_path / "extra.json")
+    with pytest.raises(FileNotFoundError, match="--save-config"):
+        SteeringConfig.load(tmp_path / "missing.json")
+    with pytest.raises(ValueError, match="unknown method"):
+        SteeringConfig("guidance:delta=1")
+
+
+def test_steer_and_generate_take_a_config_as_the_method_it_names():
+    m, tok = tiny_model("llama", layers=2, std=0.3), tokenizer()
+    enc = attnsteer.highlight(tok, PROMPT)
+    cfg = SteeringConfig("guide:delta=1.5")
+    with torch.no_grad():
+        with attnsteer.steer(m, cfg, spans=enc):
+            got = m(**enc).logits
+        with attnsteer.steer(m, GUIDE(1.5), spans=enc):
+            want = m(**enc).logits
+        plain = m(**enc).logits
+    assert torch.equal(got, want) and not torch.equal(got, plain)
+    kw = dict(max_new_tokens=5, do_sample=False)
+    assert attnsteer.generate(m, tok, PROMPT, cfg, **kw) == attnsteer.generate(m, tok, PROMPT, GUIDE(1.5), **kw)
+    with pytest.raises(TypeError, match="unsteered: run the model without steer"):
+        with attnsteer.steer(m, SteeringConfig("none"), spans=enc):
+            pass
+    with pytest.raises(TypeError, match="DIRECTER decodes with its own loop"):
+        with attnsteer.steer(m, SteeringConfig("directer"), spans=enc):
+            pass
+
+
+def test_cli_generate_with_config(tmp_path, capsys):
+    from attnsteer import cli
+
+    m, tok = tiny_model("qwen2", std=0.3), tokenizer()
+    m.save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    cfg = SteeringConfig("instaboost:alpha=3").save(tmp_path / "cfg.json")
+    base = ["generate", "--model", str(tmp_path / "m"), "--max-new-tokens", "4"]
+    assert cli.main([*base, "--config", cfg, "<<Be brief.>> Hello there"]) == 0
+    with_cfg = capsys.readouterr().out
+    assert cli.main([*base, "--method", "instaboost", "--alpha", "3", "<<Be brief.>> Hello there"]) == 0
+    assert capsys.readouterr().out == with_cfg
+    assert cli.main([*base, "--config", cfg, "--method", "pasta", "<<Be brief.>> Hi"]) == 2
+    assert "drop --method" in capsys.readouterr().err
+
+
+def test_vllm_steered_prompt_takes_a_config():
+    from attnsteer.vllm import steered_prompt
+
+    tok = tokenizer()
+    cfg = SteeringConfig("spotlight:target=0.2")
+    assert steered_prompt(tok, PROMPT, cfg) == steered_prompt(tok, PROMPT, "spotlight:target=0.2")
+    with pytest.raises(ValueError, match="cannot be served"):
+        steered_prompt(tok, PROMPT, SteeringConfig("gate+guide:delta=1"))
+
+
+def test_recommended_for_the_embedded_model_by_name_and_by_model():
+    cfg = attnsteer.recommended("SmolLM2-135M-Instruct", task="ifeval")
+    d = cfg.evidence["prompt_loose_diff"]
+    assert cfg.task == "ifeval" and cfg.build() is not None
+    assert d["low"] <= d["diff"] <= d["high"] and d["n"] == 441  # the shipped test-split interval
+    assert attnsteer.recommended("smollm2-135m") == cfg
+    assert attnsteer.recommended("smollm2-135m", method="guide").method.startswith("guide:")
+    # by model: recognised by architecture, layers and hidden size (here a tiny stand-in of that shape)
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    shape = LlamaConfig(num_hidden_layers=30, hidden_size=576, intermediate_size=8, num_attention_heads=1,
+                        num_key_value_heads=1, vocab_size=8, architectures=["LlamaForCausalLM"])  # fmt: skip
+    with torch.device("meta"):
+        model = LlamaForCausalLM(shape)
+    assert attnsteer.recommended(model) == cfg
+    with pytest.raises(KeyError, match="--save-config"):
+        attnsteer.recommended("gpt-9")
+    with pytest.raises(KeyError, match="tasks shipped"):
+        attnsteer.recommended("smollm2-135m", task="translation")
+    with pytest.raises(KeyError, match="methods shipped"):
+        attnsteer.recommended("smollm2-135m", method="magic")
+    with pytest.raises(KeyError, match="no tuned configuration ships for this model"):
+        attnsteer.recommended(tiny_model("llama", layers=2))
+
+
+def test_shipped_file_is_consistent():
+    """Every shipped spec parses, every interval brackets its difference, and the paper strengths
+    are the papers' (what the demo labels as such)."""
+    from attnsteer.config import RECOMMENDED_FILE
+
+    table = json.loads(RECOMMENDED_FILE.read_text())
+    for name, entry in table.items():
+        for task in entry["tasks"]:
+            for method in [None, *entry["tasks"][task].get("per_method", {})]:
+                cfg = attnsteer.recommended(name, task=task, method=method)
+                for key in ("prompt_loose_diff", "diff"):
+                    d = cfg.evidence.get(key) or cfg.evidence.get("test", {}).get(key)
+                    if d:
+                        assert d["low"] <= d["diff"] <= d["high"]
+    assert PAPER_STRENGTHS["guide"] == "guide:delta=2" and PAPER_STRENGTHS["keyscale"] == "keyscale:alpha=100"
