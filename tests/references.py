@@ -98,3 +98,53 @@ def bias_mask_4d(enc, bias: float) -> torch.Tensor:
     allowed = causal[None] & enc["attention_mask"].bool()[:, None, :]
     mask4d = torch.zeros(B, 1, T, T).masked_fill(~allowed[:, None], -1e9)
     return mask4d + bias * enc.span_mask.float()[:, None, None, :]
+
+
+def eager_steered_attention(method, span_weights: torch.Tensor, prompt_length: int):
+    """An attention function for transformers' ``AttentionInterface`` that steers the way the
+    reference code does: the whole ``(T, Tk)`` logit matrix materialised in float64, the method's
+    change written on it from the papers' formulas (GUIDE / InstABoost / PASTA as an additive bias,
+    SpotLight's log(τ/p) from the materialised span mass, KeyScale as span logits × α), causal and
+    sliding-window masks, softmax. Every layer, every row (``phases="both"``), batch of one, no
+    padding. Independent of attnsteer's op: the oracle for a real model's steered forward."""
+    import math
+
+    from attnsteer import PASTA, SpotLight
+
+    def fn(module, query, key, value, attention_mask, scaling=None, sliding_window=None, softcap=None, **_):
+        B, Hq, T, D = query.shape
+        G = Hq // key.shape[1]
+        k = key.repeat_interleave(G, 1).double()
+        v = value.repeat_interleave(G, 1).double()
+        Tk = k.shape[2]
+        s = (query.double() @ k.transpose(-1, -2)) * (scaling if scaling is not None else D**-0.5)
+        w = torch.zeros(B, Tk, dtype=torch.float64)
+        n = min(Tk, span_weights.shape[1])
+        w[:, :n] = span_weights[:, :n].double()
+        if isinstance(method, PASTA):  # the prompt's other keys
+            rest = torch.zeros(B, Tk, dtype=torch.float64)
+            rest[:, :prompt_length] = 1.0
+            w = rest * (w == 0)
+        span = (w != 0)[:, None, None, :]
+        name = type(method).__name__
+        if name == "KeyScale":
+            s = torch.where(span, method.alpha * s, s)
+        if softcap:
+            s = softcap * torch.tanh(s / softcap)
+        bias = {"GUIDE": lambda: method.delta, "InstABoost": lambda: math.log(method.alpha),
+                "PASTA": lambda: math.log(method.alpha)}.get(name, lambda: 0.0)()  # fmt: skip
+        s = s + bias * w[:, None, None, :]
+        i = torch.arange(Tk - T, Tk)[:, None]
+        j = torch.arange(Tk)[None, :]
+        allowed = j <= i
+        if sliding_window:
+            allowed &= i - j < sliding_window
+        s = s.masked_fill(~allowed, float("-inf"))
+        if isinstance(method, SpotLight):
+            p = (s.softmax(-1) * span).sum(-1, keepdim=True)
+            low = (p > 0) & (p < method.target)
+            s = s + torch.where(low & span, torch.log(method.target / p.clamp_min(1e-300)), torch.zeros_like(s))
+        out = s.softmax(-1) @ v
+        return out.to(query.dtype).transpose(1, 2).contiguous(), None
+
+    return fn

@@ -44,7 +44,7 @@ def _formula(m, enc, method, value_norms, residual):
     I = (enc.span_mask > 0).double()
     R = I.clone()
     Hq, Hkv = att[0].shape[1], m.config.num_key_value_heads
-    D = m.config.hidden_size // m.config.num_attention_heads
+    D = getattr(m.config, "head_dim", None) or m.config.hidden_size // m.config.num_attention_heads  # Gemma: 256
     prev = None
     for l, A in enumerate(att):
         A = A.double()

