@@ -627,3 +627,8 @@ def test_retention_sweep_cli_tunes_on_dev_documents_and_reports_test_ones(tmp_pa
     assert (out / "responses.b.jsonl").exists()
     assert "instaboost:alpha=2" in (out / "test" / "results.md").read_text()
     assert "guide:delta=0.5" in (out / "test" / "results.md").read_text()  # from the first shard
+    # --test-method best / grid:NAME name the dev choices; an unknown grid is an error that names them
+    assert cli.main(base + ["--methods", "guide,keyscale-ranked", "--test-only", "--test-method", "best"]) == 0
+    capsys.readouterr()
+    assert cli.main(base + ["--methods", "guide", "--test-only", "--test-method", "grid:nope"]) == 2
+    assert "no such grid in --methods (guide)" in capsys.readouterr().err

@@ -8,7 +8,7 @@ from typing import Callable, List, Optional
 
 import torch
 
-from . import GUIDE, PASTA, Directer, InstABoost, KeyScale, SpotLight, highlight, steer
+from . import Directer, highlight, steer
 
 LONG_TEXT = (
     "The history of the bicycle spans more than two centuries. Early designs, called draisines, had no pedals: "
@@ -30,9 +30,8 @@ class Task:
 
 
 # Picked by trying on the embedded model (greedy): unsteered, it drops these marked rules.
-# On a 135M model steering is blunt: stronger settings than these (GUIDE delta >= 5, InstABoost
-# alpha >= 50, PASTA alpha = 0.01 on all heads without profiled heads) derail the reply instead of
-# making it keep the rule; the paper settings are for 7B+ models.
+# On a 135M model steering is blunt: the papers' strengths (chosen for 7B+ models, shown beside the
+# tuned ones) often derail the reply instead of making it keep the rule.
 TASKS: List[Task] = [
     Task(
         "start-yes",
@@ -51,15 +50,19 @@ TASKS: List[Task] = [
 
 
 def methods():
-    return [
-        ("unsteered", None),
-        ("GUIDE(delta=2)", GUIDE(2.0)),
-        ("InstABoost(alpha=10)", InstABoost(10.0)),
-        ("PASTA(alpha=0.1)", PASTA(0.1)),
-        ("SpotLight(target=0.3)", SpotLight(0.3)),
-        ("KeyScale(alpha=2, decode)", KeyScale(2.0)),
-        ("Directer(alpha=100)", Directer()),
-    ]
+    """``[(label, method)]``: unsteered, then each method at the strength tuned for the embedded
+    model (:func:`attnsteer.recommended`, IFEval dev split) and at its paper's strength, labelled
+    as such, and DIRECTER at the paper's settings."""
+    from .config import PAPER_STRENGTHS, recommended
+    from .eval import specs
+
+    out = [("unsteered", None)]
+    for name in ("guide", "instaboost", "pasta", "spotlight", "keyscale"):
+        tuned = recommended("SmolLM2-135M-Instruct", task="ifeval", method=name)
+        out.append((f"{tuned.method} (tuned)", tuned.build()))
+        out.append((f"{PAPER_STRENGTHS[name]} (paper)", specs.parse(PAPER_STRENGTHS[name])))
+    out.append(("directer:alpha=100 (paper)", Directer()))
+    return out
 
 
 def messages(task: Task):
@@ -116,10 +119,14 @@ def run(task_name: Optional[str] = None, max_new_tokens: int = 60) -> int:
         f"Prompts: a {len(LONG_TEXT.split())}-word text, a marked rule (in the system prompt, or in the user "
         "message before the question) and a question; 'rule kept' is checked by code.\n"
     )
-    print(f"{'task':10s} {'method':26s} {'rule kept':9s} {'tok/s':>6s}  reply    (tok/s includes the prefill)")
+    print(
+        "'tuned' = the strength attnsteer.recommended() ships for this model (chosen on IFEval's dev split); "
+        "'paper' = the paper's strength, chosen for 7B+ models.\n"
+    )
+    print(f"{'task':10s} {'method':38s} {'rule kept':9s} {'tok/s':>6s}  reply    (tok/s includes the prefill)")
     for task, name, ok, tps, text in rows:
-        snippet = text.replace("\n", " ")[:70]
-        print(f"{task:10s} {name:26s} {'yes' if ok else 'no':9s} {tps:6.1f}  {snippet}")
+        snippet = text.replace("\n", " ")[:60]
+        print(f"{task:10s} {name:38s} {'yes' if ok else 'no':9s} {tps:6.1f}  {snippet}")
     for note in notes:
         print(note)
     return 0

@@ -88,7 +88,13 @@ def add_parsers(sub) -> None:
     g.add_argument("--test-placements", default="before,after,system")
     g.add_argument("--test-docs", type=int, default=11, help="test documents per length (x rules = replies per cell)")
     g.add_argument("--test-only", action="store_true", help="skip the dev grid; run the test cells")
-    g.add_argument("--test-method", default=None, help="with --test-only: this spec instead of the dev choice")
+    g.add_argument(
+        "--test-method",
+        action="append",
+        default=None,
+        help="repeatable: a spec, 'best' (the dev choice over every grid in --methods) or 'grid:NAME' (that "
+        "grid's dev choice), instead of every grid's choice",
+    )
     g.add_argument("--shard", default=None, help="write responses.SHARD.jsonl (queues side by side); reports read all")
 
     p = esub.add_parser("report", help="rebuild results.json / results.md from a responses.jsonl")

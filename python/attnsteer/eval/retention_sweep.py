@@ -159,7 +159,7 @@ def main(args, load: Callable, command: str, machine: Callable) -> int:
     chosen = report(store, tag, M, args.out, grids, {c.key for c in dev}, command, machine())
     print(open(os.path.join(args.out, "sweep.md"), encoding="utf-8").read())
     if args.report_test or args.test_only:
-        picked = [args.test_method] if args.test_method else [c for c in chosen["by_grid"].values() if c]
+        picked = _test_methods(args.test_method, chosen)
         test = _cases(tok, test_lengths, test_pl, rules, args.test_docs, max_ctx, M, "test")
         retention.run(model, tok, test, list(dict.fromkeys(["none", *picked])), **{**run, "store": store})
         store = runner.ResponseStore(os.path.join(args.out, _store_name(args.shard)))
@@ -186,6 +186,27 @@ def main(args, load: Callable, command: str, machine: Callable) -> int:
         ).save(args.save_config)
         print(f"wrote {args.save_config}: {chosen['best']}")
     return 0
+
+
+def _test_methods(asked: Optional[Sequence[str]], chosen: Dict[str, Any]) -> List[str]:
+    """The specs of ``--test-method`` (``best``, ``grid:NAME`` or a spec); default every grid's choice.
+    A choice that does not exist yet (every point flagged, or not measured) is an error."""
+    if not asked:
+        return [c for c in chosen["by_grid"].values() if c]
+    out = []
+    for a in asked:
+        if a == "best" or a.startswith("grid:"):
+            c = chosen["best"] if a == "best" else chosen["by_grid"].get(a[5:], "missing")
+            if c == "missing":
+                raise ValueError(f"--test-method {a}: no such grid in --methods ({', '.join(chosen['by_grid'])})")
+            if c is None:
+                raise ValueError(
+                    f"--test-method {a}: no dev choice yet (no point measured on every dev case, or all flagged)"
+                )
+            out.append(c)
+        else:
+            out.append(specs.canonical(a))
+    return out
 
 
 def _store_name(shard: Optional[str]) -> str:
