@@ -505,6 +505,7 @@ def test_retention_flags_steered_replies_much_shorter_than_unsteered(tmp_path):
             "length": int(length),
             "doc_tokens": int(length),
             "n_tokens": n_tokens,
+            "nll": 0.5,
             "distinct4": 1.0,
             "loose": [ok],
             "strict": [ok],
@@ -523,8 +524,10 @@ def test_retention_flags_steered_replies_much_shorter_than_unsteered(tmp_path):
     assert not rows[("keyscale:alpha=1.5", "french")]["short"]
     assert not rows[("none", "french")]["short"]
     md = retention.table(list(rows.values()))
-    assert "| guide:delta=2 | end-phrase | after | 100 (n=2, 10 tok, short) |" in md
-    assert "| guide:delta=1 | end-phrase | after | 100 (n=2, 53 tok) |" in md
+    assert "| guide:delta=2 | end-phrase | after | 100 (n=2, 10 tok, short) Δ +100.0 [+100.0, +100.0] |" in md
+    assert "| guide:delta=1 | end-phrase | after | 100 (n=2, 53 tok) Δ +100.0 [+100.0, +100.0] |" in md
+    assert rows[("guide:delta=2", "end-phrase")]["flags"] == ["short"]
+    assert rows[("keyscale:alpha=1.5", "french")]["vs_unsteered"]["verdict"] == "no evidence of a difference"
 
 
 def test_retention_cli_end_to_end_and_report(tmp_path, capsys):

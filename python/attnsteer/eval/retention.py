@@ -272,6 +272,7 @@ def summarize(
                 "length": n,
                 "n": len(rs),
                 "accuracy": sum(all(r["loose"]) for r in rs) / len(rs),
+                "accuracy_ci": _mean_interval([float(all(r["loose"])) for r in rs]),
                 "doc_tokens": sum(r["doc_tokens"] for r in rs) / len(rs),
                 "n_tokens": n_tokens,
                 "distinct4": sum(r["distinct4"] for r in rs) / len(rs),
@@ -300,6 +301,13 @@ def table(rows: Sequence[Dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _mean_interval(xs: Sequence[float]) -> List[float]:
+    """Bootstrap 95 % interval of a cell's accuracy (its replies resampled): the paired bootstrap
+    against a run of zeros is the plain bootstrap of the mean."""
+    d = stats.paired_bootstrap(xs, [0.0] * len(xs))
+    return [d.low, d.high]
+
+
 def _cell(r: Dict[str, Any]) -> str:
     """``25 (n=32, 90 tok)``, the flag ``short``, and for a steered cell ``Δ +12.5 [+3.1, +21.9]``:
     the difference to unsteered on the same prompts with its paired bootstrap 95 % interval."""
@@ -324,19 +332,22 @@ def plot(rows: Sequence[Dict[str, Any]], path: str) -> str:
     for ax, pl in zip(axes[0], pls):
         for i, m in enumerate(methods):
             pts = sorted(
-                (r["doc_tokens"], 100 * r["accuracy"], r.get("short", False))
+                (r["doc_tokens"], 100 * r["accuracy"], r.get("short", False), r.get("accuracy_ci"))
                 for r in rows
                 if r["method"] == m and r["placement"] == pl
             )
             if pts:
                 style = ("-", "--", ":", "-.")[i % 4]
-                ax.plot(
-                    [p[0] for p in pts],
+                ci = [p[3] or [p[1] / 100] * 2 for p in pts]
+                ax.errorbar(
+                    [p[0] * (1 + 0.03 * i) for p in pts],  # a small shift per method: the bars do not overlap
                     [p[1] for p in pts],
-                    "o" + style,
+                    yerr=[[p[1] - 100 * c[0] for p, c in zip(pts, ci)], [100 * c[1] - p[1] for p, c in zip(pts, ci)]],
+                    fmt="o" + style,
                     color=f"C{i}",
                     label=specs.label(m),
                     alpha=0.8,
+                    capsize=2,
                 )
                 short = [p for p in pts if p[2]]
                 if short:  # replies under half the unsteered length: a pass there may be an echo
@@ -344,7 +355,7 @@ def plot(rows: Sequence[Dict[str, Any]], path: str) -> str:
         ax.set_xscale("log", base=2)
         ax.set_title(f"rule in the {pl} message" if pl == "system" else f"rule {pl} the document", fontsize=9)
         ax.set_xlabel("document tokens")
-    axes[0][0].set_ylabel("rule followed (%)")
+    axes[0][0].set_ylabel("rule followed (%, 95 % interval)")
     axes[0][-1].plot([], [], "x", color="k", label="replies < ½ unsteered length")
     axes[0][-1].legend(fontsize=7)
     fig.tight_layout()
