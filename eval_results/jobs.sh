@@ -10,8 +10,8 @@
 #   nohup eval_results/jobs.sh gated-dev > eval_results/logs/gated-dev.log 2>&1 &
 #   nohup eval_results/jobs.sh gated-test-more > eval_results/logs/gated-test-more.log 2>&1 &
 #   nohup eval_results/jobs.sh strategies-test > eval_results/logs/strategies-test.log 2>&1 &
-#   nohup eval_results/jobs.sh retention-sweep-a > eval_results/logs/retention-sweep-a.log 2>&1 &
-#   nohup eval_results/jobs.sh retention-sweep-b > eval_results/logs/retention-sweep-b.log 2>&1 &
+#   nohup eval_results/jobs.sh retention-sweep-a > eval_results/logs/retention-sweep-a.log 2>&1 &   (a-d)
+#   nohup eval_results/jobs.sh retention-test-a > eval_results/logs/retention-test-a.log 2>&1 &     (a, b)
 # EVAL_CODE=DIR runs the code of another checkout (e.g. a `git worktree` of a fixed commit with
 # its built _C copied in), so that editing this tree does not change a queue that is running;
 # the results still go to this tree's eval_results/.
@@ -71,18 +71,33 @@ case "${1:-}" in
     $R --placements before --docs 4 --lengths 512,1024,2048 "${ALL[@]}"
     $R --placements after "${REST[@]}"
     $R --placements system "${REST[@]}" ;;
-  retention-sweep-a | retention-sweep-b)
-    # Issue 19's retention sweep, as two shards side by side: the dev grid (rule before 1k-token
-    # dev documents, 6 documents x 3 rules = 18 replies a point) split between them; shard b first
-    # runs the unsteered test cells (11 test documents x 3 rules = 33 replies a cell), which do not
-    # depend on the dev choice. The chosen settings' test cells: `retention-test-best`.
+  retention-sweep-a | retention-sweep-b | retention-sweep-c | retention-sweep-d)
+    # Issue 19's retention sweep, in shards that run side by side: the dev grid (rule before
+    # 1k-token dev documents, 6 documents x 3 rules = 18 replies a point) split between them;
+    # b first runs the unsteered test cells (11 test documents x 3 rules = 33 replies a cell),
+    # which do not depend on the dev choice. (a and b ran first; c and d took the grids b had not
+    # started, so that the dev grid finished sooner.) The chosen settings' test cells:
+    # retention-test-*.
     RS="$EV sweep --task retention --out eval_results/retention-sweep $COMMON --batch-size 4"
     TEST="--test-lengths 512,1024,2048 --test-placements before,system"
-    if [ "$1" = retention-sweep-a ]; then
-      $RS --shard a --methods guide,guide-length,guide-upper,guide-prefill,instaboost
+    case "$1" in
+      retention-sweep-a) $RS --shard a --methods guide,guide-length,guide-upper,guide-prefill,instaboost ;;
+      retention-sweep-b) $RS --shard b --methods guide --test-only --test-method none $TEST ;;
+      retention-sweep-c) $RS --shard c --methods spotlight,spotlight-decode ;;
+      retention-sweep-d) $RS --shard d --methods pasta-upper,keyscale,keyscale-ranked ;;
+    esac ;;
+  retention-test-a | retention-test-b)
+    # The dev choices on the test documents: the best of every grid (a), and the length-aware GUIDE
+    # against its fixed-bias counterpart (b), rule before the document at 512-2k tokens; then the
+    # best in the system message (a).
+    RS="$EV sweep --task retention --out eval_results/retention-sweep $COMMON --batch-size 4 --test-only"
+    L="--test-lengths 512,1024,2048"
+    if [ "$1" = retention-test-a ]; then
+      $RS --shard a --test-method best $L --test-placements before
+      $RS --shard a --test-method best $L --test-placements system
     else
-      $RS --shard b --methods guide --test-only --test-method none $TEST
-      $RS --shard b --methods spotlight,spotlight-decode,pasta-upper,keyscale,keyscale-ranked
+      $RS --shard b --methods guide-length --test-method grid:guide-length $L --test-placements before
+      $RS --shard b --methods guide --test-method grid:guide $L --test-placements before
     fi ;;
   strategies-test)
     # The constraints strategy at KeyScale 1.5 on the test split, in chunks of 100 prompts.

@@ -472,10 +472,17 @@ def test_sweep_end_to_end_on_a_tiny_model(tmp_path, capsys):
                 "--out",
                 str(out),
                 "--no-progress",
+                "--save-config",
+                str(tmp_path / "tuned.json"),
             ]
         )
         == 0
     )
+    from attnsteer import SteeringConfig
+
+    saved = SteeringConfig.load(tmp_path / "tuned.json")
+    assert saved.task == "ifeval" and saved.method in json.load(open(out / "chosen.json"))["chosen"].values()
+    assert set(saved.evidence) >= {"dev_prompt_loose", "prompt_loose_diff", "command"}
     dev_lines = [json.loads(x) for x in open(out / "responses.jsonl")]
     assert len(dev_lines) == 2 * (1 + 2 * 3 * 2)  # none + 2 grids × 3 points × (plain, gated)
     assert {r["key"] for r in dev_lines} <= {r["key"] for r in ifeval.split(RECORDS, "dev")}

@@ -184,6 +184,13 @@ def main(args, load: Callable, command: str, machine: Callable) -> int:
     }
     print(open(os.path.join(args.out, "results.md"), encoding="utf-8").read())
     print("chosen on dev:", json.dumps(chosen, indent=1))
+    best = choose(rows, [s for s in chosen.values() if s])
+    evidence: Dict[str, Any] = {}
+    if best is not None:
+        evidence = {
+            "dev_prompt_loose": best["prompt_loose"],
+            "dev_prompt_loose_diff": best.get("vs_unsteered", {}).get("prompt_loose"),
+        }
     if args.report_test:
         test = ifeval.split(ifeval.load_prompts(), "test")
         if args.limit:
@@ -212,4 +219,17 @@ def main(args, load: Callable, command: str, machine: Callable) -> int:
             machine=machine(),
         )
         print(open(os.path.join(test_out, "results.md"), encoding="utf-8").read())
+        test_row = next((r for r in trows if best is not None and r["method"] == best["method"]), None)
+        if test_row is not None:
+            evidence["prompt_loose_diff"] = test_row.get("vs_unsteered", {}).get("prompt_loose")
+            evidence["inst_loose_diff"] = test_row.get("vs_unsteered", {}).get("inst_loose")
+    if args.save_config:
+        if best is None:
+            raise ValueError("no grid point is free of fluency flags on dev: nothing to save (see sweep.png)")
+        from ..config import SteeringConfig
+
+        path = SteeringConfig(best["method"], model=tag, task="ifeval", evidence={**evidence, "command": command}).save(
+            args.save_config
+        )
+        print(f"wrote {path}: {best['method']}")
     return 0

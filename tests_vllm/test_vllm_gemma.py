@@ -1,0 +1,86 @@
+"""vLLM + attnsteer on the second real model, Gemma 3 270M (sliding-window layers of 512 keys and
+global ones, q/k norms, one kv head of 256 channels): greedy tokens equal attnsteer.steer +
+model.generate for every per-row method, on prompts shorter and longer than the window, with
+chunked prefill. Run by `make test-vllm`."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+
+vllm = pytest.importorskip("vllm")
+
+import attnsteer  # noqa: E402
+from attnsteer.eval import specs  # noqa: E402
+from attnsteer.vllm import steered_prompt  # noqa: E402
+
+MODEL_DIR = os.path.join(os.path.dirname(__file__), "..", "build", "gemma3-270m")
+NEW = 8
+METHODS = ["guide:delta=1", "instaboost:alpha=3", "pasta:alpha=0.2", "spotlight:target=0.2", "keyscale:alpha=1.5"]
+SHORT = "<<Answer in French.>> Question: what is the capital of Italy? Answer:"
+LONG = (
+    "<<Answer in French.>>\n\n"
+    + "The quick brown fox jumps over the lazy dog while the cat sleeps on the warm mat. " * 36
+    + "\n\nQuestion: which animal sleeps? Answer:"
+)
+
+
+@pytest.fixture(scope="module")
+def hf():
+    if not os.path.isdir(MODEL_DIR):
+        m, t = attnsteer.models.load_gemma3_270m(progress=False)
+        attnsteer.models.export(m, t, MODEL_DIR)
+    return attnsteer.models.load(MODEL_DIR, progress=False)
+
+
+@pytest.fixture(scope="module")
+def llm(hf):
+    from vllm import LLM
+
+    from attnsteer.vllm.plugin import register
+
+    register()
+    return LLM(model=MODEL_DIR, dtype="float32", max_model_len=1024, enforce_eager=True, seed=0,
+               enable_chunked_prefill=True, max_num_batched_tokens=128, max_num_seqs=8)  # fmt: skip
+
+
+def _hf_tokens(hf, prompt, spec):
+    model, tok = hf
+    enc = attnsteer.highlight(tok, prompt)
+    T = enc["input_ids"].shape[1]
+    kw = dict(max_new_tokens=NEW, do_sample=False)
+    with torch.no_grad():
+        if spec is None:
+            out = model.generate(**enc, **kw)
+        else:
+            with attnsteer.steer(model, specs.parse(spec), spans=enc):
+                out = model.generate(**enc, **kw)
+    return out[0, T:].tolist()
+
+
+def test_long_prompt_crosses_the_sliding_window(hf):
+    assert attnsteer.highlight(hf[1], LONG)["input_ids"].shape[1] > hf[0].config.sliding_window + 32
+
+
+@pytest.mark.parametrize("spec", [None, *METHODS])
+def test_tokens_equal_the_hf_path(llm, hf, spec):
+    from vllm import SamplingParams
+
+    tok = hf[1]
+    prompts, params = [], []
+    for text in (SHORT, LONG):
+        if spec is None:
+            prompts.append({"prompt_token_ids": attnsteer.highlight(tok, text)["input_ids"][0].tolist()})
+            params.append(SamplingParams(temperature=0, max_tokens=NEW))
+        else:
+            p = steered_prompt(tok, text, spec)
+            prompts.append(p.prompt())
+            params.append(SamplingParams(temperature=0, max_tokens=NEW, extra_args=p.extra_args))
+    got = [list(o.outputs[0].token_ids) for o in llm.generate(prompts, params, use_tqdm=False)]
+    for text, v in zip((SHORT, LONG), got):
+        assert v == _hf_tokens(hf, text, spec)[: len(v)], (spec, text[:30])
