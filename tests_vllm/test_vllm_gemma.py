@@ -20,7 +20,7 @@ from attnsteer.eval import specs  # noqa: E402
 from attnsteer.vllm import steered_prompt  # noqa: E402
 
 MODEL_DIR = os.path.join(os.path.dirname(__file__), "..", "build", "gemma3-270m")
-NEW = 8
+NEW = 6
 METHODS = ["guide:delta=1", "instaboost:alpha=3", "pasta:alpha=0.2", "spotlight:target=0.2", "keyscale:alpha=1.5"]
 SHORT = "<<Answer in French.>> Question: what is the capital of Italy? Answer:"
 LONG = (
@@ -67,13 +67,15 @@ def test_long_prompt_crosses_the_sliding_window(hf):
     assert attnsteer.highlight(hf[1], LONG)["input_ids"].shape[1] > hf[0].config.sliding_window + 32
 
 
-@pytest.mark.parametrize("spec", [None, *METHODS])
-def test_tokens_equal_the_hf_path(llm, hf, spec):
+def test_tokens_equal_the_hf_path_in_one_mixed_batch(llm, hf):
+    """Every method and unsteered, on a prompt within the window and one across it, as one batch
+    (steered and unsteered requests of different lengths side by side, chunked prefill)."""
     from vllm import SamplingParams
 
     tok = hf[1]
+    jobs = [(text, spec) for spec in [None, *METHODS] for text in (SHORT, LONG)]
     prompts, params = [], []
-    for text in (SHORT, LONG):
+    for text, spec in jobs:
         if spec is None:
             prompts.append({"prompt_token_ids": attnsteer.highlight(tok, text)["input_ids"][0].tolist()})
             params.append(SamplingParams(temperature=0, max_tokens=NEW))
@@ -82,5 +84,7 @@ def test_tokens_equal_the_hf_path(llm, hf, spec):
             prompts.append(p.prompt())
             params.append(SamplingParams(temperature=0, max_tokens=NEW, extra_args=p.extra_args))
     got = [list(o.outputs[0].token_ids) for o in llm.generate(prompts, params, use_tqdm=False)]
-    for text, v in zip((SHORT, LONG), got):
+    for (text, spec), v in zip(jobs, got):
         assert v == _hf_tokens(hf, text, spec)[: len(v)], (spec, text[:30])
+    steered = {spec: v for (text, spec), v in zip(jobs, got) if text is LONG}
+    assert len({tuple(v) for v in steered.values()}) > 1  # the steering changed some reply
