@@ -12,6 +12,8 @@
 #   nohup eval_results/jobs.sh strategies-test > eval_results/logs/strategies-test.log 2>&1 &
 #   nohup eval_results/jobs.sh retention-sweep-a > eval_results/logs/retention-sweep-a.log 2>&1 &   (a-d)
 #   nohup eval_results/jobs.sh retention-test-a > eval_results/logs/retention-test-a.log 2>&1 &     (a, b)
+#   nohup eval_results/jobs.sh gemma-ifeval > eval_results/logs/gemma-ifeval.log 2>&1 &
+#   nohup eval_results/jobs.sh gemma-retention > eval_results/logs/gemma-retention.log 2>&1 &
 # EVAL_CODE=DIR runs the code of another checkout (e.g. a `git worktree` of a fixed commit with
 # its built _C copied in), so that editing this tree does not change a queue that is running;
 # the results still go to this tree's eval_results/.
@@ -86,19 +88,29 @@ case "${1:-}" in
       retention-sweep-c) $RS --shard c --methods spotlight,spotlight-decode ;;
       retention-sweep-d) $RS --shard d --methods pasta-upper,keyscale,keyscale-ranked ;;
     esac ;;
-  retention-test-a | retention-test-b)
-    # The dev choices on the test documents: the best of every grid (a), and the length-aware GUIDE
-    # against its fixed-bias counterpart (b), rule before the document at 512-2k tokens; then the
-    # best in the system message (a).
+  retention-test-a | retention-test-b | retention-test-c | retention-report)
+    # The dev choice over every grid on the test documents at 512-2k tokens: rule before the
+    # document (a) and in the system message (b), side by side; then the length-aware GUIDE's own
+    # dev choice before the document (c). retention-report rebuilds sweep.md / test/results.md
+    # over every grid and test cell (nothing left to generate: unsteered is done).
     RS="$EV sweep --task retention --out eval_results/retention-sweep $COMMON --batch-size 4 --test-only"
     L="--test-lengths 512,1024,2048"
-    if [ "$1" = retention-test-a ]; then
-      $RS --shard a --test-method best $L --test-placements before
-      $RS --shard a --test-method best $L --test-placements system
-    else
-      $RS --shard b --methods guide-length --test-method grid:guide-length $L --test-placements before
-      $RS --shard b --methods guide --test-method grid:guide $L --test-placements before
-    fi ;;
+    case "$1" in
+      retention-test-a) $RS --shard a --test-method best $L --test-placements before ;;
+      retention-test-b) $RS --shard b --test-method best $L --test-placements system ;;
+      retention-test-c) $RS --shard c --test-method grid:guide-length $L --test-placements before ;;
+      retention-report) $RS --test-method none $L --test-placements before,system ;;
+    esac ;;
+  gemma-ifeval)
+    # The second real model, Gemma 3 270M (a base model), on the first test prompts: unsteered and
+    # SmolLM2's tuned IFEval setting (not re-tuned for Gemma), 128 new tokens.
+    $EV ifeval --model gemma3-270m --split test --out eval_results/gemma/ifeval $COMMON --batch-size 4 \
+      --max-new-tokens 128 --limit 50 --method none --method keyscale:alpha=1.5 ;;
+  gemma-retention)
+    # Gemma on the retention test documents, rule before the document, 4 documents x 3 rules a cell.
+    $EV sweep --task retention --model gemma3-270m --out eval_results/gemma/retention-sweep $COMMON \
+      --batch-size 4 --methods guide --test-only --test-docs 4 --test-lengths 512,1024 --test-placements before \
+      --test-method none --test-method "$(.venv/bin/python -c 'import json; print(json.load(open("eval_results/retention-sweep/sweep.json"))["best"] or "none")')" ;;
   strategies-test)
     # The constraints strategy at KeyScale 1.5 on the test split, in chunks of 100 prompts.
     for n in 100 200 300 441; do

@@ -51,12 +51,13 @@ SALTED = [
 CHUNK = 32  # token budget per step: every prompt but the shortest is prefilled in chunks
 
 
-def exported_model():
-    """The embedded model as the folder vLLM serves (exported on first use), loaded for the HF path."""
-    if not os.path.isdir(MODEL_DIR):
-        m, t = attnsteer.models.load_default(progress=False)
-        attnsteer.models.export(m, t, MODEL_DIR)
-    return attnsteer.models.load(MODEL_DIR, progress=False)
+def exported_model(model_dir: str = MODEL_DIR, load=None):
+    """A real model as the folder vLLM serves (exported on first use; default the embedded one),
+    loaded from that folder for the HF path."""
+    if not os.path.isdir(model_dir):
+        m, t = (load or attnsteer.models.load_default)(progress=False)
+        attnsteer.models.export(m, t, model_dir)
+    return attnsteer.models.load(model_dir, progress=False)
 
 
 @pytest.fixture(scope="module")

@@ -32,10 +32,9 @@ LONG = (
 
 @pytest.fixture(scope="module")
 def hf():
-    if not os.path.isdir(MODEL_DIR):
-        m, t = attnsteer.models.load_gemma3_270m(progress=False)
-        attnsteer.models.export(m, t, MODEL_DIR)
-    return attnsteer.models.load(MODEL_DIR, progress=False)
+    from test_vllm_exact import exported_model
+
+    return exported_model(MODEL_DIR, attnsteer.models.load_gemma3_270m)
 
 
 @pytest.fixture(scope="module")
