@@ -122,3 +122,15 @@ def test_shipped_file_is_consistent():
                     if d:
                         assert d["low"] <= d["diff"] <= d["high"]
     assert PAPER_STRENGTHS["guide"] == "guide:delta=2" and PAPER_STRENGTHS["keyscale"] == "keyscale:alpha=100"
+
+
+def test_eval_method_at_file_is_the_saved_spec(tmp_path, capsys):
+    from attnsteer import cli
+    from attnsteer.eval import specs
+
+    path = SteeringConfig("keyscale:alpha=1.5", task="ifeval").save(tmp_path / "k.json")
+    assert specs.from_cli(f"@{path}") == "keyscale:alpha=1.5"
+    assert specs.from_cli("GUIDE:delta=1.0") == "guide:delta=1"
+    # a missing file fails before any model loads (exit 2, the fix in the message)
+    assert cli.main(["eval", "ifeval", "--method", f"@{tmp_path / 'missing.json'}"]) == 2
+    assert "--save-config" in capsys.readouterr().err

@@ -38,7 +38,8 @@ def add_parsers(sub) -> None:
         action="append",
         default=None,
         help="method spec, repeatable: none, guide:delta=2, instaboost:alpha=10, pasta:alpha=0.1, "
-        "spotlight:target=0.3, keyscale:alpha=2, directer, gate+guide:delta=2 (default: none)",
+        "spotlight:target=0.3, keyscale:alpha=2, directer, gate+guide:delta=2, or @FILE (a saved "
+        "SteeringConfig) (default: none)",
     )
     p.add_argument(
         "--strategy",
@@ -53,7 +54,12 @@ def add_parsers(sub) -> None:
     p = esub.add_parser("retention", help="a checkable rule before/after a long document, accuracy against length")
     common(p, os.path.join(DEFAULT_OUT, "retention"))
     p.set_defaults(max_new_tokens=96)
-    p.add_argument("--method", action="append", default=None, help="method spec, repeatable (default: none)")
+    p.add_argument(
+        "--method",
+        action="append",
+        default=None,
+        help="method spec or @FILE (a SteeringConfig), repeatable (default: none)",
+    )
     p.add_argument("--lengths", default="512,1024,2048,4096,8192", help="document lengths in tokens")
     p.add_argument("--placements", default="system,before,after", help="where the rule sits")
     p.add_argument("--docs", type=int, default=4, help="documents per length")
@@ -174,9 +180,7 @@ def run(args, argv=None) -> int:
     if cmd == "ifeval":
         from . import specs
 
-        methods = args.method or ["none"]
-        for m in methods:
-            specs.canonical(m)  # fail on a bad spec before loading the model
+        methods = [specs.from_cli(m) for m in args.method or ["none"]]  # fails before the model loads
         model, tok, tag = _load(args)
         records = ifeval.split(ifeval.load_prompts(), args.split)
         if args.limit:

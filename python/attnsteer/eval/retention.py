@@ -375,9 +375,7 @@ def main(args, load: Callable, command: str, machine: Callable) -> int:
     for r in rules:
         if r not in RULES:
             raise ValueError(f"unknown rule {r!r}: choose from {', '.join(RULES)}")
-    methods = args.method or ["none"]
-    for m in methods:
-        specs.canonical(m)
+    methods = [specs.from_cli(m) for m in args.method or ["none"]]
     model, tok, tag = load(args)
     max_ctx = getattr(model.config, "max_position_embeddings", None)
     case_list = cases(tok, lengths, placements, rules, args.docs, max_ctx, args.max_new_tokens)

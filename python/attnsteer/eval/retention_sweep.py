@@ -205,7 +205,7 @@ def _test_methods(asked: Optional[Sequence[str]], chosen: Dict[str, Any]) -> Lis
                 )
             out.append(c)
         else:
-            out.append(specs.canonical(a))
+            out.append(specs.from_cli(a))
     return out
 
 

@@ -136,5 +136,15 @@ def canonical(spec: str) -> str:
     return ("gate+" if gated else "") + out
 
 
+def from_cli(spec: str) -> str:
+    """A ``--method`` value: a spec, or ``@FILE`` — the spec of a :class:`attnsteer.SteeringConfig`
+    saved by ``attnsteer eval sweep --save-config FILE`` (checked here, before any model loads)."""
+    if spec.startswith("@"):
+        from ..config import SteeringConfig
+
+        return SteeringConfig.load(spec[1:]).method
+    return canonical(spec)
+
+
 def label(spec: Optional[str]) -> str:
     return "unsteered" if spec in (None, "none") else spec
