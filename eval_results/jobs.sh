@@ -107,9 +107,10 @@ case "${1:-}" in
     $EV ifeval --model gemma3-270m --split test --out eval_results/gemma/ifeval $COMMON --batch-size 4 \
       --max-new-tokens 128 --limit 50 --method none --method keyscale:alpha=1.5 ;;
   gemma-retention)
-    # Gemma on the retention test documents, rule before the document, 4 documents x 3 rules a cell.
+    # Gemma on the retention test documents, rule before the document, 11 documents x 3 rules a cell:
+    # unsteered and the setting chosen for SmolLM2 (not re-tuned for Gemma).
     $EV sweep --task retention --model gemma3-270m --out eval_results/gemma/retention-sweep $COMMON \
-      --batch-size 4 --methods guide --test-only --test-docs 4 --test-lengths 512,1024 --test-placements before \
+      --batch-size 4 --methods guide --test-only --test-docs 11 --test-lengths 512,1024 --test-placements before \
       --test-method none --test-method "$(.venv/bin/python -c 'import json; print(json.load(open("eval_results/retention-sweep/sweep.json"))["best"] or "none")')" ;;
   strategies-test)
     # The constraints strategy at KeyScale 1.5 on the test split, in chunks of 100 prompts.

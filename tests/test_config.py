@@ -108,19 +108,29 @@ def test_recommended_for_the_embedded_model_by_name_and_by_model():
 
 
 def test_shipped_file_is_consistent():
-    """Every shipped spec parses, every interval brackets its difference, and the paper strengths
-    are the papers' (what the demo labels as such)."""
+    """Every shipped spec parses, every interval brackets its difference and carries the verdict
+    its bounds give, and the paper strengths are the papers' (what the demo labels as such)."""
     from attnsteer.config import RECOMMENDED_FILE
+    from attnsteer.eval.stats import Difference
+
+    def intervals(obj):
+        if isinstance(obj, dict):
+            if {"diff", "low", "high", "n"} <= set(obj):
+                yield obj
+            for v in obj.values():
+                yield from intervals(v)
 
     table = json.loads(RECOMMENDED_FILE.read_text())
+    seen = 0
     for name, entry in table.items():
         for task in entry["tasks"]:
             for method in [None, *entry["tasks"][task].get("per_method", {})]:
                 cfg = attnsteer.recommended(name, task=task, method=method)
-                for key in ("prompt_loose_diff", "diff"):
-                    d = cfg.evidence.get(key) or cfg.evidence.get("test", {}).get(key)
-                    if d:
-                        assert d["low"] <= d["diff"] <= d["high"]
+                for d in intervals(cfg.evidence):
+                    assert d["low"] <= d["diff"] <= d["high"]
+                    assert d["verdict"] == Difference.from_dict(d).verdict
+                    seen += 1
+    assert seen >= 6
     assert PAPER_STRENGTHS["guide"] == "guide:delta=2" and PAPER_STRENGTHS["keyscale"] == "keyscale:alpha=100"
 
 
