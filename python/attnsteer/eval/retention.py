@@ -364,17 +364,22 @@ def plot(rows: Sequence[Dict[str, Any]], path: str) -> str:
     return path
 
 
-def main(args, load: Callable, command: str, machine: Callable) -> int:
-
-    lengths = [int(x) for x in args.lengths.split(",")]
-    placements = [p.strip() for p in args.placements.split(",")]
-    for p in placements:
+def parse_lists(lengths: str, placements: str, rules: Optional[str]) -> Tuple[List[int], List[str], List[str]]:
+    """The CLI's comma-separated lengths, placements and rules (default: every rule), checked
+    before any model loads."""
+    pls = [p.strip() for p in placements.split(",")]
+    for p in pls:
         if p not in PLACEMENTS:
             raise ValueError(f"unknown placement {p!r}: choose from {', '.join(PLACEMENTS)}")
-    rules = [r.strip() for r in args.rules.split(",")] if args.rules else list(RULES)
-    for r in rules:
+    names = [r.strip() for r in rules.split(",")] if rules else list(RULES)
+    for r in names:
         if r not in RULES:
             raise ValueError(f"unknown rule {r!r}: choose from {', '.join(RULES)}")
+    return [int(x) for x in lengths.split(",")], pls, names
+
+
+def main(args, load: Callable, command: str, machine: Callable) -> int:
+    lengths, placements, rules = parse_lists(args.lengths, args.placements, args.rules)
     methods = [specs.from_cli(m) for m in args.method or ["none"]]
     model, tok, tag = load(args)
     max_ctx = getattr(model.config, "max_position_embeddings", None)

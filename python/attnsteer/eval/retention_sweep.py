@@ -112,10 +112,6 @@ def choose(scores: Dict[str, Dict[str, Any]], candidates: Sequence[str]) -> Opti
     return next(s for s in ok if s["accuracy"] == best)
 
 
-def _cases(tok, lengths, placements, rules, docs, max_ctx, max_new_tokens, split) -> List[retention.Case]:
-    return retention.cases(tok, lengths, placements, rules, docs, max_ctx, max_new_tokens, split=split)
-
-
 def main(args, load: Callable, command: str, machine: Callable) -> int:
     """The CLI entry (see the module docstring)."""
     from ..hf import num_layers
@@ -124,22 +120,13 @@ def main(args, load: Callable, command: str, machine: Callable) -> int:
     for n in names:
         if n not in GRIDS:
             raise ValueError(f"unknown retention grid {n!r}: choose from {', '.join(GRIDS)}")
-    rules = [r.strip() for r in args.rules.split(",")] if args.rules else list(retention.RULES)
-    dev_lengths = [int(x) for x in args.lengths.split(",")]
-    test_lengths = [int(x) for x in args.test_lengths.split(",")]
-    dev_pl = [p.strip() for p in args.placements.split(",")]
-    test_pl = [p.strip() for p in args.test_placements.split(",")]
-    for p in dev_pl + test_pl:
-        if p not in retention.PLACEMENTS:
-            raise ValueError(f"unknown placement {p!r}: choose from {', '.join(retention.PLACEMENTS)}")
-    for r in rules:
-        if r not in retention.RULES:
-            raise ValueError(f"unknown rule {r!r}: choose from {', '.join(retention.RULES)}")
+    dev_lengths, dev_pl, rules = retention.parse_lists(args.lengths, args.placements, args.rules)
+    test_lengths, test_pl, _ = retention.parse_lists(args.test_lengths, args.test_placements, args.rules)
     model, tok, tag = load(args)
     L = num_layers(model)
     max_ctx = getattr(model.config, "max_position_embeddings", None)
     M = args.max_new_tokens
-    dev = _cases(tok, dev_lengths, dev_pl, rules, args.docs, max_ctx, M, "dev")
+    dev = retention.cases(tok, dev_lengths, dev_pl, rules, args.docs, max_ctx, M, split="dev")
     if args.limit:
         dev = dev[: args.limit]
     ranked = None
@@ -160,7 +147,7 @@ def main(args, load: Callable, command: str, machine: Callable) -> int:
     print(open(os.path.join(args.out, "sweep.md"), encoding="utf-8").read())
     if args.report_test or args.test_only:
         picked = _test_methods(args.test_method, chosen)
-        test = _cases(tok, test_lengths, test_pl, rules, args.test_docs, max_ctx, M, "test")
+        test = retention.cases(tok, test_lengths, test_pl, rules, args.test_docs, max_ctx, M, split="test")
         retention.run(model, tok, test, list(dict.fromkeys(["none", *picked])), **{**run, "store": store})
         store = runner.ResponseStore(os.path.join(args.out, _store_name(args.shard)))
         print(
