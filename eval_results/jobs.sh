@@ -105,12 +105,12 @@ case "${1:-}" in
     # The second real model, Gemma 3 270M (a base model), on the first test prompts: unsteered and
     # SmolLM2's tuned IFEval setting (not re-tuned for Gemma), 128 new tokens.
     $EV ifeval --model gemma3-270m --split test --out eval_results/gemma/ifeval $COMMON --batch-size 4 \
-      --max-new-tokens 128 --limit 50 --method none --method keyscale:alpha=1.5 ;;
+      --max-new-tokens 128 --limit 100 --method none --method keyscale:alpha=1.5 ;;
   gemma-retention)
-    # Gemma on the retention test documents, rule before the document, 11 documents x 3 rules a cell:
+    # Gemma on the retention test documents, rule before the document, 6 documents x 3 rules a cell:
     # unsteered and the setting chosen for SmolLM2 (not re-tuned for Gemma).
     $EV sweep --task retention --model gemma3-270m --out eval_results/gemma/retention-sweep $COMMON \
-      --batch-size 4 --methods guide --test-only --test-docs 11 --test-lengths 512,1024 --test-placements before \
+      --batch-size 4 --methods guide --test-only --test-docs 6 --test-lengths 512,1024 --test-placements before \
       --test-method none --test-method "$(.venv/bin/python -c 'import json; print(json.load(open("eval_results/retention-sweep/sweep.json"))["best"] or "none")')" ;;
   strategies-test)
     # The constraints strategy at KeyScale 1.5 on the test split, in chunks of 100 prompts.
