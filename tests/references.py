@@ -159,3 +159,22 @@ def real_model(gguf_path, load):
     except ImportError as err:
         pytest.fail(str(err))
     return load(progress=False)
+
+
+def directer_and_reference(model, tok, enc, new_tokens: int, alpha: float = 128.0):
+    """DIRECTER's greedy tokens on ``model`` and the naive deep-copy loop's, both on attnsteer's
+    unsteered op (``eos_token_id=None``: every step is compared): ``(directer, got, ref, ref_stats)``."""
+    d = attnsteer.Directer(alpha=alpha)
+    previous = model.config._attn_implementation
+    try:
+        plain(model)
+        with torch.no_grad():
+            got = model.generate(**enc, custom_generate=d, spans=enc, max_new_tokens=new_tokens,
+                                 min_new_tokens=new_tokens, do_sample=False, eos_token_id=None,
+                                 pad_token_id=tok.pad_token_id)  # fmt: skip
+        ref, stats = reference_directer(
+            model, enc, d.last_ranking.order, alpha=alpha, beta=0.5, max_trials=10, max_new_tokens=new_tokens
+        )
+    finally:
+        model.set_attn_implementation(previous)
+    return d, got, ref, stats

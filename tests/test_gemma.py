@@ -92,22 +92,11 @@ def test_generation_with_and_without_cache_across_the_window(gemma):
 
 
 def test_directer_equals_the_deep_copy_reference(gemma):
-    from references import plain, reference_directer
+    from references import directer_and_reference
 
     model, tok = gemma
     enc = attnsteer.highlight(tok, "<<Answer with the word YES.>> Question: is the sky blue? Answer:")
-    d = attnsteer.Directer(alpha=128.0)
-    previous = model.config._attn_implementation
-    try:
-        plain(model)
-        with torch.no_grad():
-            got = model.generate(**enc, custom_generate=d, spans=enc, max_new_tokens=6, min_new_tokens=6,
-                                 do_sample=False, eos_token_id=None, pad_token_id=tok.pad_token_id)  # fmt: skip
-        ref, stats = reference_directer(
-            model, enc, d.last_ranking.order, alpha=128.0, beta=0.5, max_trials=10, max_new_tokens=6
-        )
-    finally:
-        model.set_attn_implementation(previous)
+    d, got, ref, stats = directer_and_reference(model, tok, enc, 6)
     assert torch.equal(got, ref)
     assert d.stats.gated == stats["gated"] and d.stats.accepted == stats["accepted"]
 

@@ -81,7 +81,7 @@ def test_readme_quick_start_runs_as_written():
 def test_directer_on_default_model_equals_deep_copy_reference(smollm):
     """DIRECTER on SmolLM2-135M (30 layers, alpha=128, fp32) gives the tokens of the naive loop
     that deep-copies the cache and scales the span keys in place."""
-    from references import plain, reference_directer
+    from references import directer_and_reference
 
     model, tok = smollm
     msgs = [
@@ -89,26 +89,7 @@ def test_directer_on_default_model_equals_deep_copy_reference(smollm):
         {"role": "user", "content": "Name three colours."},
     ]
     enc = attnsteer.highlight(tok, msgs)
-    d = attnsteer.Directer(alpha=128.0)
-    previous = model.config._attn_implementation
-    try:
-        plain(model)
-        with torch.no_grad():
-            got = model.generate(
-                **enc,
-                custom_generate=d,
-                spans=enc,
-                max_new_tokens=8,
-                min_new_tokens=8,
-                do_sample=False,
-                eos_token_id=None,
-                pad_token_id=tok.pad_token_id,
-            )
-        ref, stats = reference_directer(
-            model, enc, d.last_ranking.order, alpha=128.0, beta=0.5, max_trials=10, max_new_tokens=8
-        )
-    finally:
-        model.set_attn_implementation(previous)
+    d, got, ref, stats = directer_and_reference(model, tok, enc, 8)
     assert torch.equal(got, ref)
     assert d.stats.gated == stats["gated"] and d.stats.accepted == stats["accepted"]
     assert d.stats.steered > 0, d.stats  # the gate opened at least once, so a trial was compared
