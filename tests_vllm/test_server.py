@@ -120,3 +120,17 @@ def test_a_bad_steered_request_gets_a_400_and_the_server_keeps_serving(server, h
     with torch.no_grad(), attnsteer.steer(model, specs.parse("guide:delta=2"), spans=enc):
         hf_steer = model.generate(**enc, max_new_tokens=NEW, do_sample=False)[0, T:].tolist()
     assert good["token_ids"] == _trim(hf_steer, good["token_ids"])
+
+
+def test_the_docs_server_client_example_runs_against_the_server(server, hf_model):
+    """The guide's OpenAI-client block (docs/guides/vllm.md, tagged vllm-server), pointed at this
+    server and the exported model folder."""
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
+    from docblocks import ROOT, by_page, run
+
+    pages = by_page("vllm-server")
+    assert pages, "no docs block is tagged vllm-server"
+    for page, blocks in pages.items():
+        res = run(blocks, ROOT, replace={"http://localhost:8000": server, "build/smollm2": MODEL_DIR})
+        assert res.returncode == 0, f"{page}\n{res.stdout[-2000:]}\n{res.stderr[-4000:]}"
+        assert res.stdout.strip().splitlines()[-1].strip(), "the example printed no reply"

@@ -50,6 +50,8 @@ class SteeringConfig:
         evidence: what was measured — dev score, test difference to unsteered with its 95 %
             interval and verdict, replies, the command.
         note: anything a user should know (e.g. "no evidence of a difference at 1k tokens").
+
+    Guide: ``docs/guides/methods.md`` (with a runnable example).
     """
 
     method: str

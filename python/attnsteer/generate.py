@@ -40,6 +40,14 @@ def generate(
         the generated text for one prompt, a list of texts for a batch. With
         ``num_return_sequences=n > 1`` each prompt gives a list of its ``n`` texts: one prompt →
         ``[n texts]``, a batch → ``[[n texts] per prompt]``.
+
+    Example:
+        ```python
+        text = attnsteer.generate(model, tok, "<<Answer in French.>> Name a fruit.",
+                                  attnsteer.recommended(model), max_new_tokens=20)
+        ```
+
+    Guide: ``docs/guides/spans.md``.
     """
     method = resolve_method(method)
     enc = highlight(tokenizer, prompt_or_messages, char_spans=char_spans, highlight_messages=highlight_messages)

@@ -99,6 +99,8 @@ class InfluenceResult:
             highlight, per query token (steered when a method was given).
         attention_mask: ``(B, T)``.
         method: the steering method of the forward (None = unsteered).
+
+    Guide: ``docs/guides/influence.md`` (with a runnable example).
     """
 
     influence: torch.Tensor
@@ -204,6 +206,14 @@ def influence(
 
     Returns:
         :class:`InfluenceResult`. Memory O(T): the mixing runs through the fused op.
+
+    Example:
+        ```python
+        res = attnsteer.influence(model, enc, attnsteer.GUIDE(2.0))
+        res.plot(path="influence.png")
+        ```
+
+    Guide: ``docs/guides/influence.md``.
     """
     probe = _run(model, enc, method, value_norms, residual)
     am = enc["attention_mask"].to(probe.I.device).float()
@@ -221,6 +231,8 @@ class SpanMass:
 
     Attributes:
         unsteered: ``(B, L, Hq, T)``; steered: the same under the method (None without one).
+
+    Guide: ``docs/guides/influence.md`` (with a runnable example).
     """
 
     unsteered: torch.Tensor
@@ -263,7 +275,15 @@ class SpanMass:
 
 def span_mass(model, enc, method: Optional[Method] = None) -> SpanMass:
     """The attention mass each layer and head puts on the highlight, unsteered and under
-    ``method`` — the quickest way to see SpotLight's target or PASTA's heads at work."""
+    ``method`` — the quickest way to see SpotLight's target or PASTA's heads at work.
+
+    Example:
+        ```python
+        attnsteer.span_mass(model, enc, attnsteer.SpotLight(target=0.3)).heatmap(path="mass.png")
+        ```
+
+    Guide: ``docs/guides/influence.md``.
+    """
     base = _run(model, enc, None, False, "current")
     steered = _run(model, enc, method, False, "current") if method is not None else None
     return SpanMass(
@@ -280,6 +300,8 @@ class Calibration:
         target_gain: Influence gain of the upper-case rewrite over the plain prompt (unsteered).
         deltas, gains: the grid tried and the gain of GUIDE(Δ) at each point.
         base, upper: the aggregate Influence of the plain prompt and of its upper-case rewrite.
+
+    Guide: ``docs/guides/influence.md`` (with a runnable example).
     """
 
     delta: float
@@ -353,6 +375,8 @@ def calibrate_delta(
 
     Args:
         prompt: a string or chat messages with the span marked in ``<<...>>``.
+
+    Guide: ``docs/guides/influence.md`` (with a runnable example).
     """
     from .spans import highlight
 

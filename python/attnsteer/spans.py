@@ -28,7 +28,10 @@ CharSpan = Tuple[int, int, float]  # [start, end) in characters, weight
 
 
 class MarkupError(ValueError):
-    """A highlight marker is unbalanced, nested or empty, or a span cannot be placed."""
+    """A highlight marker is unbalanced, nested or empty, or a span cannot be placed.
+
+    Guide: ``docs/guides/spans.md`` (with a runnable example).
+    """
 
 
 def parse_markup(
@@ -142,6 +145,14 @@ def highlight(
         ``span_mask`` (B, T): bool, or float weights (0.5 / 1 / 2) when markup levels are used.
         Special tokens are never span. A prompt of a batch may have no span (its row is
         unsteered); a batch with nothing highlighted at all is an error.
+
+    Example:
+        ```python
+        enc = attnsteer.highlight(tok, "<<Answer in French.>> What is a cat?")
+        enc = attnsteer.highlight(tok, msgs, highlight_messages=[0])  # a whole chat message
+        ```
+
+    Guide: ``docs/guides/spans.md``.
     """
     if not getattr(tokenizer, "is_fast", False):
         raise TypeError(
@@ -316,7 +327,10 @@ def _render(tokenizer, x, markers, highlight_messages, add_generation_prompt, ch
 def format_spans(tokenizer, enc, *, row: Optional[int] = None) -> str:
     """Each prompt with its highlighted tokens in ``[[...]]`` (weights ≠ 1 as ``[[...]]×w``).
 
-    Runs of tokens are decoded together, so a character split across tokens stays whole."""
+    Runs of tokens are decoded together, so a character split across tokens stays whole.
+
+    Guide: ``docs/guides/spans.md`` (with a runnable example).
+    """
     ids = enc["input_ids"]
     mask = enc.span_mask
     B = ids.shape[0]
@@ -342,7 +356,10 @@ def format_spans(tokenizer, enc, *, row: Optional[int] = None) -> str:
 
 
 def show_spans(tokenizer, enc, *, row: Optional[int] = None, file=None) -> None:
-    """Print :func:`format_spans` (returns None, so a notebook cell shows it once)."""
+    """Print :func:`format_spans` (returns None, so a notebook cell shows it once).
+
+    Guide: ``docs/guides/spans.md`` (with a runnable example).
+    """
     print(format_spans(tokenizer, enc, row=row), file=file)
 
 

@@ -28,6 +28,8 @@ class DirecterStats:
         fallbacks: steps where every trial was rejected (raw argmax emitted).
         trials: steered forwards run (a forward covers the whole batch; counted per row here).
         forwards: model forwards run after the prefill (raw + trial + ranking), for the batch.
+
+    Guide: ``docs/guides/directer.md`` (with a runnable example).
     """
 
     steps: int = 0
@@ -82,6 +84,15 @@ class Directer:
 
     Results of the last call (not configuration: not constructor arguments, not compared, not in
     the repr): ``stats`` — its :class:`DirecterStats`; ``last_ranking`` — its :class:`LayerRanking`.
+
+    Example:
+        ```python
+        d = attnsteer.Directer(alpha=100, beta=0.5)
+        ids = model.generate(**enc, custom_generate=d, spans=enc, max_new_tokens=64)
+        print(d.stats)
+        ```
+
+    Guide: ``docs/guides/directer.md``.
     """
 
     alpha: float = 100.0

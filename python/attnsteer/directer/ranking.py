@@ -21,6 +21,8 @@ class LayerRanking:
         sensitivity: ``(B, L)`` float — higher = steering this layer moves the model more.
         order: ``(B, L)`` long — layer indices by descending sensitivity.
         variant: ``"paper"`` or ``"released"`` (see :func:`rank_layers`).
+
+    Guide: ``docs/guides/directer.md`` (with a runnable example).
     """
 
     sensitivity: torch.Tensor

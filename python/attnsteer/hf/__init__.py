@@ -95,6 +95,14 @@ def steer(model, method: Method, spans: Union[torch.Tensor, Any]) -> Iterator[An
     Inside the block, ``model(...)``, ``model.generate(...)`` (cache, beams, sampling, streaming)
     run steered; :func:`active` gives the block's :class:`Steering` (e.g. to swap the method). Prompt positions are counted from the first forward of each generation. Leaving
     the block waits for a steered ``generate`` still running in another thread to finish.
+
+    Example:
+        ```python
+        with attnsteer.steer(model, attnsteer.GUIDE(1.0), spans=enc):
+            out = model.generate(**enc, max_new_tokens=30, do_sample=False)
+        ```
+
+    Guide: ``docs/guides/spans.md``.
     """
     check_supported(model)
     method = _as_method(method)

@@ -9,6 +9,8 @@ Layout: this module holds the public wrappers (validate → normalise → dispat
 :func:`layer_attention`, the entry point of the model adapters; :mod:`.args` the argument object
 (the only Python copy of the schemas' order); :mod:`.reference` the float64 specification;
 :mod:`.fallback` the blocked PyTorch path; :mod:`._registration` the fake (meta) kernels.
+
+Guide: ``docs/guides/ops.md`` (with a runnable example).
 """
 
 from __future__ import annotations
@@ -48,7 +50,10 @@ _warned = False
 
 
 def backend(device: Union[str, torch.device] = "cpu") -> str:
-    """Which implementation serves ``device``: ``"cpp"``, ``"cuda"`` or ``"torch"`` (fallback)."""
+    """Which implementation serves ``device``: ``"cpp"``, ``"cuda"`` or ``"torch"`` (fallback).
+
+    Guide: ``docs/guides/ops.md`` (with a runnable example).
+    """
     dev = torch.device(device)
     if not _HAS_EXT:
         return "torch"
@@ -142,6 +147,13 @@ def steered_attention(
         Rows that see no key give zeros.
 
     Memory is O(T): no ``Tq x Tk`` buffer is materialised. Inference only.
+
+    Example:
+        ```python
+        out = attnsteer.steered_attention(q, k, v, span_mask, bias=2.0, is_causal=True, enable_gqa=True)
+        ```
+
+    Guide: ``docs/guides/ops.md``.
     """
     _check_4d("q", q, "(B, Hq, Tq, D)")
     _check_4d("k", k, "(B, Hkv, Tk, D)")
@@ -236,6 +248,8 @@ def span_bias(
     Returns:
         ``(B, H, 1, Tk)``, or ``(B, H, Tq, Tk)`` with a query mask, in ``dtype`` — add it to
         the attention logits (e.g. a 4-D float ``attention_mask``).
+
+    Guide: ``docs/guides/ops.md`` (with a runnable example).
     """
     if span_mask.dim() not in (1, 2):
         raise ValueError(f"span_mask must be (B, Tk); got shape {tuple(span_mask.shape)}")
@@ -268,6 +282,8 @@ def steered_softmax(
 
     Same arguments and order of operations as :func:`steered_attention`; returns weights of the
     logits' dtype, for ``output_attentions``, Influence and plots. Fully masked rows are zeros.
+
+    Guide: ``docs/guides/ops.md`` (with a runnable example).
     """
     _check_4d("logits", logits, "(B, H, Tq, Tk)")
     _check_grad("steered_softmax", logits)
@@ -306,6 +322,8 @@ def scale_keys_(keys: torch.Tensor, span_mask: torch.Tensor, factor: PerHead) ->
         factor: float, ``(Hkv,)`` or ``(B, Hkv)``.
     Returns:
         ``keys``.
+
+    Guide: ``docs/guides/ops.md`` (with a runnable example).
     """
     _check_4d("keys", keys, "(B, Hkv, T, D)")
     _check_grad("scale_keys_", keys)

@@ -21,6 +21,8 @@ the key's span weight (span iff ``w_j != 0``) and "steered" = the row's ``query_
 
 Shapes: ``q (B, Hq, Tq, D)``, ``k``/``v`` ``(B, Hkv, Tk, D)``, ``span_weights (B, Tk)`` float
 (0 = not in the span), ``bias``/``key_scale`` ``(B, Hq)``, ``query_mask (B, Tq)`` bool.
+
+Guide: ``docs/guides/ops.md`` (with a runnable example).
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
-"""attnsteer for vLLM (issue 12, in progress): the per-request steering format
-(:mod:`.request`) and a paged step's per-request plan (:mod:`.plan`, the same plan the Hugging
-Face adapter makes). The model to serve is written by ``attnsteer export DIR``. The attention
-backend that uses them is not built yet."""
+"""attnsteer for vLLM: the per-request steering format (:mod:`.request`), a paged step's
+per-request plan (:mod:`.plan`, the same plan the Hugging Face adapter makes) and the plugin that
+overrides vLLM's ``CPU_ATTN`` backend (:mod:`.plugin`, :mod:`.backend`; loaded by vLLM from the
+``vllm.general_plugins`` entry point). The model to serve is written by ``attnsteer export DIR``.
+Guide: ``docs/guides/vllm.md``."""
 
 from .plan import plan_request, request_context
 from .request import RequestSteering, SteeredPrompt, parse_request, spans_from_mask, steered_prompt

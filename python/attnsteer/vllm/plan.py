@@ -27,7 +27,10 @@ __all__ = ["request_context", "plan_request", "heads_of_rank"]
 def request_context(span_weights: torch.Tensor, start: int, n_query: int, num_heads: int) -> ForwardContext:
     """The :class:`ForwardContext` of a step over one request: keys ``0 … start + n_query − 1``
     (the prompt's span weights, 0 on generated keys), queries at ``start … start + n_query − 1``,
-    no padding (a paged batch packs requests without it)."""
+    no padding (a paged batch packs requests without it).
+
+    Guide: ``docs/guides/vllm.md`` (with a runnable example).
+    """
     T0 = int(span_weights.shape[0])
     Tk = start + n_query
     span = torch.zeros(1, Tk, dtype=torch.float32, device=span_weights.device)
@@ -51,7 +54,10 @@ def plan_request(
     """``method.plan`` for this request's step at ``layer_idx``; None when nothing is steered
     (an unsteered layer, or no steered row in this step — the adapter's rule); pass a ``ctx`` from
     :func:`request_context` to share it across the layers of one step. ``num_heads`` is the whole
-    layer's; with ``tp_size > 1`` the per-head arguments are those of rank ``tp_rank``'s heads."""
+    layer's; with ``tp_size > 1`` the per-head arguments are those of rank ``tp_rank``'s heads.
+
+    Guide: ``docs/guides/vllm.md`` (with a runnable example).
+    """
     ctx = ctx or request_context(span_weights, start, n_query, num_heads)
     args = method.plan_steered(layer_idx, ctx)
     return args if args is None or tp_size == 1 else heads_of_rank(args, tp_rank, tp_size)

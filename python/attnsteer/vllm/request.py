@@ -34,7 +34,10 @@ Span = Tuple[int, int, float]
 
 @dataclass(frozen=True)
 class SteeredPrompt:
-    """A prompt ready for vLLM: its token ids, the request's ``extra_args`` and ``cache_salt``."""
+    """A prompt ready for vLLM: its token ids, the request's ``extra_args`` and ``cache_salt``.
+
+    Guide: ``docs/guides/vllm.md`` (with a runnable example).
+    """
 
     prompt_token_ids: List[int]
     extra_args: Dict[str, Any]
@@ -53,7 +56,10 @@ class SteeredPrompt:
 @dataclass(frozen=True)
 class RequestSteering:
     """A request's steering as the serving side uses it: the method and the span weights of every
-    prompt token (``(T,)`` float32, 0 = not span)."""
+    prompt token (``(T,)`` float32, 0 = not span).
+
+    Guide: ``docs/guides/vllm.md`` (with a runnable example).
+    """
 
     method: Any
     spec: str
@@ -66,7 +72,10 @@ def _num(w: float) -> str:
 
 
 def spans_from_mask(span_mask: torch.Tensor) -> List[Span]:
-    """Runs of equal nonzero weight of a ``(T,)`` span mask as ``[start, end, weight]``."""
+    """Runs of equal nonzero weight of a ``(T,)`` span mask as ``[start, end, weight]``.
+
+    Guide: ``docs/guides/vllm.md`` (with a runnable example).
+    """
     from ..ops.pieces import key_ranges
 
     return [r for r in key_ranges(span_mask.float().flatten()) if r[2] != 0]
@@ -119,6 +128,14 @@ def steered_prompt(tokenizer, prompt: Any, method: Any, **highlight_kwargs) -> S
         method: a method spec, e.g. ``"guide:delta=2"``, ``"spotlight:target=0.3,layers=0-11"``, or a
             :class:`attnsteer.SteeringConfig` (``attnsteer.recommended(...)``, ``SteeringConfig.load(FILE)``).
         highlight_kwargs: passed to :func:`attnsteer.highlight` (``char_spans``, ``markers``, …).
+
+    Example:
+        ```python
+        p = steered_prompt(tok, "<<Answer in French.>> Name a fruit.", "guide:delta=1")
+        llm.generate(p.prompt(), SamplingParams(max_tokens=32, extra_args=p.extra_args))
+        ```
+
+    Guide: ``docs/guides/vllm.md``.
     """
     from ..spans import highlight
 
@@ -150,7 +167,10 @@ def parse_request(
 ) -> Optional[RequestSteering]:
     """The steering of one request, or None for an unsteered one; a ``ValueError`` that names the
     problem for an unknown method or parameter, spans outside the prompt, bad weights, or a span
-    that covers special tokens only."""
+    that covers special tokens only.
+
+    Guide: ``docs/guides/vllm.md`` (with a runnable example).
+    """
     extra_args = extra_args or {}
     if KEY in extra_args:
         cfg = extra_args[KEY]
