@@ -110,18 +110,18 @@ case "${1:-}" in
     $RS --test-method none --test-method best --test-lengths 4096 --test-placements before
     $RS --test-method none --test-method best --test-lengths 1024,2048,512 --test-placements after ;;
   retention-more)
-    # The length-aware GUIDE's dev choice on the test cells (rule before, 512-2k), Gemma to 11 test
-    # documents (33 replies a cell) at 512 / 1k and then 2k, and the fixed GUIDE's dev choice on
-    # the same SmolLM2 cells as the length-aware one.
+    # The length-aware GUIDE's dev choice on the test cells (rule before, 512-2k) and the fixed
+    # GUIDE's dev choice on the same cells; then Gemma to 11 test documents (33 replies a cell) at
+    # 512 / 1k and then 2k.
     RS="$EV sweep --task retention --out eval_results/retention-sweep $COMMON --batch-size 4 --test-only --shard f"
     L="--test-lengths 512,1024,2048 --test-placements before"
     $RS --test-method grid:guide-length $L
+    $RS --test-method grid:guide $L
     for lengths in 512,1024 2048; do
       $EV sweep --task retention --model gemma3-270m --out eval_results/gemma/retention-sweep $COMMON \
         --batch-size 4 --methods guide --test-only --test-docs 11 --test-lengths $lengths --test-placements before \
         --test-method none --test-method "$(.venv/bin/python -c 'import json; print(json.load(open("eval_results/retention-sweep/sweep.json"))["best"] or "none")')"
-    done
-    $RS --test-method grid:guide $L ;;
+    done ;;
   gemma-ifeval)
     # The second real model, Gemma 3 270M (a base model), on the first test prompts: unsteered and
     # SmolLM2's tuned IFEval setting (not re-tuned for Gemma), 128 new tokens.

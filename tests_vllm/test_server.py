@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -23,6 +24,7 @@ from attnsteer.eval import specs  # noqa: E402
 from attnsteer.vllm import steered_prompt  # noqa: E402
 
 NEW = 10
+LOAD_BLOCKS = 12
 
 
 def _free_port() -> int:
@@ -34,7 +36,10 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def server(hf_model):
     port = _free_port()
-    env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1")
+    # dev mode: POST /collective_rpc reads the plugin's per-request state (attnsteer_state); a
+    # 12-block cache (128 tokens a block) that the load test's 8 concurrent 2-3-block requests
+    # overflow, so vLLM must preempt and recompute.
+    env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1", VLLM_SERVER_DEV_MODE="1")
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -47,6 +52,10 @@ def server(hf_model):
             "--max-model-len",
             "1024",
             "--enforce-eager",
+            "--num-gpu-blocks-override",
+            str(LOAD_BLOCKS),
+            "--max-num-seqs",
+            "8",
             "--port",
             str(port),
         ],
@@ -134,3 +143,170 @@ def test_the_docs_server_client_example_runs_against_the_server(server, hf_model
         res = run(blocks, ROOT, replace={"http://localhost:8000": server, "build/smollm2": MODEL_DIR})
         assert res.returncode == 0, f"{page}\n{res.stdout[-2000:]}\n{res.stderr[-4000:]}"
         assert res.stdout.strip().splitlines()[-1].strip(), "the example printed no reply"
+
+
+# ---------------------------------------------------------------------------------------------
+# Under load (issue 21): 8 client threads, 64 requests mixing unsteered, every servable method,
+# streams dropped after a few tokens and bad steering; a cache small enough to force preemption.
+
+LOAD_NEW = 12
+LOAD_SPECS = [
+    None,
+    "guide:delta=2",
+    "instaboost:alpha=5",
+    "pasta:alpha=0.1",
+    "spotlight:target=0.3",
+    "keyscale:alpha=3",
+    "guide:delta=1,layers=15-29",
+    "spotlight:target=0.2,phases=decode",
+]
+_FILLER = "The river rose in spring and the mill by the bridge turned faster than the year before. "
+LOAD_TEXTS = [
+    "<<Answer in French.>> " + _FILLER * 14 + "What happened to the mill?",
+    _FILLER * 12 + "<<Reply in one short sentence.>> Why did the river rise?",
+    [
+        {"role": "system", "content": "<<Start your answer with the word YES.>>"},
+        {"role": "user", "content": _FILLER * 16 + "Did the mill turn faster?"},
+    ],
+    "<<Use no commas.>> " + _FILLER * 18 + "Describe the bridge.",
+]
+# (flat vllm_xargs, what the 400 must name)
+BAD = [
+    ({"attnsteer_method": "shout:alpha=2", "attnsteer_spans": "0:4:1"}, "unknown method"),
+    ({"attnsteer_method": "guide:delta=abc", "attnsteer_spans": "0:4:1"}, "is not a number"),
+    ({"attnsteer_method": "guide:delta=nan", "attnsteer_spans": "0:4:1"}, "must be finite"),
+    ({"attnsteer_method": "spotlight:target=2", "attnsteer_spans": "0:4:1"}, "span mass in (0, 1)"),
+    ({"attnsteer_method": "guide:delta=1", "attnsteer_spans": "5000:5010:1"}, "lies outside"),
+    ({"attnsteer_method": "guide:delta=1", "attnsteer_spans": "zero to four"}, "must be start:end"),
+    ({"attnsteer_method": "guide:delta=1", "attnsteer_spans": "0:4:-1"}, "weights are finite and > 0"),
+    ({"attnsteer_method": "guide:delta=1"}, "needs both"),
+    ({"attnsteer_spans": "0:4:1"}, "needs both"),
+    ({"attnsteer_method": "directer", "attnsteer_spans": "0:4:1"}, "cannot be served per request"),
+    ({"attnsteer_method": "pasta:alpha=0.1,layers=a-b", "attnsteer_spans": "0:4:1"}, "layer indices"),
+    ({"attnsteer_method": "guide:volume=11", "attnsteer_spans": "0:4:1"}, "has no setting"),
+]
+
+
+def _post(url, path, body, timeout=300):
+    req = urllib.request.Request(
+        url + path, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        return json.loads(r.read())
+
+
+def _state(url):
+    """The plugin's per-request state in the engine's worker (dev-mode collective_rpc)."""
+    return _post(url, "/collective_rpc", {"method": "attnsteer_state"}, timeout=60)["results"][0]
+
+
+def _preemptions(url) -> float:
+    text = urllib.request.urlopen(url + "/metrics", timeout=30).read().decode()
+    return sum(float(v) for v in re.findall(r"^vllm:num_preemptions(?:_total)?\{[^}]*\} ([0-9.e+]+)$", text, re.M))
+
+
+def _drop_stream(url, body, chunks=2):
+    """Open a streamed completion, read ``chunks`` events, hang up. Returns the events read."""
+    import http.client
+    from urllib.parse import urlparse
+
+    u = urlparse(url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=120)
+    conn.request("POST", "/v1/completions", json.dumps(dict(body, stream=True)), {"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    assert resp.status == 200
+    got = []
+    while len(got) < chunks:
+        line = resp.readline()
+        if not line:
+            break
+        if line.startswith(b"data: ") and b"[DONE]" not in line:
+            got.append(line)
+    conn.close()  # the client goes away mid-generation: vLLM aborts the request
+    return got
+
+
+def test_server_under_load_keeps_every_promise(server, hf_model):
+    """64 requests from 8 threads: every good request's greedy tokens equal the same request sent
+    alone, every bad one gets a 400 that names its problem, /health answers throughout, the small
+    cache forces preemption, and no per-request state is left in the plugin afterwards."""
+    import random
+    import threading
+    import urllib.error
+    from concurrent.futures import ThreadPoolExecutor
+
+    _, tok = hf_model
+    base = {"model": MODEL_DIR, "max_tokens": LOAD_NEW, "temperature": 0, "return_token_ids": True}
+    prompts = {}
+    for ti, text in enumerate(LOAD_TEXTS):
+        for si, spec in enumerate(LOAD_SPECS):
+            p = steered_prompt(tok, text, spec or "guide:delta=1")
+            body = dict(base, prompt=p.prompt_token_ids)
+            if spec is not None:
+                body["vllm_xargs"] = p.flat()
+            prompts[(ti, si)] = body
+    assert max(len(b["prompt"]) for b in prompts.values()) + LOAD_NEW > 2 * 128  # 3 blocks for the longest
+
+    alone = {key: _post(server, "/v1/completions", body)["choices"][0]["token_ids"] for key, body in prompts.items()}
+
+    jobs = [("good", key) for key in prompts]  # 32 distinct, each once
+    jobs += [("good", (i % 4, (i * 3) % 8)) for i in range(8)]  # and 8 repeats side by side
+    jobs += [("drop", (i % 4, i % 8)) for i in range(8)]
+    jobs += [("bad", (i % 4, i)) for i in range(len(BAD))]
+    jobs += [("bad", ((i + 1) % 4, i)) for i in range(64 - len(jobs))]
+    assert len(jobs) == 64
+    random.Random(0).shuffle(jobs)
+
+    health_failures, stop = [], threading.Event()
+
+    def watch_health():
+        while not stop.is_set():
+            try:
+                urllib.request.urlopen(server + "/health", timeout=10)
+            except OSError as e:
+                health_failures.append(repr(e))
+            stop.wait(0.25)
+
+    def run(job):
+        kind, key = job
+        if kind == "good":
+            return kind, key, _post(server, "/v1/completions", prompts[key])["choices"][0]["token_ids"]
+        if kind == "drop":
+            return kind, key, _drop_stream(server, prompts[key])
+        xargs, _ = BAD[key[1]]
+        try:
+            _post(server, "/v1/completions", dict(prompts[(key[0], 0)], vllm_xargs=xargs))
+        except urllib.error.HTTPError as e:
+            return kind, key, (e.code, e.read().decode())
+        return kind, key, (200, "accepted")
+
+    before = _preemptions(server)
+    watcher = threading.Thread(target=watch_health, daemon=True)
+    watcher.start()
+    try:
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            results = list(pool.map(run, jobs, timeout=900))
+    finally:
+        stop.set()
+        watcher.join()
+
+    wrong = [(key, got, alone[key]) for kind, key, got in results if kind == "good" and got != alone[key]]
+    assert not wrong, f"{len(wrong)} good requests differ from the same request sent alone: {wrong[:3]}"
+    for kind, key, got in results:
+        if kind == "bad":
+            code, text = got
+            assert code == 400 and BAD[key[1]][1] in text, (BAD[key[1]][0], code, text[:300])
+        elif kind == "drop":
+            assert got, "a streamed request sent nothing before it was dropped"
+    assert not health_failures, health_failures[:3]
+    assert _preemptions(server) > before, "the load did not force preemption: the cache is not small enough"
+
+    deadline = time.time() + 60  # finished and aborted requests are cleared at the engine's next step
+    state = _state(server)
+    while (state["parsed_requests"] or state["runner_requests"]) and time.time() < deadline:
+        time.sleep(1)
+        state = _state(server)
+    assert state == {"parsed_requests": 0, "steered_requests": 0, "runner_requests": 0}, state
+    # and the server still serves exactly
+    again = _post(server, "/v1/completions", prompts[(0, 1)])["choices"][0]["token_ids"]
+    assert again == alone[(0, 1)]

@@ -48,6 +48,21 @@ SHIPPED_HEADS = {"smollm2-135m": str(Path(__file__).resolve().parents[1] / "data
 
 
 def _value(cls, key: str, raw: str) -> Any:
+    try:
+        return _parse_value(cls, key, raw)
+    except ValueError as e:
+        if "could not convert" not in str(e) and "invalid literal" not in str(e):
+            raise
+        what = "layer indices like 15-29 or 2+5+7" if key == "layers" else "a number"
+        raise ValueError(
+            f"{cls.__name__} setting {key}={raw!r} is not {what}; e.g. {_EXAMPLE.get(key, key + '=2')}"
+        ) from None
+
+
+_EXAMPLE = {"layers": "layers=15-29", "max_trials": "max_trials=10", "target": "target=0.1"}
+
+
+def _parse_value(cls, key: str, raw: str) -> Any:
     names = {f.name: f for f in fields(cls)}
     if key not in names or key in ("stats", "last_ranking", "method", "ranking"):
         allowed = sorted(n for n in names if n not in ("stats", "last_ranking", "method", "ranking"))

@@ -23,6 +23,7 @@ from .request import parse_request, request_salt
 __all__ = ["register"]
 
 _DONE = False
+PARSED = "_attnsteer_parsed"  # runner attribute: request id -> parsed RequestSteering (None: unsteered)
 
 
 def register() -> None:
@@ -49,6 +50,39 @@ def register() -> None:
         return attn_metadata, rest
 
     GPUModelRunner._build_attention_metadata = build
+
+    # Per-request state lives exactly as long as vLLM's own: when the runner drops a finished,
+    # aborted (a dropped stream) or preempted-and-freed request, its parsed steering goes too.
+    original_update = GPUModelRunner._update_states
+
+    @functools.wraps(original_update)
+    def update_states(self, scheduler_output):
+        out = original_update(self, scheduler_output)
+        cache = self.__dict__.get(PARSED)
+        if cache:
+            for req_id in [k for k in cache if k not in self.requests]:
+                del cache[req_id]
+        return out
+
+    GPUModelRunner._update_states = update_states
+    _add_state_probe()
+
+
+def _add_state_probe() -> None:
+    """``attnsteer_state`` on every worker: what the plugin holds per request, for
+    ``LLM.collective_rpc("attnsteer_state")`` or a dev-mode server's ``POST /collective_rpc``."""
+    from vllm.v1.worker.worker_base import WorkerBase
+
+    def attnsteer_state(self) -> dict:
+        runner = getattr(self, "model_runner", None)
+        parsed = getattr(runner, "__dict__", {}).get(PARSED, {})
+        return {
+            "parsed_requests": len(parsed),
+            "steered_requests": sum(v is not None for v in parsed.values()),
+            "runner_requests": len(getattr(runner, "requests", {})),
+        }
+
+    WorkerBase.attnsteer_state = attnsteer_state
 
 
 def _check_at_admission() -> None:
@@ -122,7 +156,7 @@ def admit(request, tokenizer=None, model_config=None) -> None:
 
 
 def _step(runner, num_reqs: int) -> Step:
-    cache = runner.__dict__.setdefault("_attnsteer_parsed", {})
+    cache = runner.__dict__.setdefault(PARSED, {})
     step = Step()
     qsl = runner.query_start_loc.np[: num_reqs + 1]
     computed = runner.input_batch.num_computed_tokens_cpu[:num_reqs]
@@ -135,7 +169,4 @@ def _step(runner, num_reqs: int) -> Step:
         steering = cache[req_id]
         if steering is not None:
             step.steered[row] = (steering, int(computed[row]), int(qsl[row + 1] - qsl[row]))
-    if len(cache) > 2 * len(runner.requests) + 64:  # forget finished requests (a server runs for days)
-        for req_id in [k for k in cache if k not in runner.requests]:
-            del cache[req_id]
     return step
