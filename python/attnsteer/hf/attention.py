@@ -18,7 +18,7 @@ import torch
 
 from .. import ops
 from ..methods import ForwardContext, expand_rows
-from ..ops import OpArgs
+from ..ops import OpArgs, pooled
 
 __all__ = ["ATTN_NAME", "SteerMask", "ensure_registered"]
 
@@ -182,18 +182,24 @@ def attention_function(
         softcap=softcap,
         scale=scaling,
     )
+    out = closed_form = None
     if args is None:
         args = _unsteered(ctx, B, Hq, Tk, query.device).replace(**masking)
     else:
         args = args.replace(**masking)
-        if method.needs_span_mass():  # e.g. pooled SpotLight: a first pass measures the span mass
-            _, mass = ops.layer_attention(query, key, value, args.replace(return_span_mass=True))
+        if method.needs_span_mass():  # pooled SpotLight: the unsteered pass measures the span mass
+            base = args.replace(target=None, target_exact=False)
+            out, mass = ops.layer_attention(query, key, value, base.replace(return_span_mass=True))
             args = method.with_span_mass(args, mass, ctx)
+            if pooled.enabled():  # the steered output in closed form: no second full pass (ops/pooled.py)
+                closed_form = pooled.mixer(ops.layer_attention, query, key, base, args, mass)
 
-    def run(v):
+    def run(v, out0=None):
+        if closed_form is not None:
+            return closed_form(v, out0)
         return ops.layer_attention(query, key, v, args)[0]
 
-    out = run(value)
+    out = run(value, out) if closed_form is not None else run(value)
     if state is not None and state.probe is not None:  # attnsteer.influence: mix with the same weights
         state.probe.attend(run, key, value)
     weights = None

@@ -1,0 +1,268 @@
+"""Soak: the vLLM OpenAI server with the attnsteer plugin under mixed traffic for N minutes.
+
+Run in the vLLM environment (`make test-vllm` creates it):
+
+    .venv-vllm/bin/python benchmarks/soak_vllm.py --minutes 10      # the README's run
+    .venv-vllm/bin/python benchmarks/soak_vllm.py --minutes 1       # a quick look
+
+Starts the server on a free loopback port (the exported embedded model, fp32, a small KV cache so
+that preemption happens), then --threads clients send requests back to back until the time is up:
+unsteered and every servable steered method on prompts of 100-400 tokens, with some streams dropped
+after a few tokens and some bad requests (which must get a 400). Reports requests/s and p50 / p99
+latency per kind, the 400s, /health failures, preemptions, and the server's resident memory (API
+server + engine processes) at the start and the end of the traffic. Loopback only; bounded in time.
+Writes CSV and markdown to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import random
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+SPECS = ["guide:delta=2", "instaboost:alpha=5", "pasta:alpha=0.1", "spotlight:target=0.3", "keyscale:alpha=3"]
+FILLER = "The river rose in spring and the mill by the bridge turned faster than the year before. "
+BAD = {"attnsteer_method": "guide:delta=abc", "attnsteer_spans": "0:4:1"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _post(url, body, timeout=300):
+    req = urllib.request.Request(
+        url + "/v1/completions", json.dumps(body).encode(), {"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        return json.loads(r.read())
+
+
+def _drop_stream(url, body, chunks=3):
+    import http.client
+    from urllib.parse import urlparse
+
+    u = urlparse(url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=300)
+    conn.request("POST", "/v1/completions", json.dumps(dict(body, stream=True)), {"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    got = 0
+    while got < chunks:
+        line = resp.readline()
+        if not line:
+            break
+        got += line.startswith(b"data: ")
+    conn.close()
+
+
+def _rss_mb(pid: int) -> float:
+    import psutil
+
+    proc = psutil.Process(pid)
+    return sum(p.memory_info().rss for p in [proc, *proc.children(recursive=True)]) / 2**20
+
+
+def _pct(xs, q):
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))] if xs else float("nan")
+
+
+def _prompts(tok, model: str, new_tokens: int):
+    from attnsteer.vllm import steered_prompt
+
+    rng = random.Random(0)
+    out = []
+    for i in range(16):
+        text = "<<Answer in French.>> " + FILLER * rng.randint(4, 18) + f"Question {i}: what happened to the mill?"
+        for spec in [None, *SPECS]:
+            p = steered_prompt(tok, text, spec or "guide:delta=1")
+            body = {"model": model, "prompt": p.prompt_token_ids, "max_tokens": new_tokens, "temperature": 0}
+            if spec is not None:
+                body["vllm_xargs"] = p.flat()
+            out.append(("steered" if spec else "unsteered", body))
+    return out
+
+
+@contextlib.contextmanager
+def _server(model: str, threads: int, blocks: int):
+    port = _free_port()
+    env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1")
+    cmd = [
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        model,
+        "--dtype",
+        "float32",
+        "--max-model-len",
+        "1024",
+        "--enforce-eager",
+        "--port",
+        str(port),
+        "--max-num-seqs",
+        str(threads),
+        "--num-gpu-blocks-override",
+        str(blocks),
+    ]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(600):
+            try:
+                urllib.request.urlopen(url + "/health", timeout=2)
+                break
+            except OSError:
+                if proc.poll() is not None:
+                    raise SystemExit("the vLLM server exited during start-up") from None
+                time.sleep(1)
+        yield url, proc.pid
+    finally:
+        proc.terminate()
+        proc.wait(timeout=120)
+
+
+class Traffic:
+    """--threads clients sending requests back to back until ``end``; latencies per kind."""
+
+    def __init__(self, url: str, prompts, end: float):
+        self.url, self.prompts, self.end = url, prompts, end
+        self.lat = {"unsteered": [], "steered": [], "dropped": []}
+        self.counts = {"bad_400": 0, "bad_other": 0, "errors": 0}
+        self.lock = threading.Lock()
+
+    def _count(self, key):
+        with self.lock:
+            self.counts[key] += 1
+
+    def _bad(self, body):
+        try:
+            _post(self.url, dict(body, vllm_xargs=BAD))
+            self._count("bad_other")
+        except urllib.error.HTTPError as e:
+            self._count("bad_400" if e.code == 400 else "bad_other")
+
+    def client(self, seed: int) -> None:
+        r = random.Random(seed)
+        while time.time() < self.end:
+            kind, body = r.choice(self.prompts)
+            roll = r.random()
+            t0 = time.perf_counter()
+            try:
+                if roll < 0.05:
+                    self._bad(body)
+                    continue
+                if roll < 0.15:
+                    _drop_stream(self.url, body)
+                    kind = "dropped"
+                else:
+                    _post(self.url, body)
+            except Exception:  # noqa: BLE001 - a soak counts failures instead of stopping
+                self._count("errors")
+                continue
+            with self.lock:
+                self.lat[kind].append(time.perf_counter() - t0)
+
+
+def _health(url, stop, failures):
+    while not stop.is_set():
+        try:
+            urllib.request.urlopen(url + "/health", timeout=10)
+        except OSError as e:
+            failures.append(repr(e))
+        stop.wait(1.0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--minutes", type=float, default=10.0)
+    ap.add_argument("--threads", type=int, default=8)
+    ap.add_argument("--new-tokens", type=int, default=32)
+    ap.add_argument(
+        "--blocks", type=int, default=16, help="KV cache blocks (128 tokens each): small, to force preemption"
+    )
+    ap.add_argument("--model", default=str(HERE.parent / "build" / "smollm2"), help="exported model folder")
+    ap.add_argument("--out", default=str(HERE / "results"))
+    args = ap.parse_args()
+    import torch
+    from transformers import AutoTokenizer
+
+    import attnsteer
+    from attnsteer._harness import write_csv
+
+    if not os.path.isdir(args.model):
+        m, t = attnsteer.models.load_default(progress=False)
+        attnsteer.models.export(m, t, args.model)
+    prompts = _prompts(AutoTokenizer.from_pretrained(args.model), args.model, args.new_tokens)
+    health_fail, stop, rss_mid = [], threading.Event(), []
+    with _server(args.model, args.threads, args.blocks) as (url, pid):
+        _post(url, prompts[0][1])  # warm-up
+        rss_start = _rss_mb(pid)
+        traffic = Traffic(url, prompts, time.time() + args.minutes * 60)
+        watcher = threading.Thread(target=_health, args=(url, stop, health_fail), daemon=True)
+        watcher.start()
+        t0 = time.time()
+        clients = [threading.Thread(target=traffic.client, args=(i,)) for i in range(args.threads)]
+        for th in clients:
+            th.start()
+        while any(th.is_alive() for th in clients):
+            time.sleep(5)
+            rss_mid.append(_rss_mb(pid))
+        wall = time.time() - t0
+        stop.set()
+        watcher.join()
+        rss_end = _rss_mb(pid)
+        metrics = urllib.request.urlopen(url + "/metrics", timeout=30).read().decode()
+    preempt = sum(
+        float(v) for v in re.findall(r"^vllm:num_preemptions(?:_total)?\{[^}]*\} ([0-9.e+]+)$", metrics, re.M)
+    )
+
+    rows = [
+        {
+            "kind": k,
+            "requests": len(xs),
+            "req_per_s": round(len(xs) / wall, 3),
+            "p50_s": round(_pct(xs, 0.5), 3),
+            "p99_s": round(_pct(xs, 0.99), 3),
+        }
+        for k, xs in traffic.lat.items()
+    ]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_csv(rows, out / "soak_vllm.csv")
+    c = traffic.counts
+    lines = [
+        f"Machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, vLLM (CPU); "
+        f"SmolLM2-135M-Instruct fp32, {args.threads} client threads for {wall / 60:.1f} min, {args.new_tokens} new "
+        f"tokens (greedy), prompts of 100-400 tokens, KV cache {args.blocks} blocks of 128 tokens; 10 % of the "
+        "requests are streams dropped after 3 events, 5 % bad requests.",
+        "",
+        "| requests | count | requests/s | p50 latency s | p99 latency s |",
+        "|---|---:|---:|---:|---:|",
+        *[f"| {r['kind']} | {r['requests']} | {r['req_per_s']} | {r['p50_s']} | {r['p99_s']} |" for r in rows],
+        "",
+        f"Bad requests: {c['bad_400']} got HTTP 400, {c['bad_other']} did not. Client errors: {c['errors']}. "
+        f"/health failures: {len(health_fail)}. Preemptions: {preempt:.0f}.",
+        f"Server RSS (API server + engine): {rss_start:.0f} MB after warm-up, {rss_end:.0f} MB at the end "
+        f"(max during the run {max(rss_mid or [rss_end]):.0f} MB).",
+    ]
+    (out / "soak_vllm.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
