@@ -41,7 +41,7 @@ demo: install
 	$(PY) -m attnsteer.cli demo
 
 test: install lint docs browser
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=12
 
 # The documentation site (mkdocs.yml, pages in docs/): built with --strict (a broken link or
 # reference fails) into build/site; the notebooks are executed during the build (mkdocs-jupyter).
@@ -87,7 +87,7 @@ $(VSTAMP): $(STAMP)
 	touch $(VSTAMP)
 
 test-vllm: $(VSTAMP)
-	VLLM_CPU_KVCACHE_SPACE=1 $(VPY) -m pytest -q -p no:cacheprovider tests_vllm
+	VLLM_CPU_KVCACHE_SPACE=1 $(VPY) -m pytest -q -p no:cacheprovider --durations=8 tests_vllm
 
 # Compile csrc/cuda/*.cu with nvcc against a CUDA torch's headers (no GPU needed; nothing is run).
 cuda-check:

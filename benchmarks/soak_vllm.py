@@ -221,7 +221,7 @@ def main() -> None:
             th.start()
         while any(th.is_alive() for th in clients):
             time.sleep(5)
-            rss_mid.append(_rss_mb(pid))
+            rss_mid.append((round(time.time() - t0, 1), round(_rss_mb(pid), 1)))
         wall = time.time() - t0
         stop.set()
         watcher.join()
@@ -244,6 +244,8 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     write_csv(rows, out / "soak_vllm.csv")
+    write_csv([{"seconds": t, "rss_mb": r} for t, r in rss_mid], out / "soak_vllm_rss.csv")
+    after_1min = next((r for t, r in rss_mid if t >= 60), rss_end)
     c = traffic.counts
     lines = [
         f"Machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, vLLM (CPU); "
@@ -257,8 +259,9 @@ def main() -> None:
         "",
         f"Bad requests: {c['bad_400']} got HTTP 400, {c['bad_other']} did not. Client errors: {c['errors']}. "
         f"/health failures: {len(health_fail)}. Preemptions: {preempt:.0f}.",
-        f"Server RSS (API server + engine): {rss_start:.0f} MB after warm-up, {rss_end:.0f} MB at the end "
-        f"(max during the run {max(rss_mid or [rss_end]):.0f} MB).",
+        f"Server RSS (API server + engine): {rss_start:.0f} MB after warm-up, {after_1min:.0f} MB after the first "
+        f"minute of traffic, {rss_end:.0f} MB at the end (max {max([r for _, r in rss_mid] or [rss_end]):.0f} MB); "
+        f"samples every 5 s in soak_vllm_rss.csv.",
     ]
     (out / "soak_vllm.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

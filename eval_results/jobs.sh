@@ -104,10 +104,11 @@ case "${1:-}" in
       retention-report) $RS --test-method none $L --test-placements before,system ;;
     esac ;;
   retention-long)
-    # SmolLM2 test cells the first queues lacked: 4k tokens with the rule before the document, then
-    # the rule after the document at 1k / 2k / 512 tokens; unsteered and the dev choice, 33 replies a cell.
+    # SmolLM2 test cells the first queues lacked: 4k tokens with the rule before the document (6 test
+    # documents = 18 replies a cell: a 4k reply costs 100-150 s on the loaded VM), then the rule after
+    # the document at 1k / 2k / 512 tokens; unsteered and the dev choice, 33 replies a cell.
     RS="$EV sweep --task retention --out eval_results/retention-sweep $COMMON --batch-size 4 --test-only --shard e"
-    $RS --test-method none --test-method best --test-lengths 4096 --test-placements before
+    $RS --test-method none --test-method best --test-lengths 4096 --test-placements before --test-docs 6
     $RS --test-method none --test-method best --test-lengths 1024,2048,512 --test-placements after ;;
   retention-more)
     # The length-aware GUIDE's dev choice on the test cells (rule before, 512-2k) and the fixed

@@ -642,3 +642,13 @@ def test_retention_sweep_cli_tunes_on_dev_documents_and_reports_test_ones(tmp_pa
     capsys.readouterr()
     assert cli.main(base + ["--methods", "guide", "--test-only", "--test-method", "grid:nope"]) == 2
     assert "no such grid in --methods (guide)" in capsys.readouterr().err
+    # --report-only generates nothing (the setting asked for gets no replies) and rebuilds the report
+    before = sum(1 for p in out.glob("responses*.jsonl") for _ in open(p))
+    (out / "test" / "results.md").unlink()
+    argv = base + ["--methods", "guide", "--test-only", "--report-only", "--test-method", "keyscale:alpha=9"]
+    assert cli.main(argv) == 0
+    assert sum(1 for p in out.glob("responses*.jsonl") for _ in open(p)) == before
+    assert "instaboost:alpha=2" in (out / "test" / "results.md").read_text()
+    assert "| keyscale:alpha=9 |" not in (out / "test" / "results.md").read_text()
+    assert cli.main(base + ["--methods", "guide", "--report-only"]) == 2
+    assert "use it with --test-only" in capsys.readouterr().err

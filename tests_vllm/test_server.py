@@ -237,15 +237,20 @@ def test_server_under_load_keeps_every_promise(server, hf_model):
 
     _, tok = hf_model
     base = {"model": MODEL_DIR, "max_tokens": LOAD_NEW, "temperature": 0, "return_token_ids": True}
+    filler = tok(" and the mill", add_special_tokens=False)["input_ids"]
     prompts = {}
     for ti, text in enumerate(LOAD_TEXTS):
         for si, spec in enumerate(LOAD_SPECS):
             p = steered_prompt(tok, text, spec or "guide:delta=1")
-            body = dict(base, prompt=p.prompt_token_ids)
+            # 4 tokens short of a block boundary: every request needs one more block 4 tokens into
+            # its reply, which the full 12-block cache does not have, so requests are preempted
+            ids = list(p.prompt_token_ids)
+            ids += (filler * 64)[: (124 - len(ids)) % 128]
+            body = dict(base, prompt=ids)
             if spec is not None:
                 body["vllm_xargs"] = p.flat()
             prompts[(ti, si)] = body
-    assert max(len(b["prompt"]) for b in prompts.values()) + LOAD_NEW > 2 * 128  # 3 blocks for the longest
+    assert all(len(b["prompt"]) % 128 == 124 and len(b["prompt"]) > 128 for b in prompts.values())
 
     alone = {key: _post(server, "/v1/completions", body)["choices"][0]["token_ids"] for key, body in prompts.items()}
 

@@ -359,8 +359,10 @@ def prompt_rest(ctx: ForwardContext, keep_sink: bool = False) -> torch.Tensor:
 class SpotLight(Method):
     """SpotLight (arXiv 2505.12025): when the span's attention mass p is below ``target``, add
     ``log(target/p)`` to its logits (mass becomes target/(target+1-p)); ``exact=True`` moves it
-    to exactly ``target``. ``pooled=True`` follows the released code: p is pooled over all heads
-    and rows of a layer (per sequence, never across the batch), in a second pass.
+    to exactly ``target``. ``pooled=True`` follows the released code: p is the unsteered span mass
+    pooled over all heads and rows of a layer (per sequence, never across the batch); the steered
+    output then follows in closed form from the unsteered pass and an attention over the span keys
+    (``attnsteer/ops/pooled.py``), not from a second full pass.
 
     Example:
         ```python

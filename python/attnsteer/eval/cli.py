@@ -95,6 +95,11 @@ def add_parsers(sub) -> None:
     g.add_argument("--test-docs", type=int, default=11, help="test documents per length (x rules = replies per cell)")
     g.add_argument("--test-only", action="store_true", help="skip the dev grid; run the test cells")
     g.add_argument(
+        "--report-only",
+        action="store_true",
+        help="with --test-only: generate nothing, rebuild the reports from the stored replies of the test cells",
+    )
+    g.add_argument(
         "--test-method",
         action="append",
         default=None,

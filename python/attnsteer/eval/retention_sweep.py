@@ -136,6 +136,8 @@ def main(args, load: Callable, command: str, machine: Callable) -> int:
     store = runner.ResponseStore(os.path.join(args.out, _store_name(args.shard)))
     progress = not args.no_progress
     run = dict(store=store, model_tag=tag, batch_size=args.batch_size, max_new_tokens=M, progress=progress)
+    if args.report_only and not args.test_only:
+        raise ValueError("--report-only rebuilds the test cells' report: use it with --test-only")
     if not args.test_only:
         # Round-robin over the grids (each one's first point, then each one's second…), so an
         # interrupted sweep has looked at every method.
@@ -148,7 +150,8 @@ def main(args, load: Callable, command: str, machine: Callable) -> int:
     if args.report_test or args.test_only:
         picked = _test_methods(args.test_method, chosen)
         test = retention.cases(tok, test_lengths, test_pl, rules, args.test_docs, max_ctx, M, split="test")
-        retention.run(model, tok, test, list(dict.fromkeys(["none", *picked])), **{**run, "store": store})
+        if not args.report_only:
+            retention.run(model, tok, test, list(dict.fromkeys(["none", *picked])), **{**run, "store": store})
         store = runner.ResponseStore(os.path.join(args.out, _store_name(args.shard)))
         print(
             retention.write_report(
