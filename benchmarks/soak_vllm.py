@@ -69,11 +69,13 @@ def _drop_stream(url, body, chunks=3):
     conn.close()
 
 
-def _rss_mb(pid: int) -> float:
+def _rss_mb(pid: int, children: bool = True) -> float:
+    """Resident memory of the server process and (``children``) its engine processes, in MB."""
     import psutil
 
     proc = psutil.Process(pid)
-    return sum(p.memory_info().rss for p in [proc, *proc.children(recursive=True)]) / 2**20
+    procs = [proc, *proc.children(recursive=True)] if children else [proc]
+    return sum(p.memory_info().rss for p in procs) / 2**20
 
 
 def _pct(xs, q):
@@ -193,9 +195,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=8)
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument(
-        "--blocks", type=int, default=16, help="KV cache blocks (128 tokens each): small, to force preemption"
+        "--blocks", type=int, default=10, help="KV cache blocks (128 tokens each): small, to force preemption"
     )
     ap.add_argument("--model", default=str(HERE.parent / "build" / "smollm2"), help="exported model folder")
+    ap.add_argument("--only", choices=["steered", "unsteered"], help="one kind of good request only")
     ap.add_argument("--out", default=str(HERE / "results"))
     args = ap.parse_args()
     import torch
@@ -208,6 +211,8 @@ def main() -> None:
         m, t = attnsteer.models.load_default(progress=False)
         attnsteer.models.export(m, t, args.model)
     prompts = _prompts(AutoTokenizer.from_pretrained(args.model), args.model, args.new_tokens)
+    if args.only:  # one kind of traffic: to tell the plugin's memory from vLLM's own
+        prompts = [p for p in prompts if p[0] == args.only]
     health_fail, stop, rss_mid = [], threading.Event(), []
     with _server(args.model, args.threads, args.blocks) as (url, pid):
         _post(url, prompts[0][1])  # warm-up
@@ -221,7 +226,7 @@ def main() -> None:
             th.start()
         while any(th.is_alive() for th in clients):
             time.sleep(5)
-            rss_mid.append((round(time.time() - t0, 1), round(_rss_mb(pid), 1)))
+            rss_mid.append((round(time.time() - t0, 1), round(_rss_mb(pid), 1), round(_rss_mb(pid, False), 1)))
         wall = time.time() - t0
         stop.set()
         watcher.join()
@@ -243,9 +248,12 @@ def main() -> None:
     ]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    write_csv(rows, out / "soak_vllm.csv")
-    write_csv([{"seconds": t, "rss_mb": r} for t, r in rss_mid], out / "soak_vllm_rss.csv")
-    after_1min = next((r for t, r in rss_mid if t >= 60), rss_end)
+    tag = f"_{args.only}" if args.only else ""
+    write_csv(rows, out / f"soak_vllm{tag}.csv")
+    write_csv(
+        [{"seconds": t, "rss_mb": r, "api_server_rss_mb": a} for t, r, a in rss_mid], out / f"soak_vllm{tag}_rss.csv"
+    )
+    after_1min = next((r for t, r, _ in rss_mid if t >= 60), rss_end)
     c = traffic.counts
     lines = [
         f"Machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, vLLM (CPU); "
@@ -260,10 +268,10 @@ def main() -> None:
         f"Bad requests: {c['bad_400']} got HTTP 400, {c['bad_other']} did not. Client errors: {c['errors']}. "
         f"/health failures: {len(health_fail)}. Preemptions: {preempt:.0f}.",
         f"Server RSS (API server + engine): {rss_start:.0f} MB after warm-up, {after_1min:.0f} MB after the first "
-        f"minute of traffic, {rss_end:.0f} MB at the end (max {max([r for _, r in rss_mid] or [rss_end]):.0f} MB); "
-        f"samples every 5 s in soak_vllm_rss.csv.",
+        f"minute of traffic, {rss_end:.0f} MB at the end (max {max([r for _, r, _ in rss_mid] or [rss_end]):.0f} MB); "
+        f"samples every 5 s in soak_vllm{tag}_rss.csv.",
     ]
-    (out / "soak_vllm.md").write_text("\n".join(lines) + "\n")
+    (out / f"soak_vllm{tag}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
