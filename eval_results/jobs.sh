@@ -16,6 +16,7 @@
 #   nohup eval_results/jobs.sh gemma-retention > eval_results/logs/gemma-retention.log 2>&1 &
 #   nohup eval_results/jobs.sh retention-long > eval_results/logs/retention-long.log 2>&1 &
 #   nohup eval_results/jobs.sh retention-more > eval_results/logs/retention-more.log 2>&1 &
+#   nohup eval_results/jobs.sh retention-after > eval_results/logs/retention-after.log 2>&1 &
 # EVAL_CODE=DIR runs the code of another checkout (e.g. a `git worktree` of a fixed commit with
 # its built _C copied in), so that editing this tree does not change a queue that is running;
 # the results still go to this tree's eval_results/.
@@ -94,14 +95,17 @@ case "${1:-}" in
     # The dev choice over every grid on the test documents at 512-2k tokens: rule before the
     # document (a) and in the system message (b), side by side; then the length-aware GUIDE's own
     # dev choice before the document (c). retention-report rebuilds sweep.md / test/results.md
-    # over every grid and test cell (nothing left to generate: unsteered is done).
+    # over every grid and stored test cell, for both models (--report-only: nothing is generated).
     RS="$EV sweep --task retention --out eval_results/retention-sweep $COMMON --batch-size 4 --test-only"
     L="--test-lengths 512,1024,2048"
     case "$1" in
       retention-test-a) $RS --shard a --test-method best $L --test-placements before ;;
       retention-test-b) $RS --shard b --test-method best $L --test-placements system ;;
       retention-test-c) $RS --shard c --test-method grid:guide-length $L --test-placements before ;;
-      retention-report) $RS --test-method none $L --test-placements before,system ;;
+      retention-report)  # every stored test cell (4k: 6 documents), nothing generated
+        $RS --report-only --test-method none --test-lengths 512,1024,2048,4096 --test-placements before,system,after
+        $EV sweep --task retention --model gemma3-270m --out eval_results/gemma/retention-sweep $COMMON --methods guide --test-only \
+          --report-only --test-method none --test-docs 11 --test-lengths 512,1024,2048 --test-placements before ;;
     esac ;;
   retention-long)
     # SmolLM2 test cells the first queues lacked: 4k tokens with the rule before the document (6 test
@@ -110,6 +114,10 @@ case "${1:-}" in
     RS="$EV sweep --task retention --out eval_results/retention-sweep $COMMON --batch-size 4 --test-only --shard e"
     $RS --test-method none --test-method best --test-lengths 4096 --test-placements before --test-docs 6
     $RS --test-method none --test-method best --test-lengths 1024,2048,512 --test-placements after ;;
+  retention-after)
+    # The rule after the document at 1k tokens (the easy placement), unsteered and the dev choice.
+    $EV sweep --task retention --out eval_results/retention-sweep $COMMON --batch-size 4 --test-only --shard g \
+      --test-method none --test-method best --test-lengths 1024 --test-placements after ;;
   retention-more)
     # The length-aware GUIDE's dev choice on the test cells (rule before, 512-2k) and the fixed
     # GUIDE's dev choice on the same cells; then Gemma to 11 test documents (33 replies a cell) at

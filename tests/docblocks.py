@@ -64,6 +64,13 @@ def by_page(kind: str) -> Dict[str, List[Block]]:
 # numbers, so a traceback points at the line of the page that failed.
 _RUNNER = r"""
 import json, sys, traceback
+import attnsteer.models
+_load, _loaded = attnsteer.models.load_default, {}
+def _load_once(**kw):  # one load of the embedded model for all pages (each page still calls it)
+    if "model" not in _loaded:
+        _loaded["model"] = _load(**kw)
+    return _loaded["model"]
+attnsteer.models.load_default = _load_once
 failed = []
 namespaces = {}
 for b in json.load(sys.stdin):
