@@ -105,7 +105,7 @@ case "${1:-}" in
       retention-report)  # every stored test cell (4k: 6 documents), nothing generated
         $RS --report-only --test-method none --test-lengths 512,1024,2048,4096 --test-placements before,system,after
         $EV sweep --task retention --model gemma3-270m --out eval_results/gemma/retention-sweep $COMMON --methods guide --test-only \
-          --report-only --test-method none --test-docs 11 --test-lengths 512,1024,2048 --test-placements before ;;
+          --report-only --test-method none --test-docs 11 --test-lengths 512,1024 --test-placements before ;;
     esac ;;
   retention-long)
     # SmolLM2 test cells the first queues lacked: 4k tokens with the rule before the document (6 test
