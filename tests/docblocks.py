@@ -10,6 +10,7 @@ marks a client of a running OpenAI server, which that test points at the server 
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -106,7 +107,7 @@ def run(
         for old, new in (replace or {}).items():
             code = code.replace(old, new)
         payload.append({"path": str(b.path.relative_to(ROOT)), "line": b.line, "code": code})
-    env = {**__import__("os").environ, "MPLBACKEND": "Agg", "TOKENIZERS_PARALLELISM": "false"}
+    env = {**os.environ, "MPLBACKEND": "Agg", "TOKENIZERS_PARALLELISM": "false"}
     return subprocess.run(
         [python, "-c", _RUNNER],
         input=json.dumps(payload),

@@ -199,7 +199,7 @@ def attention_function(
             return closed_form(v, out0)
         return ops.layer_attention(query, key, v, args)[0]
 
-    out = run(value, out) if closed_form is not None else run(value)
+    out = run(value, out)  # the closed form reuses the unsteered pass's output; else one steered pass
     if state is not None and state.probe is not None:  # attnsteer.influence: mix with the same weights
         state.probe.attend(run, key, value)
     weights = None
