@@ -17,6 +17,8 @@
 #   nohup eval_results/jobs.sh retention-long > eval_results/logs/retention-long.log 2>&1 &
 #   nohup eval_results/jobs.sh retention-more > eval_results/logs/retention-more.log 2>&1 &
 #   nohup eval_results/jobs.sh retention-after > eval_results/logs/retention-after.log 2>&1 &
+#   nohup eval_results/jobs.sh retention-4k > eval_results/logs/retention-4k.log 2>&1 &
+#   nohup eval_results/jobs.sh gemma-long > eval_results/logs/gemma-long.log 2>&1 &
 # EVAL_CODE=DIR runs the code of another checkout (e.g. a `git worktree` of a fixed commit with
 # its built _C copied in), so that editing this tree does not change a queue that is running;
 # the results still go to this tree's eval_results/.
@@ -131,6 +133,24 @@ case "${1:-}" in
         --batch-size 4 --methods guide --test-only --test-docs 11 --test-lengths $lengths --test-placements before \
         --test-method none --test-method "$(.venv/bin/python -c 'import json; print(json.load(open("eval_results/retention-sweep/sweep.json"))["best"] or "none")')"
     done ;;
+  retention-4k)
+    # SmolLM2: the 4k-token cells to 11 test documents (33 replies), then the rule after the document
+    # at 512 / 2k and 4k tokens; unsteered and the dev choice (shard e, resumes).
+    RS="$EV sweep --task retention --out eval_results/retention-sweep $COMMON --batch-size 4 --test-only --shard e"
+    $RS --test-method none --test-method best --test-lengths 4096 --test-placements before --test-docs 11
+    $RS --test-method none --test-method best --test-lengths 512,2048 --test-placements after
+    $RS --test-method none --test-method best --test-lengths 4096 --test-placements after ;;
+  gemma-long)
+    # Gemma 3 270M at 2k and then 4k tokens, rule before the document, 11 test documents; unsteered
+    # and SmolLM2's dev choice (not re-tuned for Gemma); then 100 more IFEval test prompts.
+    BEST="$(.venv/bin/python -c 'import json; print(json.load(open("eval_results/retention-sweep/sweep.json"))["best"] or "none")')"
+    for lengths in 2048 4096; do
+      $EV sweep --task retention --model gemma3-270m --out eval_results/gemma/retention-sweep $COMMON \
+        --batch-size 4 --methods guide --test-only --test-docs 11 --test-lengths $lengths --test-placements before \
+        --test-method none --test-method "$BEST"
+    done
+    $EV ifeval --model gemma3-270m --split test --out eval_results/gemma/ifeval $COMMON --batch-size 4 \
+      --max-new-tokens 128 --limit 200 --method none --method keyscale:alpha=1.5 ;;
   gemma-ifeval)
     # The second real model, Gemma 3 270M (a base model), on the first test prompts: unsteered and
     # SmolLM2's tuned IFEval setting (not re-tuned for Gemma), 128 new tokens.
