@@ -652,3 +652,45 @@ def test_retention_sweep_cli_tunes_on_dev_documents_and_reports_test_ones(tmp_pa
     assert "| keyscale:alpha=9 |" not in (out / "test" / "results.md").read_text()
     assert cli.main(base + ["--methods", "guide", "--report-only"]) == 2
     assert "use it with --test-only" in capsys.readouterr().err
+
+
+def _retention_results(path, rows):
+    path.write_text(json.dumps({"command": "x", "machine": "y", "rows": rows, "rows_by_rule": []}))
+    return str(path)
+
+
+def _ret_row(method, length, acc, placement="before", vs=None, flags=()):
+    return dict(
+        method=method, rule="all", placement=placement, length=length, n=30, accuracy=acc,
+        accuracy_ci=[acc - 0.1, acc + 0.1], doc_tokens=length - 4, n_tokens=60.0, short=False,
+        flags=list(flags), vs_unsteered=vs,
+    )  # fmt: skip
+
+
+def test_retention_curves_put_models_side_by_side(tmp_path, capsys):
+    """`eval curves`: one panel per model, a table with each cell's interval and the steered rows'
+    paired difference, only the asked placement and methods; bad arguments say what to pass."""
+    from attnsteer import cli
+    from attnsteer.eval import stats
+
+    d = stats.paired_bootstrap([1, 1, 0, 1], [0, 1, 0, 0]).as_dict()
+    a = _retention_results(
+        tmp_path / "a.json",
+        [_ret_row("none", 512, 0.2), _ret_row("none", 1024, 0.1), _ret_row("guide:delta=1", 512, 0.3, vs=d),
+         _ret_row("guide:delta=1", 1024, 0.4, vs=d, flags=["repetitive"]), _ret_row("none", 512, 0.9, "after")],
+    )  # fmt: skip
+    b = _retention_results(tmp_path / "b.json", [_ret_row("none", 512, 0.05), _ret_row("keyscale:alpha=2", 512, 0.5)])
+    png = tmp_path / "out" / "curves.png"
+    only_b = [f"B={b}", "--out", str(png), "--method", "guide:delta=1"]
+    assert cli.main(["eval", "curves", *only_b]) == 2  # B has no GUIDE cells: the error lists what it has
+    assert "has no 'before' cells" in capsys.readouterr().err and not png.exists()
+    assert cli.main(["eval", "curves", f"Model A={a}", f"B={b}", "--out", str(png)]) == 0
+    md = (tmp_path / "out" / "curves.md").read_text()
+    assert png.stat().st_size > 10_000
+    assert "| Model A | unsteered | 20 [10, 30] n=30 | 10 [0, 20] n=30 |" in md
+    assert "| Model A | guide:delta=1 | 30 [20, 40] n=30<br>Δ " in md and "(repetitive)" in md
+    assert "| B | keyscale:alpha=2 | 50 [40, 60] n=30 |  |" in md
+    assert "90" not in md.split("|---|")[-1]  # the 'after' cell is not in a 'before' table
+    capsys.readouterr()
+    assert cli.main(["eval", "curves", str(a), "--out", str(png)]) == 2
+    assert "LABEL=PATH" in capsys.readouterr().err

@@ -123,6 +123,19 @@ def add_parsers(sub) -> None:
     )
     p.add_argument("--retention", action="store_true", help="the folder holds a retention run (tables + retention.png)")
 
+    p = esub.add_parser(
+        "curves", help="retention test cells of several models side by side: one plot and one markdown table"
+    )
+    p.add_argument(
+        "results", nargs="+", metavar="LABEL=RESULTS.json", help="a model's label and its retention results.json"
+    )
+    p.add_argument("--placement", default="before", choices=["system", "before", "after"])
+    p.add_argument(
+        "--method", action="append", default=None, help="repeatable spec (default: every method in the files)"
+    )
+    p.add_argument("--out", required=True, help="the plot (.png); the table goes beside it (.md)")
+    p.add_argument("--title", default="")
+
 
 def _load(args):
     import torch
@@ -153,10 +166,42 @@ def _command(argv: Optional[List[str]]) -> str:
     return "attnsteer " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
 
 
+def _curves(args, argv) -> int:
+    from . import retention, specs
+
+    results = {}
+    for item in args.results:
+        label, sep, path = item.rpartition("=")
+        if not sep or not label:
+            raise ValueError(
+                f"{item!r}: give each results file as LABEL=PATH, e.g. SmolLM2=eval_results/.../results.json"
+            )
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{path}: no such results.json (run attnsteer eval sweep --task retention first)")
+        results[label] = path
+    methods = [specs.canonical(m) for m in args.method] if args.method else None
+    rows, table = retention.compare_models(results, args.placement, methods)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    retention.plot_models(rows, args.out, args.title)
+    md = os.path.splitext(args.out)[0] + ".md"
+    text = (f"Rule {args.placement} the document" if args.placement != "system" else "Rule in the system message") + (
+        ": share of replies that follow it (%, bootstrap 95 % interval, n replies) and, for a steered row, the "
+        "difference to unsteered on the same prompts with its paired 95 % interval.\n\n"
+        f"Command: `{_command(argv)}`\n\n{table}\n"
+    )
+    with open(md, "w", encoding="utf-8") as f:
+        f.write(text)
+    print(text)
+    print(f"wrote {args.out} and {md}", file=sys.stderr)
+    return 0
+
+
 def run(args, argv=None) -> int:
     from . import ifeval, runner
 
     cmd = args.eval_command
+    if cmd == "curves":
+        return _curves(args, argv)
     if cmd == "report":
         store = runner.ResponseStore(os.path.join(args.out, "responses.jsonl"))
         tags = sorted({k[0] for k in store.records})

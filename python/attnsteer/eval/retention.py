@@ -364,6 +364,105 @@ def plot(rows: Sequence[Dict[str, Any]], path: str) -> str:
     return path
 
 
+def compare_models(
+    results: Dict[str, str], placement: str = "before", methods: Optional[Sequence[str]] = None, rule: str = "all"
+) -> Tuple[List[Dict[str, Any]], str]:
+    """The retention test cells of several models side by side: ``results`` maps a model's label to
+    its ``results.json`` (``attnsteer eval sweep --task retention --test-only``); keeps the cells at
+    ``placement`` for ``rule`` and ``methods`` (specs; default: every method in the file). Returns
+    the rows (each with ``"model"``) and a markdown table: per model and method, accuracy with its
+    95 % interval by document length and, for steered rows, the difference to unsteered with its
+    paired interval.
+
+    Guide: ``docs/guides/evaluation.md``.
+    """
+    import json
+
+    rows: List[Dict[str, Any]] = []
+    for label, path in results.items():
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+        kept = [r for r in data["rows"] if r["placement"] == placement and r["rule"] == rule]
+        if methods:
+            kept = [r for r in kept if r["method"] in methods]
+        if not kept:
+            have = sorted({(r["method"], r["placement"]) for r in data["rows"]})
+            raise ValueError(f"{path} has no '{placement}' cells for {list(methods or [])}: it has {have}")
+        rows += [dict(r, model=label) for r in kept]
+    lengths = sorted({r["length"] for r in rows})
+    lines = [
+        "| model | method | " + " | ".join(f"{n} tok" for n in lengths) + " |",
+        "|---|---|" + "---:|" * len(lengths),
+    ]
+    for label in results:
+        for m in dict.fromkeys(r["method"] for r in rows if r["model"] == label):
+            cells = {r["length"]: r for r in rows if r["model"] == label and r["method"] == m}
+            vals = []
+            for n in lengths:
+                r = cells.get(n)
+                if r is None:
+                    vals.append("")
+                    continue
+                lo, hi = r.get("accuracy_ci") or [r["accuracy"]] * 2
+                text = f"{100 * r['accuracy']:.0f} [{100 * lo:.0f}, {100 * hi:.0f}] n={r['n']}"
+                if r.get("flags"):
+                    text += " (" + ", ".join(r["flags"]) + ")"
+                if r.get("vs_unsteered"):
+                    text += "<br>Δ " + stats.Difference.from_dict(r["vs_unsteered"]).pct()
+                vals.append(text)
+            lines.append(f"| {label} | {specs.label(m)} | " + " | ".join(vals) + " |")
+    return rows, "\n".join(lines)
+
+
+def plot_models(rows: Sequence[Dict[str, Any]], path: str, title: str = "") -> str:
+    """One panel per model (rows from :func:`compare_models`): accuracy against document length,
+    one line per method, 95 % intervals as error bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    lengths = sorted({r["length"] for r in rows})
+    fig, axes = plt.subplots(1, len(models), figsize=(4.4 * len(models), 3.4), squeeze=False, sharey=True)
+    for ax, label in zip(axes[0], models):
+        mine = [r for r in rows if r["model"] == label]
+        for i, m in enumerate(dict.fromkeys(r["method"] for r in mine)):
+            pts = sorted((r["length"], r) for r in mine if r["method"] == m)
+            x = [n * (1 + 0.04 * i) for n, _ in pts]  # shifted a little: the bars do not overlap
+            y = [100 * r["accuracy"] for _, r in pts]
+            ci = [r.get("accuracy_ci") or [r["accuracy"]] * 2 for _, r in pts]
+            err = [[v - 100 * c[0] for v, c in zip(y, ci)], [100 * c[1] - v for v, c in zip(y, ci)]]
+            ax.errorbar(
+                x,
+                y,
+                yerr=err,
+                fmt="o" + ("-", "--", ":", "-.")[i % 4],
+                color=f"C{i}",
+                capsize=3,
+                label=specs.label(m),
+                alpha=0.85,
+            )
+            flagged = [(xx, yy) for xx, yy, (_, r) in zip(x, y, pts) if r.get("flags")]
+            if flagged:
+                ax.plot(*zip(*flagged), "x", color="k", ms=8)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(lengths, [f"{n // 1024}k" if n >= 1024 else str(n) for n in lengths])
+        ax.set_xlim(lengths[0] / 1.3, lengths[-1] * 1.3)
+        ax.set_xlabel("document tokens")
+        ax.set_title(label, fontsize=10)
+        ax.legend(fontsize=7, loc="upper left")
+    axes[0][0].set_ylabel("rule followed (%, 95 % interval)")
+    axes[0][-1].plot([], [], "x", color="k", label="fluency flag")
+    axes[0][-1].legend(fontsize=7, loc="upper left")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def parse_lists(lengths: str, placements: str, rules: Optional[str]) -> Tuple[List[int], List[str], List[str]]:
     """The CLI's comma-separated lengths, placements and rules (default: every rule), checked
     before any model loads."""
