@@ -17,20 +17,17 @@ Writes CSV and markdown to --out.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
 import os
 import platform
 import random
 import re
-import socket
-import subprocess
-import sys
 import threading
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+
+from attnsteer.vllm._server import drop_stream, local_server, post
 
 HERE = Path(__file__).resolve().parent
 SPECS = ["guide:delta=2", "instaboost:alpha=5", "pasta:alpha=0.1", "spotlight:target=0.3", "keyscale:alpha=3"]
@@ -38,35 +35,12 @@ FILLER = "The river rose in spring and the mill by the bridge turned faster than
 BAD = {"attnsteer_method": "guide:delta=abc", "attnsteer_spans": "0:4:1"}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _post(url, body):
+    return post(url, "/v1/completions", body)
 
 
-def _post(url, body, timeout=300):
-    req = urllib.request.Request(
-        url + "/v1/completions", json.dumps(body).encode(), {"Content-Type": "application/json"}
-    )
-    with urllib.request.urlopen(req, timeout=timeout) as r:
-        return json.loads(r.read())
-
-
-def _drop_stream(url, body, chunks=3):
-    import http.client
-    from urllib.parse import urlparse
-
-    u = urlparse(url)
-    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=300)
-    conn.request("POST", "/v1/completions", json.dumps(dict(body, stream=True)), {"Content-Type": "application/json"})
-    resp = conn.getresponse()
-    got = 0
-    while got < chunks:
-        line = resp.readline()
-        if not line:
-            break
-        got += line.startswith(b"data: ")
-    conn.close()
+def _drop_stream(url, body):
+    drop_stream(url, body, chunks=3)
 
 
 def _rss_mb(pid: int, children: bool = True) -> float:
@@ -76,6 +50,12 @@ def _rss_mb(pid: int, children: bool = True) -> float:
     proc = psutil.Process(pid)
     procs = [proc, *proc.children(recursive=True)] if children else [proc]
     return sum(p.memory_info().rss for p in procs) / 2**20
+
+
+def _metric(text: str, name: str) -> float:
+    """A Prometheus counter from ``/metrics``, summed over its labels (0 when absent)."""
+    pattern = rf"^{re.escape(name)}(?:_total)?\{{[^}}]*\}} ([0-9.e+]+)$"
+    return sum(float(v) for v in re.findall(pattern, text, re.M))
 
 
 def _pct(xs, q):
@@ -99,43 +79,13 @@ def _prompts(tok, model: str, new_tokens: int):
     return out
 
 
-@contextlib.contextmanager
-def _server(model: str, threads: int, blocks: int):
-    port = _free_port()
-    env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1")
-    cmd = [
-        sys.executable,
-        "-m",
-        "vllm.entrypoints.openai.api_server",
-        "--model",
-        model,
-        "--dtype",
-        "float32",
-        "--max-model-len",
-        "1024",
-        "--enforce-eager",
-        "--port",
-        str(port),
-        "--max-num-seqs",
-        str(threads),
-        "--num-gpu-blocks-override",
-        str(blocks),
-    ]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(600):
-            try:
-                urllib.request.urlopen(url + "/health", timeout=2)
-                break
-            except OSError:
-                if proc.poll() is not None:
-                    raise SystemExit("the vLLM server exited during start-up") from None
-                time.sleep(1)
-        yield url, proc.pid
-    finally:
-        proc.terminate()
-        proc.wait(timeout=120)
+def _server(model: str, threads: int, blocks: int, prefix_cache: bool = True):
+    """The OpenAI server on a free loopback port: fp32, a ``blocks``-block KV cache (preemption)."""
+    args = ["--dtype", "float32", "--max-model-len", "1024", "--enforce-eager"]
+    args += ["--max-num-seqs", str(threads), "--num-gpu-blocks-override", str(blocks)]
+    if not prefix_cache:
+        args.append("--no-enable-prefix-caching")
+    return local_server(model, args, env={"VLLM_CPU_KVCACHE_SPACE": "1"})
 
 
 class Traffic:
@@ -199,6 +149,12 @@ def main() -> None:
     )
     ap.add_argument("--model", default=str(HERE.parent / "build" / "smollm2"), help="exported model folder")
     ap.add_argument("--only", choices=["steered", "unsteered"], help="one kind of good request only")
+    ap.add_argument(
+        "--no-prefix-cache",
+        action="store_true",
+        help="serve without prefix caching (steered requests carry their own cache salt, so they share "
+        "fewer cached blocks than unsteered ones; this takes that difference out)",
+    )
     ap.add_argument("--out", default=str(HERE / "results"))
     args = ap.parse_args()
     import torch
@@ -214,7 +170,7 @@ def main() -> None:
     if args.only:  # one kind of traffic: to tell the plugin's memory from vLLM's own
         prompts = [p for p in prompts if p[0] == args.only]
     health_fail, stop, rss_mid = [], threading.Event(), []
-    with _server(args.model, args.threads, args.blocks) as (url, pid):
+    with _server(args.model, args.threads, args.blocks, not args.no_prefix_cache) as (url, pid):
         _post(url, prompts[0][1])  # warm-up
         rss_start = _rss_mb(pid)
         traffic = Traffic(url, prompts, time.time() + args.minutes * 60)
@@ -232,8 +188,12 @@ def main() -> None:
         watcher.join()
         rss_end = _rss_mb(pid)
         metrics = urllib.request.urlopen(url + "/metrics", timeout=30).read().decode()
-    preempt = sum(
-        float(v) for v in re.findall(r"^vllm:num_preemptions(?:_total)?\{[^}]*\} ([0-9.e+]+)$", metrics, re.M)
+    preempt = _metric(metrics, "vllm:num_preemptions")
+    queried, hit = _metric(metrics, "vllm:prefix_cache_queries"), _metric(metrics, "vllm:prefix_cache_hits")
+    cache_line = (
+        "Prefix caching off."
+        if args.no_prefix_cache
+        else f"Prefix cache: {hit:.0f} of {queried:.0f} prompt tokens found cached ({100 * hit / max(queried, 1):.0f} %)."
     )
 
     rows = [
@@ -248,7 +208,7 @@ def main() -> None:
     ]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    tag = f"_{args.only}" if args.only else ""
+    tag = (f"_{args.only}" if args.only else "") + ("_nocache" if args.no_prefix_cache else "")
     write_csv(rows, out / f"soak_vllm{tag}.csv")
     write_csv(
         [{"seconds": t, "rss_mb": r, "api_server_rss_mb": a} for t, r, a in rss_mid], out / f"soak_vllm{tag}_rss.csv"
@@ -266,7 +226,7 @@ def main() -> None:
         *[f"| {r['kind']} | {r['requests']} | {r['req_per_s']} | {r['p50_s']} | {r['p99_s']} |" for r in rows],
         "",
         f"Bad requests: {c['bad_400']} got HTTP 400, {c['bad_other']} did not. Client errors: {c['errors']}. "
-        f"/health failures: {len(health_fail)}. Preemptions: {preempt:.0f}.",
+        f"/health failures: {len(health_fail)}. Preemptions: {preempt:.0f}. {cache_line}",
         f"Server RSS (API server + engine): {rss_start:.0f} MB after warm-up, {after_1min:.0f} MB after the first "
         f"minute of traffic, {rss_end:.0f} MB at the end (max {max([r for _, r, _ in rss_mid] or [rss_end]):.0f} MB); "
         f"samples every 5 s in soak_vllm{tag}_rss.csv.",

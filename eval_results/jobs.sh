@@ -107,7 +107,12 @@ case "${1:-}" in
       retention-report)  # every stored test cell (4k: 6 documents), nothing generated
         $RS --report-only --test-method none --test-lengths 512,1024,2048,4096 --test-placements before,system,after
         $EV sweep --task retention --model gemma3-270m --out eval_results/gemma/retention-sweep $COMMON --methods guide --test-only \
-          --report-only --test-method none --test-docs 11 --test-lengths 512,1024 --test-placements before ;;
+          --report-only --test-method none --test-docs 11 --test-lengths 512,1024,2048,4096 --test-placements before
+        # both models side by side (the README's plot and table): unsteered and the chosen setting
+        $EV curves "SmolLM2-135M-Instruct=eval_results/retention-sweep/test/results.json" \
+          "Gemma 3 270M (base)=eval_results/gemma/retention-sweep/test/results.json" --placement before \
+          --method none --method "spotlight:phases=decode,target=0.1" --out eval_results/retention_models.png \
+          --title "Rule before the document, test documents (the setting chosen on SmolLM2's dev documents)" ;;
     esac ;;
   retention-long)
     # SmolLM2 test cells the first queues lacked: 4k tokens with the rule before the document (6 test

@@ -3,11 +3,8 @@ through `vllm_xargs` (flat strings) and an unsteered one give the Hugging Face p
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import socket
-import subprocess
 import sys
 import time
 import urllib.request
@@ -22,63 +19,24 @@ from test_vllm_exact import MODEL_DIR, PROMPTS, _trim, exported_model  # noqa: E
 import attnsteer  # noqa: E402
 from attnsteer.eval import specs  # noqa: E402
 from attnsteer.vllm import steered_prompt  # noqa: E402
+from attnsteer.vllm._server import drop_stream as _drop_stream  # noqa: E402
+from attnsteer.vllm._server import local_server  # noqa: E402
+from attnsteer.vllm._server import post as _post  # noqa: E402
 
 NEW = 10
 LOAD_BLOCKS = 12
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(hf_model):
-    port = _free_port()
     # dev mode: POST /collective_rpc reads the plugin's per-request state (attnsteer_state); a
     # 12-block cache (128 tokens a block) that the load test's 8 concurrent 2-3-block requests
     # overflow, so vLLM must preempt and recompute.
-    env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1", VLLM_SERVER_DEV_MODE="1")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "vllm.entrypoints.openai.api_server",
-            "--model",
-            MODEL_DIR,
-            "--dtype",
-            "float32",
-            "--max-model-len",
-            "1024",
-            "--enforce-eager",
-            "--num-gpu-blocks-override",
-            str(LOAD_BLOCKS),
-            "--max-num-seqs",
-            "8",
-            "--port",
-            str(port),
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(300):
-            try:
-                urllib.request.urlopen(url + "/health", timeout=2)
-                break
-            except OSError:
-                if proc.poll() is not None:
-                    raise RuntimeError("the vLLM server exited during start-up") from None
-                time.sleep(1)
-        else:
-            raise RuntimeError("the vLLM server did not start in 300 s")
+    args = ["--dtype", "float32", "--max-model-len", "1024", "--enforce-eager"]
+    args += ["--num-gpu-blocks-override", str(LOAD_BLOCKS), "--max-num-seqs", "8"]
+    env = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_SERVER_DEV_MODE": "1"}
+    with local_server(MODEL_DIR, args, env=env, start_timeout=300) as (url, _):
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=60)
 
 
 @pytest.fixture(scope="module")
@@ -87,12 +45,7 @@ def hf_model():
 
 
 def _complete(url, body):
-    req = urllib.request.Request(
-        url + "/v1/completions", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
-    )
-    with urllib.request.urlopen(req, timeout=300) as r:
-        out = json.loads(r.read())
-    return out["choices"][0]
+    return _post(url, "/v1/completions", body)["choices"][0]
 
 
 def test_steered_and_unsteered_requests_through_the_server(server, hf_model):
@@ -187,14 +140,6 @@ BAD = [
 ]
 
 
-def _post(url, path, body, timeout=300):
-    req = urllib.request.Request(
-        url + path, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
-    )
-    with urllib.request.urlopen(req, timeout=timeout) as r:
-        return json.loads(r.read())
-
-
 def _state(url):
     """The plugin's per-request state in the engine's worker (dev-mode collective_rpc)."""
     return _post(url, "/collective_rpc", {"method": "attnsteer_state"}, timeout=60)["results"][0]
@@ -203,27 +148,6 @@ def _state(url):
 def _preemptions(url) -> float:
     text = urllib.request.urlopen(url + "/metrics", timeout=30).read().decode()
     return sum(float(v) for v in re.findall(r"^vllm:num_preemptions(?:_total)?\{[^}]*\} ([0-9.e+]+)$", text, re.M))
-
-
-def _drop_stream(url, body, chunks=2):
-    """Open a streamed completion, read ``chunks`` events, hang up. Returns the events read."""
-    import http.client
-    from urllib.parse import urlparse
-
-    u = urlparse(url)
-    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=120)
-    conn.request("POST", "/v1/completions", json.dumps(dict(body, stream=True)), {"Content-Type": "application/json"})
-    resp = conn.getresponse()
-    assert resp.status == 200
-    got = []
-    while len(got) < chunks:
-        line = resp.readline()
-        if not line:
-            break
-        if line.startswith(b"data: ") and b"[DONE]" not in line:
-            got.append(line)
-    conn.close()  # the client goes away mid-generation: vLLM aborts the request
-    return got
 
 
 def test_server_under_load_keeps_every_promise(server, hf_model):
