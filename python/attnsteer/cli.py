@@ -4,7 +4,7 @@
 (``--kernel`` runs the kernel demo instead: span mass, accuracy against float64, time vs SDPA).
 ``generate`` steers one prompt with any method, on the embedded model or ``--model DIR|FILE.gguf``.
 ``eval`` measures whether steering helps (``ifeval``, ``retention``, ``sweep``, ``report``; see
-:mod:`attnsteer.eval`).
+`attnsteer.eval`).
 """
 
 from __future__ import annotations

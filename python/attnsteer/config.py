@@ -1,11 +1,11 @@
 """Tuned steering configurations: the setting a sweep chose for a model and task, with its evidence.
 
-A :class:`SteeringConfig` is a method spec (the :mod:`attnsteer.eval.specs` grammar, e.g.
+A `SteeringConfig` is a method spec (the `attnsteer.eval.specs` grammar, e.g.
 ``"keyscale:alpha=1.5"``) plus what it was tuned for and what was measured. It is accepted wherever
 a method is: ``steer(model, cfg, spans=...)``, ``attnsteer.generate(..., method=cfg)``, the CLI's
 ``--config FILE`` and ``attnsteer.vllm.steered_prompt(tok, prompt, cfg)``.
 
-:func:`recommended` returns the configurations that ship for the embedded model (from the sweeps in
+`recommended` returns the configurations that ship for the embedded model (from the sweeps in
 ``eval_results/``); ``attnsteer eval sweep --save-config FILE`` writes one for your model.
 
 Example::
@@ -44,7 +44,7 @@ class SteeringConfig:
     """A steering setting chosen for a model and task.
 
     Attributes:
-        method: the method spec, e.g. ``"keyscale:alpha=1.5"`` (see :mod:`attnsteer.eval.specs`).
+        method: the method spec, e.g. ``"keyscale:alpha=1.5"`` (see `attnsteer.eval.specs`).
         model: the model it was tuned on (a name, for the record).
         task: what it was tuned for: ``"ifeval"`` or ``"retention"``.
         evidence: what was measured — dev score, test difference to unsteered with its 95 %
@@ -66,7 +66,7 @@ class SteeringConfig:
         object.__setattr__(self, "method", specs.canonical(self.method))  # raises on a bad spec
 
     def build(self):
-        """The method object of :attr:`method` (None for ``"none"``)."""
+        """The method object of `method` (None for ``"none"``)."""
         from .eval import specs
 
         return specs.parse(self.method)
@@ -83,7 +83,7 @@ class SteeringConfig:
 
     @classmethod
     def load(cls, path: Union[str, Path]) -> "SteeringConfig":
-        """Read a configuration written by :meth:`save` or ``attnsteer eval sweep --save-config``."""
+        """Read a configuration written by `save` or ``attnsteer eval sweep --save-config``."""
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(
@@ -104,7 +104,7 @@ class SteeringConfig:
 
 
 def resolve_method(method: Any) -> Any:
-    """A :class:`SteeringConfig` → its method object; anything else unchanged. The entry points
+    """A `SteeringConfig` → its method object; anything else unchanged. The entry points
     call this, so each accepts a configuration where it takes a method."""
     if isinstance(method, SteeringConfig):
         return method.build()
@@ -150,7 +150,7 @@ def recommended(model_or_name: Any, task: str = "ifeval", method: Optional[str] 
             setting of that method alone (default: the best of all methods).
 
     Returns:
-        :class:`SteeringConfig`, whose ``evidence`` holds the measured difference to unsteered with
+        `SteeringConfig`, whose ``evidence`` holds the measured difference to unsteered with
         its paired bootstrap 95 % interval and verdict. Read the verdict before relying on it:
         "no evidence of a difference" is a possible, honest answer.
 

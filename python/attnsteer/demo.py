@@ -51,7 +51,7 @@ TASKS: List[Task] = [
 
 def methods():
     """``[(label, method)]``: unsteered, then each method at the strength tuned for the embedded
-    model (:func:`attnsteer.recommended`, IFEval dev split) and at its paper's strength, labelled
+    model (`attnsteer.recommended`, IFEval dev split) and at its paper's strength, labelled
     as such, and DIRECTER at the paper's settings."""
     from .config import PAPER_STRENGTHS, recommended
     from .eval import specs

@@ -30,9 +30,9 @@ def generate(
 
     Args:
         prompt_or_messages: a string with ``<<...>>`` markup, a list of them, chat messages or a
-            list of conversations (see :func:`attnsteer.highlight`).
-        method: a steering method or :class:`attnsteer.Directer` (plausibility-guided decoding,
-            greedy; its statistics land in ``method.stats``), a :class:`attnsteer.SteeringConfig`
+            list of conversations (see `attnsteer.highlight`).
+        method: a steering method or `attnsteer.Directer` (plausibility-guided decoding,
+            greedy; its statistics land in ``method.stats``), a `attnsteer.SteeringConfig`
             (e.g. ``attnsteer.recommended(model)``); None generates unsteered (markup is still removed).
         **generate_kwargs: passed to ``model.generate`` (``max_new_tokens``, ``do_sample``…).
 

@@ -127,7 +127,7 @@ class InfluenceResult:
         ]
 
     def to_dataframe(self):
-        """:meth:`to_records` as a pandas DataFrame (needs pandas)."""
+        """`to_records` as a pandas DataFrame (needs pandas)."""
         import pandas as pd
 
         return pd.DataFrame(self.to_records())
@@ -197,15 +197,15 @@ def influence(
     """GUIDE's Influence of the highlighted span, per layer and token, with attention rollout.
 
     Args:
-        model: a Hugging Face causal LM that :func:`attnsteer.steer` supports.
-        enc: the encoding from :func:`attnsteer.highlight` ``(B, T)``, rows with their own spans.
+        model: a Hugging Face causal LM that `attnsteer.steer` supports.
+        enc: the encoding from `attnsteer.highlight` ``(B, T)``, rows with their own spans.
         method: steer the forward (and the mixing) with this method; None = unsteered.
         value_norms: weight each source token by its value vector's L1 norm (the paper);
             False as GUIDE's code.
         residual: ``"current"`` (the paper) or ``"previous"`` (GUIDE's code) — see the module docstring.
 
     Returns:
-        :class:`InfluenceResult`. Memory O(T): the mixing runs through the fused op.
+        `InfluenceResult`. Memory O(T): the mixing runs through the fused op.
 
     Example:
         ```python
@@ -293,7 +293,7 @@ def span_mass(model, enc, method: Optional[Method] = None) -> SpanMass:
 
 @dataclass
 class Calibration:
-    """What :func:`calibrate_delta` found.
+    """What `calibrate_delta` found.
 
     Attributes:
         delta: the chosen Δ.
@@ -326,7 +326,7 @@ class Calibration:
 
 def aggregate_influence(res: InfluenceResult, row: int = 0) -> float:
     """The calibration's summary of a curve: the mean over layers 0…L−1 of the span's
-    Influence at the last prompt token (the area under :meth:`InfluenceResult.plot`'s curve)."""
+    Influence at the last prompt token (the area under `InfluenceResult.plot`'s curve)."""
     return float(res.last(row)[1:].mean())
 
 
@@ -366,7 +366,7 @@ def calibrate_delta(
     instruction rewritten in upper case; its code only plots the two curves. The rule here:
 
     1. ``g(p, m)`` = the mean over layers of the span's Influence at the last prompt token
-       (:func:`aggregate_influence`) for prompt ``p`` under method ``m``.
+       (`aggregate_influence`) for prompt ``p`` under method ``m``.
     2. Target gain ``r = g(upper, none) / g(plain, none)``: the upper-case rewrite (the marked
        text in capitals, still marked, unsteered) against the plain prompt.
     3. ``Δ*`` = the smallest Δ with ``g(plain, GUIDE(Δ)) / g(plain, none) = r``, by linear
@@ -398,7 +398,7 @@ def calibrate_delta(
 
 
 def _choose_delta(deltas: List[float], gains: List[float], target: float) -> float:
-    """Step 3 of :func:`calibrate_delta`: the smallest Δ whose gain reaches ``target``
+    """Step 3 of `calibrate_delta`: the smallest Δ whose gain reaches ``target``
     (linear interpolation between grid points); 0 if ``target <= 1``; the last Δ if none does."""
     if target <= 1.0:
         return 0.0

@@ -1,6 +1,6 @@
 """Steering methods as small validated configs that turn into per-layer op arguments.
 
-Every method reduces to arguments of :func:`attnsteer.steered_attention`: which keys are
+Every method reduces to arguments of `attnsteer.steered_attention`: which keys are
 "span" for the op, and a bias, a key scale or a target per head (and per row). A bias ``b`` on
 the span's logits only moves mass between span and rest (split softmax): with natural span
 mass ``p``, the steered mass is ``e^b·p / (e^b·p + 1 − p)`` and the shape inside each part is kept.
@@ -181,7 +181,7 @@ class Method:
         raise NotImplementedError(f"{type(self).__name__} must implement plan(layer_idx, ctx)")
 
     def plan_steered(self, layer_idx: int, ctx: ForwardContext) -> Optional[OpArgs]:
-        """:meth:`plan`, or None when the plan steers no query row of this forward (the model
+        """`plan`, or None when the plan steers no query row of this forward (the model
         adapters' rule: such a layer runs unsteered)."""
         args = self.plan(layer_idx, ctx)
         if args is not None and args.query_mask is not None and not bool(args.query_mask.any()):
@@ -189,7 +189,7 @@ class Method:
         return args
 
     def needs_span_mass(self) -> bool:
-        """True when :meth:`with_span_mass` must see the span mass of a first pass (pooled SpotLight)."""
+        """True when `with_span_mass` must see the span mass of a first pass (pooled SpotLight)."""
         return False
 
     def with_span_mass(self, args: OpArgs, mass: torch.Tensor, ctx: ForwardContext) -> OpArgs:

@@ -124,7 +124,7 @@ def profile_heads(
         alpha: PASTA's factor on the rest of the prompt (0.01 in the paper).
 
     Returns:
-        :class:`HeadProfile`; ``.select(k)`` gives ``{layer: [heads]}`` for ``PASTA(heads=...)``,
+        `HeadProfile`; ``.select(k)`` gives ``{layer: [heads]}`` for ``PASTA(heads=...)``,
         ``.save(path)`` writes it as JSON.
 
     Guide: ``docs/guides/influence.md`` (with a runnable example).

@@ -7,7 +7,7 @@ dataset text that contains ``<<`` … ``>>`` of its own, highlighted with ``char
     "<<+very important+>>"   weight 2        "<<-a hint->>"   weight 0.5
     "a literal \\<<x\\>> stays text"               backslash escapes each marker
 
-The result is a :class:`transformers.BatchEncoding` that ``model(**enc)`` and
+The result is a `transformers.BatchEncoding` that ``model(**enc)`` and
 ``model.generate(**enc)`` accept as is, with the mask kept out of the model keywords as the
 attribute ``enc.span_mask`` (B, T) — bool, or float when weights other than 1 are used.
 """
@@ -356,7 +356,7 @@ def format_spans(tokenizer, enc, *, row: Optional[int] = None) -> str:
 
 
 def show_spans(tokenizer, enc, *, row: Optional[int] = None, file=None) -> None:
-    """Print :func:`format_spans` (returns None, so a notebook cell shows it once).
+    """Print `format_spans` (returns None, so a notebook cell shows it once).
 
     Guide: ``docs/guides/spans.md`` (with a runnable example).
     """

@@ -13,11 +13,11 @@ Per step (arXiv 2603.06745, as the authors' code does it):
 
 The prompt is prefilled without its last token, so the first generated token can be steered.
 Every row of a batch decides on its own (per-row layer sets through per-row query masks — the
-:class:`~attnsteer.directer.cache.RowLayers` method wrapper, swapped into the ``steer()`` block
-with :meth:`attnsteer.hf.Steering.use`), and rows finish independently.
+`attnsteer.directer.cache.RowLayers` method wrapper, swapped into the ``steer()`` block
+with `attnsteer.hf.Steering.use`), and rows finish independently.
 
-Layout: :mod:`.ranking` (layer sensitivity), :mod:`.decoding` (the gate and trials),
-:mod:`.cache` (forwards over the unsteered cache, the trial method wrapper).
+Layout: `.ranking` (layer sensitivity), `.decoding` (the gate and trials),
+`.cache` (forwards over the unsteered cache, the trial method wrapper).
 
 Usage::
 

@@ -19,7 +19,7 @@ __all__ = ["RowLayers", "forward", "peek", "prefill", "positions"]
 class RowLayers(Method):
     """``inner`` steering on a per-row set of layers: row b is steered at layer ℓ iff
     ``row_layers[b, ℓ]`` (a DIRECTER trial; ``row_layers=None`` steers nothing). The layer sets
-    become a query mask inside :meth:`plan`, so one forward serves rows with different sets."""
+    become a query mask inside `plan`, so one forward serves rows with different sets."""
 
     inner: Optional[Method] = None
     row_layers: Optional[torch.Tensor] = None  # (B, L) bool

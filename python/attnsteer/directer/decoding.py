@@ -1,5 +1,5 @@
 """DIRECTER's plausibility-guided decoding (arXiv 2603.06745); the per-step algorithm is in the
-package docstring (:mod:`attnsteer.directer`)."""
+package docstring (`attnsteer.directer`)."""
 
 from __future__ import annotations
 
@@ -75,15 +75,15 @@ class Directer:
         method: the steering applied in a trial; None = key scaling by ``alpha`` (the paper).
             Any method works: ``Directer(method=GUIDE(2.0))``. Its ``layers``/``phases`` are
             replaced by DIRECTER's layer schedule and the current token.
-        ranking: a :class:`LayerRanking` (or a layer order) to reuse; None ranks every prompt
-            once after the prefill with :func:`rank_layers`.
-        ranking_variant: ``"paper"`` or ``"released"`` (see :func:`rank_layers`).
+        ranking: a `LayerRanking` (or a layer order) to reuse; None ranks every prompt
+            once after the prefill with `rank_layers`.
+        ranking_variant: ``"paper"`` or ``"released"`` (see `rank_layers`).
 
     Use it as ``model.generate(**enc, custom_generate=Directer(), spans=enc)`` or through
-    :func:`attnsteer.generate`. Greedy by default; ``do_sample=True`` samples behind the same gate.
+    `attnsteer.generate`. Greedy by default; ``do_sample=True`` samples behind the same gate.
 
     Results of the last call (not configuration: not constructor arguments, not compared, not in
-    the repr): ``stats`` — its :class:`DirecterStats`; ``last_ranking`` — its :class:`LayerRanking`.
+    the repr): ``stats`` — its `DirecterStats`; ``last_ranking`` — its `LayerRanking`.
 
     Example:
         ```python
@@ -137,7 +137,7 @@ class Directer:
         ranking: Any = None,
         **model_kwargs,
     ) -> torch.LongTensor:
-        """DIRECTER decoding; ``spans`` is the encoding from :func:`attnsteer.highlight`
+        """DIRECTER decoding; ``spans`` is the encoding from `attnsteer.highlight`
         (or a ``(B, T)`` span mask) aligned with ``input_ids``. Returns ``(B, T + new)`` ids."""
         if generation_config is not None:
             if getattr(generation_config, "num_beams", 1) not in (1, None):

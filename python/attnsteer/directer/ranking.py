@@ -20,7 +20,7 @@ class LayerRanking:
     Attributes:
         sensitivity: ``(B, L)`` float — higher = steering this layer moves the model more.
         order: ``(B, L)`` long — layer indices by descending sensitivity.
-        variant: ``"paper"`` or ``"released"`` (see :func:`rank_layers`).
+        variant: ``"paper"`` or ``"released"`` (see `rank_layers`).
 
     Guide: ``docs/guides/directer.md`` (with a runnable example).
     """
@@ -163,10 +163,10 @@ def rank_layers(
     layer j is how much j's own input/output pair moves when *any* layer is steered.
 
     Args:
-        inputs: the encoding from :func:`attnsteer.highlight` (``input_ids``, ``attention_mask``, ``span_mask``).
+        inputs: the encoding from `attnsteer.highlight` (``input_ids``, ``attention_mask``, ``span_mask``).
         method: the method a trial applies (default: key scaling by ``alpha``).
     Returns:
-        :class:`LayerRanking` with ``sensitivity`` and ``order`` of shape ``(B, L)``.
+        `LayerRanking` with ``sensitivity`` and ``order`` of shape ``(B, L)``.
     """
     if variant not in ("paper", "released"):
         raise ValueError(f"variant must be 'paper' or 'released'; got {variant!r}")

@@ -5,7 +5,7 @@ and ``immutabledict`` (~130 MB) instead of ``lm-eval[ifeval]`` (~760 MB: dataset
 pyarrow…). The checkers themselves (``lm_eval/tasks/ifeval/{utils,instructions,
 instructions_registry,instructions_util}.py``) need only those three packages; what needs the
 heavy ones is ``lm_eval/tasks/__init__.py`` (the task manager), which Python runs on the way to
-``lm_eval.tasks.ifeval``. :func:`load` imports the checker modules under their real names with
+``lm_eval.tasks.ifeval``. `load` imports the checker modules under their real names with
 the task manager skipped, so the checking code that runs is lm-eval's own, unmodified. Where the
 full lm-eval is installed and already imported, its modules are used as they are.
 
@@ -14,7 +14,7 @@ find it, and two checkers (sentence counts) need it. NLTK's English ``punkt_tab`
 package data (``attnsteer/eval/data/nltk_data``) and is put first on ``nltk.data.path`` before
 the import, so nothing is downloaded.
 
-Determinism: ``langdetect`` is seeded (``DetectorFactory.seed = 0``), and :func:`score` seeds
+Determinism: ``langdetect`` is seeded (``DetectorFactory.seed = 0``), and `score` seeds
 ``random`` per prompt (some checkers draw a random letter or phrase when a keyword argument is
 missing or falsy, e.g. keys 1122 and 1129).
 """

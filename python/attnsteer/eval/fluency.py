@@ -6,8 +6,8 @@ the same prompt; ``n_tokens``; ``distinct4`` — distinct word 4-grams / all wor
 (1.0 for replies under four words; the 135M model often loops until the token cap, which
 drives it toward 0).
 
-A configuration is flagged against the unsteered run on the same prompts (:func:`flags`) when
-its replies are much shorter, much less likely or more repetitive — :data:`BOUNDS`.
+A configuration is flagged against the unsteered run on the same prompts (`flags`) when
+its replies are much shorter, much less likely or more repetitive — `BOUNDS`.
 """
 
 from __future__ import annotations

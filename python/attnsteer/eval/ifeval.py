@@ -5,11 +5,11 @@ IFEval prompts do not mark their constraints, so a strategy decides what is high
 - ``prompt``: the whole user message.
 - ``constraints``: the sentences of the prompt that carry a checkable constraint. The prompt is
   cut into sentences (NLTK punkt, per line); a sentence belongs to instruction ``(id, kwargs)``
-  when it matches the cue pattern of the instruction's id (:data:`CUES`) or contains one of its
+  when it matches the cue pattern of the instruction's id (`CUES`) or contains one of its
   string arguments (a keyword, a forbidden word, the end phrase, the first word, the
   postscript marker, the section splitter, the language's name; ``prompt_to_repeat`` excepted).
   A prompt in which no instruction is located falls back to the whole prompt
-  (:func:`locate_report` counts both).
+  (`locate_report` counts both).
 - ``system``: the constraints restated in a system message, written by the checkers' own
   ``build_description(**kwargs)``, and that message is marked whole. The unsteered baseline of
   this strategy sees the same system message.

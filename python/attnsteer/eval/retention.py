@@ -11,7 +11,7 @@ method; a PNG plot.
   downloaded. A length that does not fit the model's context with the rule, the template and
   the reply is shrunk to fit, and the actual length is stored (SmolLM2's 8192-token context
   takes ~7.7k tokens at "8k").
-- Rules (:data:`RULES`): IFEval instruction families, worded by the checkers'
+- Rules (`RULES`): IFEval instruction families, worded by the checkers'
   ``build_description``; ``french`` is ``language:response_language`` (langdetect).
 - Task: "Summarise the document in a few sentences."
 """
@@ -237,7 +237,7 @@ def summarize(
 ) -> List[Dict[str, Any]]:
     """Per (method, placement, length) — and rule, with ``by_rule`` — loose accuracy, n, mean
     document tokens, mean reply tokens and distinct-4; ``flags``: the fluency flags
-    (:func:`fluency.flags`) of a steered cell against the unsteered replies to the same prompts,
+    (`fluency.flags`) of a steered cell against the unsteered replies to the same prompts,
     and ``short`` among them (a reply that only echoes the rule can pass a checker such as the end
     phrase); ``vs_unsteered``: the paired bootstrap interval of the accuracy difference."""
     groups: Dict[Tuple[str, str, str, int], List[Dict[str, Any]]] = {}
@@ -415,7 +415,7 @@ def compare_models(
 
 
 def plot_models(rows: Sequence[Dict[str, Any]], path: str, title: str = "") -> str:
-    """One panel per model (rows from :func:`compare_models`): accuracy against document length,
+    """One panel per model (rows from `compare_models`): accuracy against document length,
     one line per method, 95 % intervals as error bars."""
     import matplotlib
 

@@ -1,17 +1,17 @@
 """``attnsteer eval sweep --task retention``: strength grids for long-context rule retention, tuned
 on dev documents, reported on separate test documents.
 
-- Grids (:data:`GRIDS`): per method, strengths × layer subsets (all layers; ``{upper}`` the upper
+- Grids (`GRIDS`): per method, strengths × layer subsets (all layers; ``{upper}`` the upper
   half; ``{ranked}`` DIRECTER's top-ranked quarter, ranked once on the first dev prompts and kept
   in ``ranked_layers.json`` so a resumed sweep uses the same layers) × phases, and the
   length-aware options (``guide:…,length_ref=N``; SpotLight, whose target is a mass, not a bias).
-- Dev: every grid point on the dev documents (:func:`retention.documents` with ``split="dev"``,
+- Dev: every grid point on the dev documents (`retention.documents` with ``split="dev"``,
   the first half of the paragraphs) at the dev lengths and placements. A point is eligible when no
   dev cell carries a fluency flag; the best eligible point of each grid, and the best of all, are
   chosen by mean accuracy over the dev cells (ties: the earlier, weaker point).
 - Test: unsteered and the chosen points on the test documents (the other half) at the test
   lengths and placements; the report gives every cell with its paired bootstrap interval.
-- ``--save-config FILE`` writes the overall choice as a :class:`attnsteer.SteeringConfig`.
+- ``--save-config FILE`` writes the overall choice as a `attnsteer.SteeringConfig`.
 
 Every response lands in the resumable store (``responses.jsonl``; ``--shard NAME`` writes
 ``responses.NAME.jsonl`` so two queues can run side by side; reports read every shard).
@@ -87,7 +87,7 @@ def ranked_layers(model, tokenizer, cases: Sequence[retention.Case], out: str, t
 
 
 def cell_scores(rows: Sequence[Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
-    """Per method over the cells of ``rows`` (:func:`retention.summarize`): mean accuracy, cells,
+    """Per method over the cells of ``rows`` (`retention.summarize`): mean accuracy, cells,
     replies and the fluency flags of any cell."""
     out: Dict[str, Dict[str, Any]] = {}
     for r in rows:

@@ -33,7 +33,7 @@ def baseline_strategy(strategy: str) -> str:
 
 
 class ResponseStore:
-    """Append-only jsonl of responses; :meth:`done` tells which keys exist.
+    """Append-only jsonl of responses; `done` tells which keys exist.
 
     It writes ``path`` and reads it together with its shards, ``<folder>/responses.*.jsonl`` beside
     a ``responses*.jsonl`` path: two queues running side by side each append to their own shard
@@ -193,8 +193,8 @@ def run_ifeval(
 ) -> None:
     """Generate and score every (method, prompt) not yet in ``store``.
 
-    ``methods`` are spec strings (:mod:`attnsteer.eval.specs`); ``none`` runs unsteered under
-    :func:`baseline_strategy`. Prompts are batched longest first (less padding)."""
+    ``methods`` are spec strings (`attnsteer.eval.specs`); ``none`` runs unsteered under
+    `baseline_strategy`. Prompts are batched longest first (less padding)."""
     from tqdm.auto import tqdm
 
     if strategy not in ifeval.STRATEGIES:

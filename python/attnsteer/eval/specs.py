@@ -152,7 +152,7 @@ def canonical(spec: str) -> str:
 
 
 def from_cli(spec: str) -> str:
-    """A ``--method`` value: a spec, or ``@FILE`` — the spec of a :class:`attnsteer.SteeringConfig`
+    """A ``--method`` value: a spec, or ``@FILE`` — the spec of a `attnsteer.SteeringConfig`
     saved by ``attnsteer eval sweep --save-config FILE`` (checked here, before any model loads)."""
     if spec.startswith("@"):
         from ..config import SteeringConfig

@@ -38,7 +38,7 @@ class Difference:
 
     @property
     def verdict(self) -> str:
-        """``better`` / ``worse`` when the interval excludes 0, else :data:`NO_EVIDENCE`."""
+        """``better`` / ``worse`` when the interval excludes 0, else `NO_EVIDENCE`."""
         if self.low > 0:
             return "better"
         if self.high < 0:
@@ -47,7 +47,7 @@ class Difference:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Difference":
-        """The inverse of :meth:`as_dict` (a report's JSON back to a :class:`Difference`)."""
+        """The inverse of `as_dict` (a report's JSON back to a `Difference`)."""
         return cls(d["diff"], d["low"], d["high"], d["n"], d.get("level", 0.95))
 
     def as_dict(self) -> dict:
@@ -88,7 +88,7 @@ def paired_bootstrap(
             report rebuilt from the same responses prints the same interval.
 
     Returns:
-        :class:`Difference`.
+        `Difference`.
     """
     a = np.asarray(steered, dtype=np.float64)
     b = np.asarray(baseline, dtype=np.float64)
@@ -114,7 +114,7 @@ def paired_bootstrap(
 
 
 def paired(steered: dict, baseline: dict, score, den=None, **kw) -> Optional[Difference]:
-    """:func:`paired_bootstrap` over the keys two ``{prompt key: record}`` maps share, with
+    """`paired_bootstrap` over the keys two ``{prompt key: record}`` maps share, with
     ``score(record)`` (and ``den(record)``) per prompt; None when they share none."""
     keys = [k for k in steered if k in baseline]
     if not keys:

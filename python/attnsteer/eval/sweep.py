@@ -2,7 +2,7 @@
 prompt-level loose accuracy among the points within the fluency bounds, then reported on the
 test split (never tuned on it).
 
-Grids (:data:`GRIDS`; strengths in each method's own unit). ``pasta-layers`` is PASTA on a head
+Grids (`GRIDS`; strengths in each method's own unit). ``pasta-layers`` is PASTA on a head
 subset — every head of the upper half of the layers; ``pasta-heads`` uses the profiled heads that
 ship for the embedded model (``attnsteer.profile_heads``; not in the default list).
 """

@@ -1,8 +1,8 @@
 """Hugging Face integration: ``with attnsteer.steer(model, method, spans=enc): ...``.
 
-Layout: :mod:`.attention` — the attention adapter and mask function registered with
-transformers under ``"attnsteer"``; :mod:`.state` — the steering state of a block and its public
-face :class:`Steering`; :mod:`.pipeline` — :func:`steer_pipeline`; this module — :func:`steer`
+Layout: `.attention` — the attention adapter and mask function registered with
+transformers under ``"attnsteer"``; `.state` — the steering state of a block and its public
+face `Steering`; `.pipeline` — `steer_pipeline`; this module — `steer`
 and the model introspection it needs.
 
 The steering state belongs to the model object, so ``generate`` running in another thread (the
@@ -61,7 +61,7 @@ def check_supported(model) -> None:
 
 
 def _as_method(method: Any) -> Method:
-    """``method``, or the method of a :class:`SteeringConfig`; a clear error for anything else."""
+    """``method``, or the method of a `SteeringConfig`; a clear error for anything else."""
     if isinstance(method, SteeringConfig):
         built = method.build()
         if not isinstance(built, Method):
@@ -87,13 +87,13 @@ def steer(model, method: Method, spans: Union[torch.Tensor, Any]) -> Iterator[An
 
     Args:
         model: a Hugging Face causal LM whose attention goes through ``AttentionInterface``.
-        method: :class:`GUIDE`, :class:`InstABoost`, :class:`PASTA`, :class:`SpotLight`, :class:`KeyScale`,
-            or a :class:`attnsteer.SteeringConfig` (e.g. ``attnsteer.recommended(model)``).
-        spans: the encoding returned by :func:`attnsteer.highlight` (uses ``.span_mask``), or a
+        method: `GUIDE`, `InstABoost`, `PASTA`, `SpotLight`, `KeyScale`,
+            or a `attnsteer.SteeringConfig` (e.g. ``attnsteer.recommended(model)``).
+        spans: the encoding returned by `attnsteer.highlight` (uses ``.span_mask``), or a
             ``(B, T_prompt)`` bool/float span mask aligned with the prompt the model is given.
 
     Inside the block, ``model(...)``, ``model.generate(...)`` (cache, beams, sampling, streaming)
-    run steered; :func:`active` gives the block's :class:`Steering` (e.g. to swap the method). Prompt positions are counted from the first forward of each generation. Leaving
+    run steered; `active` gives the block's `Steering` (e.g. to swap the method). Prompt positions are counted from the first forward of each generation. Leaving
     the block waits for a steered ``generate`` still running in another thread to finish.
 
     Example:

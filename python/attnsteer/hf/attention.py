@@ -1,10 +1,10 @@
 """The attention adapter and mask function registered with transformers under ``"attnsteer"``.
 
-The mask function returns a small :class:`SteerMask` — the 2-D padding mask plus the absolute
+The mask function returns a small `SteerMask` — the 2-D padding mask plus the absolute
 positions of the forward's queries and keys — never a ``(B, 1, T, T)`` tensor, so memory stays
 O(T). The attention function is an adapter in the manner of transformers' own
 ``sdpa_attention_forward``: gather the layer's inputs, ask the method for its op arguments
-(:meth:`Method.plan`), call the fused op, shape the output. The op does causal, window and
+(`Method.plan`), call the fused op, shape the output. The op does causal, window and
 padding masking itself.
 """
 
@@ -113,7 +113,7 @@ def _layer_keys(attention_mask: Any, key, value, Tq: int, sliding_window):
 
 
 def _context(state, B: int, Hq: int, Tq: int, Tk: int, q_off: int, kv_off: int, padding, device) -> ForwardContext:
-    """The forward's :class:`ForwardContext`, built once per forward and mask type (cached in the
+    """The forward's `ForwardContext`, built once per forward and mask type (cached in the
     state: the per-step Python work stays one small computation, not one per layer)."""
     # The padding mask is one object per forward (and mask type): it is part of the key, and kept
     # in the entry so that its id cannot be reused meanwhile.

@@ -1,8 +1,8 @@
-"""The steering state of one ``steer()`` block, and its public face :class:`Steering`.
+"""The steering state of one ``steer()`` block, and its public face `Steering`.
 
 The state belongs to the model object (``generate`` in a worker thread — the
 ``TextIteratorStreamer`` pattern — is steered too). Code that extends a running block (DIRECTER's
-trials, Influence's probe) goes through :func:`active` and the methods of :class:`Steering`,
+trials, Influence's probe) goes through `active` and the methods of `Steering`,
 never through the attributes the adapter reads.
 """
 
@@ -24,7 +24,7 @@ class Steering:
     """An active ``steer()`` block on one model.
 
     Attributes:
-        method: the method the attention layers apply (swap it with :meth:`use`).
+        method: the method the attention layers apply (swap it with `use`).
         span_mask: ``(B, T_prompt)`` float32 span weights.
         prompt_length: ``T_prompt``.
         num_layers: decoder layers of the model (0 when unknown).
@@ -80,7 +80,7 @@ class Steering:
 
 
 def active(model) -> Steering:
-    """The :class:`Steering` of the ``steer()`` block ``model`` is in; raises outside one."""
+    """The `Steering` of the ``steer()`` block ``model`` is in; raises outside one."""
     state = getattr(model, "_attnsteer_state", None)
     if state is None:
         raise RuntimeError(

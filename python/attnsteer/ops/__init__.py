@@ -3,12 +3,12 @@
 Every op validates its inputs (errors name the tensor, what it got and what was expected),
 normalises Python scalars into the tensors the registered schemas take, and dispatches to the
 compiled kernel — or, without the compiled extension, to a blocked pure-PyTorch path (one
-warning). :func:`backend` says which is active. The ops are inference-only.
+warning). `backend` says which is active. The ops are inference-only.
 
 Layout: this module holds the public wrappers (validate → normalise → dispatch) and
-:func:`layer_attention`, the entry point of the model adapters; :mod:`.args` the argument object
-(the only Python copy of the schemas' order); :mod:`.reference` the float64 specification;
-:mod:`.fallback` the blocked PyTorch path; :mod:`._registration` the fake (meta) kernels.
+`layer_attention`, the entry point of the model adapters; `.args` the argument object
+(the only Python copy of the schemas' order); `.reference` the float64 specification;
+`.fallback` the blocked PyTorch path; `._registration` the fake (meta) kernels.
 
 Guide: ``docs/guides/ops.md`` (with a runnable example).
 """
@@ -204,7 +204,7 @@ def layer_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, args: OpArgs
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """The fused op for callers whose shapes are right by construction (the attention layers of
-    a model): ``args`` already normalised (:class:`OpArgs`), no validation beyond the
+    a model): ``args`` already normalised (`OpArgs`), no validation beyond the
     inference-only rule — the public wrapper's checks cost ~0.1 ms a call, 30 calls a token.
     The C++ host function still checks shapes. Returns ``(out (B, Hq, Tq, D), span_mass)``."""
     _check_grad("steered_attention", q, k, v)
@@ -213,7 +213,7 @@ def layer_attention(
 
 def layer_weights(q: torch.Tensor, k: torch.Tensor, args: OpArgs) -> torch.Tensor:
     """Steered attention weights ``(B, Hq, Tq, Tk)`` in q's dtype for the same ``args`` as
-    :func:`layer_attention` (materialised: for ``output_attentions`` only)."""
+    `layer_attention` (materialised: for ``output_attentions`` only)."""
     Hq, Hkv, D = q.shape[1], k.shape[1], q.shape[-1]
     scale = args.scale if args.scale is not None else 1.0 / math.sqrt(D)
     kk = k.repeat_interleave(Hq // Hkv, dim=1) if Hq != Hkv else k
@@ -280,7 +280,7 @@ def steered_softmax(
 ) -> torch.Tensor:
     """Steered attention weights from logits ``(B, H, Tq, Tk)`` (already ``scale * q.k``).
 
-    Same arguments and order of operations as :func:`steered_attention`; returns weights of the
+    Same arguments and order of operations as `steered_attention`; returns weights of the
     logits' dtype, for ``output_attentions``, Influence and plots. Fully masked rows are zeros.
 
     Guide: ``docs/guides/ops.md`` (with a runnable example).

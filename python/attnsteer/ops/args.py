@@ -5,9 +5,9 @@ The registered schemas (``csrc/ops.cpp``) are::
     steered_attention(q, k, v, <steering>, scale, return_span_mass) -> (out, span_mass)
     steered_softmax(logits, <steering>) -> weights
 
-where ``<steering>`` is the fields of :class:`OpArgs` up to ``softcap``, in that order. Public
-wrappers validate their keywords, :meth:`OpArgs.normalise` turns them into these tensors, and
-:meth:`OpArgs.attention` / :meth:`OpArgs.softmax` lay them out for the kernel, the fake and the
+where ``<steering>`` is the fields of `OpArgs` up to ``softcap``, in that order. Public
+wrappers validate their keywords, `OpArgs.normalise` turns them into these tensors, and
+`OpArgs.attention` / `OpArgs.softmax` lay them out for the kernel, the fake and the
 pure-PyTorch fallback alike.
 """
 
@@ -90,12 +90,12 @@ class OpArgs:
 
     @classmethod
     def from_attention(cls, q, k, v, *rest) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, "OpArgs"]:
-        """Inverse of :meth:`attention` (for the fake and the fallback)."""
+        """Inverse of `attention` (for the fake and the fallback)."""
         return q, k, v, cls(*rest)
 
     @classmethod
     def from_softmax(cls, logits, *rest) -> Tuple[torch.Tensor, "OpArgs"]:
-        """Inverse of :meth:`softmax`."""
+        """Inverse of `softmax`."""
         return logits, cls(*rest)
 
     @classmethod

@@ -17,7 +17,7 @@ QUERY_CHUNK = 256
 
 
 def steered_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, args: OpArgs):
-    """``(out, span_mass)`` of the fused op, blocked over queries (see :class:`OpArgs`)."""
+    """``(out, span_mass)`` of the fused op, blocked over queries (see `OpArgs`)."""
     B, Hq, Tq, D = q.shape
     Hkv, Tk = k.shape[1], k.shape[2]
     G = Hq // Hkv

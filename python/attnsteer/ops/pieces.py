@@ -21,7 +21,7 @@ the rows inside it (top-left aligned from its first key) and fully visible to th
 Not covered (the fused kernel serves them): ``attn_mask`` (padding), sliding windows, soft-capping
 (flash has none), ``query_mask`` together with a key scale, key scales that differ across heads,
 and spans of more than
-``MAX_PIECES`` ranges. :func:`applicable` says whether a call qualifies. On CUDA the pieces run
+``MAX_PIECES`` ranges. `applicable` says whether a call qualifies. On CUDA the pieces run
 ``aten._scaled_dot_product_flash_attention``; on CPU
 ``aten._scaled_dot_product_flash_attention_for_cpu`` (so the decomposition is tested here).
 """
@@ -57,7 +57,7 @@ def key_ranges(weights: torch.Tensor) -> List[Tuple[int, int, float]]:
 
 
 def applicable(q: torch.Tensor, args: OpArgs, max_pieces: int = MAX_PIECES) -> bool:
-    """Whether :func:`steered_attention` serves this call (see the module docstring)."""
+    """Whether `steered_attention` serves this call (see the module docstring)."""
     if args.attn_mask is not None or args.window is not None or args.softcap is not None:
         return False
     if args.query_mask is not None and not bool((args.key_scale == 1).all()):
@@ -108,7 +108,7 @@ def steered_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, args: OpArgs, flash: Optional[Flash] = None
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """``(out (B, Hq, Tq, D), span_mass (B, Hq, Tq) or empty)`` like the fused op, from flash
-    pieces. Call only where :func:`applicable` is True."""
+    pieces. Call only where `applicable` is True."""
     flash = flash or _flash_for(q.device)
     B, Hq, Tq, D = q.shape
     Hkv, Tk = k.shape[1], k.shape[2]

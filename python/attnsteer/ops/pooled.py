@@ -12,7 +12,7 @@ unsteered output ``o = (O_s + O_r) / (S + R)``, span mass ``p = S / (S + R)`` an
 ``o`` and ``p`` come from the measuring pass (the fused op returns the span mass), ``o_s`` from an
 attention over the span keys alone — ``Tq × |span|`` work instead of ``Tq × Tk``. This holds
 when the bias is the same on every span key of a sequence (equal span weights) and nothing else
-changes the logits (no key scaling, no per-row target); otherwise :func:`mixer` returns None and
+changes the logits (no key scaling, no per-row target); otherwise `mixer` returns None and
 the caller runs the second full pass.
 """
 

@@ -2,7 +2,7 @@
 
 These functions materialise the full ``(B, H, Tq, Tk)`` logits and compute in float64 by
 default: they are the oracle the kernels are tested against, not a fast path (the
-no-extension fallback in :mod:`attnsteer.ops.fallback` is blocked over queries and runs in
+no-extension fallback in `attnsteer.ops.fallback` is blocked over queries and runs in
 float32). Read them as the specification; comments in ``csrc/`` and elsewhere point here.
 
 Order of operations, per query row i (position ``pos = i + Tk - Tq``) and key j, with ``w_j``

@@ -1,6 +1,6 @@
-"""attnsteer for vLLM: the per-request steering format (:mod:`.request`), a paged step's
-per-request plan (:mod:`.plan`, the same plan the Hugging Face adapter makes) and the plugin that
-overrides vLLM's ``CPU_ATTN`` backend (:mod:`.plugin`, :mod:`.backend`; loaded by vLLM from the
+"""attnsteer for vLLM: the per-request steering format (`.request`), a paged step's
+per-request plan (`.plan`, the same plan the Hugging Face adapter makes) and the plugin that
+overrides vLLM's ``CPU_ATTN`` backend (`.plugin`, `.backend`; loaded by vLLM from the
 ``vllm.general_plugins`` entry point). The model to serve is written by ``attnsteer export DIR``.
 Guide: ``docs/guides/vllm.md``."""
 

@@ -1,8 +1,8 @@
 """The steered attention backend for vLLM's CPU path (``CPU_ATTN`` overridden by the plugin).
 
-Per step, the runner hook (:func:`attnsteer.vllm.plugin.register`) attaches to the step's
-attention metadata which requests of the batch are steered (:class:`Step`). A layer then runs
-vLLM's own kernel for the unsteered requests and :func:`attnsteer.ops.steered_attention_paged` —
+Per step, the runner hook (`attnsteer.vllm.plugin.register`) attaches to the step's
+attention metadata which requests of the batch are steered (`Step`). A layer then runs
+vLLM's own kernel for the unsteered requests and `attnsteer.ops.steered_attention_paged` —
 one call per group of requests that share a SpotLight target — for the steered ones, over the same paged cache: no steered row is computed
 twice. A batch without steered requests is vLLM's kernel alone.
 """

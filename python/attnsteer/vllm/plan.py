@@ -7,7 +7,7 @@ generated) are the keys, and the step's queries are the ``n_query`` tokens start
 Tensor parallelism: vLLM gives rank ``r`` of ``P`` the heads ``r·H/P … (r+1)·H/P − 1`` of every
 layer (and the matching kv heads). A plan is made for the layer's ``H`` heads — per-head settings
 such as PASTA's ``heads`` name global heads — and its per-head arguments are then cut to the
-rank's block (:func:`heads_of_rank`), so every rank steers exactly its share of the heads the
+rank's block (`heads_of_rank`), so every rank steers exactly its share of the heads the
 single-device plan steers. No method needs a reduction across ranks: per-row SpotLight works per
 head; pooled SpotLight (which would) is refused for serving.
 """
@@ -25,7 +25,7 @@ __all__ = ["request_context", "plan_request", "heads_of_rank"]
 
 
 def request_context(span_weights: torch.Tensor, start: int, n_query: int, num_heads: int) -> ForwardContext:
-    """The :class:`ForwardContext` of a step over one request: keys ``0 … start + n_query − 1``
+    """The `ForwardContext` of a step over one request: keys ``0 … start + n_query − 1``
     (the prompt's span weights, 0 on generated keys), queries at ``start … start + n_query − 1``,
     no padding (a paged batch packs requests without it).
 
@@ -53,7 +53,7 @@ def plan_request(
 ) -> Optional[OpArgs]:
     """``method.plan`` for this request's step at ``layer_idx``; None when nothing is steered
     (an unsteered layer, or no steered row in this step — the adapter's rule); pass a ``ctx`` from
-    :func:`request_context` to share it across the layers of one step. ``num_heads`` is the whole
+    `request_context` to share it across the layers of one step. ``num_heads`` is the whole
     layer's; with ``tp_size > 1`` the per-head arguments are those of rank ``tp_rank``'s heads.
 
     Guide: ``docs/guides/vllm.md`` (with a runnable example).

@@ -1,7 +1,7 @@
 """The vLLM plugin (entry point ``vllm.general_plugins``: ``attnsteer = attnsteer.vllm.plugin:register``).
 
 In every vLLM process it (1) overrides the ``CPU_ATTN`` backend with attnsteer's
-(:mod:`attnsteer.vllm.backend`), (2) checks each request where vLLM admits it
+(`attnsteer.vllm.backend`), (2) checks each request where vLLM admits it
 (``InputProcessor.process_inputs``, in the front-end process): a bad steering request is refused
 there with a ``VLLMValidationError`` (HTTP 400 from the server) naming the problem, and the engine
 keeps serving the others; a steered request without a ``cache_salt`` gets the one its steering
@@ -9,7 +9,7 @@ implies (a user's own salt is kept, extended with it), so prefix caching never m
 unsteered KV; and (3) wraps the model runner's attention-metadata build so each step publishes
 which of its requests are steered, at which positions (``extra_args["attnsteer"]`` or the
 server's flat ``attnsteer_method`` / ``attnsteer_spans``, read by
-:func:`attnsteer.vllm.request.parse_request`; parsed once per request).
+`attnsteer.vllm.request.parse_request`; parsed once per request).
 """
 
 from __future__ import annotations
@@ -120,7 +120,7 @@ def admit(request, tokenizer=None, model_config=None) -> None:
     """Check one ``EngineCoreRequest``'s steering before it reaches the engine, and salt its
     prefix-cache hash. Raises ``VLLMValidationError`` (a 400 on the server) for bad steering, for
     steering on a platform whose attention backend attnsteer does not replace (GPU, for now), or on
-    a model whose attention it cannot steer (:func:`unsteerable`)."""
+    a model whose attention it cannot steer (`unsteerable`)."""
     from vllm.exceptions import VLLMValidationError
     from vllm.platforms import current_platform
 

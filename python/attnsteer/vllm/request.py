@@ -1,5 +1,5 @@
 """The per-request steering format for vLLM: what a request carries, built from the same inputs
-as :func:`attnsteer.highlight`, and read back (validated) by the serving side.
+as `attnsteer.highlight`, and read back (validated) by the serving side.
 
 A steered request is ``SamplingParams(extra_args={"attnsteer": {...}})`` with::
 
@@ -83,7 +83,7 @@ def spans_from_mask(span_mask: torch.Tensor) -> List[Span]:
 
 def _servable_spec(method: Union[str, Any]) -> Tuple[str, Any]:
     """``(canonical spec, method)`` of a method that can be served per request, else a clear error.
-    A :class:`attnsteer.SteeringConfig` stands for its spec."""
+    A `attnsteer.SteeringConfig` stands for its spec."""
     from ..config import SteeringConfig
     from ..eval import specs
 
@@ -115,7 +115,7 @@ def _salt(spec: str, spans: Sequence[Span]) -> str:
 
 
 def request_salt(steering: RequestSteering) -> str:
-    """The ``cache_salt`` a request with this steering gets (the one :func:`steered_prompt` sets)."""
+    """The ``cache_salt`` a request with this steering gets (the one `steered_prompt` sets)."""
     return _salt(steering.spec, steering.spans)
 
 
@@ -124,10 +124,10 @@ def steered_prompt(tokenizer, prompt: Any, method: Any, **highlight_kwargs) -> S
 
     Args:
         tokenizer: the served model's tokenizer.
-        prompt: what :func:`attnsteer.highlight` takes — text with ``<<markup>>`` or chat messages.
+        prompt: what `attnsteer.highlight` takes — text with ``<<markup>>`` or chat messages.
         method: a method spec, e.g. ``"guide:delta=2"``, ``"spotlight:target=0.3,layers=0-11"``, or a
-            :class:`attnsteer.SteeringConfig` (``attnsteer.recommended(...)``, ``SteeringConfig.load(FILE)``).
-        highlight_kwargs: passed to :func:`attnsteer.highlight` (``char_spans``, ``markers``, …).
+            `attnsteer.SteeringConfig` (``attnsteer.recommended(...)``, ``SteeringConfig.load(FILE)``).
+        highlight_kwargs: passed to `attnsteer.highlight` (``char_spans``, ``markers``, …).
 
     Example:
         ```python
