@@ -140,14 +140,16 @@ case "${1:-}" in
     done ;;
   retention-4k)
     # SmolLM2: the 4k-token cells to 11 test documents (33 replies), then the rule after the document
-    # at 512 / 2k and 4k tokens; unsteered and the dev choice (shard e, resumes).
+    # at 512 / 2k and 4k tokens, then 4k in the system message; unsteered and the dev choice (shard e,
+    # resumes).
     RS="$EV sweep --task retention --out eval_results/retention-sweep $COMMON --batch-size 4 --test-only --shard e"
     $RS --test-method none --test-method best --test-lengths 4096 --test-placements before --test-docs 11
     $RS --test-method none --test-method best --test-lengths 512,2048 --test-placements after
-    $RS --test-method none --test-method best --test-lengths 4096 --test-placements after ;;
+    $RS --test-method none --test-method best --test-lengths 4096 --test-placements after
+    $RS --test-method none --test-method best --test-lengths 4096 --test-placements system ;;
   gemma-long)
     # Gemma 3 270M at 2k and then 4k tokens, rule before the document, 11 test documents; unsteered
-    # and SmolLM2's dev choice (not re-tuned for Gemma); then 100 more IFEval test prompts.
+    # and SmolLM2's dev choice (not re-tuned for Gemma); then the rest of the IFEval test split (chunks).
     BEST="$(.venv/bin/python -c 'import json; print(json.load(open("eval_results/retention-sweep/sweep.json"))["best"] or "none")')"
     for lengths in 2048 4096; do
       $EV sweep --task retention --model gemma3-270m --out eval_results/gemma/retention-sweep $COMMON \
@@ -155,7 +157,11 @@ case "${1:-}" in
         --test-method none --test-method "$BEST"
     done
     $EV ifeval --model gemma3-270m --split test --out eval_results/gemma/ifeval $COMMON --batch-size 4 \
-      --max-new-tokens 128 --limit 200 --method none --method keyscale:alpha=1.5 ;;
+      --max-new-tokens 128 --limit 200 --method none --method keyscale:alpha=1.5
+    for n in 300 441; do
+      $EV ifeval --model gemma3-270m --split test --out eval_results/gemma/ifeval $COMMON --batch-size 4 \
+        --max-new-tokens 128 --limit $n --method none --method keyscale:alpha=1.5
+    done ;;
   gemma-ifeval)
     # The second real model, Gemma 3 270M (a base model), on the first test prompts: unsteered and
     # SmolLM2's tuned IFEval setting (not re-tuned for Gemma), 128 new tokens.
