@@ -308,15 +308,38 @@ def _mean_interval(xs: Sequence[float]) -> List[float]:
     return [d.low, d.high]
 
 
-def _cell(r: Dict[str, Any]) -> str:
+def _cell(r: Dict[str, Any], interval: bool = False) -> str:
     """``25 (n=32, 90 tok)``, the flag ``short``, and for a steered cell ``Δ +12.5 [+3.1, +21.9]``:
-    the difference to unsteered on the same prompts with its paired bootstrap 95 % interval."""
+    the difference to unsteered on the same prompts with its paired bootstrap 95 % interval. With
+    ``interval``: ``25 [12, 41] n=32 (short)<br>Δ ...``, the cell's own 95 % interval in place of
+    the reply length (the models' side-by-side table)."""
     flags = r.get("flags", ["short"] if r.get("short") else [])
-    out = f"{100 * r['accuracy']:.0f} (n={r['n']}, {r['n_tokens']:.0f} tok" + "".join(f", {x}" for x in flags) + ")"
     d = r.get("vs_unsteered")
-    if d:
-        out += " Δ " + stats.Difference.from_dict(d).pct()
-    return out
+    delta = stats.Difference.from_dict(d).pct() if d else ""
+    if not interval:
+        out = f"{100 * r['accuracy']:.0f} (n={r['n']}, {r['n_tokens']:.0f} tok" + "".join(f", {x}" for x in flags) + ")"
+        return out + (" Δ " + delta if delta else "")
+    lo, hi = r.get("accuracy_ci") or [r["accuracy"]] * 2
+    out = f"{100 * r['accuracy']:.0f} [{100 * lo:.0f}, {100 * hi:.0f}] n={r['n']}"
+    out += f" ({', '.join(flags)})" if flags else ""
+    return out + ("<br>Δ " + delta if delta else "")
+
+
+def _curve(ax, pts: Sequence[Tuple[float, Dict[str, Any]]], i: int, flagged: Callable[[Dict[str, Any]], bool]) -> None:
+    """One method's line on ``ax``: ``pts`` are (x, row) sorted by x; accuracy with its 95 % interval
+    as error bars, the ``i``-th colour and dash, shifted a little per method so that the bars do not
+    overlap (x is on a log axis), and a black cross on the points ``flagged`` picks."""
+    x = [n * (1 + 0.04 * i) for n, _ in pts]
+    y = [100 * r["accuracy"] for _, r in pts]
+    ci = [r.get("accuracy_ci") or [r["accuracy"]] * 2 for _, r in pts]
+    err = [[v - 100 * c[0] for v, c in zip(y, ci)], [100 * c[1] - v for v, c in zip(y, ci)]]
+    label = specs.label(pts[0][1]["method"])
+    ax.errorbar(
+        x, y, yerr=err, fmt="o" + ("-", "--", ":", "-.")[i % 4], color=f"C{i}", capsize=3, label=label, alpha=0.85
+    )
+    marked = [(xx, yy) for xx, yy, (_, r) in zip(x, y, pts) if flagged(r)]
+    if marked:
+        ax.plot(*zip(*marked), "x", color="k", ms=8)
 
 
 def plot(rows: Sequence[Dict[str, Any]], path: str) -> str:
@@ -332,26 +355,10 @@ def plot(rows: Sequence[Dict[str, Any]], path: str) -> str:
     for ax, pl in zip(axes[0], pls):
         for i, m in enumerate(methods):
             pts = sorted(
-                (r["doc_tokens"], 100 * r["accuracy"], r.get("short", False), r.get("accuracy_ci"))
-                for r in rows
-                if r["method"] == m and r["placement"] == pl
+                ((r["doc_tokens"], r) for r in rows if r["method"] == m and r["placement"] == pl), key=lambda p: p[0]
             )
-            if pts:
-                style = ("-", "--", ":", "-.")[i % 4]
-                ci = [p[3] or [p[1] / 100] * 2 for p in pts]
-                ax.errorbar(
-                    [p[0] * (1 + 0.03 * i) for p in pts],  # a small shift per method: the bars do not overlap
-                    [p[1] for p in pts],
-                    yerr=[[p[1] - 100 * c[0] for p, c in zip(pts, ci)], [100 * c[1] - p[1] for p, c in zip(pts, ci)]],
-                    fmt="o" + style,
-                    color=f"C{i}",
-                    label=specs.label(m),
-                    alpha=0.8,
-                    capsize=2,
-                )
-                short = [p for p in pts if p[2]]
-                if short:  # replies under half the unsteered length: a pass there may be an echo
-                    ax.plot([p[0] for p in short], [p[1] for p in short], "x", color="k", ms=8)
+            if pts:  # a cross: replies under half the unsteered length (a pass there may be an echo)
+                _curve(ax, pts, i, lambda r: bool(r.get("short")))
         ax.set_xscale("log", base=2)
         ax.set_title(f"rule in the {pl} message" if pl == "system" else f"rule {pl} the document", fontsize=9)
         ax.set_xlabel("document tokens")
@@ -397,19 +404,7 @@ def compare_models(
     for label in results:
         for m in dict.fromkeys(r["method"] for r in rows if r["model"] == label):
             cells = {r["length"]: r for r in rows if r["model"] == label and r["method"] == m}
-            vals = []
-            for n in lengths:
-                r = cells.get(n)
-                if r is None:
-                    vals.append("")
-                    continue
-                lo, hi = r.get("accuracy_ci") or [r["accuracy"]] * 2
-                text = f"{100 * r['accuracy']:.0f} [{100 * lo:.0f}, {100 * hi:.0f}] n={r['n']}"
-                if r.get("flags"):
-                    text += " (" + ", ".join(r["flags"]) + ")"
-                if r.get("vs_unsteered"):
-                    text += "<br>Δ " + stats.Difference.from_dict(r["vs_unsteered"]).pct()
-                vals.append(text)
+            vals = [_cell(cells[n], interval=True) if n in cells else "" for n in lengths]
             lines.append(f"| {label} | {specs.label(m)} | " + " | ".join(vals) + " |")
     return rows, "\n".join(lines)
 
@@ -428,24 +423,8 @@ def plot_models(rows: Sequence[Dict[str, Any]], path: str, title: str = "") -> s
     for ax, label in zip(axes[0], models):
         mine = [r for r in rows if r["model"] == label]
         for i, m in enumerate(dict.fromkeys(r["method"] for r in mine)):
-            pts = sorted((r["length"], r) for r in mine if r["method"] == m)
-            x = [n * (1 + 0.04 * i) for n, _ in pts]  # shifted a little: the bars do not overlap
-            y = [100 * r["accuracy"] for _, r in pts]
-            ci = [r.get("accuracy_ci") or [r["accuracy"]] * 2 for _, r in pts]
-            err = [[v - 100 * c[0] for v, c in zip(y, ci)], [100 * c[1] - v for v, c in zip(y, ci)]]
-            ax.errorbar(
-                x,
-                y,
-                yerr=err,
-                fmt="o" + ("-", "--", ":", "-.")[i % 4],
-                color=f"C{i}",
-                capsize=3,
-                label=specs.label(m),
-                alpha=0.85,
-            )
-            flagged = [(xx, yy) for xx, yy, (_, r) in zip(x, y, pts) if r.get("flags")]
-            if flagged:
-                ax.plot(*zip(*flagged), "x", color="k", ms=8)
+            pts = sorted(((r["length"], r) for r in mine if r["method"] == m), key=lambda p: p[0])
+            _curve(ax, pts, i, lambda r: bool(r.get("flags")))
         ax.set_xscale("log", base=2)
         ax.set_xticks(lengths, [f"{n // 1024}k" if n >= 1024 else str(n) for n in lengths])
         ax.set_xlim(lengths[0] / 1.3, lengths[-1] * 1.3)
