@@ -97,7 +97,8 @@ case "${1:-}" in
     # The dev choice over every grid on the test documents at 512-2k tokens: rule before the
     # document (a) and in the system message (b), side by side; then the length-aware GUIDE's own
     # dev choice before the document (c). retention-report rebuilds sweep.md / test/results.md
-    # over every grid and stored test cell, for both models (--report-only: nothing is generated).
+    # over every grid and stored test cell, for both models (--report-only: nothing is generated), then
+    # copies the tables into docs/results/evaluation.md.
     RS="$EV sweep --task retention --out eval_results/retention-sweep $COMMON --batch-size 4 --test-only"
     L="--test-lengths 512,1024,2048"
     case "$1" in
@@ -112,7 +113,9 @@ case "${1:-}" in
         $EV curves "SmolLM2-135M-Instruct=eval_results/retention-sweep/test/results.json" \
           "Gemma 3 270M (base)=eval_results/gemma/retention-sweep/test/results.json" --placement before \
           --method none --method "spotlight:phases=decode,target=0.1" --out eval_results/retention_models.png \
-          --title "Rule before the document, test documents (the setting chosen on SmolLM2's dev documents)" ;;
+          --title "Rule before the document, test documents (the setting chosen on SmolLM2's dev documents)"
+        # the results page's copies of these tables (each marked with its source)
+        .venv/bin/python tools/sync_result_tables.py ;;
     esac ;;
   retention-long)
     # SmolLM2 test cells the first queues lacked: 4k tokens with the rule before the document (6 test
