@@ -55,7 +55,7 @@ browser:
 
 # The style gate, before the tests: ruff (pyflakes, import order, bugbear, a complexity bound;
 # pyproject.toml) and its format check for Python, clang-format (.clang-format) for csrc/.
-PY_SOURCES := python tests benchmarks examples
+PY_SOURCES := python tests benchmarks examples tools
 CXX_SOURCES = $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh')
 lint: install
 	$(VENV)/bin/ruff check $(PY_SOURCES)
