@@ -243,24 +243,18 @@ def run(args, argv=None) -> int:
                 f"{rep['instructions']} instructions",
                 file=sys.stderr,
             )
-        store = runner.ResponseStore(os.path.join(args.out, "responses.jsonl"))
-        runner.run_ifeval(
+        _, md = runner.ifeval_and_report(
             model,
             tok,
             records,
             methods,
+            args.out,
+            title=f"IFEval — {tag} — {args.split} split" + (f", first {args.limit}" if args.limit else ""),
             strategy=args.strategy,
-            store=store,
             model_tag=tag,
             batch_size=args.batch_size,
             max_new_tokens=args.max_new_tokens,
             progress=not args.no_progress,
-        )
-        rows = runner.summarize_ifeval(store, records, tag, args.max_new_tokens)
-        _, md = runner.write_report(
-            rows,
-            args.out,
-            title=f"IFEval — {tag} — {args.split} split" + (f", first {args.limit}" if args.limit else ""),
             command=_command(argv),
             machine=machine(),
         )

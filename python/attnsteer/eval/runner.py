@@ -385,6 +385,41 @@ def per_type_table(rows: Sequence[Dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def ifeval_and_report(
+    model,
+    tokenizer,
+    records: Sequence[Dict[str, Any]],
+    methods: Sequence[str],
+    out_dir: str,
+    *,
+    title: str,
+    strategy: str,
+    model_tag: str,
+    batch_size: int,
+    max_new_tokens: int,
+    progress: bool = True,
+    command: str = "",
+    machine: str = "",
+) -> Tuple[List[Dict[str, Any]], str]:
+    """`run_ifeval` into ``out_dir/responses.jsonl`` (resumes), then `summarize_ifeval` of those
+    records and `write_report` into ``out_dir``. Returns the rows and the path of ``results.md``."""
+    store = ResponseStore(os.path.join(out_dir, "responses.jsonl"))
+    run_ifeval(
+        model,
+        tokenizer,
+        records,
+        methods,
+        strategy=strategy,
+        store=store,
+        model_tag=model_tag,
+        batch_size=batch_size,
+        max_new_tokens=max_new_tokens,
+        progress=progress,
+    )
+    rows = summarize_ifeval(store, records, model_tag, max_new_tokens)
+    return rows, write_report(rows, out_dir, title=title, command=command, machine=machine)[1]
+
+
 def write_report(
     rows: Sequence[Dict[str, Any]], out_dir: str, *, title: str, command: str = "", machine: str = ""
 ) -> Tuple[str, str]:

@@ -152,31 +152,21 @@ def main(args, load: Callable, command: str, machine: Callable) -> int:
     dev = ifeval.split(ifeval.load_prompts(), "dev")
     if args.limit:
         dev = dev[: args.limit]
-    store = runner.ResponseStore(os.path.join(args.out, "responses.jsonl"))
     # Round-robin over the grids (each method's first point, then each one's second…), so an
     # interrupted sweep has looked at every method.
     depth = max(len(p) for p in grids.values())
     all_specs = ["none"] + [pts[i][1] for i in range(depth) for pts in grids.values() if i < len(pts)]
-    runner.run_ifeval(
-        model,
-        tok,
-        dev,
-        all_specs,
+    run = dict(
         strategy=args.strategy,
-        store=store,
         model_tag=tag,
         batch_size=args.batch_size,
         max_new_tokens=args.max_new_tokens,
         progress=not args.no_progress,
-    )
-    rows = runner.summarize_ifeval(store, dev, tag, args.max_new_tokens)
-    runner.write_report(
-        rows,
-        args.out,
-        title=f"IFEval strength sweep — {tag} — dev split ({len(dev)} prompts), strategy {args.strategy}",
         command=command,
         machine=machine(),
     )
+    title = f"IFEval strength sweep — {tag} — dev split ({len(dev)} prompts), strategy {args.strategy}"
+    rows, _ = runner.ifeval_and_report(model, tok, dev, all_specs, args.out, title=title, **run)
     chosen = {
         k: v
         for k, v in report(rows, args.out, tag, L, args.max_new_tokens, args.strategy, len(dev)).items()
@@ -197,27 +187,8 @@ def main(args, load: Callable, command: str, machine: Callable) -> int:
             test = test[: args.limit]
         picked = ["none"] + [s for s in chosen.values() if s]
         test_out = os.path.join(args.out, "test")
-        tstore = runner.ResponseStore(os.path.join(test_out, "responses.jsonl"))
-        runner.run_ifeval(
-            model,
-            tok,
-            test,
-            picked,
-            strategy=args.strategy,
-            store=tstore,
-            model_tag=tag,
-            batch_size=args.batch_size,
-            max_new_tokens=args.max_new_tokens,
-            progress=not args.no_progress,
-        )
-        trows = runner.summarize_ifeval(tstore, test, tag, args.max_new_tokens)
-        runner.write_report(
-            trows,
-            test_out,
-            title=f"IFEval — {tag} — test split ({len(test)} prompts), settings chosen on dev",
-            command=command,
-            machine=machine(),
-        )
+        title = f"IFEval — {tag} — test split ({len(test)} prompts), settings chosen on dev"
+        trows, _ = runner.ifeval_and_report(model, tok, test, picked, test_out, title=title, **run)
         print(open(os.path.join(test_out, "results.md"), encoding="utf-8").read())
         test_row = next((r for r in trows if best is not None and r["method"] == best["method"]), None)
         if test_row is not None:
