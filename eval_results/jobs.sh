@@ -19,6 +19,7 @@
 #   nohup eval_results/jobs.sh retention-after > eval_results/logs/retention-after.log 2>&1 &
 #   nohup eval_results/jobs.sh retention-4k > eval_results/logs/retention-4k.log 2>&1 &
 #   nohup eval_results/jobs.sh gemma-long > eval_results/logs/gemma-long.log 2>&1 &
+#   nohup eval_results/jobs.sh retention-length-4k-i > eval_results/logs/retention-length-4k-i.log 2>&1 &   (i, j)
 # EVAL_CODE=DIR runs the code of another checkout (e.g. a `git worktree` of a fixed commit with
 # its built _C copied in), so that editing this tree does not change a queue that is running;
 # the results still go to this tree's eval_results/.
@@ -150,6 +151,14 @@ case "${1:-}" in
     $RS --test-method none --test-method best --test-lengths 512,2048 --test-placements after
     $RS --test-method none --test-method best --test-lengths 4096 --test-placements after
     $RS --test-method none --test-method best --test-lengths 4096 --test-placements system ;;
+  retention-length-4k-i | retention-length-4k-j)
+    # The length-aware GUIDE's dev choice (i) and the fixed GUIDE's (j) at 4k tokens, rule before the
+    # document, side by side (their 512-2k cells: retention-more); unsteered is already stored.
+    RS="$EV sweep --task retention --out eval_results/retention-sweep $COMMON --batch-size 4 --test-only"
+    case "$1" in
+      retention-length-4k-i) $RS --shard i --test-method grid:guide-length --test-lengths 4096 --test-placements before --test-docs 11 ;;
+      retention-length-4k-j) $RS --shard j --test-method grid:guide --test-lengths 4096 --test-placements before --test-docs 11 ;;
+    esac ;;
   gemma-long)
     # Gemma 3 270M at 2k and then 4k tokens, rule before the document, 11 test documents; unsteered
     # and SmolLM2's dev choice (not re-tuned for Gemma); then the rest of the IFEval test split (chunks).
