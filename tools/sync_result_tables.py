@@ -20,7 +20,7 @@ import argparse
 import os
 import re
 import sys
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MARKER = re.compile(r"^<!-- table: (?P<path>\S+)#(?P<n>\d+) -->\s*$")
@@ -39,6 +39,17 @@ def tables(text: str) -> List[str]:
     if cur:
         out.append("\n".join(cur))
     return out
+
+
+def _source_table(root: str, path: str, n: int) -> Tuple[Optional[str], Optional[str]]:
+    """The ``n``-th table of ``path`` (1-based), or None and what is wrong."""
+    src = os.path.join(root, path)
+    if not os.path.exists(src):
+        return None, f"{path} does not exist; rebuild it with the command in the page, or fix the path"
+    found = tables(open(src, encoding="utf-8").read())
+    if not 1 <= n <= len(found):
+        return None, f"{path} has {len(found)} tables, not a #{n}"
+    return found[n - 1], None
 
 
 def sync(page: str, root: str = ROOT, check: bool = False) -> Tuple[str, List[str]]:
@@ -64,22 +75,12 @@ def sync(page: str, root: str = ROOT, check: bool = False) -> Tuple[str, List[st
                 f"{where}: no table under the marker for {m['path']}#{m['n']}; put the table right below it"
             )
             continue
-        src = os.path.join(root, m["path"])
-        if not os.path.exists(src):
-            problems.append(
-                f"{where}: {m['path']} does not exist; rebuild it with the command in the page, or fix the path"
-            )
-            out += lines[i:j]
-        else:
-            found = tables(open(src, encoding="utf-8").read())
-            n = int(m["n"])
-            if not 1 <= n <= len(found):
-                problems.append(f"{where}: {m['path']} has {len(found)} tables, not a #{n}")
-                out += lines[i:j]
-            else:
-                if check and found[n - 1] != old:
-                    problems.append(f"{where}: the table differs from {m['path']}#{n}; run tools/sync_result_tables.py")
-                out += found[n - 1].split("\n")
+        new, problem = _source_table(root, m["path"], int(m["n"]))
+        if problem is None and check and new != old:
+            problem = f"the table differs from {m['path']}#{m['n']}; run tools/sync_result_tables.py"
+        if problem:
+            problems.append(f"{where}: {problem}")
+        out += (new or old).split("\n")
         i = j
     return "\n".join(out), problems
 

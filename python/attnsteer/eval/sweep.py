@@ -166,13 +166,13 @@ def main(args, load: Callable, command: str, machine: Callable) -> int:
         machine=machine(),
     )
     title = f"IFEval strength sweep — {tag} — dev split ({len(dev)} prompts), strategy {args.strategy}"
-    rows, _ = runner.ifeval_and_report(model, tok, dev, all_specs, args.out, title=title, **run)
+    rows, md = runner.ifeval_and_report(model, tok, dev, all_specs, args.out, title=title, **run)
     chosen = {
         k: v
         for k, v in report(rows, args.out, tag, L, args.max_new_tokens, args.strategy, len(dev)).items()
         if k.replace("gate+", "") in names
     }
-    print(open(os.path.join(args.out, "results.md"), encoding="utf-8").read())
+    print(open(md, encoding="utf-8").read())
     print("chosen on dev:", json.dumps(chosen, indent=1))
     best = choose(rows, [s for s in chosen.values() if s])
     evidence: Dict[str, Any] = {}
@@ -188,8 +188,8 @@ def main(args, load: Callable, command: str, machine: Callable) -> int:
         picked = ["none"] + [s for s in chosen.values() if s]
         test_out = os.path.join(args.out, "test")
         title = f"IFEval — {tag} — test split ({len(test)} prompts), settings chosen on dev"
-        trows, _ = runner.ifeval_and_report(model, tok, test, picked, test_out, title=title, **run)
-        print(open(os.path.join(test_out, "results.md"), encoding="utf-8").read())
+        trows, tmd = runner.ifeval_and_report(model, tok, test, picked, test_out, title=title, **run)
+        print(open(tmd, encoding="utf-8").read())
         test_row = next((r for r in trows if best is not None and r["method"] == best["method"]), None)
         if test_row is not None:
             evidence["prompt_loose_diff"] = test_row.get("vs_unsteered", {}).get("prompt_loose")
