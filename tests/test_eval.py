@@ -206,7 +206,15 @@ def test_method_specs_parse_and_canonicalise(tmp_path):
     assert specs.parse("directer:beta=0.25,max_trials=3") == attnsteer.Directer(beta=0.25, max_trials=3)
     heads = tmp_path / "heads.json"
     heads.write_text(json.dumps({"1": [0, 2]}))
-    assert specs.parse(f"pasta:heads={heads}").heads == {1: [0, 2]}
+    assert specs.parse_local(f"pasta:heads={heads}").heads == {1: [0, 2]}  # the local user's file
+    with pytest.raises(ValueError, match="read by parse_local"):
+        specs.parse(f"pasta:heads={heads}")  # the library default opens nothing
+    assert specs.canonical(f"pasta:heads={heads}") == f"pasta:heads={heads}"  # nor does canonical
+    assert specs.from_cli(f"pasta:heads={heads}") == f"pasta:heads={heads}"
+    with pytest.raises(FileNotFoundError):
+        specs.from_cli(f"pasta:heads={tmp_path / 'missing.json'}")  # the CLI checks it before a model loads
+    assert specs.parse("pasta:heads=1:0+1:2").heads == {1: [0, 2]}  # inline
+    assert specs.parse("pasta:heads=3:1-3+3:2+0:0").heads == {3: [1, 2, 3], 0: [0]}
     assert specs.canonical("GUIDE:delta=2.0") == specs.canonical("guide:delta=2") == "guide:delta=2"
     assert specs.canonical("unsteered") == "none"
     with pytest.raises(ValueError, match="no setting 'delta'"):
@@ -217,6 +225,13 @@ def test_method_specs_parse_and_canonicalise(tmp_path):
         specs.parse("gate+directer")
     with pytest.raises(ValueError, match="key=value"):
         specs.parse("guide:2")
+    with pytest.raises(ValueError, match="given twice"):
+        specs.parse("guide:delta=2,DELTA=3")
+    with pytest.raises(ValueError, match="NaN and infinity"):
+        specs.parse("guide:delta=-inf")
+    with pytest.raises(ValueError, match="outside 0..1023"):
+        specs.parse("guide:layers=0-300000000")  # the cap without a model, before a list is built
+    assert specs.canonical("spotlight:Phases=Decode,target=.2") == "spotlight:phases=decode,target=0.2"
 
 
 def test_sweep_choice_skips_flagged_points_and_prefers_the_weaker_tie():

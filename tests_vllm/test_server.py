@@ -3,6 +3,7 @@ through `vllm_xargs` (flat strings) and an unsteered one give the Hugging Face p
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import sys
@@ -27,14 +28,32 @@ NEW = 10
 LOAD_BLOCKS = 12
 
 
+OPERATOR_HEADS = {"2": [0, 3], "17": [1, 2, 8]}  # an operator's PASTA profile for SmolLM2 (30 x 9)
+
+
 @pytest.fixture(scope="module")
-def server(hf_model):
+def server_files(tmp_path_factory):
+    """Files on the server: the operator's head profile, a FIFO, a valid JSON a client must not load."""
+    d = tmp_path_factory.mktemp("server")
+    (d / "operator.json").write_text(json.dumps({"heads": OPERATOR_HEADS}))
+    (d / "heads.json").write_text(json.dumps({"heads": {"1": [0, 2]}}))
+    (d / "secret.txt").write_text("not json")
+    os.mkfifo(d / "fifo")
+    return d
+
+
+@pytest.fixture(scope="module")
+def server(hf_model, server_files):
     # dev mode: POST /collective_rpc reads the plugin's per-request state (attnsteer_state); a
     # 12-block cache (128 tokens a block) that the load test's 8 concurrent 2-3-block requests
-    # overflow, so vLLM must preempt and recompute.
+    # overflow, so vLLM must preempt and recompute. The operator loads a head profile at start-up.
     args = ["--dtype", "float32", "--max-model-len", "1024", "--enforce-eager"]
     args += ["--num-gpu-blocks-override", str(LOAD_BLOCKS), "--max-num-seqs", "8"]
-    env = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_SERVER_DEV_MODE": "1"}
+    env = {
+        "VLLM_CPU_KVCACHE_SPACE": "1",
+        "VLLM_SERVER_DEV_MODE": "1",
+        "ATTNSTEER_HEAD_PROFILES": f"ops={server_files / 'operator.json'}",
+    }
     with local_server(MODEL_DIR, args, env=env, start_timeout=300) as (url, _):
         yield url
 
@@ -127,8 +146,8 @@ LOAD_TEXTS = [
 BAD = [
     ({"attnsteer_method": "shout:alpha=2", "attnsteer_spans": "0:4:1"}, "unknown method"),
     ({"attnsteer_method": "guide:delta=abc", "attnsteer_spans": "0:4:1"}, "is not a number"),
-    ({"attnsteer_method": "guide:delta=nan", "attnsteer_spans": "0:4:1"}, "must be finite"),
-    ({"attnsteer_method": "spotlight:target=2", "attnsteer_spans": "0:4:1"}, "span mass in (0, 1)"),
+    ({"attnsteer_method": "guide:delta=nan", "attnsteer_spans": "0:4:1"}, "NaN and infinity"),
+    ({"attnsteer_method": "spotlight:target=2", "attnsteer_spans": "0:4:1"}, "allowed range 0.001 to 0.999"),
     ({"attnsteer_method": "guide:delta=1", "attnsteer_spans": "5000:5010:1"}, "lies outside"),
     ({"attnsteer_method": "guide:delta=1", "attnsteer_spans": "zero to four"}, "must be start:end"),
     ({"attnsteer_method": "guide:delta=1", "attnsteer_spans": "0:4:-1"}, "weights are finite and > 0"),
@@ -239,3 +258,85 @@ def test_server_under_load_keeps_every_promise(server, hf_model):
     # and the server still serves exactly
     again = _post(server, "/v1/completions", prompts[(0, 1)])["choices"][0]["token_ids"]
     assert again == alone[(0, 1)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Hostile clients (issue 28): the parser's table of hostile specs through the OpenAI server. Each
+# gets a 400 that names its problem while other clients' steered requests keep their exact tokens.
+
+
+def _flat_only(extra) -> bool:
+    """vllm_xargs carries flat values (str, int, float) only; the nested form is the LLM API's."""
+    return set(extra) <= {"attnsteer_method", "attnsteer_spans"} and all(
+        isinstance(v, (str, int, float)) for v in extra.values()
+    )
+
+
+def test_hostile_requests_get_a_400_and_the_server_keeps_serving(server, hf_model, server_files):
+    import threading
+    import urllib.error
+    from concurrent.futures import ThreadPoolExecutor
+
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
+    from test_serving_security import PROMPT, _hostile
+
+    _, tok = hf_model
+    ids = tok(_FILLER * 4, add_special_tokens=False)["input_ids"][: len(PROMPT)]  # the table's 24 tokens
+    assert len(ids) == len(PROMPT)
+    table = [(name, extra, words) for name, extra, words in _hostile(server_files) if _flat_only(extra)]
+    assert len(table) > 80
+    base = {"model": MODEL_DIR, "max_tokens": 6, "temperature": 0, "return_token_ids": True}
+    good = dict(base, prompt=ids, vllm_xargs={"attnsteer_method": "guide:delta=2", "attnsteer_spans": "2:9:1"})
+    alone = _complete(server, good)["token_ids"]
+    stop, good_results, health_failures = threading.Event(), [], []
+
+    def other_client():  # a well-behaved client, served throughout
+        while not stop.is_set():
+            good_results.append(_complete(server, good)["token_ids"])
+            try:
+                urllib.request.urlopen(server + "/health", timeout=10)
+            except OSError as e:
+                health_failures.append(repr(e))
+
+    def hostile(item):
+        name, extra, words = item
+        try:
+            _post(server, "/v1/completions", dict(base, prompt=ids, vllm_xargs=extra), timeout=60)
+        except urllib.error.HTTPError as e:
+            return name, words, e.code, e.read().decode()
+        return name, words, 200, "accepted"
+
+    watcher = threading.Thread(target=other_client, daemon=True)
+    watcher.start()
+    try:
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            results = list(pool.map(hostile, table, timeout=600))
+    finally:
+        stop.set()
+        watcher.join()
+    wrong = [(n, c, t[:200]) for n, w, c, t in results if c != 400 or w not in t]
+    assert not wrong, wrong
+    for name, _, _, text in results:
+        for leak in ("Errno", "No such file", "Permission denied", "JSONDecodeError", "Traceback"):
+            assert leak not in text, (name, text[:300])
+    assert good_results and all(r == alone for r in good_results), (alone, good_results[:3])
+    assert not health_failures, health_failures[:3]
+    assert _complete(server, good)["token_ids"] == alone
+
+
+def test_an_operator_head_profile_is_served_by_name(server, hf_model, server_files):
+    """ATTNSTEER_HEAD_PROFILES=ops=FILE at start-up; a request names ``heads=ops`` and gets the
+    Hugging Face path's tokens with the same profile read locally (parse_local)."""
+    model, tok = hf_model
+    spec = "pasta:alpha=0.01,heads=ops"
+    p = steered_prompt(tok, PROMPTS[0], "pasta:alpha=0.01")
+    xargs = dict(p.flat(), attnsteer_method=spec)
+    base = {"model": MODEL_DIR, "max_tokens": NEW, "temperature": 0, "return_token_ids": True}
+    got = _complete(server, dict(base, prompt=p.prompt_token_ids, vllm_xargs=xargs))["token_ids"]
+    enc = attnsteer.highlight(tok, PROMPTS[0])
+    T = enc["input_ids"].shape[1]
+    local = specs.parse_local(f"pasta:alpha=0.01,heads={server_files / 'operator.json'}")
+    assert local.heads == {int(k): v for k, v in OPERATOR_HEADS.items()}
+    with torch.no_grad(), attnsteer.steer(model, local, spans=enc):
+        want = model.generate(**enc, max_new_tokens=NEW, do_sample=False)[0, T:].tolist()
+    assert got == _trim(want, got)

@@ -69,7 +69,7 @@ class SteeringConfig:
         """The method object of `method` (None for ``"none"``)."""
         from .eval import specs
 
-        return specs.parse(self.method)
+        return specs.parse_local(self.method)
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)

@@ -200,7 +200,7 @@ def run(
     ]
     bar = tqdm(total=sum(len(t) for _, t in jobs), desc="retention", unit="prompt", disable=not progress)
     for canon, todo in jobs:
-        method = specs.parse(canon)
+        method = specs.parse_local(canon)
         bar.set_postfix_str(specs.label(canon))
         todo = sorted(todo, key=lambda c: -c.doc_tokens)
 

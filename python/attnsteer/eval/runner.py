@@ -212,7 +212,7 @@ def run_ifeval(
         if not todo:
             continue
         bar.set_postfix_str(f"{specs.label(canon)} [{strat}]")
-        method = specs.parse(canon)
+        method = specs.parse_local(canon)
         built = [(r, ifeval.build_prompt(tokenizer, r, render_as.get(strat, strat))) for r in todo]
         lengths = {r["key"]: len(tokenizer(p.text, add_special_tokens=False)["input_ids"]) for r, p in built}
         built.sort(key=lambda rp: -lengths[rp[0]["key"]])

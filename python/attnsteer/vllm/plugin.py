@@ -10,13 +10,21 @@ unsteered KV; and (3) wraps the model runner's attention-metadata build so each 
 which of its requests are steered, at which positions (``extra_args["attnsteer"]`` or the
 server's flat ``attnsteer_method`` / ``attnsteer_spans``, read by
 `attnsteer.vllm.request.parse_request`; parsed once per request).
+
+Requests are untrusted: their specs are read with the request grammar (values only, bounded by the
+served model's layer and head counts; `attnsteer.eval.specs.parse_request_spec`). PASTA head profiles
+from files are the operator's: ``ATTNSTEER_HEAD_PROFILES="name=/path/heads.json,…"`` in the server's
+environment is read once, when the plugin registers (a bad file stops the start-up, naming it), and
+requests refer to those profiles by name.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Optional
+import os
+from typing import Dict, Optional
 
+from ..eval.specs import HeadMap, RequestLimits, load_head_profiles
 from .backend import Step
 from .request import parse_request, request_salt
 
@@ -24,12 +32,15 @@ __all__ = ["register"]
 
 _DONE = False
 PARSED = "_attnsteer_parsed"  # runner attribute: request id -> parsed RequestSteering (None: unsteered)
+PROFILES_ENV = "ATTNSTEER_HEAD_PROFILES"
+_PROFILES: Dict[str, HeadMap] = {}
 
 
 def register() -> None:
     global _DONE
     if _DONE:
         return
+    _PROFILES.update(load_head_profiles(os.environ.get(PROFILES_ENV, "")))  # the operator's files, once
     _DONE = True
     from vllm.v1.attention.backends.registry import AttentionBackendEnum, register_backend
     from vllm.v1.worker.gpu_model_runner import GPUModelRunner
@@ -116,6 +127,19 @@ def unsteerable(model_config) -> Optional[str]:
     return None
 
 
+def request_limits(model_config=None) -> RequestLimits:
+    """What a request to this server may ask for: layer and head indices below the served model's
+    counts (from its Hugging Face config; the package-wide caps when unknown), and the operator's head
+    profiles (``ATTNSTEER_HEAD_PROFILES``) by name."""
+    hf = getattr(model_config, "hf_text_config", None) or getattr(model_config, "hf_config", None)
+    layers, heads = getattr(hf, "num_hidden_layers", None), getattr(hf, "num_attention_heads", None)
+    return RequestLimits(
+        num_layers=int(layers) if isinstance(layers, int) else None,
+        num_heads=int(heads) if isinstance(heads, int) else None,
+        head_profiles=dict(_PROFILES),
+    )
+
+
 def admit(request, tokenizer=None, model_config=None) -> None:
     """Check one ``EngineCoreRequest``'s steering before it reaches the engine, and salt its
     prefix-cache hash. Raises ``VLLMValidationError`` (a 400 on the server) for bad steering, for
@@ -129,7 +153,9 @@ def admit(request, tokenizer=None, model_config=None) -> None:
         return
     special = getattr(tokenizer, "all_special_ids", ()) if tokenizer is not None else ()
     try:
-        steering = parse_request(params.extra_args, request.prompt_token_ids or [], special)
+        steering = parse_request(
+            params.extra_args, request.prompt_token_ids or [], special, request_limits(model_config)
+        )
     except (ValueError, TypeError) as e:
         raise VLLMValidationError(f"attnsteer: {e}", parameter="extra_args.attnsteer") from None
     if steering is None:
@@ -165,7 +191,10 @@ def _step(runner, num_reqs: int) -> Step:
         if state is None or state.sampling_params is None:
             continue
         if req_id not in cache:  # (special-token-only spans are refused client-side, by steered_prompt)
-            cache[req_id] = parse_request(state.sampling_params.extra_args, state.prompt_token_ids)
+            limits = runner.__dict__.get("_attnsteer_limits")
+            if limits is None:
+                limits = runner.__dict__["_attnsteer_limits"] = request_limits(getattr(runner, "model_config", None))
+            cache[req_id] = parse_request(state.sampling_params.extra_args, state.prompt_token_ids, (), limits)
         steering = cache[req_id]
         if steering is not None:
             step.steered[row] = (steering, int(computed[row]), int(qsl[row + 1] - qsl[row]))

@@ -20,10 +20,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import math
+import re
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
+
+from ..eval.specs import _NUMBER, SPAN_WEIGHT_RANGE, RequestLimits, _show, parse_request_spec
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["SteeredPrompt", "RequestSteering", "steered_prompt", "parse_request", "request_salt", "spans_from_mask"]
 
@@ -81,18 +88,19 @@ def spans_from_mask(span_mask: torch.Tensor) -> List[Span]:
     return [r for r in key_ranges(span_mask.float().flatten()) if r[2] != 0]
 
 
-def _servable_spec(method: Union[str, Any]) -> Tuple[str, Any]:
+def _servable_spec(method: Union[str, Any], limits: Optional[RequestLimits] = None) -> Tuple[str, Any]:
     """``(canonical spec, method)`` of a method that can be served per request, else a clear error.
-    A `attnsteer.SteeringConfig` stands for its spec."""
+    A `attnsteer.SteeringConfig` stands for its spec. Read with the request grammar
+    (`attnsteer.eval.specs.parse_request_spec`: values only, bounded), on the client as on the server,
+    so a request that `steered_prompt` builds is one the server accepts."""
     from ..config import SteeringConfig
-    from ..eval import specs
 
     if isinstance(method, SteeringConfig):
         method = method.method
 
     if not isinstance(method, str):
         raise TypeError(f"method must be a method spec string such as 'guide:delta=2'; got {type(method).__name__}")
-    canon = specs.canonical(method)  # raises on unknown methods or settings
+    canon, parsed = parse_request_spec(method, limits)  # raises on unknown methods, settings or ranges
     if canon == "none":
         raise ValueError("method 'none' is an unsteered request: send it without attnsteer extra args")
     if canon.startswith(("gate+", "directer")):
@@ -100,7 +108,6 @@ def _servable_spec(method: Union[str, Any]) -> Tuple[str, Any]:
             f"{canon!r} needs extra forwards per token (DIRECTER's trials) and cannot be served "
             "per request; use guide, instaboost, pasta, spotlight or keyscale"
         )
-    parsed = specs.parse(canon)
     if parsed.needs_span_mass():
         raise ValueError(
             f"{canon!r}: pooled SpotLight needs a first pass over the whole layer's span mass, which a paged "
@@ -151,53 +158,112 @@ def steered_prompt(tokenizer, prompt: Any, method: Any, **highlight_kwargs) -> S
     )
 
 
-def _parse_flat_spans(raw: str) -> List[Span]:
+def _parse_flat_spans(raw: Any, max_spans: int) -> List[Tuple[str, ...]]:
+    if not isinstance(raw, str):
+        raise ValueError(f"{FLAT_SPANS} is a string of start:end:weight entries joined by ','")
+    if len(raw) > max_spans * _MAX_FLAT_SPAN_CHARS:
+        raise ValueError(
+            f"{FLAT_SPANS} has {len(raw)} characters, more than {max_spans} spans; at most {max_spans} are allowed"
+        )
+    parts = [p.strip() for p in raw.split(",") if p.strip()]
+    if len(parts) > max_spans:
+        raise ValueError(f"the request lists {len(parts)} spans; at most {max_spans} are allowed")
     spans = []
-    for part in filter(None, (p.strip() for p in raw.split(","))):
-        bits = part.split(":")
+    for part in parts:
+        bits = tuple(part.split(":"))
         if len(bits) not in (2, 3):
-            raise ValueError(f"attnsteer_spans entry {part!r} must be start:end or start:end:weight")
-        a, b = int(bits[0]), int(bits[1])
-        spans.append((a, b, float(bits[2]) if len(bits) == 3 else 1.0))
+            raise ValueError(f"{FLAT_SPANS} entry {_show(part)} must be start:end or start:end:weight")
+        spans.append(bits)
     return spans
 
 
-def parse_request(
-    extra_args: Optional[Dict[str, Any]], prompt_token_ids: Sequence[int], special_ids: Sequence[int] = ()
-) -> Optional[RequestSteering]:
-    """The steering of one request, or None for an unsteered one; a ``ValueError`` that names the
-    problem for an unknown method or parameter, spans outside the prompt, bad weights, or a span
-    that covers special tokens only.
+_MAX_FLAT_SPAN_CHARS = 48  # "start:end:weight," with generous digits
+_POSITION = re.compile(r"[0-9]{1,9}")
 
-    Guide: ``docs/guides/vllm.md`` (with a runnable example).
+
+def _position(raw: Any, what: str) -> int:
+    """A span bound: a non-negative int (JSON) or its ASCII digits (the flat form)."""
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        return raw
+    if isinstance(raw, str) and _POSITION.fullmatch(raw.strip()):
+        return int(raw)
+    raise ValueError(f"a span's {what} is a whole token position such as 12; got {_show(raw)}")
+
+
+def _weight(raw: Any) -> float:
+    lo, hi = SPAN_WEIGHT_RANGE
+    if isinstance(raw, (int, float)) and not isinstance(raw, bool):
+        w = float(raw)
+    elif isinstance(raw, str) and len(raw) <= 32 and _NUMBER.fullmatch(raw.strip()):
+        w = float(raw)
+    else:
+        raise ValueError(f"a span weight is a number in [{lo:g}, {hi:g}]; got {_show(raw)}")
+    if not (w > 0 and math.isfinite(w)) or not lo <= w <= hi:
+        raise ValueError(f"span weight {_show(raw)}: weights are finite and > 0, in [{lo:g}, {hi:g}]")
+    return w
+
+
+def parse_request(
+    extra_args: Optional[Dict[str, Any]],
+    prompt_token_ids: Sequence[int],
+    special_ids: Sequence[int] = (),
+    limits: Optional[RequestLimits] = None,
+) -> Optional[RequestSteering]:
+    """The steering of one request, or None for an unsteered one.
+
+    Everything in ``extra_args`` comes from a client and is read as such: the method spec with the
+    request grammar (`attnsteer.eval.specs.parse_request_spec` — values only, never a file; each
+    setting bounded by `attnsteer.eval.specs.REQUEST_RANGES` and ``limits``, the served model's
+    layer and head counts), at most ``limits.max_spans`` spans of whole token positions inside the
+    prompt with weights in `attnsteer.eval.specs.SPAN_WEIGHT_RANGE`. Work and memory stay
+    proportional to the request. Raises a ``ValueError`` that names the setting and what is
+    allowed (never a server path nor an internal exception's text) for anything else, and for a
+    span that covers special tokens only.
+
+    Guide: ``docs/guides/vllm.md`` (with a runnable example; its security section says what a
+    client can and cannot make the server do).
     """
-    extra_args = extra_args or {}
+    limits = limits or RequestLimits()
+    try:
+        return _parse_request(extra_args or {}, prompt_token_ids, special_ids, limits)
+    except (ValueError, TypeError):
+        raise  # written here and in specs: they name the setting and quote only the client's own text
+    except Exception:  # noqa: BLE001 - a client must not see an internal exception's text
+        logger.exception("attnsteer: an unexpected error while reading a steering request")
+        raise ValueError("the attnsteer steering request could not be read; see docs/guides/vllm.md") from None
+
+
+def _parse_request(
+    extra_args: Dict[str, Any], prompt_token_ids: Sequence[int], special_ids: Sequence[int], limits: RequestLimits
+) -> Optional[RequestSteering]:
+    if not isinstance(extra_args, dict):
+        raise ValueError("extra_args must be a JSON object")
     if KEY in extra_args:
         cfg = extra_args[KEY]
-        if not isinstance(cfg, dict) or "method" not in cfg or "spans" not in cfg:
+        if not isinstance(cfg, dict) or "method" not in cfg or not isinstance(cfg.get("spans"), (list, tuple)):
             raise ValueError(
                 'extra_args["attnsteer"] must be {"method": "<spec>", "spans": [[start, end, weight], ...]}'
             )
-        method, spans = cfg["method"], [tuple(s) for s in cfg["spans"]]
+        method, spans = cfg["method"], cfg["spans"]
+        if len(spans) > limits.max_spans:
+            raise ValueError(f"the request lists {len(spans)} spans; at most {limits.max_spans} are allowed")
     elif FLAT_METHOD in extra_args or FLAT_SPANS in extra_args:
         if FLAT_METHOD not in extra_args or FLAT_SPANS not in extra_args:
             raise ValueError(f"vllm_xargs needs both {FLAT_METHOD} and {FLAT_SPANS}")
-        method, spans = extra_args[FLAT_METHOD], _parse_flat_spans(str(extra_args[FLAT_SPANS]))
+        method, spans = extra_args[FLAT_METHOD], _parse_flat_spans(extra_args[FLAT_SPANS], limits.max_spans)
     else:
         return None
-    spec, parsed = _servable_spec(method)
+    spec, parsed = _servable_spec(method, limits)
     T = len(prompt_token_ids)
     weights = torch.zeros(T, dtype=torch.float32)
     clean: List[Span] = []
     for s in spans:
-        if len(s) not in (2, 3):
-            raise ValueError(f"a span is [start, end] or [start, end, weight]; got {list(s)}")
-        a, b = int(s[0]), int(s[1])
-        w = float(s[2]) if len(s) == 3 else 1.0
+        if not isinstance(s, (list, tuple)) or len(s) not in (2, 3):
+            raise ValueError(f"a span is [start, end] or [start, end, weight]; got {_show(s)}")
+        a, b = _position(s[0], "start"), _position(s[1], "end")
         if not 0 <= a < b <= T:
             raise ValueError(f"span [{a}, {b}) lies outside the {T}-token prompt (0 <= start < end <= {T})")
-        if not (w > 0 and w < float("inf")):
-            raise ValueError(f"span [{a}, {b}) has weight {w}; weights are finite and > 0")
+        w = _weight(s[2]) if len(s) == 3 else 1.0
         weights[a:b] = w
         clean.append((a, b, w))
     special = set(int(i) for i in special_ids)
