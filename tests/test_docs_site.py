@@ -85,6 +85,10 @@ def test_notebook_pages_carry_their_outputs(site, name, images):
     html = (site / "notebooks" / f"{name}.html").read_text()
     assert len(re.findall(r"data:image/png;base64", html)) >= images, f"{name}: the executed plots are missing"
     assert "Traceback" not in html and "jp-RenderedText" in html, f"{name}: an error output, or no printed output"
+    # nothing on stderr that the reader did not ask for: no GGUF dequantisation bars, no tqdm
+    # "IProgress not found", no tokenizer warnings (models.load(progress=False) is quiet)
+    stderr = re.findall(r'<[a-z]+ [^>]*data-mime-type="application/vnd\.jupyter\.stderr"[^>]*>(.{0,300})', html, re.S)
+    assert not stderr, f"{name}: {len(stderr)} stderr outputs, the first: {re.sub(r'<[^>]+>', '', stderr[0])[:300]}"
 
 
 def test_api_pages_document_every_public_name(site):

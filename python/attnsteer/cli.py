@@ -18,6 +18,11 @@ from pathlib import Path
 
 import torch
 
+MODEL_HELP = (
+    "a shipped model by name (attnsteer.models.available(): qwen2.5-coder-0.5b, qwen2.5-coder-1.5b, "
+    "smollm2-135m, gemma3-270m), a local model folder or a .gguf file (default: the embedded SmolLM2-135M-Instruct)"
+)
+
 
 def _demo(args: argparse.Namespace) -> int:
     import torch.nn.functional as F
@@ -167,6 +172,7 @@ def main(argv=None) -> int:
     demo.add_argument("--tokens", type=int, default=2048, help="sequence length of the kernel demo")
     demo.add_argument("--task", default=None, help="only this demo task")
     demo.add_argument("--max-new-tokens", type=int, default=60)
+    demo.add_argument("--model", default=None, help=MODEL_HELP)
     gen = sub.add_parser("generate", help="generate from a prompt with <<marked>> spans")
     gen.add_argument("prompt", help='text with <<markup>>, e.g. "<<Answer in French.>> What is a cat?"')
     gen.add_argument(
@@ -187,14 +193,14 @@ def main(argv=None) -> int:
     gen.add_argument("--exact", action="store_true", help="SpotLight: move the mass to exactly the target")
     gen.add_argument("--layers", default=None, help="comma-separated layer indices to steer (default all)")
     gen.add_argument("--phases", default=None, choices=["prefill", "decode", "both"])
-    gen.add_argument("--model", default=None, help="local Hugging Face model directory or .gguf file")
+    gen.add_argument("--model", default=None, help=MODEL_HELP)
     gen.add_argument("--chat", action="store_true", help="wrap the prompt as a user message (chat template)")
     gen.add_argument("--max-new-tokens", type=int, default=60)
     exp = sub.add_parser(
         "export", help="write a model (default: the embedded one) as a safetensors folder, e.g. for vLLM"
     )
     exp.add_argument("out", help="folder to write (config, safetensors weights, tokenizer)")
-    exp.add_argument("--model", default=None, help="local Hugging Face model directory or .gguf file")
+    exp.add_argument("--model", default=None, help=MODEL_HELP)
     from .eval import cli as eval_cli
 
     eval_cli.add_parsers(sub)
@@ -210,7 +216,7 @@ def main(argv=None) -> int:
                 return _demo(args)
             from . import demo as model_demo
 
-            return model_demo.run(args.task, args.max_new_tokens)
+            return model_demo.run(args.task, args.max_new_tokens, args.model)
         if args.command == "generate":
             return _generate(args)
         if args.command == "export":

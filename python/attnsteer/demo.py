@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from typing import Callable, List, Optional
@@ -49,17 +50,21 @@ TASKS: List[Task] = [
 ]
 
 
-def methods():
-    """``[(label, method)]``: unsteered, then each method at the strength tuned for the embedded
-    model (`attnsteer.recommended`, IFEval dev split) and at its paper's strength, labelled
-    as such, and DIRECTER at the paper's settings."""
+def methods(model_tag: str = "SmolLM2-135M-Instruct"):
+    """``[(label, method)]``: unsteered, then each method at the strength tuned for the model
+    (`attnsteer.recommended`, when one ships for it) and at its paper's strength, labelled as such,
+    and DIRECTER at the paper's settings."""
     from .config import PAPER_STRENGTHS, recommended
     from .eval import specs
 
     out = [("unsteered", None)]
     for name in ("guide", "instaboost", "pasta", "spotlight", "keyscale"):
-        tuned = recommended("SmolLM2-135M-Instruct", task="ifeval", method=name)
-        out.append((f"{tuned.method} (tuned)", tuned.build()))
+        try:
+            tuned = recommended(model_tag, task="ifeval", method=name)
+        except KeyError:
+            tuned = None  # nothing tuned for this model yet: the paper's strength alone
+        if tuned is not None:
+            out.append((f"{tuned.method} (tuned)", tuned.build()))
         out.append((f"{PAPER_STRENGTHS[name]} (paper)", specs.parse(PAPER_STRENGTHS[name])))
     out.append(("directer:alpha=100 (paper)", Directer()))
     return out
@@ -74,20 +79,27 @@ def messages(task: Task):
     ]
 
 
-def run(task_name: Optional[str] = None, max_new_tokens: int = 60) -> int:
-    from tqdm.auto import tqdm
-
-    from .models import load_default
+def run(task_name: Optional[str] = None, max_new_tokens: int = 60, model_name: Optional[str] = None) -> int:
+    """The demo on the embedded model, or on ``model_name`` (a shipped model's name, a folder or
+    a ``.gguf`` file, as `attnsteer.models.load` takes)."""
+    from ._progress import tqdm
+    from .models import MODELS, load, load_default
 
     tasks = [t for t in TASKS if task_name in (None, t.name)]
     if not tasks:
         raise ValueError(f"unknown task {task_name!r}; choose from {[t.name for t in TASKS]}")
-    model, tok = load_default()
+    if model_name is None:
+        model, tok = load_default()
+        title, tag = "SmolLM2-135M-Instruct (embedded GGUF)", "SmolLM2-135M-Instruct"
+    else:
+        model, tok = load(model_name)
+        shipped = MODELS.get(model_name)
+        title = tag = shipped.tag if shipped else os.path.basename(os.path.normpath(model_name))
     rows, notes = [], []
     for task in tasks:
         enc = highlight(tok, messages(task))
         n_prompt = enc["input_ids"].shape[1]
-        for name, method in tqdm(methods(), desc=f"task {task.name}"):
+        for name, method in tqdm(methods(tag), desc=f"task {task.name}"):
             t0 = time.perf_counter()
             with torch.no_grad():
                 if method is None:
@@ -114,7 +126,7 @@ def run(task_name: Optional[str] = None, max_new_tokens: int = 60) -> int:
             rows.append((task.name, name, task.check(text), len(new) / dt, text))
             if isinstance(method, Directer):
                 notes.append(f"{task.name}: {method.stats}")
-    print(f"\nModel: SmolLM2-135M-Instruct (embedded GGUF), greedy, {max_new_tokens} new tokens max.")
+    print(f"\nModel: {title}, greedy, {max_new_tokens} new tokens max.")
     print(
         f"Prompts: a {len(LONG_TEXT.split())}-word text, a marked rule (in the system prompt, or in the user "
         "message before the question) and a question; 'rule kept' is checked by code.\n"

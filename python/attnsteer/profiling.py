@@ -129,8 +129,7 @@ def profile_heads(
 
     Guide: ``docs/guides/influence.md`` (with a runnable example).
     """
-    from tqdm.auto import tqdm
-
+    from ._progress import tqdm
     from .hf import num_layers, steer
     from .spans import highlight
 

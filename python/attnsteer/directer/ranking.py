@@ -98,8 +98,7 @@ def _sensitivity(
 
 def rank_after_prefill(model, steering, cache, token, attention_mask, variant: str, progress: bool) -> LayerRanking:
     """Sensitivity of every layer, from L + 1 single-token forwards of ``token`` over the prefill cache."""
-    from tqdm.auto import tqdm
-
+    from .._progress import tqdm
     from ..hf import attention_modules
 
     L, B = steering.num_layers, token.shape[0]

