@@ -20,6 +20,8 @@
 #   nohup eval_results/jobs.sh retention-4k > eval_results/logs/retention-4k.log 2>&1 &
 #   nohup eval_results/jobs.sh gemma-long > eval_results/logs/gemma-long.log 2>&1 &
 #   nohup eval_results/jobs.sh retention-length-4k-i > eval_results/logs/retention-length-4k-i.log 2>&1 &   (i, j)
+#   nohup eval_results/jobs.sh priority-qwen-dev > eval_results/logs/priority-qwen-dev.log 2>&1 &   (then -test)
+#   nohup eval_results/jobs.sh priority-small > eval_results/logs/priority-small.log 2>&1 &
 # EVAL_CODE=DIR runs the code of another checkout (e.g. a `git worktree` of a fixed commit with
 # its built _C copied in), so that editing this tree does not change a queue that is running;
 # the results still go to this tree's eval_results/.
@@ -208,6 +210,37 @@ case "${1:-}" in
     done
     for n in 100 200 300 441; do
       $EV ifeval --split test --limit $n --out eval_results/ifeval $COMMON "${args[@]}"
+    done ;;
+  priority-qwen-dev)
+    # Context priority on Qwen2.5-Coder-0.5B, dev split (4 relations x 4 entities x 2 markings per
+    # placement), no filler between the statements: every method over a strength grid that
+    # includes the papers' strengths. Then the dev choice (attnsteer.eval.priority.choose: the best
+    # marked rate with no fluency flag, the weaker strength on a tie) goes to .../qwen-dev/chosen.json.
+    out=eval_results/priority/qwen-dev
+    for m in none guide:delta=2 instaboost:alpha=10 pasta:alpha=0.01 spotlight:target=0.3 keyscale:alpha=100 \
+             guide:delta=0.5 guide:delta=1 guide:delta=4 instaboost:alpha=2 instaboost:alpha=5 instaboost:alpha=30 \
+             pasta:alpha=0.3 pasta:alpha=0.1 spotlight:target=0.5 spotlight:target=0.8 \
+             keyscale:alpha=2,phases=both keyscale:alpha=4,phases=both; do
+      $EV priority --model qwen2.5-coder-0.5b --split dev --fillers 0 --entities 4 --out $out $COMMON --method "$m"
+    done
+    .venv/bin/python -c "import sys; from attnsteer.eval import priority; print(priority.choose_folder(sys.argv[1]))" $out ;;
+  priority-qwen-test)
+    # The dev choice and the papers' strengths on the test split at 0 / 512 / 2048 filler tokens.
+    out=eval_results/priority/qwen-test
+    for f in 0 512 2048; do
+      for m in none $(.venv/bin/python -c "import json; print(json.load(open('eval_results/priority/qwen-dev/chosen.json'))['best'] or '')") \
+               guide:delta=2 instaboost:alpha=10 pasta:alpha=0.01; do
+        $EV priority --model qwen2.5-coder-0.5b --split test --fillers $f --entities 8 --out $out $COMMON --method "$m"
+      done
+    done ;;
+  priority-small)
+    # The same test cells on the two small models (how the effect grows with model size).
+    for model in smollm2-135m gemma3-270m; do
+      for f in 0 512 2048; do
+        for m in none guide:delta=2 instaboost:alpha=10 pasta:alpha=0.01; do
+          $EV priority --model $model --split test --fillers $f --entities 8 --out eval_results/priority/$model $COMMON --method "$m"
+        done
+      done
     done ;;
   *) echo "usage: $0 dev|test|gated-test|strategies|retention|gated-dev|gated-test-more|strategies-test" >&2; exit 2 ;;
 esac

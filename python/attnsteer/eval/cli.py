@@ -1,4 +1,4 @@
-"""``attnsteer eval ifeval | retention | sweep | report``."""
+"""``attnsteer eval ifeval | retention | priority | sweep | report``."""
 
 from __future__ import annotations
 
@@ -49,6 +49,20 @@ def add_parsers(sub) -> None:
     p.add_argument(
         "--split", default="all", choices=["all", "dev", "test"], help="the fixed 100/441 split (sweeps tune on dev)"
     )
+
+    p = esub.add_parser(
+        "priority", help="two conflicting statements, one marked: does the reply follow the marked one?"
+    )
+    common(p, os.path.join(DEFAULT_OUT, "priority"))
+    p.set_defaults(max_new_tokens=24, batch_size=8)
+    p.add_argument("--method", action="append", default=None, help="method spec or @FILE, repeatable (default: none)")
+    p.add_argument("--fillers", default="0,512,2048", help="filler tokens between the statements")
+    p.add_argument(
+        "--placements", default="user,system", help="user (all in the user message), system (marked one there)"
+    )
+    p.add_argument("--split", default="dev", choices=["dev", "test"], help="disjoint relations, entities and values")
+    p.add_argument("--entities", type=int, default=8, help="entities per relation")
+    p.add_argument("-k", type=int, default=2, dest="k", help="conflicting statements per case")
 
     p = esub.add_parser("retention", help="a checkable rule before/after a long document, accuracy against length")
     common(p, os.path.join(DEFAULT_OUT, "retention"))
@@ -260,6 +274,10 @@ def run(args, argv=None) -> int:
         )
         print(open(md, encoding="utf-8").read())
         return 0
+    if cmd == "priority":
+        from . import priority
+
+        return priority.main(args, _load, _command(argv), machine)
     if cmd == "retention":
         from . import retention
 

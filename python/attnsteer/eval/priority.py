@@ -1,0 +1,494 @@
+"""Context priority: two statements in the prompt disagree, one is marked — does the reply follow
+the marked one? The mechanism PASTA's knowledge-conflict experiments and every method here rely on.
+
+A case: ``k`` statements about the same attribute of the same made-up entity, with different
+values (``The capital of Velmoria is Dranek.`` … ``The capital of Velmoria is Suvato.``), filler
+text of N tokens between them (paragraphs of the Python language reference, as in the retention
+task), and a question (``What is the capital of Velmoria? Reply with the name only.``). Every case
+is asked ``k`` times, once with each statement marked, so the statements' positions cancel out:
+a model that ignores the marks scores about 1/k. Placements: ``user`` (everything in the user
+message) and ``system`` (the marked statement in the system message, the others in the user's).
+
+A reply is checked by code: ``marked`` (it names the marked value and no other statement's),
+``other`` (another statement's value and not the marked one), ``both`` or ``neither``; the score
+is the ``marked`` rate. Dev and test use disjoint relations, entity names and values.
+
+Everything is generated here from templates and seeded syllables: no data set, no licence.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+from . import fluency, ifeval, runner, specs, stats
+
+__all__ = ["RELATIONS", "PLACEMENTS", "cases", "verdict", "run", "summarize", "table", "plot", "main"]
+
+PLACEMENTS = ("user", "system")
+STRATEGY = "priority"
+VERDICTS = ("marked", "other", "both", "neither")
+
+
+@dataclass(frozen=True)
+class Relation:
+    """One attribute: a statement and a question template over an entity ``{e}`` and a value ``{v}``,
+    and the value pool (``"names"`` / ``"places"`` / ``"languages"``: made-up words of the split; or
+    literal values)."""
+
+    name: str
+    split: str
+    statement: str
+    question: str
+    values: Any
+
+
+RELATIONS: Tuple[Relation, ...] = (
+    Relation(
+        "capital",
+        "dev",
+        "The capital of {e} is {v}.",
+        "What is the capital of {e}? Reply with the name only.",
+        "places",
+    ),
+    Relation(
+        "flag",
+        "dev",
+        "The flag of {e} is {v}.",
+        "What colour is the flag of {e}? Reply with the colour only.",
+        ("red", "blue", "green", "yellow", "purple", "orange", "black", "white"),
+    ),
+    Relation("founder", "dev", "{e} was founded by {v}.", "Who founded {e}? Reply with the name only.", "names"),
+    Relation(
+        "year",
+        "dev",
+        "The old bridge of {e} was built in {v}.",
+        "In which year was the old bridge of {e} built? Reply with the year only.",
+        tuple(str(y) for y in range(1712, 1990, 7)),
+    ),
+    Relation(
+        "director",
+        "test",
+        "The director of the {e} museum is {v}.",
+        "Who is the director of the {e} museum? Reply with the name only.",
+        "names",
+    ),
+    Relation(
+        "language",
+        "test",
+        "The official language of {e} is {v}.",
+        "What is the official language of {e}? Reply with the language only.",
+        "languages",
+    ),
+    Relation(
+        "floors",
+        "test",
+        "The town hall of {e} has {v} floors.",
+        "How many floors does the town hall of {e} have? Reply with the number only.",
+        tuple(str(n) for n in range(3, 48, 2)),
+    ),
+    Relation(
+        "river",
+        "test",
+        "The river that flows through {e} is the {v}.",
+        "Which river flows through {e}? Reply with the name only.",
+        "places",
+    ),
+)
+
+# Disjoint syllable inventories: a dev name can never equal a test name.
+_SYLLABLES = {
+    "dev": ("ka", "lo", "ve", "ri", "sa", "mo", "te", "du", "ne", "bra"),
+    "test": ("zi", "pa", "nu", "go", "fe", "bi", "ha", "ju", "wy", "cho"),
+}
+_SUFFIX = {"places": ("ia", "an", "or", "ek"), "languages": ("ic", "ish", "ese", "ian")}
+
+
+def _word(rng: random.Random, split: str, n: int, suffix: str = "") -> str:
+    syl = _SYLLABLES[split]
+    return ("".join(rng.choice(syl) for _ in range(n)) + suffix).capitalize()
+
+
+def _pool(rel: Relation, rng: random.Random, size: int) -> List[str]:
+    if not isinstance(rel.values, str):
+        return list(rel.values)
+    out: List[str] = []
+    while len(out) < size:
+        if rel.values == "names":
+            w = f"{_word(rng, rel.split, 2)} {_word(rng, rel.split, 2)}"
+        else:
+            w = _word(rng, rel.split, 2, rng.choice(_SUFFIX[rel.values]))
+        if w not in out:
+            out.append(w)
+    return out
+
+
+@dataclass
+class Case:
+    """One prompt: ``values`` of the ``k`` statements in prompt order, ``marked`` the index of the
+    marked one; ``key`` is unique per (relation, entity, placement, filler length, marking)."""
+
+    key: str
+    relation: str
+    placement: str
+    filler: int
+    filler_tokens: int
+    values: Tuple[str, ...]
+    marked: int
+    prompt: ifeval.Prompt
+
+
+def _chunks(text: str, parts: int) -> List[str]:
+    if parts <= 0:
+        return []
+    words = text.split()
+    step = -(-len(words) // parts) if words else 0
+    return [" ".join(words[i * step : (i + 1) * step]) for i in range(parts)]
+
+
+def build(
+    tokenizer, statements: Sequence[str], marked: int, question: str, filler: str, placement: str
+) -> Tuple[str, List[Tuple[int, int]]]:
+    """The chat prompt and the marked statement's character span."""
+    if placement not in PLACEMENTS:
+        raise ValueError(f"placement must be one of {PLACEMENTS}; got {placement!r}")
+    k = len(statements)
+    if placement == "user":
+        gaps = _chunks(filler, k - 1)
+        parts: List[str] = []
+        for i, s in enumerate(statements):
+            parts.append(s)
+            if i < k - 1 and gaps and gaps[i]:
+                parts.append(gaps[i])
+        msgs = [{"role": "user", "content": "\n\n".join(parts + [question])}]
+    else:
+        rest = [s for i, s in enumerate(statements) if i != marked]
+        gaps = _chunks(filler, len(rest))
+        parts = []
+        for i, s in enumerate(rest):
+            if gaps and gaps[i]:
+                parts.append(gaps[i])
+            parts.append(s)
+        msgs = [
+            {"role": "system", "content": statements[marked]},
+            {"role": "user", "content": "\n\n".join(parts + [question])},
+        ]
+    text = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+    # the marked statement's own occurrence: statements are distinct sentences, each appears once
+    at = text.find(statements[marked])
+    if at < 0 or text.find(statements[marked], at + 1) >= 0:
+        raise ValueError("the chat template changed a statement's text; cannot place the highlight")
+    return text, [(at, at + len(statements[marked]))]
+
+
+def cases(
+    tokenizer,
+    fillers: Sequence[int] = (0, 512),
+    placements: Sequence[str] = ("user",),
+    n_entities: int = 8,
+    k: int = 2,
+    split: str = "dev",
+    seed: int = 0,
+    max_context: Optional[int] = None,
+    max_new_tokens: int = 24,
+) -> List[Case]:
+    """Every case of ``split``: per relation of the split, ``n_entities`` made-up entities, each with
+    ``k`` distinct values, at each filler length and placement, asked once per marked statement."""
+    from .retention import documents
+
+    if split not in ("dev", "test"):
+        raise ValueError(f"split must be 'dev' or 'test'; got {split!r}")
+    if k < 2:
+        raise ValueError(f"a conflict needs k >= 2 statements; got k={k}")
+    rels = [r for r in RELATIONS if r.split == split]
+    out: List[Case] = []
+    reserve = 160 + max_new_tokens
+    for filler in fillers:
+        eff = filler if max_context is None else max(0, min(filler, max_context - reserve))
+        docs = documents(tokenizer, eff, n_entities, split=split) if eff > 0 else [""] * n_entities
+        for rel in rels:
+            rng = random.Random(f"{seed}|{split}|{rel.name}")
+            pool = _pool(rel, rng, 4 * n_entities * k)
+            seen = set()
+            for i in range(n_entities):
+                entity = _word(rng, split, 3, "ia" if split == "dev" else "und")
+                while entity in seen:
+                    entity = _word(rng, split, 3, "ia" if split == "dev" else "und")
+                seen.add(entity)
+                values = tuple(rng.sample(pool, k))
+                statements = [rel.statement.format(e=entity, v=v) for v in values]
+                question = rel.question.format(e=entity)
+                doc = docs[i % len(docs)]
+                n_tok = len(tokenizer(doc, add_special_tokens=False)["input_ids"]) if doc else 0
+                for pl in placements:
+                    for m in range(k):
+                        key = f"{rel.name}|{pl}|{filler}|{split}{i}|m{m}"
+                        text, spans = build(tokenizer, statements, m, question, doc, pl)
+                        out.append(Case(key, rel.name, pl, filler, n_tok, values, m, ifeval.Prompt(key, text, spans)))
+    return out
+
+
+def _mentions(reply: str, value: str) -> bool:
+    return re.search(r"(?<![A-Za-z0-9])" + re.escape(value.lower()) + r"(?![A-Za-z0-9])", reply.lower()) is not None
+
+
+def verdict(reply: str, values: Sequence[str], marked: int) -> str:
+    """``marked`` | ``other`` | ``both`` | ``neither``: which statements' values the reply names."""
+    hit = _mentions(reply, values[marked])
+    other = any(_mentions(reply, v) for i, v in enumerate(values) if i != marked)
+    if hit and not other:
+        return "marked"
+    if other and not hit:
+        return "other"
+    return "both" if hit else "neither"
+
+
+def run(
+    model,
+    tokenizer,
+    case_list: Sequence[Case],
+    methods: Sequence[str],
+    *,
+    store: runner.ResponseStore,
+    model_tag: str,
+    batch_size: int = 8,
+    max_new_tokens: int = 24,
+    progress: bool = True,
+) -> None:
+    """Generate and judge every (method, case) not yet in ``store`` (resumable)."""
+    from .._progress import tqdm
+
+    jobs = []
+    for m in methods:
+        canon = specs.canonical(m)
+        todo = [c for c in case_list if not store.done((model_tag, canon, STRATEGY, max_new_tokens, c.key))]
+        jobs.append((canon, todo))
+    bar = tqdm(total=sum(len(t) for _, t in jobs), desc="priority", unit="prompt", disable=not progress)
+    for canon, todo in jobs:
+        method = specs.parse_local(canon)
+        bar.set_postfix_str(specs.label(canon))
+        todo = sorted(todo, key=lambda c: -c.filler_tokens)
+
+        def row(c: Case, p, g, dt):
+            v = verdict(g.text, c.values, c.marked)
+            return {
+                "model": model_tag,
+                "method": canon,
+                "strategy": STRATEGY,
+                "max_new_tokens": max_new_tokens,
+                "key": c.key,
+                "relation": c.relation,
+                "placement": c.placement,
+                "length": c.filler,
+                "filler_tokens": c.filler_tokens,
+                "values": list(c.values),
+                "marked": c.marked,
+                "verdict": v,
+                "pass": v == "marked",
+                "response": g.text,
+                "n_tokens": g.n_tokens,
+                "nll": g.nll,
+                "distinct4": g.distinct4,
+                "seconds": dt,
+            }
+
+        runner.run_batches(
+            model, tokenizer, [(c.prompt, c) for c in todo], method, max_new_tokens, batch_size, store, bar, row
+        )
+    bar.close()
+
+
+def summarize(
+    store: runner.ResponseStore, model_tag: str, max_new_tokens: int, keys: Optional[set] = None
+) -> List[Dict[str, Any]]:
+    """Per (method, placement, filler length): the ``marked`` rate with its 95 % interval, the
+    ``other`` / ``both`` / ``neither`` rates, fluency flags against the unsteered replies to the same
+    prompts, and ``vs_unsteered``: the paired bootstrap interval of the difference."""
+    from .retention import _mean_interval
+
+    groups: Dict[Tuple[str, str, int], List[Dict[str, Any]]] = {}
+    unsteered: Dict[str, Dict[str, Any]] = {}
+    for k, r in store.records.items():
+        if k[0] != model_tag or k[2] != STRATEGY or k[3] != max_new_tokens or (keys is not None and k[4] not in keys):
+            continue
+        groups.setdefault((r["method"], r["placement"], r["length"]), []).append(r)
+        if r["method"] == "none":
+            unsteered[r["key"]] = r
+    rows = []
+    for (m, pl, n), rs in sorted(groups.items(), key=lambda g: (g[0][0] != "none", g[0])):
+        paired = [(r, unsteered[r["key"]]) for r in rs if r["key"] in unsteered]
+        flags = (
+            fluency.flags(runner._fluency_means([a for a, _ in paired]), runner._fluency_means([b for _, b in paired]))
+            if m != "none" and paired
+            else []
+        )
+        diff = stats.paired({r["key"]: r for r in rs}, unsteered, lambda r: float(r["pass"])) if m != "none" else None
+        rate = {v: sum(r["verdict"] == v for r in rs) / len(rs) for v in VERDICTS}
+        rows.append(
+            {
+                "method": m,
+                "placement": pl,
+                "length": n,
+                "n": len(rs),
+                "accuracy": rate["marked"],
+                "accuracy_ci": _mean_interval([float(r["pass"]) for r in rs]),
+                **{f"rate_{v}": rate[v] for v in VERDICTS},
+                "filler_tokens": sum(r["filler_tokens"] for r in rs) / len(rs),
+                "n_tokens": sum(r["n_tokens"] for r in rs) / len(rs),
+                "distinct4": sum(r["distinct4"] for r in rs) / len(rs),
+                "flags": flags,
+                "vs_unsteered": diff.as_dict() if diff else None,
+            }
+        )
+    return rows
+
+
+def table(rows: Sequence[Dict[str, Any]]) -> str:
+    """``marked %`` (other / neither %, n) and Δ with its interval per filler length; one line per
+    method and placement."""
+    lengths = sorted({r["length"] for r in rows})
+    lines = [
+        "| method | placement | " + " | ".join(f"{n} tok filler" for n in lengths) + " |",
+        "|---|---|" + "---:|" * len(lengths),
+    ]
+    cells: Dict[Tuple[str, str], Dict[int, Dict[str, Any]]] = {}
+    for r in rows:
+        cells.setdefault((r["method"], r["placement"]), {})[r["length"]] = r
+    for (m, pl), by_len in cells.items():
+        vals = []
+        for n in lengths:
+            r = by_len.get(n)
+            if r is None:
+                vals.append("")
+                continue
+            cell = (
+                f"{100 * r['accuracy']:.0f} (other {100 * r['rate_other']:.0f}, neither {100 * r['rate_neither']:.0f}, "
+                f"n={r['n']}" + "".join(f", {x}" for x in r["flags"]) + ")"
+            )
+            if r.get("vs_unsteered"):
+                cell += " Δ " + stats.Difference.from_dict(r["vs_unsteered"]).pct()
+            vals.append(cell)
+        lines.append(f"| {specs.label(m)} | {pl} | " + " | ".join(vals) + " |")
+    return "\n".join(lines)
+
+
+def plot(rows: Sequence[Dict[str, Any]], path: str, title: str = "") -> str:
+    """The ``marked`` rate against filler length, one line per method and placement, with 95 %
+    intervals; a black cross on cells with a fluency flag."""
+    from .._plot import finish, pyplot
+
+    plt = pyplot(path)
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    series: Dict[Tuple[str, str], List[Dict[str, Any]]] = {}
+    for r in rows:
+        series.setdefault((r["method"], r["placement"]), []).append(r)
+    lengths = sorted({r["length"] for r in rows})
+    span = (max(lengths) - min(lengths)) or 1
+    for i, ((m, pl), rs) in enumerate(sorted(series.items(), key=lambda s: (s[0][0] != "none", s[0]))):
+        rs = sorted(rs, key=lambda r: r["length"])
+        x = [r["length"] + 0.012 * span * i for r in rs]
+        y = [100 * r["accuracy"] for r in rs]
+        lo = [v - 100 * r["accuracy_ci"][0] for v, r in zip(y, rs)]
+        hi = [100 * r["accuracy_ci"][1] - v for v, r in zip(y, rs)]
+        ax.errorbar(x, y, yerr=[lo, hi], fmt="o" + ("-", "--", ":", "-.")[i % 4], color=f"C{i}", capsize=3,
+                    label=f"{specs.label(m)} ({pl})", alpha=0.85)  # fmt: skip
+        flagged = [(xx, yy) for xx, yy, r in zip(x, y, rs) if r["flags"]]
+        if flagged:
+            ax.plot(*zip(*flagged), "x", color="k", ms=8)
+    ax.axhline(50, color="grey", lw=0.8, ls=":")
+    ax.set_xlabel("filler tokens between the statements")
+    ax.set_ylabel("replies naming the marked value (%, 95 % interval)")
+    ax.set_ylim(-2, 102)
+    ax.set_title(title or "Context priority: the marked one of two statements", fontsize=10)
+    ax.legend(fontsize=7)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    finish(fig, path)
+    return path
+
+
+def write_report(store, tag: str, max_new_tokens: int, out: str, command: str, machine: str, keys=None) -> str:
+    import json
+
+    rows = summarize(store, tag, max_new_tokens, keys)
+    with open(os.path.join(out, "results.json"), "w", encoding="utf-8") as f:
+        json.dump({"model": tag, "max_new_tokens": max_new_tokens, "rows": rows}, f, indent=1)
+    plot(rows, os.path.join(out, "priority.png"), f"Context priority — {tag}")
+    text = (
+        f"# Context priority — {tag}\n\n`{command}`\n\n{machine}\n\n"
+        "Cell: % of replies naming the marked statement's value (other / neither %, replies, fluency flags) "
+        "and Δ to unsteered on the same prompts with its paired bootstrap 95 % interval.\n\n" + table(rows) + "\n"
+    )
+    path = os.path.join(out, "results.md")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+    return path
+
+
+def main(args, load: Callable, command: str, machine: Callable) -> int:
+    fillers = [int(x) for x in str(args.fillers).split(",") if x.strip()]
+    placements = [p.strip() for p in args.placements.split(",") if p.strip()]
+    for p in placements:
+        if p not in PLACEMENTS:
+            raise ValueError(f"--placements: {p!r} is not one of {', '.join(PLACEMENTS)}")
+    methods = [specs.from_cli(m) for m in args.method or ["none"]]
+    model, tok, tag = load(args)
+    max_ctx = getattr(model.config, "max_position_embeddings", None)
+    case_list = cases(tok, fillers, placements, args.entities, args.k, args.split, max_context=max_ctx,
+                      max_new_tokens=args.max_new_tokens)  # fmt: skip
+    if args.limit:
+        case_list = case_list[: args.limit]
+    store = runner.ResponseStore(os.path.join(args.out, "responses.jsonl"))
+    run(model, tok, case_list, methods, store=store, model_tag=tag, batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens, progress=not args.no_progress)  # fmt: skip
+    # the report covers every cell of the folder (runs add methods and filler lengths one at a time)
+    print(write_report(store, tag, args.max_new_tokens, args.out, command, machine()))
+    return 0
+
+
+def choose(rows: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
+    """The dev choice: per method family, the setting with the highest ``marked`` rate averaged over
+    the cells it was run on, among settings with no fluency flag in any cell (the weaker strength —
+    the earlier in the grid's sort — on a tie); ``best`` is the best of the families. Returns
+    ``{"chosen": {family: spec}, "best": spec, "scores": {spec: mean rate}}``."""
+    by_spec: Dict[str, List[Dict[str, Any]]] = {}
+    for r in rows:
+        if r["method"] != "none":
+            by_spec.setdefault(r["method"], []).append(r)
+    scores = {m: sum(r["accuracy"] for r in rs) / len(rs) for m, rs in by_spec.items()}
+    clean = {m: s for m, s in scores.items() if not any(r["flags"] for r in by_spec[m])}
+    chosen: Dict[str, str] = {}
+    for m in sorted(clean, key=lambda m: (-clean[m], _strength(m))):
+        family = m.split(":", 1)[0]
+        chosen.setdefault(family, m)
+    best = max(chosen.values(), key=lambda m: (clean[m], -_strength(m)), default=None)
+    return {"chosen": chosen, "best": best, "scores": scores}
+
+
+def _strength(spec: str) -> float:
+    """How far a setting moves attention from unsteered (for tie-breaks): |log| of the factor, or the bias."""
+    import math
+
+    m = re.search(r"(delta|alpha|target)=([-0-9.e]+)", spec)
+    if not m:
+        return 0.0
+    v = float(m.group(2))
+    if m.group(1) == "delta":
+        return abs(v)
+    if m.group(1) == "target":
+        return v
+    return abs(math.log(v)) if v > 0 else float("inf")
+
+
+def choose_folder(folder: str) -> Dict[str, Any]:
+    """`choose` over ``folder/results.json`` (a dev run's report), written to ``folder/chosen.json``."""
+    import json
+
+    with open(os.path.join(folder, "results.json"), encoding="utf-8") as f:
+        rows = json.load(f)["rows"]
+    out = choose(rows)
+    with open(os.path.join(folder, "chosen.json"), "w", encoding="utf-8") as f:
+        json.dump(out, f, indent=1)
+    return out

@@ -1,0 +1,103 @@
+"""The context-priority task (attnsteer.eval.priority): cases from templates (dev and test share
+no relation, entity or value; every case asked once per marked statement; the span is the marked
+statement), the verdict rule, a resumable end-to-end run on a tiny model, the report."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from attnsteer.eval import priority, runner
+
+from tiny import model as tiny_model
+from tiny import tokenizer
+
+
+def test_verdicts():
+    vals = ("Dranek", "Suvato")
+    assert priority.verdict("The capital is Dranek.", vals, 0) == "marked"
+    assert priority.verdict("Suvato", vals, 0) == "other"
+    assert priority.verdict("Either Dranek or Suvato.", vals, 1) == "both"
+    assert priority.verdict("I do not know.", vals, 1) == "neither"
+    assert priority.verdict("Draneks", vals, 0) == "neither"  # whole words only
+    assert priority.verdict("built in 1733", ("1733", "173"), 1) == "other"
+
+
+def test_cases_cover_each_marking_and_the_splits_are_disjoint():
+    tok = tokenizer()
+    dev = priority.cases(tok, [0, 64], ["user", "system"], n_entities=3, split="dev")
+    test = priority.cases(tok, [0], ["user"], n_entities=3, split="test")
+    assert len(dev) == 4 * 3 * 2 * 2 * 2 and len(test) == 4 * 3 * 2
+    assert {c.relation for c in dev}.isdisjoint({c.relation for c in test})
+    words = lambda cs: {w for c in cs for v in c.values for w in v.split() if not w.isdigit()}  # noqa: E731
+    assert words(dev).isdisjoint(words(test))  # names and places come from disjoint syllables
+    assert len({c.key for c in dev}) == len(dev)
+    by_case = {}
+    for c in dev:
+        by_case.setdefault(c.key.rsplit("|", 1)[0], []).append(c.marked)
+        ((a, b),) = c.prompt.spans
+        marked_text = c.prompt.text[a:b]
+        assert c.values[c.marked] in marked_text and all(
+            v not in marked_text for i, v in enumerate(c.values) if i != c.marked
+        )
+        assert all(c.prompt.text.count(v) >= 1 for v in c.values)
+        if c.placement == "system":
+            sys_part = c.prompt.text.split("<|im_start|>user")[0]
+            assert marked_text in sys_part
+    assert all(sorted(m) == [0, 1] for m in by_case.values())  # each statement marked once
+    with_filler = [c for c in dev if c.filler == 64 and c.placement == "user"]
+    assert sum(c.filler_tokens for c in with_filler) / len(with_filler) > 20  # whole sentences up to 64 tokens
+    ((a, _),) = with_filler[0].prompt.spans
+    assert with_filler[0].prompt.text.find(with_filler[0].values[1 - with_filler[0].marked]) != -1
+    with pytest.raises(ValueError, match="k >= 2"):
+        priority.cases(tok, [0], k=1)
+
+
+def test_end_to_end_run_is_resumable_and_reports(tmp_path):
+    tok = tokenizer()
+    model = tiny_model("qwen2", layers=2)
+    cs = priority.cases(tok, [0, 32], ["user"], n_entities=2, split="dev")[:12]
+    store = runner.ResponseStore(str(tmp_path / "responses.jsonl"))
+    kw = dict(store=store, model_tag="tiny", batch_size=4, max_new_tokens=4, progress=False)
+    priority.run(model, tok, cs, ["none", "guide:delta=2"], **kw)
+    assert len(store.records) == 24
+    before = os.path.getsize(tmp_path / "responses.jsonl")
+    priority.run(model, tok, cs, ["none", "guide:delta=2"], **kw)  # nothing left to do
+    assert os.path.getsize(tmp_path / "responses.jsonl") == before
+    rows = priority.summarize(store, "tiny", 4)
+    assert {r["method"] for r in rows} == {"none", "guide:delta=2"}
+    for r in rows:
+        assert abs(sum(r[f"rate_{v}"] for v in priority.VERDICTS) - 1) < 1e-9
+        assert (r["vs_unsteered"] is None) == (r["method"] == "none")
+    md = priority.write_report(store, "tiny", 4, str(tmp_path), "attnsteer eval priority", "test machine")
+    text = open(md).read()
+    assert "| guide:delta=2 | user |" in text and os.path.exists(tmp_path / "priority.png")
+
+
+def test_choose_prefers_unflagged_and_weaker_settings():
+    def row(m, acc, flags=()):
+        return {"method": m, "accuracy": acc, "flags": list(flags)}
+
+    rows = [
+        row("none", 0.5),
+        row("guide:delta=1", 0.9),
+        row("guide:delta=2", 0.9),
+        row("guide:delta=4", 1.0, ["unlikely"]),
+    ]
+    rows += [row("pasta:alpha=0.1", 0.7), row("pasta:alpha=0.01", 0.95, ["repetitive"])]
+    got = priority.choose(rows)
+    assert got["chosen"] == {"guide": "guide:delta=1", "pasta": "pasta:alpha=0.1"}
+    assert got["best"] == "guide:delta=1"
+
+
+def test_cli_priority_end_to_end(tmp_path, monkeypatch, capsys):
+    from attnsteer import cli, models
+
+    tok = tokenizer()
+    monkeypatch.setattr(models, "load_default", lambda **_: (tiny_model("llama", layers=2), tok))
+    argv = ["eval", "priority", "--fillers", "0", "--placements", "user", "--entities", "1", "--limit", "4",
+            "--max-new-tokens", "3", "--out", str(tmp_path), "--no-progress", "--method", "none", "--method", "guide:delta=2"]  # fmt: skip
+    assert cli.main(argv) == 0
+    text = (tmp_path / "results.md").read_text()
+    assert "| unsteered | user |" in text and "| guide:delta=2 | user |" in text
