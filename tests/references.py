@@ -178,3 +178,27 @@ def directer_and_reference(model, tok, enc, new_tokens: int, alpha: float = 128.
     finally:
         model.set_attn_implementation(previous)
     return d, got, ref, stats
+
+
+def steered_and_eager_logits(model, method, enc):
+    """``(got, want, plain)`` logits of one forward of ``enc`` (a batch of one): under
+    ``attnsteer.steer``, under `eager_steered_attention` (the reference code's materialised way) and
+    unsteered. The model's attention implementation is restored on every exit."""
+    from transformers import AttentionInterface
+
+    T = enc["input_ids"].shape[1]
+    previous = model.config._attn_implementation
+    try:
+        with torch.no_grad():
+            with attnsteer.steer(model, method, spans=enc):
+                got = model(**enc).logits
+            AttentionInterface.register(
+                "attnsteer_test_eager", eager_steered_attention(method, enc.span_mask.float(), T)
+            )
+            model.set_attn_implementation("attnsteer_test_eager")
+            want = model(**enc).logits
+            model.set_attn_implementation(previous)
+            plain = model(**enc).logits
+    finally:
+        model.set_attn_implementation(previous)
+    return got, want, plain

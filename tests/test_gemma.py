@@ -55,28 +55,12 @@ def _long_prompt(tok, n_words: int = 520) -> str:
 def test_steer_equals_the_eager_materialised_path(gemma, method):
     """A prompt longer than the sliding window, the span at its start: the last rows of the sliding
     layers no longer see the span, the global layers do."""
-    from transformers import AttentionInterface
-
-    from references import eager_steered_attention
+    from references import steered_and_eager_logits
 
     model, tok = gemma
     enc = attnsteer.highlight(tok, _long_prompt(tok))
-    T = enc["input_ids"].shape[1]
-    assert T > WINDOW + 16 and bool(enc.span_mask[0, :10].any())
-    previous = model.config._attn_implementation
-    try:
-        with torch.no_grad():
-            with attnsteer.steer(model, method, spans=enc):
-                got = model(**enc).logits
-            AttentionInterface.register(
-                "attnsteer_test_eager", eager_steered_attention(method, enc.span_mask.float(), T)
-            )
-            model.set_attn_implementation("attnsteer_test_eager")
-            want = model(**enc).logits
-            model.set_attn_implementation(previous)
-            plain = model(**enc).logits
-    finally:
-        model.set_attn_implementation(previous)
+    assert enc["input_ids"].shape[1] > WINDOW + 16 and bool(enc.span_mask[0, :10].any())
+    got, want, plain = steered_and_eager_logits(model, method, enc)
     torch.testing.assert_close(got, want, atol=2e-3, rtol=1e-3)
     assert (got[0, -1] - plain[0, -1]).abs().max() > 1e-2  # steering changed the reply's first token logits
 

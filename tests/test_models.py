@@ -89,14 +89,28 @@ def test_directer_on_default_model_equals_deep_copy_reference(smollm):
 def test_demo_prints_every_method(smollm, capsys, monkeypatch):
     from attnsteer import demo
 
-    monkeypatch.setattr(attnsteer.models, "load_default", lambda **_: smollm)
+    monkeypatch.setattr(demo, "_load", lambda name: (*smollm, "SmolLM2-135M-Instruct", "SmolLM2-135M-Instruct"))
     assert demo.run("start-yes", max_new_tokens=4) == 0
     out = capsys.readouterr().out
-    for name, _ in demo.methods():
-        assert f"start-yes  {name}" in out
-    assert "DIRECTER:" in out
+    for name, _ in demo.methods("SmolLM2-135M-Instruct"):
+        assert f"start-yes{' ' * 16}{name}" in out
+    assert "keyscale:alpha=1.5 (tuned, ifeval)" in out and "DIRECTER:" in out
+    assert "Measured on the test split" in out and "ifeval: keyscale:alpha=1.5" in out
     with pytest.raises(ValueError, match="unknown task"):
         demo.run("nope")
+
+
+def test_demo_priority_checks_the_marked_value():
+    from attnsteer import demo
+
+    task = next(t for t in demo.TASKS if t.name == "priority")
+    (v0, m0), (v1, m1) = task.prompts
+    assert "<<The capital of Velmoria is Dranek.>>" in m0[0]["content"] and "<<" not in m0[0]["content"].split(">>")[1]
+    assert "<<The capital of Velmoria is Suvato.>>" in m1[0]["content"]
+    assert task.check(v0, "Dranek") and not task.check(v1, "Dranek") and task.check(v1, "It is Suvato.")
+    french = next(t for t in demo.TASKS if t.name == "french")
+    assert french.check("system", "Le pain est fait de farine, d'eau et de sel.")
+    assert not french.check("system", "Bread is made of flour, water and salt.")
 
 
 def test_export_writes_a_folder_with_the_same_logits(smollm, tmp_path, monkeypatch, capsys):

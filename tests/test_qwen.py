@@ -58,27 +58,11 @@ def test_architecture_tokenizer_and_chat_template(qwen):
 
 @pytest.mark.parametrize("method", METHODS, ids=repr)
 def test_steer_equals_the_eager_materialised_path(qwen, method):
-    from transformers import AttentionInterface
-
-    from references import eager_steered_attention
+    from references import steered_and_eager_logits
 
     _, model, tok = qwen
     enc = attnsteer.highlight(tok, CHAT)
-    T = enc["input_ids"].shape[1]
-    previous = model.config._attn_implementation
-    try:
-        with torch.no_grad():
-            with attnsteer.steer(model, method, spans=enc):
-                got = model(**enc).logits
-            AttentionInterface.register(
-                "attnsteer_test_eager", eager_steered_attention(method, enc.span_mask.float(), T)
-            )
-            model.set_attn_implementation("attnsteer_test_eager")
-            want = model(**enc).logits
-            model.set_attn_implementation(previous)
-            plain = model(**enc).logits
-    finally:
-        model.set_attn_implementation(previous)
+    got, want, plain = steered_and_eager_logits(model, method, enc)
     torch.testing.assert_close(got, want, atol=2e-3, rtol=1e-3)
     assert (got[0, -1] - plain[0, -1]).abs().max() > 1e-2  # steering changed the reply's first token
 

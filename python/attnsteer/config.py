@@ -22,9 +22,9 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, List, Optional, Union
 
-__all__ = ["SteeringConfig", "recommended", "resolve_method", "RECOMMENDED_FILE", "PAPER_STRENGTHS"]
+__all__ = ["SteeringConfig", "recommended", "shipped_tasks", "resolve_method", "RECOMMENDED_FILE", "PAPER_STRENGTHS"]
 
 RECOMMENDED_FILE = Path(__file__).resolve().parent / "data" / "recommended.json"
 
@@ -136,6 +136,21 @@ def _model_name(model_or_name: Any, table: Dict[str, Any]) -> str:
         f"no tuned configuration ships for this model ({sig[0]}, {sig[1]} layers, hidden size {sig[2]}); "
         f"shipped: {', '.join(table)}. Tune one with `attnsteer eval sweep --save-config FILE`"
     )
+
+
+def shipped_tasks(model_or_name: Any) -> List[str]:
+    """The tasks `recommended` has a tuned setting for on this model (``[]`` when none ships).
+
+    Example::
+
+        >>> attnsteer.config.shipped_tasks("smollm2-135m")
+        ['ifeval', 'retention']
+    """
+    table = _shipped()
+    try:
+        return list(table[_model_name(model_or_name, table)]["tasks"])
+    except KeyError:
+        return []
 
 
 def recommended(model_or_name: Any, task: str = "ifeval", method: Optional[str] = None) -> SteeringConfig:

@@ -258,47 +258,16 @@ def run(
     max_new_tokens: int = 24,
     progress: bool = True,
 ) -> None:
-    """Generate and judge every (method, case) not yet in ``store`` (resumable)."""
-    from .._progress import tqdm
+    """Generate and judge every (method, case) not yet in ``store`` (resumable; `runner.run_task`)."""
 
-    jobs = []
-    for m in methods:
-        canon = specs.canonical(m)
-        todo = [c for c in case_list if not store.done((model_tag, canon, STRATEGY, max_new_tokens, c.key))]
-        jobs.append((canon, todo))
-    bar = tqdm(total=sum(len(t) for _, t in jobs), desc="priority", unit="prompt", disable=not progress)
-    for canon, todo in jobs:
-        method = specs.parse_local(canon)
-        bar.set_postfix_str(specs.label(canon))
-        todo = sorted(todo, key=lambda c: -c.filler_tokens)
+    def row(c: Case, g) -> Dict[str, Any]:
+        v = verdict(g.text, c.values, c.marked)
+        return {"relation": c.relation, "placement": c.placement, "length": c.filler, "filler_tokens": c.filler_tokens,
+                "values": list(c.values), "marked": c.marked, "verdict": v, "pass": v == "marked"}  # fmt: skip
 
-        def row(c: Case, p, g, dt):
-            v = verdict(g.text, c.values, c.marked)
-            return {
-                "model": model_tag,
-                "method": canon,
-                "strategy": STRATEGY,
-                "max_new_tokens": max_new_tokens,
-                "key": c.key,
-                "relation": c.relation,
-                "placement": c.placement,
-                "length": c.filler,
-                "filler_tokens": c.filler_tokens,
-                "values": list(c.values),
-                "marked": c.marked,
-                "verdict": v,
-                "pass": v == "marked",
-                "response": g.text,
-                "n_tokens": g.n_tokens,
-                "nll": g.nll,
-                "distinct4": g.distinct4,
-                "seconds": dt,
-            }
-
-        runner.run_batches(
-            model, tokenizer, [(c.prompt, c) for c in todo], method, max_new_tokens, batch_size, store, bar, row
-        )
-    bar.close()
+    runner.run_task(model, tokenizer, case_list, methods, store=store, model_tag=model_tag, strategy=STRATEGY,
+                    max_new_tokens=max_new_tokens, batch_size=batch_size, row=row, size=lambda c: c.filler_tokens,
+                    desc="priority", progress=progress)  # fmt: skip
 
 
 def summarize(

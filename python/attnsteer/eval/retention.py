@@ -188,48 +188,17 @@ def run(
     max_new_tokens: int = 96,
     progress: bool = True,
 ) -> None:
-    """Generate and score every (method, case) not yet in ``store`` (resumable)."""
-    from .._progress import tqdm
+    """Generate and score every (method, case) not yet in ``store`` (resumable; `runner.run_task`)."""
 
-    jobs = [
-        (
-            specs.canonical(m),
-            [c for c in case_list if not store.done((model_tag, specs.canonical(m), STRATEGY, max_new_tokens, c.key))],
-        )
-        for m in methods
-    ]
-    bar = tqdm(total=sum(len(t) for _, t in jobs), desc="retention", unit="prompt", disable=not progress)
-    for canon, todo in jobs:
-        method = specs.parse_local(canon)
-        bar.set_postfix_str(specs.label(canon))
-        todo = sorted(todo, key=lambda c: -c.doc_tokens)
+    def row(c: Case, g) -> Dict[str, Any]:
+        inst, kw = RULES[c.rule]
+        s = checkers.score({"key": 0, "prompt": c.prompt.text, "instruction_id_list": [inst], "kwargs": [kw]}, g.text)
+        return {"rule": c.rule, "placement": c.placement, "length": c.length, "doc_tokens": c.doc_tokens,
+                "strict": s.strict, "loose": s.loose}  # fmt: skip
 
-        def row(c, p, g, dt):
-            inst, kw = RULES[c.rule]
-            s = checkers.score({"key": 0, "prompt": p.text, "instruction_id_list": [inst], "kwargs": [kw]}, g.text)
-            return {
-                "model": model_tag,
-                "method": canon,
-                "strategy": STRATEGY,
-                "max_new_tokens": max_new_tokens,
-                "key": c.key,
-                "rule": c.rule,
-                "placement": c.placement,
-                "length": c.length,
-                "doc_tokens": c.doc_tokens,
-                "response": g.text,
-                "n_tokens": g.n_tokens,
-                "nll": g.nll,
-                "distinct4": g.distinct4,
-                "strict": s.strict,
-                "loose": s.loose,
-                "seconds": dt,
-            }
-
-        runner.run_batches(
-            model, tokenizer, [(c.prompt, c) for c in todo], method, max_new_tokens, batch_size, store, bar, row
-        )
-    bar.close()
+    runner.run_task(model, tokenizer, case_list, methods, store=store, model_tag=model_tag, strategy=STRATEGY,
+                    max_new_tokens=max_new_tokens, batch_size=batch_size, row=row, size=lambda c: c.doc_tokens,
+                    desc="retention", progress=progress)  # fmt: skip
 
 
 def summarize(

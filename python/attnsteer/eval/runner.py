@@ -13,7 +13,7 @@ import json
 import os
 import time
 from dataclasses import dataclass
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -176,6 +176,49 @@ def run_batches(
         dt = (time.perf_counter() - t0) / len(chunk)
         store.add(row(x, p, g, dt) for (p, x), g in zip(chunk, outs))
         bar.update(len(chunk))
+
+
+def run_task(
+    model,
+    tokenizer,
+    cases: Sequence[Any],
+    methods: Sequence[str],
+    *,
+    store: ResponseStore,
+    model_tag: str,
+    strategy: str,
+    max_new_tokens: int,
+    batch_size: int,
+    row: Callable[[Any, Any], Dict[str, Any]],
+    size: Callable[[Any], int] = lambda c: 0,
+    desc: str = "prompts",
+    progress: bool = True,
+) -> None:
+    """The one generation loop of the case tasks (retention, priority): every (method, case) not yet
+    in ``store`` is generated (largest ``size`` first, in batches) and stored as the record
+    ``{model, method, strategy, max_new_tokens, key}`` + ``row(case, generated)`` + the reply and its
+    fluency figures. ``cases`` carry ``.key`` and ``.prompt`` (an `ifeval.Prompt`). Resumable."""
+    from .._progress import tqdm
+
+    jobs = []
+    for m in methods:
+        canon = specs.canonical(m)
+        jobs.append((canon, [c for c in cases if not store.done((model_tag, canon, strategy, max_new_tokens, c.key))]))
+    bar = tqdm(total=sum(len(t) for _, t in jobs), desc=desc, unit="prompt", disable=not progress)
+    for canon, todo in jobs:
+        method = specs.parse_local(canon)
+        bar.set_postfix_str(specs.label(canon))
+        head = {"model": model_tag, "method": canon, "strategy": strategy, "max_new_tokens": max_new_tokens}
+
+        def record(c, p, g, dt, head=head):
+            tail = {"response": g.text, "n_tokens": g.n_tokens, "nll": g.nll, "distinct4": g.distinct4, "seconds": dt}
+            return {**head, "key": c.key, **row(c, g), **tail}
+
+        todo = sorted(todo, key=lambda c: -size(c))
+        run_batches(
+            model, tokenizer, [(c.prompt, c) for c in todo], method, max_new_tokens, batch_size, store, bar, record
+        )
+    bar.close()
 
 
 def run_ifeval(
