@@ -77,7 +77,7 @@ def test_end_to_end_run_is_resumable_and_reports(tmp_path):
 
 def test_choose_prefers_unflagged_and_weaker_settings():
     def row(m, acc, flags=()):
-        return {"method": m, "accuracy": acc, "flags": list(flags)}
+        return {"method": m, "accuracy": acc, "flags": list(flags), "n": 32}
 
     rows = [
         row("none", 0.5),

@@ -418,22 +418,25 @@ def main(args, load: Callable, command: str, machine: Callable) -> int:
 
 
 def choose(rows: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
-    """The dev choice: per method family, the setting with the highest ``marked`` rate averaged over
-    the cells it was run on, among settings with no fluency flag in any cell (the weaker strength —
-    the earlier in the grid's sort — on a tie); ``best`` is the best of the families. Returns
-    ``{"chosen": {family: spec}, "best": spec, "scores": {spec: mean rate}}``."""
-    by_spec: Dict[str, List[Dict[str, Any]]] = {}
-    for r in rows:
-        if r["method"] != "none":
-            by_spec.setdefault(r["method"], []).append(r)
-    scores = {m: sum(r["accuracy"] for r in rs) / len(rs) for m, rs in by_spec.items()}
-    clean = {m: s for m, s in scores.items() if not any(r["flags"] for r in by_spec[m])}
+    """The dev choice, by the retention sweep's rule (`retention_sweep.cell_scores` / ``choose``):
+    per method family, the setting with the highest ``marked`` rate averaged over its cells, among
+    settings with no fluency flag in any cell, the weaker strength on a tie; ``best`` is the best of
+    the families. Returns ``{"chosen": {family: spec}, "best": spec, "scores": {spec: mean rate}}``."""
+    from . import retention_sweep
+
+    scores = retention_sweep.cell_scores([r for r in rows if r["method"] != "none"])
+    order = sorted(scores, key=_strength)
     chosen: Dict[str, str] = {}
-    for m in sorted(clean, key=lambda m: (-clean[m], _strength(m))):
-        family = m.split(":", 1)[0]
-        chosen.setdefault(family, m)
-    best = max(chosen.values(), key=lambda m: (clean[m], -_strength(m)), default=None)
-    return {"chosen": chosen, "best": best, "scores": scores}
+    for family in dict.fromkeys(m.split(":", 1)[0] for m in order):
+        pick = retention_sweep.choose(scores, [m for m in order if m.split(":", 1)[0] == family])
+        if pick is not None:
+            chosen[family] = pick["method"]
+    best = retention_sweep.choose(scores, sorted(chosen.values(), key=_strength))
+    return {
+        "chosen": chosen,
+        "best": best["method"] if best else None,
+        "scores": {m: s["accuracy"] for m, s in scores.items()},
+    }
 
 
 def _strength(spec: str) -> float:
