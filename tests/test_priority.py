@@ -101,3 +101,21 @@ def test_cli_priority_end_to_end(tmp_path, monkeypatch, capsys):
     assert cli.main(argv) == 0
     text = (tmp_path / "results.md").read_text()
     assert "| unsteered | user |" in text and "| guide:delta=2 | user |" in text
+
+
+def test_evidence_pairs_each_cell_with_unsteered():
+    def row(m, pl, n, acc, diff=None, flags=()):
+        return {"method": m, "placement": pl, "length": n, "n": 64, "accuracy": acc, "flags": list(flags),
+                "vs_unsteered": diff}  # fmt: skip
+
+    d = {"diff": 0.5, "low": 0.4, "high": 0.6, "n": 64, "level": 0.95, "verdict": "better"}
+    rows = [
+        row("none", "user", 0, 0.5),
+        row("guide:delta=1", "user", 0, 1.0, d),
+        row("guide:delta=1", "user", 512, 0.9, d),
+    ]
+    ev = priority.evidence(rows, "guide:delta=1")
+    assert len(ev["cells"]) == 1 and ev["cells"][0]["unsteered"] == 0.5 and ev["cells"][0]["steered"] == 1.0
+    assert "user 0 tok: 50% -> 100% (Δ +50.0 [+40.0, +60.0])" in ev["summary"]
+    with pytest.raises(ValueError, match="unsteered twin"):
+        priority.evidence(rows, "instaboost:alpha=2")

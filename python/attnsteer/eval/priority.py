@@ -464,3 +464,36 @@ def choose_folder(folder: str) -> Dict[str, Any]:
     with open(os.path.join(folder, "chosen.json"), "w", encoding="utf-8") as f:
         json.dump(out, f, indent=1)
     return out
+
+
+def evidence(rows: Sequence[Dict[str, Any]], spec: str, split: str = "priority test") -> Dict[str, Any]:
+    """What `attnsteer.recommended` ships for ``spec`` on this task: per (placement, filler) cell of
+    the test rows, the unsteered and steered ``marked`` rates, the paired difference with its
+    interval, the fluency flags; and ``summary``, one line for people (the demo prints it)."""
+    base = {(r["placement"], r["length"]): r for r in rows if r["method"] == "none"}
+    cells = []
+    for r in sorted((r for r in rows if r["method"] == spec), key=lambda r: (r["placement"], r["length"])):
+        b = base.get((r["placement"], r["length"]))
+        if b is None or not r.get("vs_unsteered"):
+            continue
+        cells.append(
+            {
+                "placement": r["placement"],
+                "filler_tokens": r["length"],
+                "n": r["n"],
+                "unsteered": round(b["accuracy"], 4),
+                "steered": round(r["accuracy"], 4),
+                "diff": r["vs_unsteered"],
+                "flags": r["flags"],
+            }
+        )
+    if not cells:
+        raise ValueError(f"no test cell of {spec!r} has an unsteered twin: run it with --method none first")
+    parts = [
+        f"{c['placement']} {c['filler_tokens']} tok: {100 * c['unsteered']:.0f}% -> {100 * c['steered']:.0f}% "
+        f"(Δ {stats.Difference.from_dict(c['diff']).pct()}{', ' + ', '.join(c['flags']) if c['flags'] else ''})"
+        for c in cells
+    ]
+    n = cells[0]["n"]
+    summary = f"{split}, {n} replies a cell, marked value named: " + "; ".join(parts)
+    return {"split": split, "cells": cells, "summary": summary}
