@@ -16,7 +16,7 @@ import sys
 
 from attnsteer.config import RECOMMENDED_FILE
 from attnsteer.eval import priority
-from attnsteer.models import MODELS, _ALIASES, cache_dir
+from attnsteer.models import _ALIASES, MODELS, cache_dir
 
 
 def main(argv=None) -> int:
