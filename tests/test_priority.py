@@ -119,3 +119,12 @@ def test_evidence_pairs_each_cell_with_unsteered():
     assert "user 0 tok: 50% -> 100% (Δ +50.0 [+40.0, +60.0])" in ev["summary"]
     with pytest.raises(ValueError, match="unsteered twin"):
         priority.evidence(rows, "instaboost:alpha=2")
+
+
+def test_plot_models_draws_each_model(tmp_path):
+    d = {"diff": 0.5, "low": 0.4, "high": 0.6, "n": 64, "level": 0.95, "verdict": "better"}
+    rows = [
+        {"method": "guide:delta=2", "placement": "user", "length": n, "vs_unsteered": d, "flags": []} for n in (0, 512)
+    ]
+    path = priority.plot_models({"A": rows, "B": rows[:1]}, "guide:delta=2", str(tmp_path / "p.png"))
+    assert os.path.getsize(path) > 5000
