@@ -128,3 +128,14 @@ def test_plot_models_draws_each_model(tmp_path):
     ]
     path = priority.plot_models({"A": rows, "B": rows[:1]}, "guide:delta=2", str(tmp_path / "p.png"))
     assert os.path.getsize(path) > 5000
+
+
+def test_compare_models_table():
+    d = {"diff": 0.5, "low": 0.4, "high": 0.6, "n": 64, "level": 0.95, "verdict": "better"}
+    rows = [
+        {"method": "none", "placement": "user", "length": 0, "accuracy": 0.5, "flags": []},
+        {"method": "guide:delta=2", "placement": "user", "length": 0, "accuracy": 1.0, "flags": [], "vs_unsteered": d},
+    ]
+    text = priority.compare_models({"Qwen": rows}, ["guide:delta=2", "pasta:alpha=0.01"])
+    assert "| Qwen | user | guide:delta=2 | 50 → 100<br>Δ +50.0 [+40.0, +60.0] |" in text
+    assert "pasta" not in text  # not measured: no line

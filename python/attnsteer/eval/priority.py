@@ -532,3 +532,30 @@ def plot_models(results: Dict[str, Sequence[Dict[str, Any]]], method: str, path:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     finish(fig, path)
     return path
+
+
+def compare_models(results: Dict[str, Sequence[Dict[str, Any]]], methods: Sequence[str]) -> str:
+    """A markdown table of several models' test rows side by side: per model, placement and method,
+    each filler length's ``unsteered → steered`` marked rate and the difference with its interval."""
+    lengths = sorted({r["length"] for rows in results.values() for r in rows})
+    lines = [
+        "| model | placement | method | " + " | ".join(f"{n} tok filler" for n in lengths) + " |",
+        "|---|---|---|" + "---|" * len(lengths),
+    ]
+    for label, rows in results.items():
+        base = {(r["placement"], r["length"]): r for r in rows if r["method"] == "none"}
+        for pl in PLACEMENTS:
+            for m in methods:
+                cells = []
+                for n in lengths:
+                    r = next((r for r in rows if (r["method"], r["placement"], r["length"]) == (m, pl, n)), None)
+                    b = base.get((pl, n))
+                    if r is None or b is None or not r.get("vs_unsteered"):
+                        cells.append("")
+                        continue
+                    flags = f" ({', '.join(r['flags'])})" if r["flags"] else ""
+                    d = stats.Difference.from_dict(r["vs_unsteered"]).pct()
+                    cells.append(f"{100 * b['accuracy']:.0f} → {100 * r['accuracy']:.0f}{flags}<br>Δ {d}")
+                if any(cells):
+                    lines.append(f"| {label} | {pl} | {specs.label(m)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
