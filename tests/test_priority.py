@@ -139,3 +139,25 @@ def test_compare_models_table():
     text = priority.compare_models({"Qwen": rows}, ["guide:delta=2", "pasta:alpha=0.01"])
     assert "| Qwen | user | guide:delta=2 | 50 → 100<br>Δ +50.0 [+40.0, +60.0] |" in text
     assert "pasta" not in text  # not measured: no line
+
+
+def test_shipped_priority_setting_is_the_committed_evidence():
+    """recommended(qwen, task="priority") ships the dev choice with the test evidence that the committed
+    report holds (tools/ship_priority_config.py wrote it; rerun it after the report changes)."""
+    import json
+    from pathlib import Path
+
+    import attnsteer
+    from attnsteer import demo
+
+    root = Path(__file__).resolve().parents[1] / "eval_results" / "priority"
+    cfg = attnsteer.recommended("qwen2.5-coder-0.5b", task="priority")
+    chosen = json.loads((root / "qwen-dev" / "chosen.json").read_text())
+    rows = json.loads((root / "qwen-test" / "results.json").read_text())["rows"]
+    assert cfg.method == chosen["best"]
+    assert cfg.evidence == priority.evidence(rows, cfg.method)
+    assert all(c["diff"]["verdict"] == "better" for c in cfg.evidence["cells"])
+    labels = [label for label, _ in demo.methods("Qwen2.5-Coder-0.5B-Instruct")]
+    assert labels[:2] == ["unsteered", f"{cfg.method} (tuned, priority)"]
+    with pytest.raises(KeyError, match="tasks shipped for it: priority"):
+        attnsteer.recommended("qwen2.5-coder-0.5b", task="ifeval")

@@ -55,8 +55,12 @@ def main() -> int:
         )
         with open(os.path.join(ROOT, "models.md"), "w", encoding="utf-8") as f:
             f.write(text)
+        import shutil
+
+        assets = os.path.join(ROOT, "..", "..", "docs", "assets")
         for pl in ("user", "system"):
-            priority.plot_models(results, "guide:delta=2", os.path.join(ROOT, f"priority_models_{pl}.png"), pl)
+            png = priority.plot_models(results, "guide:delta=2", os.path.join(ROOT, f"priority_models_{pl}.png"), pl)
+            shutil.copy(png, os.path.join(assets, os.path.basename(png)))  # the results page shows them
         print(os.path.join(ROOT, "models.md"))
     return 0
 
