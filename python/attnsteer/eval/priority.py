@@ -344,6 +344,22 @@ def table(rows: Sequence[Dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _line(
+    ax, rows: Sequence[Dict[str, Any]], ci: Sequence[Tuple[float, float, float]], i: int, shift: float, label: str
+):
+    """One line of a priority plot: ``(value, low, high)`` fractions per row against its filler
+    length (shifted so that the bars do not overlap), as % with error bars; a black cross on the
+    rows that carry a fluency flag."""
+    x = [r["length"] + shift for r in rows]
+    y = [100 * v for v, _, _ in ci]
+    err = [[yy - 100 * lo for yy, (_, lo, _) in zip(y, ci)], [100 * hi - yy for yy, (_, _, hi) in zip(y, ci)]]
+    ax.errorbar(x, y, yerr=err, fmt="o" + ("-", "--", ":", "-.")[i % 4], color=f"C{i}", capsize=3, label=label,
+                alpha=0.85)  # fmt: skip
+    flagged = [(xx, yy) for xx, yy, r in zip(x, y, rows) if r["flags"]]
+    if flagged:
+        ax.plot(*zip(*flagged), "x", color="k", ms=8)
+
+
 def plot(rows: Sequence[Dict[str, Any]], path: str, title: str = "") -> str:
     """The ``marked`` rate against filler length, one line per method and placement, with 95 %
     intervals; a black cross on cells with a fluency flag."""
@@ -358,15 +374,8 @@ def plot(rows: Sequence[Dict[str, Any]], path: str, title: str = "") -> str:
     span = (max(lengths) - min(lengths)) or 1
     for i, ((m, pl), rs) in enumerate(sorted(series.items(), key=lambda s: (s[0][0] != "none", s[0]))):
         rs = sorted(rs, key=lambda r: r["length"])
-        x = [r["length"] + 0.012 * span * i for r in rs]
-        y = [100 * r["accuracy"] for r in rs]
-        lo = [v - 100 * r["accuracy_ci"][0] for v, r in zip(y, rs)]
-        hi = [100 * r["accuracy_ci"][1] - v for v, r in zip(y, rs)]
-        ax.errorbar(x, y, yerr=[lo, hi], fmt="o" + ("-", "--", ":", "-.")[i % 4], color=f"C{i}", capsize=3,
-                    label=f"{specs.label(m)} ({pl})", alpha=0.85)  # fmt: skip
-        flagged = [(xx, yy) for xx, yy, r in zip(x, y, rs) if r["flags"]]
-        if flagged:
-            ax.plot(*zip(*flagged), "x", color="k", ms=8)
+        ci = [(r["accuracy"], *r["accuracy_ci"]) for r in rs]
+        _line(ax, rs, ci, i, 0.012 * span * i, f"{specs.label(m)} ({pl})")
     ax.axhline(50, color="grey", lw=0.8, ls=":")
     ax.set_xlabel("filler tokens between the statements")
     ax.set_ylabel("replies naming the marked value (%, 95 % interval)")
@@ -516,14 +525,8 @@ def plot_models(results: Dict[str, Sequence[Dict[str, Any]]], method: str, path:
         )
         if not pts:
             continue
-        x = [r["length"] + 0.012 * (span or 1) * i for r in pts]
-        d = [r["vs_unsteered"] for r in pts]
-        y = [100 * v["diff"] for v in d]
-        err = [[yy - 100 * v["low"] for yy, v in zip(y, d)], [100 * v["high"] - yy for yy, v in zip(y, d)]]
-        ax.errorbar(x, y, yerr=err, fmt="o-", color=f"C{i}", capsize=3, label=label)
-        flagged = [(xx, yy) for xx, yy, r in zip(x, y, pts) if r["flags"]]
-        if flagged:
-            ax.plot(*zip(*flagged), "x", color="k", ms=8)
+        ci = [(r["vs_unsteered"]["diff"], r["vs_unsteered"]["low"], r["vs_unsteered"]["high"]) for r in pts]
+        _line(ax, pts, ci, i, 0.012 * (span or 1) * i, label)
     ax.axhline(0, color="grey", lw=0.8)
     ax.set_xlabel("filler tokens between the statements")
     ax.set_ylabel(f"{specs.label(method)} − unsteered (points, 95 % interval)")

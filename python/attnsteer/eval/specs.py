@@ -56,6 +56,7 @@ __all__ = [
     "load_head_profiles",
     "HeadMap",
     "SPAN_WEIGHT_RANGE",
+    "is_decimal",
 ]
 
 _CLASSES = {
@@ -202,8 +203,14 @@ def _parse_int(cls, key: str, raw: str) -> int:
     return int(raw)
 
 
+def is_decimal(raw: str) -> bool:
+    """Whether ``raw`` is a plain ASCII decimal number of bounded length (no NaN, infinity, hex,
+    underscores or non-ASCII digits) — the one rule for a number that arrives as text."""
+    return len(raw) <= _MAX_NUMBER_CHARS and _NUMBER.fullmatch(raw) is not None
+
+
 def _parse_number(cls, key: str, raw: str) -> float:
-    if len(raw) > _MAX_NUMBER_CHARS or not _NUMBER.fullmatch(raw):
+    if not is_decimal(raw):
         hint = (
             "; NaN and infinity are not numbers here"
             if raw.strip("+-").lower() in ("nan", "inf", "infinity")

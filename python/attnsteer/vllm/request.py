@@ -28,7 +28,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
-from ..eval.specs import _NUMBER, SPAN_WEIGHT_RANGE, RequestLimits, _show, parse_request_spec
+from ..eval.specs import SPAN_WEIGHT_RANGE, RequestLimits, _show, is_decimal, parse_request_spec
 
 logger = logging.getLogger(__name__)
 
@@ -165,9 +165,7 @@ def _parse_flat_spans(raw: Any, max_spans: int) -> List[Tuple[str, ...]]:
         raise ValueError(
             f"{FLAT_SPANS} has {len(raw)} characters, more than {max_spans} spans; at most {max_spans} are allowed"
         )
-    parts = [p.strip() for p in raw.split(",") if p.strip()]
-    if len(parts) > max_spans:
-        raise ValueError(f"the request lists {len(parts)} spans; at most {max_spans} are allowed")
+    parts = [p.strip() for p in raw.split(",") if p.strip()]  # bounded by the length check above
     spans = []
     for part in parts:
         bits = tuple(part.split(":"))
@@ -194,7 +192,7 @@ def _weight(raw: Any) -> float:
     lo, hi = SPAN_WEIGHT_RANGE
     if isinstance(raw, (int, float)) and not isinstance(raw, bool):
         w = float(raw)
-    elif isinstance(raw, str) and len(raw) <= 32 and _NUMBER.fullmatch(raw.strip()):
+    elif isinstance(raw, str) and is_decimal(raw.strip()):
         w = float(raw)
     else:
         raise ValueError(f"a span weight is a number in [{lo:g}, {hi:g}]; got {_show(raw)}")
@@ -245,14 +243,14 @@ def _parse_request(
                 'extra_args["attnsteer"] must be {"method": "<spec>", "spans": [[start, end, weight], ...]}'
             )
         method, spans = cfg["method"], cfg["spans"]
-        if len(spans) > limits.max_spans:
-            raise ValueError(f"the request lists {len(spans)} spans; at most {limits.max_spans} are allowed")
     elif FLAT_METHOD in extra_args or FLAT_SPANS in extra_args:
         if FLAT_METHOD not in extra_args or FLAT_SPANS not in extra_args:
             raise ValueError(f"vllm_xargs needs both {FLAT_METHOD} and {FLAT_SPANS}")
         method, spans = extra_args[FLAT_METHOD], _parse_flat_spans(extra_args[FLAT_SPANS], limits.max_spans)
     else:
         return None
+    if len(spans) > limits.max_spans:  # before the spec or any span is read (both forms)
+        raise ValueError(f"the request lists {len(spans)} spans; at most {limits.max_spans} are allowed")
     spec, parsed = _servable_spec(method, limits)
     T = len(prompt_token_ids)
     weights = torch.zeros(T, dtype=torch.float32)
