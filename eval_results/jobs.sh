@@ -22,6 +22,8 @@
 #   nohup eval_results/jobs.sh retention-length-4k-i > eval_results/logs/retention-length-4k-i.log 2>&1 &   (i, j)
 #   nohup eval_results/jobs.sh priority-qwen-dev > eval_results/logs/priority-qwen-dev.log 2>&1 &   (then -test)
 #   nohup eval_results/jobs.sh priority-small > eval_results/logs/priority-small.log 2>&1 &
+#   nohup eval_results/jobs.sh qwen-ifeval-dev > eval_results/logs/qwen-ifeval-dev.log 2>&1 &
+#   nohup eval_results/jobs.sh priority-qwen-2k > eval_results/logs/priority-qwen-2k.log 2>&1 &
 # EVAL_CODE=DIR runs the code of another checkout (e.g. a `git worktree` of a fixed commit with
 # its built _C copied in), so that editing this tree does not change a queue that is running;
 # the results still go to this tree's eval_results/.
@@ -203,9 +205,9 @@ case "${1:-}" in
     # in chunks of 100 prompts (gated KeyScale / SpotLight ran first, being the best dev points).
     # DIRECTER itself at the paper's defaults first (dev only: it is not one of the grids).
     $EV ifeval --split dev --out eval_results/sweep $COMMON --method directer
-    $EV report --out eval_results/sweep --split dev --sweep > /dev/null
+    $EV sweep --task ifeval --gated --out eval_results/sweep --report-only > /dev/null
     args=()
-    for m in $(.venv/bin/python -c "import json; c = json.load(open('eval_results/sweep/chosen.json'))['chosen']; print(*[c[k] for k in ('gate+guide', 'gate+pasta', 'gate+instaboost') if c.get(k)])"); do
+    for m in $(.venv/bin/python -c "import json; c = json.load(open('eval_results/sweep/sweep.json'))['by_grid']; print(*[c[k] for k in ('gate+guide', 'gate+pasta', 'gate+instaboost') if c.get(k)])"); do
       args+=(--method "$m")
     done
     for n in 100 200 300 441; do
@@ -215,7 +217,7 @@ case "${1:-}" in
     # Context priority on Qwen2.5-Coder-0.5B, dev split (4 relations x 4 entities x 2 markings per
     # placement), no filler between the statements: every method over a strength grid that
     # includes the papers' strengths. Then the dev choice (attnsteer.eval.priority.choose: the best
-    # marked rate with no fluency flag, the weaker strength on a tie) goes to .../qwen-dev/chosen.json.
+    # marked rate with no fluency flag, the weaker strength on a tie) goes to .../qwen-dev/sweep.json.
     out=eval_results/priority/qwen-dev
     for m in none guide:delta=2 instaboost:alpha=10 pasta:alpha=0.01 spotlight:target=0.3 keyscale:alpha=100 \
              guide:delta=0.5 guide:delta=1 guide:delta=4 instaboost:alpha=2 instaboost:alpha=5 instaboost:alpha=30 \
@@ -223,12 +225,12 @@ case "${1:-}" in
              keyscale:alpha=2,phases=both keyscale:alpha=4,phases=both; do
       $EV priority --model qwen2.5-coder-0.5b --split dev --fillers 0 --entities 4 --out $out $COMMON --method "$m"
     done
-    .venv/bin/python -c "import sys; from attnsteer.eval import priority; print(priority.choose_folder(sys.argv[1]))" $out ;;
+    $EV sweep --task priority --model qwen2.5-coder-0.5b --out $out --report-only > /dev/null ;;
   priority-qwen-test)
     # The dev choice and the papers' strengths on the test split at 0 / 512 / 2048 filler tokens.
     out=eval_results/priority/qwen-test
     for f in 0 512 2048; do
-      for m in none $(.venv/bin/python -c "import json; print(json.load(open('eval_results/priority/qwen-dev/chosen.json'))['best'] or '')") \
+      for m in none $(.venv/bin/python -c "import json; print(json.load(open('eval_results/priority/qwen-dev/sweep.json'))['best'] or '')") \
                guide:delta=2 instaboost:alpha=10 pasta:alpha=0.01; do
         $EV priority --model qwen2.5-coder-0.5b --split test --fillers $f --entities 8 --out $out $COMMON --method "$m"
       done
@@ -241,6 +243,21 @@ case "${1:-}" in
           $EV priority --model $model --split test --fillers $f --entities 8 --out eval_results/priority/$model $COMMON --method "$m"
         done
       done
+    done ;;
+  qwen-ifeval-dev)
+    # IFEval dev split (100 prompts) on Qwen2.5-Coder-0.5B: unsteered, the papers' strengths, the
+    # priority task's choice and SmolLM2's IFEval choice first, then the rest of the grids.
+    out=eval_results/qwen/ifeval-sweep
+    for m in none guide:delta=2 instaboost:alpha=10 keyscale:alpha=1.5 pasta:alpha=0.01 spotlight:target=0.3 \
+             guide:delta=1 instaboost:alpha=2 spotlight:target=0.1 pasta:alpha=0.1 guide:delta=0.5 instaboost:alpha=5; do
+      $EV ifeval --model qwen2.5-coder-0.5b --split dev --batch-size 4 --out $out $COMMON --method "$m"
+    done ;;
+  priority-qwen-2k)
+    # The priority test cells at 2048 filler tokens on Qwen2.5-Coder-0.5B: unsteered and the dev choice,
+    # then the papers' InstABoost strength.
+    for m in none guide:delta=2 instaboost:alpha=10; do
+      $EV priority --model qwen2.5-coder-0.5b --split test --fillers 2048 --entities 8 --batch-size 4 \
+        --out eval_results/priority/qwen-test $COMMON --method "$m"
     done ;;
   *) echo "usage: $0 dev|test|gated-test|strategies|retention|gated-dev|gated-test-more|strategies-test" >&2; exit 2 ;;
 esac

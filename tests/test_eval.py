@@ -235,16 +235,28 @@ def test_method_specs_parse_and_canonicalise(tmp_path):
 
 
 def test_sweep_choice_skips_flagged_points_and_prefers_the_weaker_tie():
-    rows = [
-        {"method": "guide:delta=0.5", "prompt_loose": 0.3, "flags": []},
-        {"method": "guide:delta=1", "prompt_loose": 0.3, "flags": []},
-        {"method": "guide:delta=2", "prompt_loose": 0.5, "flags": ["short"]},
-    ]
-    cands = [s for _, s in sweep.grid_specs("guide", 30)]
+    def sc(m, v, flags=()):
+        return {"method": m, "score": v, "flags": list(flags), "n": 100, "cells": 1}
+
+    scores = {
+        "guide:delta=0.5": sc("guide:delta=0.5", 0.3),
+        "guide:delta=1": sc("guide:delta=1", 0.3),
+        "guide:delta=2": sc("guide:delta=2", 0.5, ["short"]),
+    }
+    cands = [s for _, s in sweep.grid_specs("ifeval", "guide", 30)]
     assert cands == ["guide:delta=0.5", "guide:delta=1", "guide:delta=2"]
-    assert sweep.choose(rows, cands)["method"] == "guide:delta=0.5"
-    assert sweep.choose([dict(rows[2])], cands) is None
-    assert sweep.grid_specs("pasta-layers", 30, gated=True)[0][1] == "gate+pasta:alpha=0.3,layers=15-29"
+    assert sweep.choose(scores, cands)["method"] == "guide:delta=0.5"
+    assert sweep.choose(scores, list(reversed(cands)))["method"] == "guide:delta=0.5"  # weaker, not earlier
+    assert sweep.choose({"guide:delta=2": scores["guide:delta=2"]}, cands) is None
+    assert sweep.grid_specs("ifeval", "pasta-layers", 30, gated=True)[0][1] == "gate+pasta:alpha=0.3,layers=15-29"
+    # strength: |log| of a factor, so PASTA 0.5 is weaker than 0.1 and InstABoost 2 than 10
+    assert sweep.strength("pasta:alpha=0.5") < sweep.strength("pasta:alpha=0.1")
+    assert sweep.strength("instaboost:alpha=2") < sweep.strength("instaboost:alpha=10")
+    assert sweep.strength("none") == 0.0
+    with pytest.raises(ValueError, match="unknown priority sweep grid 'nope'"):
+        sweep.grid_specs("priority", "nope", 30)
+    with pytest.raises(ValueError, match="rank them first"):
+        sweep.grid_specs("retention", "keyscale-ranked", 30)
 
 
 def _saved_tiny(tmp_path, kind: str, max_position_embeddings: int) -> str:
@@ -441,26 +453,11 @@ def test_retention_run_on_a_tiny_model(tmp_path):
 
 
 def test_sweep_plot_is_written(tmp_path):
-    rows = [
-        {"method": s, "prompt_loose": 0.1 * i, "flags": ["short"] if i == 2 else []}
-        for i, (_, s) in enumerate(sweep.grid_specs("guide", 30))
-    ]
-    path = sweep.plot(rows, {"guide": sweep.grid_specs("guide", 30)}, {"prompt_loose": 0.15}, str(tmp_path / "s.png"))
+    pts = sweep.grid_specs("ifeval", "guide", 30)
+    scores = {s: {"method": s, "score": 0.1 * i, "flags": ["short"] if i == 2 else []} for i, (_, s) in enumerate(pts)}
+    scores["none"] = {"method": "none", "score": 0.15, "flags": []}
+    path = sweep.plot(scores, {"guide": pts}, str(tmp_path / "s.png"), "t", "y")
     assert os.path.getsize(path) > 1000
-
-
-def test_sweep_report_from_a_partial_store(tmp_path):
-    rows = [
-        {"method": "none", "prompt_loose": 0.2, "flags": [], "n": 100},
-        {"method": "guide:delta=0.5", "prompt_loose": 0.3, "flags": [], "n": 100},
-        {"method": "guide:delta=1", "prompt_loose": 0.9, "flags": [], "n": 40},  # still running: not a candidate
-        {"method": "keyscale:alpha=1.5", "prompt_loose": 0.1, "flags": ["short"], "n": 100},
-    ]
-    chosen = sweep.report(rows, str(tmp_path), "tiny", 30, 256)
-    assert chosen == {"guide": "guide:delta=0.5", "keyscale": None}
-    saved = json.load(open(tmp_path / "chosen.json"))
-    assert saved["measured"] == {"guide": ["guide:delta=0.5"], "keyscale": ["keyscale:alpha=1.5"]}
-    assert (tmp_path / "sweep.png").stat().st_size > 1000
 
 
 def test_sweep_end_to_end_on_a_tiny_model(tmp_path, capsys):
@@ -496,14 +493,17 @@ def test_sweep_end_to_end_on_a_tiny_model(tmp_path, capsys):
     from attnsteer import SteeringConfig
 
     saved = SteeringConfig.load(tmp_path / "tuned.json")
-    assert saved.task == "ifeval" and saved.method in json.load(open(out / "chosen.json"))["chosen"].values()
-    assert set(saved.evidence) >= {"dev_prompt_loose", "prompt_loose_diff", "command"}
-    dev_lines = [json.loads(x) for x in open(out / "responses.jsonl")]
+    swept = json.load(open(out / "sweep.json"))
+    assert saved.task == "ifeval" and saved.method == swept["best"] and swept["task"] == "ifeval"
+    assert set(saved.evidence) >= {"dev_score", "dev_unsteered_score", "test", "command"}
+    assert set(saved.evidence["test"]) == {"prompt_loose_diff", "inst_loose_diff"}
+    lines = [json.loads(x) for x in open(out / "responses.jsonl")]
+    dev_keys = {r["key"] for r in ifeval.split(RECORDS, "dev")}
+    dev_lines = [r for r in lines if r["key"] in dev_keys]
     assert len(dev_lines) == 2 * (1 + 2 * 3 * 2)  # none + 2 grids × 3 points × (plain, gated)
-    assert {r["key"] for r in dev_lines} <= {r["key"] for r in ifeval.split(RECORDS, "dev")}
-    chosen = json.load(open(out / "chosen.json"))["chosen"]
+    chosen = swept["by_grid"]
     assert set(chosen) == {"guide", "gate+guide", "pasta-layers", "gate+pasta-layers"}
-    test_lines = [json.loads(x) for x in open(out / "test" / "responses.jsonl")]
+    test_lines = [r for r in lines if r["key"] not in dev_keys]
     assert {r["key"] for r in test_lines} <= {r["key"] for r in ifeval.split(RECORDS, "test")}  # never tuned on test
     assert {r["method"] for r in test_lines} == {"none"} | {v for v in chosen.values() if v}
     assert (out / "sweep.png").exists() and (out / "test" / "results.md").exists()
@@ -612,7 +612,7 @@ def test_retention_sweep_cli_tunes_on_dev_documents_and_reports_test_ones(tmp_pa
     """`eval sweep --task retention`: dev grid (ranked layers computed once), choice, test cells with
     intervals, a saved configuration that loads; two shards are read together."""
     from attnsteer import SteeringConfig, cli
-    from attnsteer.eval import retention, retention_sweep
+    from attnsteer.eval import retention
 
     out = tmp_path / "rs"
     model_dir = _saved_tiny(tmp_path, "llama", 1024)
@@ -624,7 +624,7 @@ def test_retention_sweep_cli_tunes_on_dev_documents_and_reports_test_ones(tmp_pa
     cfg_path = tmp_path / "cfg.json"
     argv = base + ["--methods", "guide,keyscale-ranked", "--report-test", "--save-config", str(cfg_path)]
     assert cli.main(argv) == 0
-    ranked = json.loads((out / retention_sweep.RANKED_FILE).read_text())["layers"]
+    ranked = json.loads((out / sweep.RANKED_FILE).read_text())["layers"]
     assert len(ranked) == 2 and all(0 <= x < 4 for x in ranked)  # tiny llama: 4 layers -> a quarter, at least 2
     lines = [json.loads(x) for x in open(out / "responses.jsonl")]
     dev = [r for r in lines if "|dev" in r["key"]]
@@ -665,8 +665,14 @@ def test_retention_sweep_cli_tunes_on_dev_documents_and_reports_test_ones(tmp_pa
     assert sum(1 for p in out.glob("responses*.jsonl") for _ in open(p)) == before
     assert "instaboost:alpha=2" in (out / "test" / "results.md").read_text()
     assert "| keyscale:alpha=9 |" not in (out / "test" / "results.md").read_text()
-    assert cli.main(base + ["--methods", "guide", "--report-only"]) == 2
-    assert "use it with --test-only" in capsys.readouterr().err
+    # --report-only alone rebuilds the dev report; with --report-test it is an error that says what to pass
+    (out / "sweep.md").unlink()
+    assert cli.main(base + ["--methods", "guide", "--report-only"]) == 0
+    assert sum(1 for p in out.glob("responses*.jsonl") for _ in open(p)) == before
+    assert "| guide | guide:delta=0.5" in (out / "sweep.md").read_text()
+    capsys.readouterr()
+    assert cli.main(base + ["--methods", "guide", "--report-only", "--report-test"]) == 2
+    assert "pass --test-only" in capsys.readouterr().err
 
 
 def _retention_results(path, rows):

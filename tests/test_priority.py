@@ -75,20 +75,69 @@ def test_end_to_end_run_is_resumable_and_reports(tmp_path):
     assert "| guide:delta=2 | user |" in text and os.path.exists(tmp_path / "priority.png")
 
 
-def test_choose_prefers_unflagged_and_weaker_settings():
-    def row(m, acc, flags=()):
-        return {"method": m, "accuracy": acc, "flags": list(flags), "n": 32}
+def _record(method, key, verdict, n_tokens=4.0):
+    return {"model": "tiny", "method": method, "strategy": priority.STRATEGY, "max_new_tokens": 24, "key": key,
+            "relation": "capital", "placement": "user", "length": 0, "filler_tokens": 0, "values": ["A", "B"],
+            "marked": 0, "verdict": verdict, "pass": verdict == "marked", "response": "x", "n_tokens": n_tokens,
+            "nll": 1.0, "distinct4": 1.0, "seconds": 0.1}  # fmt: skip
 
-    rows = [
-        row("none", 0.5),
-        row("guide:delta=1", 0.9),
-        row("guide:delta=2", 0.9),
-        row("guide:delta=4", 1.0, ["unlikely"]),
-    ]
-    rows += [row("pasta:alpha=0.1", 0.7), row("pasta:alpha=0.01", 0.95, ["repetitive"])]
-    got = priority.choose(rows)
-    assert got["chosen"] == {"guide": "guide:delta=1", "pasta": "pasta:alpha=0.1"}
-    assert got["best"] == "guide:delta=1"
+
+def test_sweep_engine_choice_on_a_partial_priority_store(tmp_path):
+    """The one sweep engine on priority replies: only points measured on every dev case count, a
+    flagged point is never chosen, a tie goes to the weaker setting; sweep.md / .json / .png written."""
+    from attnsteer.eval import sweep, tasks
+
+    keys = [f"capital|user|0|dev{i}|m0" for i in range(4)]
+    store = runner.ResponseStore(str(tmp_path / "responses.jsonl"))
+    rates = {"none": 1, "guide:delta=1": 3, "guide:delta=2": 3, "guide:delta=4": 4, "instaboost:alpha=10": 4}
+    for m, hits in rates.items():
+        n_tok = 1.0 if m == "guide:delta=4" else 4.0  # much shorter than unsteered: flagged "short"
+        store.add(_record(m, k, "marked" if i < hits else "other", n_tok) for i, k in enumerate(keys))
+    store.add([_record("instaboost:alpha=2", keys[0], "marked")])  # still running: one case of four
+    cases = [type("C", (), {"key": k})() for k in keys]
+    task = tasks.get("priority")
+    grids = {g: sweep.grid_specs("priority", g, 24) for g in ("guide", "instaboost")}
+    opts = task.options("dev", tasks.Options())
+    chosen = sweep.report(task, store, "tiny", 24, str(tmp_path), grids, cases, opts, "cmd", "machine")
+    assert chosen["by_grid"] == {"guide": "guide:delta=1", "instaboost": "instaboost:alpha=10"}
+    assert chosen["best"] == "instaboost:alpha=10"  # the best score; guide 4 scores as high but is flagged
+    assert "short" in chosen["scores"]["guide:delta=4"]["flags"]
+    assert "instaboost:alpha=2" not in chosen["scores"]  # partial: not a candidate
+    saved = __import__("json").loads((tmp_path / "sweep.json").read_text())
+    assert saved["task"] == "priority" and saved["best"] == "instaboost:alpha=10" and saved["dev_cases"] == 4
+    assert "| guide | guide:delta=1* | 75.0 | +50.0 | 4 | — |" in (tmp_path / "sweep.md").read_text()
+    assert os.path.getsize(tmp_path / "sweep.png") > 1000
+
+
+def test_cli_priority_sweep_end_to_end(tmp_path, monkeypatch, capsys):
+    """``eval sweep --task priority``: the dev grid on dev cases, the choice, the test cells (disjoint
+    keys) with their report, and a saved configuration whose evidence holds the test cells."""
+    import json
+
+    from attnsteer import SteeringConfig, cli, models
+
+    tok = tokenizer()
+    monkeypatch.setattr(models, "load_default", lambda **_: (tiny_model("llama", layers=2), tok))
+    out = tmp_path / "ps"
+    argv = ["eval", "sweep", "--task", "priority", "--methods", "guide", "--docs", "1", "--placements", "user",
+            "--test-lengths", "0,48", "--test-placements", "user,system", "--test-docs", "1", "--max-new-tokens",
+            "3", "--out", str(out), "--no-progress", "--report-test", "--save-config", str(tmp_path / "c.json")]  # fmt: skip
+    assert cli.main(argv) == 0
+    swept = json.loads((out / "sweep.json").read_text())
+    lines = [json.loads(x) for x in open(out / "responses.jsonl")]
+    dev = [r for r in lines if "|dev" in r["key"]]
+    test = [r for r in lines if "|test" in r["key"]]
+    assert len(dev) == 5 * 4 * 2  # unsteered + 4 GUIDE points; 4 relations x 1 entity x 2 markings
+    assert swept["dev_cases"] == 8 and set(swept["by_grid"]) == {"guide"}
+    assert swept["best"] is not None  # (the tiny model's replies carry no fluency flag at 3 tokens)
+    assert {r["method"] for r in test} == {"none", swept["best"]}
+    assert {r["length"] for r in test} == {0, 48} and {r["placement"] for r in test} == {"user", "system"}
+    cfg = SteeringConfig.load(tmp_path / "c.json")
+    assert cfg.task == "priority" and cfg.method == swept["best"]
+    assert {(c["placement"], c["filler_tokens"]) for c in cfg.evidence["test"]["cells"]} == {
+        (p, n) for p in ("user", "system") for n in (0, 48)
+    }
+    assert "| guide:delta=" in (out / "test" / "results.md").read_text()
 
 
 def test_cli_priority_end_to_end(tmp_path, monkeypatch, capsys):
@@ -152,7 +201,7 @@ def test_shipped_priority_setting_is_the_committed_evidence():
 
     root = Path(__file__).resolve().parents[1] / "eval_results" / "priority"
     cfg = attnsteer.recommended("qwen2.5-coder-0.5b", task="priority")
-    chosen = json.loads((root / "qwen-dev" / "chosen.json").read_text())
+    chosen = json.loads((root / "qwen-dev" / "sweep.json").read_text())
     rows = json.loads((root / "qwen-test" / "results.json").read_text())["rows"]
     assert cfg.method == chosen["best"]
     assert cfg.evidence == priority.evidence(rows, cfg.method)

@@ -37,7 +37,7 @@ def main() -> int:
         print(priority.write_report(store, tag, MAX_NEW_TOKENS, path, cmd, machine()))
         if label:
             results[label] = priority.summarize(store, tag, MAX_NEW_TOKENS)
-    chosen = os.path.join(ROOT, DEV[0], "chosen.json")
+    chosen = os.path.join(ROOT, DEV[0], "sweep.json")
     methods = list(METHODS)
     if os.path.exists(chosen):
         import json

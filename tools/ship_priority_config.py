@@ -1,6 +1,6 @@
 """Write a model's context-priority choice into the package's tuned settings
 (``python/attnsteer/data/recommended.json``, what `attnsteer.recommended(model, task="priority")`
-returns): the dev choice (``DEV/chosen.json``, `attnsteer.eval.priority.choose`) with its test-split
+returns): the dev choice (``DEV/sweep.json``, `attnsteer eval sweep --task priority`) with its test-split
 evidence (``TEST/results.json``), and per method family the dev choice when it was measured on test.
 
     .venv/bin/python tools/ship_priority_config.py qwen2.5-coder-0.5b \
@@ -26,21 +26,26 @@ def main(argv=None) -> int:
     ap.add_argument("test")
     args = ap.parse_args(argv)
     m = MODELS[args.model]
-    chosen = json.load(open(os.path.join(args.dev, "chosen.json"), encoding="utf-8"))
+    chosen = json.load(open(os.path.join(args.dev, "sweep.json"), encoding="utf-8"))
     rows = json.load(open(os.path.join(args.test, "results.json"), encoding="utf-8"))["rows"]
     if not chosen.get("best"):
         print("the dev sweep chose nothing (every setting flagged): nothing to ship", file=sys.stderr)
         return 1
     per_method = {}
-    for family, spec in chosen["chosen"].items():
+    for family, spec in chosen["by_grid"].items():
+        if not spec:
+            continue
+        family = family.split("-")[0]
+        if family in per_method:
+            continue  # the first grid of a method is its plain one
         try:
             per_method[family] = {"method": spec, "evidence": priority.evidence(rows, spec)}
         except ValueError:
             continue  # the family's dev choice was not run on the test split
     best = chosen["best"]
     note = (
-        f"Chosen on the priority dev split ({len(chosen['scores'])} settings, no filler) by the marked rate with no "
-        "fluency flag, the weaker strength on a tie; reported on the test split (disjoint relations, names, values)."
+        f"Chosen on the priority dev split ({len(chosen['scores']) - 1} settings, no filler) by the marked rate with "
+        "no fluency flag, the weaker strength on a tie; reported on the test split (disjoint relations, names, values)."
     )
     entry = {"method": best, "evidence": priority.evidence(rows, best), "note": note, "per_method": per_method}
     cfg = json.load(open(os.path.join(cache_dir(), "models", m.name, "config.json"), encoding="utf-8"))

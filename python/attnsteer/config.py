@@ -159,8 +159,8 @@ def recommended(model_or_name: Any, task: str = "ifeval", method: Optional[str] 
     Args:
         model_or_name: a model name (``"SmolLM2-135M-Instruct"``, ``"smollm2-135m"``) or a loaded
             model (recognised by architecture, layer count and hidden size).
-        task: ``"ifeval"`` (instructions in the prompt) or ``"retention"`` (a rule before a long
-            document).
+        task: ``"ifeval"`` (instructions in the prompt), ``"retention"`` (a rule before a long
+            document) or ``"priority"`` (the marked one of conflicting statements).
         method: ``"guide"``, ``"instaboost"``, ``"pasta"``, ``"spotlight"``, ``"keyscale"``: the best
             setting of that method alone (default: the best of all methods).
 
@@ -184,7 +184,11 @@ def recommended(model_or_name: Any, task: str = "ifeval", method: Optional[str] 
     name = _model_name(model_or_name, table)
     tasks = table[name]["tasks"]
     if task not in tasks:
-        raise KeyError(f"no tuned {task!r} configuration for {name}; tasks shipped for it: {', '.join(tasks)}")
+        raise KeyError(
+            f"no tuned {task!r} configuration for {name}; tasks shipped for it: {', '.join(tasks)}. Tune one with "
+            f"`attnsteer eval sweep --task {task} --model MODEL --save-config FILE` and load it with "
+            "SteeringConfig.load(FILE)"
+        )
     pick = tasks[task]
     if method is not None:
         per = pick.get("per_method", {})

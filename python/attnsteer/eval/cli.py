@@ -1,4 +1,4 @@
-"""``attnsteer eval ifeval | retention | priority | sweep | report``."""
+"""``attnsteer eval ifeval | retention | priority | sweep | report | curves``."""
 
 from __future__ import annotations
 
@@ -16,7 +16,9 @@ MODEL_HELP = (
 
 
 def add_parsers(sub) -> None:
-    ev = sub.add_parser("eval", help="evaluate steering: IFEval, long-context rule retention, strength sweeps")
+    ev = sub.add_parser(
+        "eval", help="evaluate steering: IFEval, long-context rule retention, context priority, strength sweeps"
+    )
     esub = ev.add_subparsers(dest="eval_command", required=True)
 
     def common(p, default_out):
@@ -80,37 +82,41 @@ def add_parsers(sub) -> None:
 
     p = esub.add_parser(
         "sweep",
-        help="strength grids per method, tuned on a dev split and reported on a test split: IFEval prompts "
-        "(--task ifeval) or long-context rule retention (--task retention)",
+        help="strength grids per method, tuned on a task's dev split and reported on its test split: IFEval "
+        "prompts (--task ifeval), long-context rule retention (--task retention) or context priority (--task priority)",
     )
     common(p, None)
-    p.set_defaults(max_new_tokens=None)  # per task: 256 for IFEval, 64 for retention
-    p.add_argument("--task", default="ifeval", choices=["ifeval", "retention"])
+    p.set_defaults(max_new_tokens=None)  # per task: 256 for IFEval, 64 for retention, 24 for priority
+    p.add_argument("--task", default="ifeval", choices=["ifeval", "retention", "priority"])
     p.add_argument(
         "--methods",
         default=None,
-        help="which grids (ifeval: attnsteer.eval.sweep.GRIDS, default guide,instaboost,spotlight,pasta,"
-        "pasta-layers,keyscale; retention: attnsteer.eval.retention_sweep.GRIDS, default all)",
+        help="which grids, comma-separated (attnsteer.eval.sweep.GRIDS[task]; default "
+        "attnsteer.eval.sweep.DEFAULT_GRIDS[task])",
     )
-    p.add_argument("--gated", action="store_true", help="ifeval: also each grid point inside DIRECTER's gate")
-    p.add_argument("--strategy", default="prompt", choices=["prompt", "constraints", "system"])
+    p.add_argument("--gated", action="store_true", help="also each grid point inside DIRECTER's gate")
+    p.add_argument("--strategy", default="prompt", choices=["prompt", "constraints", "system"], help="ifeval")
     p.add_argument("--report-test", action="store_true", help="then run the chosen settings on the test split")
     p.add_argument(
         "--save-config", default=None, metavar="FILE", help="write the chosen setting as a SteeringConfig JSON"
     )
-    g = p.add_argument_group("retention task")
-    g.add_argument("--lengths", default="1024", help="dev document lengths in tokens")
-    g.add_argument("--placements", default="before", help="dev placements of the rule")
-    g.add_argument("--docs", type=int, default=6, help="dev documents per length")
-    g.add_argument("--rules", default="french,lowercase,no-comma", help="rules (checkable on a capped reply)")
-    g.add_argument("--test-lengths", default="512,1024,2048,4096")
-    g.add_argument("--test-placements", default="before,after,system")
-    g.add_argument("--test-docs", type=int, default=11, help="test documents per length (x rules = replies per cell)")
+    g = p.add_argument_group("retention and priority tasks (unset: the task's defaults, attnsteer.eval.tasks.TASKS)")
+    g.add_argument(
+        "--lengths", default=None, help="dev document lengths in tokens (retention; 1024) / filler tokens (priority; 0)"
+    )
+    g.add_argument("--placements", default=None, help="dev placements (retention: before; priority: user,system)")
+    g.add_argument("--docs", type=int, default=None, help="dev documents per length (6) / entities per relation (4)")
+    g.add_argument("--rules", default=None, help="retention rules (default french,lowercase,no-comma)")
+    g.add_argument("-k", type=int, default=2, dest="k", help="priority: conflicting statements per case")
+    g.add_argument("--test-lengths", default=None, help="retention: 512,1024,2048,4096; priority: 0,512,2048")
+    g.add_argument("--test-placements", default=None, help="retention: before,after,system; priority: user,system")
+    g.add_argument("--test-docs", type=int, default=None, help="test documents per length (11) / entities (8)")
+    g = p.add_argument_group("stages")
     g.add_argument("--test-only", action="store_true", help="skip the dev grid; run the test cells")
     g.add_argument(
         "--report-only",
         action="store_true",
-        help="with --test-only: generate nothing, rebuild the reports from the stored replies of the test cells",
+        help="generate nothing: rebuild the dev report (and with --test-only the test report) from the stored replies",
     )
     g.add_argument(
         "--test-method",
@@ -126,14 +132,6 @@ def add_parsers(sub) -> None:
     p.add_argument("--model-tag", default=None)
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--split", default="all", choices=["all", "dev", "test"])
-    p.add_argument(
-        "--sweep",
-        action="store_true",
-        help="also the sweep's plot and choice (sweep.png, chosen.json) from what the store holds so far",
-    )
-    p.add_argument(
-        "--num-layers", type=int, default=30, help="with --sweep: the model's layer count (PASTA's layer grid)"
-    )
     p.add_argument("--retention", action="store_true", help="the folder holds a retention run (tables + retention.png)")
 
     p = esub.add_parser(
@@ -233,13 +231,6 @@ def run(args, argv=None) -> int:
             rows, args.out, title=f"IFEval — {tag} — {args.split} split", command=_command(argv), machine=machine()
         )
         print(open(md, encoding="utf-8").read())
-        if args.sweep:
-            from . import sweep
-
-            print(
-                "chosen:",
-                sweep.report(rows, args.out, tag, args.num_layers, args.max_new_tokens, n_prompts=len(records)),
-            )
         return 0
     if cmd == "ifeval":
         from . import specs
@@ -283,17 +274,8 @@ def run(args, argv=None) -> int:
 
         return retention.main(args, _load, _command(argv), machine)
     if cmd == "sweep":
-        if args.task == "retention":
-            from . import retention_sweep
-
-            args.out = args.out or os.path.join(DEFAULT_OUT, "retention-sweep")
-            args.methods = args.methods or ",".join(retention_sweep.GRIDS)
-            args.max_new_tokens = args.max_new_tokens or 64  # rules checkable on a capped reply
-            return retention_sweep.main(args, _load, _command(argv), machine)
         from . import sweep
 
-        args.out = args.out or os.path.join(DEFAULT_OUT, "sweep")
-        args.methods = args.methods or "guide,instaboost,spotlight,pasta,pasta-layers,keyscale"
-        args.max_new_tokens = args.max_new_tokens or 256
+        args.out = args.out or os.path.join(DEFAULT_OUT, "sweep" if args.task == "ifeval" else f"{args.task}-sweep")
         return sweep.main(args, _load, _command(argv), machine)
     raise ValueError(f"unknown eval command {cmd!r}")

@@ -388,9 +388,12 @@ def plot(rows: Sequence[Dict[str, Any]], path: str, title: str = "") -> str:
 
 
 def write_report(store, tag: str, max_new_tokens: int, out: str, command: str, machine: str, keys=None) -> str:
+    """``results.json``, ``results.md`` and ``priority.png`` of the cells in ``store`` (only ``keys``
+    when given); returns the path of ``results.md``."""
     import json
 
     rows = summarize(store, tag, max_new_tokens, keys)
+    os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "results.json"), "w", encoding="utf-8") as f:
         json.dump({"model": tag, "max_new_tokens": max_new_tokens, "rows": rows}, f, indent=1)
     plot(rows, os.path.join(out, "priority.png"), f"Context priority — {tag}")
@@ -424,55 +427,6 @@ def main(args, load: Callable, command: str, machine: Callable) -> int:
     # the report covers every cell of the folder (runs add methods and filler lengths one at a time)
     print(write_report(store, tag, args.max_new_tokens, args.out, command, machine()))
     return 0
-
-
-def choose(rows: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
-    """The dev choice, by the retention sweep's rule (`retention_sweep.cell_scores` / ``choose``):
-    per method family, the setting with the highest ``marked`` rate averaged over its cells, among
-    settings with no fluency flag in any cell, the weaker strength on a tie; ``best`` is the best of
-    the families. Returns ``{"chosen": {family: spec}, "best": spec, "scores": {spec: mean rate}}``."""
-    from . import retention_sweep
-
-    scores = retention_sweep.cell_scores([r for r in rows if r["method"] != "none"])
-    order = sorted(scores, key=_strength)
-    chosen: Dict[str, str] = {}
-    for family in dict.fromkeys(m.split(":", 1)[0] for m in order):
-        pick = retention_sweep.choose(scores, [m for m in order if m.split(":", 1)[0] == family])
-        if pick is not None:
-            chosen[family] = pick["method"]
-    best = retention_sweep.choose(scores, sorted(chosen.values(), key=_strength))
-    return {
-        "chosen": chosen,
-        "best": best["method"] if best else None,
-        "scores": {m: s["accuracy"] for m, s in scores.items()},
-    }
-
-
-def _strength(spec: str) -> float:
-    """How far a setting moves attention from unsteered (for tie-breaks): |log| of the factor, or the bias."""
-    import math
-
-    m = re.search(r"(delta|alpha|target)=([-0-9.e]+)", spec)
-    if not m:
-        return 0.0
-    v = float(m.group(2))
-    if m.group(1) == "delta":
-        return abs(v)
-    if m.group(1) == "target":
-        return v
-    return abs(math.log(v)) if v > 0 else float("inf")
-
-
-def choose_folder(folder: str) -> Dict[str, Any]:
-    """`choose` over ``folder/results.json`` (a dev run's report), written to ``folder/chosen.json``."""
-    import json
-
-    with open(os.path.join(folder, "results.json"), encoding="utf-8") as f:
-        rows = json.load(f)["rows"]
-    out = choose(rows)
-    with open(os.path.join(folder, "chosen.json"), "w", encoding="utf-8") as f:
-        json.dump(out, f, indent=1)
-    return out
 
 
 def evidence(rows: Sequence[Dict[str, Any]], spec: str, split: str = "priority test") -> Dict[str, Any]:

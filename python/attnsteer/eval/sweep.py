@@ -1,206 +1,406 @@
-"""Strength sweeps: a grid per method on the IFEval development split, the best point chosen by
-prompt-level loose accuracy among the points within the fluency bounds, then reported on the
-test split (never tuned on it).
+"""``attnsteer eval sweep --task ifeval | retention | priority``: the one sweep and report engine.
 
-Grids (`GRIDS`; strengths in each method's own unit). ``pasta-layers`` is PASTA on a head
-subset — every head of the upper half of the layers; ``pasta-heads`` uses the profiled heads that
-ship for the embedded model (``attnsteer.profile_heads``; not in the default list).
+For any task of `.tasks` (cases → prompts with spans → replies → verdicts → summary with intervals):
+
+- **Grids** (`GRIDS`): per task, named grids of method settings — a spec template and the strengths
+  in the method's own unit. Templates may steer a layer subset: ``{upper}`` (the upper half of the
+  layers) or ``{ranked}`` (DIRECTER's top-ranked quarter, ranked once on the first dev prompts and
+  kept in ``ranked_layers.json`` so that a resumed sweep uses the same layers). ``--gated`` adds
+  each point inside DIRECTER's plausibility gate (``gate+…``).
+- **Dev**: unsteered and every grid point on the task's dev split, round-robin over the grids (each
+  grid's first point, then each one's second…, so an interrupted sweep has looked at every method).
+- **Choice** (`choose`, one rule for every task): among the points measured on every dev case and
+  carrying no fluency flag, the best dev score (`tasks.Task.metric`); on a tie the weaker setting
+  (`strength`), then the earlier grid. Per grid (``by_grid``) and over all grids (``best``).
+- **Report**: ``sweep.md`` (every point with its score, replies, flags; the task's dev table),
+  ``sweep.json`` (the choice, the scores, the rows) and ``sweep.png`` (score against strength, one
+  panel per grid, flagged points hollow).
+- **Test**: ``--report-test`` / ``--test-only``: unsteered and the chosen points (or
+  ``--test-method best | grid:NAME | SPEC``) on the test split, reported into ``OUT/test``.
+- ``--save-config FILE`` writes the overall choice as an `attnsteer.SteeringConfig` with its
+  evidence; ``--report-only`` generates nothing and rebuilds the reports from the stored replies.
+
+Every reply lands in the resumable store ``OUT/responses.jsonl`` (``--shard NAME`` writes
+``responses.NAME.jsonl`` so that two queues can run side by side; reports read every shard).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from . import fluency, ifeval, runner, specs
+from . import fluency, runner, specs, tasks
 
-__all__ = ["GRIDS", "grid_specs", "choose", "plot"]
+__all__ = ["GRIDS", "DEFAULT_GRIDS", "grid_specs", "strength", "choose", "ranked_layers", "report", "plot", "main"]
 
-# name -> (spec template, strengths, strength label)
-GRIDS: Dict[str, Tuple[str, Sequence[float], str]] = {
-    "guide": ("guide:delta={}", (0.5, 1.0, 2.0), "delta"),
-    "instaboost": ("instaboost:alpha={}", (2.0, 5.0, 10.0), "alpha"),
-    "spotlight": ("spotlight:target={}", (0.1, 0.2, 0.3), "target"),
-    "pasta": ("pasta:alpha={}", (0.5, 0.2, 0.1), "alpha"),
-    "pasta-layers": ("pasta:alpha={},layers={layers}", (0.3, 0.1, 0.01), "alpha"),
-    "keyscale": ("keyscale:alpha={}", (1.5, 2.0, 4.0), "alpha"),
-    # The embedded model only: the head profile that ships for it (not in the default list).
-    "pasta-heads": ("pasta:alpha={},heads=smollm2-135m", (0.1, 0.01), "alpha"),
+Grid = Tuple[str, Sequence[float]]
+
+# task -> grid name -> (spec template, strengths)
+GRIDS: Dict[str, Dict[str, Grid]] = {
+    "ifeval": {
+        "guide": ("guide:delta={}", (0.5, 1.0, 2.0)),
+        "instaboost": ("instaboost:alpha={}", (2.0, 5.0, 10.0)),
+        "spotlight": ("spotlight:target={}", (0.1, 0.2, 0.3)),
+        "pasta": ("pasta:alpha={}", (0.5, 0.2, 0.1)),
+        "pasta-layers": ("pasta:alpha={},layers={upper}", (0.3, 0.1, 0.01)),
+        "keyscale": ("keyscale:alpha={}", (1.5, 2.0, 4.0)),
+        # The embedded model only: the head profile that ships for it (not in the default list).
+        "pasta-heads": ("pasta:alpha={},heads=smollm2-135m", (0.1, 0.01)),
+    },
+    "retention": {
+        "guide": ("guide:delta={}", (0.5, 1.0, 2.0)),
+        "guide-length": ("guide:delta={},length_ref=256", (0.5, 1.0)),
+        "guide-upper": ("guide:delta={},layers={upper}", (1.0, 2.0)),
+        "guide-prefill": ("guide:delta={},phases=prefill", (1.0, 2.0)),
+        "instaboost": ("instaboost:alpha={}", (2.0, 5.0)),
+        "spotlight": ("spotlight:target={}", (0.05, 0.1, 0.2)),
+        "spotlight-decode": ("spotlight:target={},phases=decode", (0.1, 0.2)),
+        "pasta-upper": ("pasta:alpha={},layers={upper}", (0.3, 0.1)),
+        "keyscale": ("keyscale:alpha={}", (1.5, 2.0)),
+        "keyscale-ranked": ("keyscale:alpha={},layers={ranked}", (2.0, 4.0)),
+    },
+    # Strengths around the papers' (GUIDE 2, InstABoost 10, PASTA 0.01, SpotLight 0.3, DIRECTER's
+    # key scaling 100) on both sides.
+    "priority": {
+        "guide": ("guide:delta={}", (0.5, 1.0, 2.0, 4.0)),
+        "instaboost": ("instaboost:alpha={}", (2.0, 5.0, 10.0, 30.0)),
+        "pasta": ("pasta:alpha={}", (0.3, 0.1, 0.01)),
+        "spotlight": ("spotlight:target={}", (0.3, 0.5, 0.8)),
+        "keyscale": ("keyscale:alpha={}", (100.0,)),
+        "keyscale-both": ("keyscale:alpha={},phases=both", (2.0, 4.0)),
+    },
 }
+DEFAULT_GRIDS: Dict[str, Tuple[str, ...]] = {
+    "ifeval": ("guide", "instaboost", "spotlight", "pasta", "pasta-layers", "keyscale"),
+    "retention": tuple(g for g in GRIDS["retention"]),
+    "priority": tuple(GRIDS["priority"]),
+}
+RANKED_FILE = "ranked_layers.json"
+RULE = (
+    "best dev score among the points measured on every dev case with no fluency flag; on a tie the weaker "
+    "setting (attnsteer.eval.sweep.strength), then the earlier grid"
+)
 
 
-def grid_specs(name: str, num_layers: int, gated: bool = False) -> List[Tuple[float, str]]:
-    """``[(strength, canonical spec)]`` of grid ``name`` for a model with ``num_layers`` layers."""
-    if name not in GRIDS:
-        raise ValueError(f"unknown sweep grid {name!r}: choose from {', '.join(GRIDS)}")
-    template, values, _ = GRIDS[name]
-    layers = f"{num_layers // 2}-{num_layers - 1}"
-    out = []
-    for v in values:
-        spec = template.format(v, layers=layers)
-        out.append((v, specs.canonical(("gate+" if gated else "") + spec)))
-    return out
+def grid_specs(
+    task: str, name: str, num_layers: int, ranked: Optional[Sequence[int]] = None, gated: bool = False
+) -> List[Tuple[float, str]]:
+    """``[(strength, canonical spec)]`` of grid ``name`` of ``task`` for a model with ``num_layers``
+    layers; ``ranked`` fills ``{ranked}`` (required by the grids that use it)."""
+    grids = GRIDS[tasks.get(task).name]
+    if name not in grids:
+        raise ValueError(f"unknown {task} sweep grid {name!r}: choose from {', '.join(grids)}")
+    template, values = grids[name]
+    if "{ranked}" in template and not ranked:
+        raise ValueError(f"grid {name!r} steers DIRECTER's top-ranked layers: rank them first (ranked_layers)")
+    fill = {"upper": f"{num_layers // 2}-{num_layers - 1}", "ranked": "+".join(str(x) for x in sorted(ranked or []))}
+    return [
+        (v, specs.canonical(("gate+" if gated else "") + template.replace("{}", f"{v:g}").format(**fill)))
+        for v in values
+    ]
 
 
-def choose(rows: Sequence[Dict[str, Any]], candidates: Sequence[str]) -> Optional[Dict[str, Any]]:
-    """The row among ``candidates`` with the best prompt-level loose accuracy and no fluency
-    flag (ties: the weaker setting, i.e. the earlier candidate); None when every point is flagged."""
-    by_method = {r["method"]: r for r in rows}
-    ok = [by_method[c] for c in candidates if c in by_method and not by_method[c]["flags"]]
+def strength(spec: str) -> float:
+    """How far a setting moves attention from unsteered, for tie-breaks: GUIDE's |Δ|, SpotLight's
+    target, |log α| of a multiplicative factor (InstABoost, PASTA, KeyScale); 0 for unsteered."""
+    m = re.search(r"(delta|alpha|target)=([-+0-9.e]+)", spec)
+    if not m:
+        return 0.0
+    v = float(m.group(2))
+    if m.group(1) == "delta":
+        return abs(v)
+    if m.group(1) == "target":
+        return v
+    return abs(math.log(v)) if v > 0 else float("inf")
+
+
+def choose(scores: Dict[str, Dict[str, Any]], candidates: Sequence[str]) -> Optional[Dict[str, Any]]:
+    """The candidate with the best ``score`` and no fluency flag (ties: the weaker `strength`, then
+    the earlier candidate); None when every measured candidate is flagged or none is measured."""
+    ok = [scores[c] for c in candidates if c in scores and not scores[c]["flags"]]
     if not ok:
         return None
-    best = max(r["prompt_loose"] for r in ok)
-    return next(r for r in ok if r["prompt_loose"] == best)
+    best = max(s["score"] for s in ok)
+    return min((s for s in ok if s["score"] == best), key=lambda s: strength(s["method"]))
+
+
+def ranked_layers(model, tokenizer, prompts: Sequence[Any], out: str, top: Optional[int] = None) -> List[int]:
+    """DIRECTER's top-ranked layers for these prompts (`ifeval.Prompt` or anything with ``.text``;
+    mean sensitivity over them, key scaling × 100 as in the paper), the ``top`` (default a quarter
+    of the layers) most sensitive; read from ``out/ranked_layers.json`` when an earlier run wrote it."""
+    path = os.path.join(out, RANKED_FILE)
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            return list(json.load(f)["layers"])
+    from ..directer import rank_layers
+    from .runner import _encode
+
+    enc = _encode(tokenizer, prompts, True).to(model.device)
+    ranking = rank_layers(model, enc, progress=False).mean()
+    L = ranking.order.shape[1]
+    k = top or max(2, L // 4)
+    layers = sorted(int(x) for x in ranking.order[0, :k])
+    os.makedirs(out, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump({"layers": layers, "prompts": [p.key for p in prompts],
+                   "sensitivity": ranking.sensitivity[0].tolist()}, f, indent=1)  # fmt: skip
+    return layers
 
 
 def plot(
-    rows: Sequence[Dict[str, Any]],
-    grids: Dict[str, List[Tuple[float, str]]],
-    baseline: Optional[Dict[str, Any]],
-    path: str,
+    scores: Dict[str, Dict[str, Any]], grids: Dict[str, List[Tuple[float, str]]], path: str, title: str, ylabel: str
 ) -> str:
-    """Prompt-level loose accuracy against strength, one panel per grid; flagged points hollow."""
-    import matplotlib
+    """Dev score against strength, one panel per grid (its gated twin dashed in the same panel, at most
+    four panels a row); flagged points hollow; unsteered a grey line."""
+    from .._plot import finish, pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    by_method = {r["method"]: r for r in rows}
-    n = len(grids)
-    fig, axes = plt.subplots(1, n, figsize=(3.2 * n, 3.0), squeeze=False)
-    for ax, (name, pts) in zip(axes[0], grids.items()):
-        xs = [v for v, s in pts if s in by_method]
-        ys = [100 * by_method[s]["prompt_loose"] for v, s in pts if s in by_method]
-        ax.plot(xs, ys, "-", color="C0")
-        for v, s in pts:
-            if s in by_method:
-                r = by_method[s]
-                ax.plot([v], [100 * r["prompt_loose"]], "o", color="C0", mfc="white" if r["flags"] else "C0")
-        if baseline is not None:
-            ax.axhline(100 * baseline["prompt_loose"], color="gray", ls="--", lw=1, label="unsteered")
+    plt = pyplot(path)
+    panels = list(dict.fromkeys(n.replace("gate+", "") for n in grids))
+    cols = min(4, len(panels))
+    nrows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(3.1 * cols, 2.7 * nrows), squeeze=False)
+    base = scores.get("none")
+    for i, name in enumerate(panels):
+        ax = axes[i // cols][i % cols]
+        for j, (label, style) in enumerate(((name, "-"), ("gate+" + name, "--"))):
+            got = [(v, scores[s]) for v, s in grids.get(label, []) if s in scores]
+            if not got:
+                continue
+            ax.plot([v for v, _ in got], [100 * s["score"] for _, s in got], style, color=f"C{j}",
+                    label="gated" if j else "plain")  # fmt: skip
+            for v, s in got:
+                ax.plot([v], [100 * s["score"]], "o", color=f"C{j}", mfc="white" if s["flags"] else f"C{j}")
+        if base is not None:
+            ax.axhline(100 * base["score"], color="gray", ls=":", lw=1, label="unsteered")
         ax.set_title(name, fontsize=9)
-        ax.set_xlabel(GRIDS[name.replace("gate+", "")][2])
-        ax.set_ylabel("prompt loose acc (%)")
-    axes[0][0].legend(fontsize=7)
-    fig.suptitle("IFEval dev split: accuracy against strength (hollow = outside the fluency bounds)", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+        unit = re.search(r"(delta|alpha|target)", (grids.get(name) or grids.get("gate+" + name))[0][1])
+        ax.set_xlabel(unit.group(1) if unit else "")
+        ax.set_ylabel(ylabel, fontsize=8)
+        ax.legend(fontsize=6)
+    for k in range(len(panels), nrows * cols):
+        axes[k // cols][k % cols].axis("off")
+    fig.suptitle(title + " (hollow = outside the fluency bounds)", fontsize=9)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    finish(fig, path)
     return path
 
 
 def report(
-    rows: Sequence[Dict[str, Any]],
-    out: str,
-    model_tag: str,
-    num_layers: int,
+    task: tasks.Task,
+    store: runner.ResponseStore,
+    tag: str,
     max_new_tokens: int,
-    strategy: str = "prompt",
-    n_prompts: Optional[int] = None,
-) -> Dict[str, Optional[str]]:
-    """``sweep.png`` and ``chosen.json`` from the summary rows of the points measured so far
-    (gated grids included when present). Only points measured on all ``n_prompts`` prompts
-    count (default: the most any point has); a grid with none is left out."""
-    n_full = n_prompts if n_prompts is not None else max((r["n"] for r in rows), default=0)
-    rows = [r for r in rows if r["n"] == n_full]
-    have = {r["method"] for r in rows}
-    grids: Dict[str, List[Tuple[float, str]]] = {}
-    for name in GRIDS:
-        for gated in (False, True):
-            pts = [p for p in grid_specs(name, num_layers, gated) if p[1] in have]
-            if pts:
-                grids[("gate+" if gated else "") + name] = pts
-    baseline = next((r for r in rows if r["method"] == "none"), None)
-    chosen = {}
+    out: str,
+    grids: Dict[str, List[Tuple[float, str]]],
+    dev_cases: Sequence[Any],
+    opts: tasks.Options,
+    command: str,
+    machine: str,
+) -> Dict[str, Any]:
+    """``sweep.md`` / ``sweep.json`` / ``sweep.png`` from the replies stored so far: every point
+    measured on every dev case with its score, and the choice (``by_grid``, ``best``)."""
+    keys = task.keys(dev_cases)
+    rows = task.summarize(store, tag, max_new_tokens, dev_cases, opts)
+    count: Dict[str, int] = {}
+    for k in store.records:
+        if k[0] == tag and k[3] == max_new_tokens and k[4] in keys and k[2] == task.strategy(k[1], opts):
+            count[k[1]] = count.get(k[1], 0) + 1
+    scores = {m: s for m, s in task.scores(rows).items() if count.get(m, 0) == len(keys)}
+    by_grid = {}
     for name, pts in grids.items():
-        c = choose(rows, [s for _, s in pts])
-        chosen[name] = c["method"] if c else None
-    if grids:
-        plot(rows, grids, baseline, os.path.join(out, "sweep.png"))
-    with open(os.path.join(out, "chosen.json"), "w", encoding="utf-8") as f:
-        json.dump(
-            {
-                "model": model_tag,
-                "strategy": strategy,
-                "max_new_tokens": max_new_tokens,
-                "chosen": chosen,
-                "measured": {n: [s for _, s in pts] for n, pts in grids.items()},
-                "rule": "best dev prompt-level loose accuracy among points without a fluency flag",
-                "fluency_bounds": fluency.BOUNDS,
-            },
-            f,
-            indent=1,
-        )
+        c = choose(scores, [s for _, s in pts])
+        by_grid[name] = c["method"] if c else None
+    best = choose(scores, [c for c in by_grid.values() if c])
+    chosen = {"by_grid": by_grid, "best": best["method"] if best else None, "scores": scores}
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "sweep.json"), "w", encoding="utf-8") as f:
+        json.dump({"task": task.name, "model": tag, "max_new_tokens": max_new_tokens, "strategy": opts.strategy,
+                   "command": command, "machine": machine, "metric": task.metric, "rule": RULE,
+                   "fluency_bounds": fluency.BOUNDS, "dev_cases": len(keys), **chosen,
+                   "measured": {n: [s for _, s in pts if s in scores] for n, pts in grids.items()},
+                   "rows": rows}, f, indent=1)  # fmt: skip
+    base = scores.get("none", {}).get("score")
+    lines = [
+        f"# {task.name} sweep — {tag} — dev split ({len(keys)} cases)",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"Machine: {machine}",
+        "",
+        f"Score: {task.metric} (%). Choice: {RULE}. `*` = chosen for its grid, `**` = chosen overall. Points not "
+        "yet measured on every dev case are left out.",
+        "",
+        "| grid | setting | dev score % | vs unsteered | replies | flags |",
+        "|---|---|---:|---:|---:|---|",
+    ]
+    for name, pts in grids.items():
+        for _, s in pts:
+            if s not in scores:
+                continue
+            sc = scores[s]
+            mark = "**" if s == chosen["best"] else ("*" if s == by_grid[name] else "")
+            vs = f"{100 * (sc['score'] - base):+.1f}" if base is not None else ""
+            lines.append(f"| {name} | {s}{mark} | {100 * sc['score']:.1f} | {vs} | {sc['n']} | "
+                         f"{', '.join(sc['flags']) or '—'} |")  # fmt: skip
+    if base is not None:
+        lines.append(f"| — | unsteered | {100 * base:.1f} | | {scores['none']['n']} | |")
+    lines += ["", "## Dev rows", "", task.table(rows), ""]
+    with open(os.path.join(out, "sweep.md"), "w", encoding="utf-8") as f:
+        f.write("\n".join(lines))
+    if any(s in scores for pts in grids.values() for _, s in pts):
+        plot(scores, {n: p for n, p in grids.items() if any(s in scores for _, s in p)},
+             os.path.join(out, "sweep.png"), f"{task.name} dev split — {tag}: {task.metric}", "dev score (%)")  # fmt: skip
     return chosen
 
 
+def test_methods(asked: Optional[Sequence[str]], chosen: Dict[str, Any]) -> List[str]:
+    """The specs of ``--test-method`` (``best``, ``grid:NAME`` or a spec); default every grid's choice.
+    A choice that does not exist yet (every point flagged, or not measured) is an error."""
+    if not asked:
+        return [c for c in chosen["by_grid"].values() if c]
+    out = []
+    for a in asked:
+        if a == "best" or a.startswith("grid:"):
+            c = chosen["best"] if a == "best" else chosen["by_grid"].get(a[5:], "missing")
+            if c == "missing":
+                raise ValueError(f"--test-method {a}: no such grid in --methods ({', '.join(chosen['by_grid'])})")
+            if c is None:
+                raise ValueError(
+                    f"--test-method {a}: no dev choice yet (no point measured on every dev case, or all flagged)"
+                )
+            out.append(c)
+        else:
+            out.append(specs.from_cli(a))
+    return out
+
+
+def _store(out: str, shard: Optional[str]) -> runner.ResponseStore:
+    return runner.ResponseStore(os.path.join(out, f"responses.{shard}.jsonl" if shard else "responses.jsonl"))
+
+
 def main(args, load: Callable, command: str, machine: Callable) -> int:
+    """The CLI entry (see the module docstring)."""
     from ..hf import num_layers
 
-    names = [n.strip() for n in args.methods.split(",") if n.strip()]
+    task = tasks.get(args.task)
+    names = [n.strip() for n in (args.methods or ",".join(DEFAULT_GRIDS[task.name])).split(",") if n.strip()]
     for n in names:
-        if n not in GRIDS:
-            raise ValueError(f"unknown sweep grid {n!r}: choose from {', '.join(GRIDS)}")
+        if n not in GRIDS[task.name]:
+            raise ValueError(f"unknown {task.name} sweep grid {n!r}: choose from {', '.join(GRIDS[task.name])}")
+    if args.report_only and not args.test_only and args.report_test:
+        raise ValueError("--report-only with --report-test: pass --test-only to rebuild the test report alone")
+    M = args.max_new_tokens or task.max_new_tokens
+    given_dev, given_test = _options(args, test=False), _options(args, test=True)
     model, tok, tag = load(args)
     L = num_layers(model)
+    dev_opts, test_opts = task.options("dev", given_dev), task.options("test", given_test)
+    dev = task.cases(tok, model, "dev", dev_opts, M)
+    ranked = None
+    if any("{ranked}" in GRIDS[task.name][n][0] for n in names):
+        prompts = [getattr(c, "prompt", None) for c in dev[:4]]
+        if any(p is None for p in prompts):
+            raise ValueError(f"the {task.name} task has no prompt objects to rank layers on; drop the ranked grids")
+        ranked = ranked_layers(model, tok, prompts, args.out)
     grids: Dict[str, List[Tuple[float, str]]] = {}
     for n in names:
-        grids[n] = grid_specs(n, L)
-        if args.gated:
-            grids["gate+" + n] = grid_specs(n, L, gated=True)
-    dev = ifeval.split(ifeval.load_prompts(), "dev")
-    if args.limit:
-        dev = dev[: args.limit]
-    # Round-robin over the grids (each method's first point, then each one's second…), so an
-    # interrupted sweep has looked at every method.
-    depth = max(len(p) for p in grids.values())
-    all_specs = ["none"] + [pts[i][1] for i in range(depth) for pts in grids.values() if i < len(pts)]
-    run = dict(
-        strategy=args.strategy,
-        model_tag=tag,
-        batch_size=args.batch_size,
-        max_new_tokens=args.max_new_tokens,
-        progress=not args.no_progress,
-        command=command,
-        machine=machine(),
-    )
-    title = f"IFEval strength sweep — {tag} — dev split ({len(dev)} prompts), strategy {args.strategy}"
-    rows, md = runner.ifeval_and_report(model, tok, dev, all_specs, args.out, title=title, **run)
-    chosen = {
-        k: v
-        for k, v in report(rows, args.out, tag, L, args.max_new_tokens, args.strategy, len(dev)).items()
-        if k.replace("gate+", "") in names
-    }
-    print(open(md, encoding="utf-8").read())
-    print("chosen on dev:", json.dumps(chosen, indent=1))
-    best = choose(rows, [s for s in chosen.values() if s])
+        grids[n] = grid_specs(task.name, n, L, ranked)
+        if getattr(args, "gated", False):
+            grids["gate+" + n] = grid_specs(task.name, n, L, ranked, gated=True)
+    store = _store(args.out, args.shard)
+    run = dict(store=store, model_tag=tag, batch_size=args.batch_size, max_new_tokens=M,
+               progress=not args.no_progress)  # fmt: skip
+    if not args.test_only and not args.report_only:
+        depth = max(len(p) for p in grids.values())
+        order = ["none"] + [pts[i][1] for i in range(depth) for pts in grids.values() if i < len(pts)]
+        task.run(model, tok, dev, order, opts=dev_opts, **run)
+    store = _store(args.out, args.shard)  # the other shards too
+    chosen = report(task, store, tag, M, args.out, grids, dev, dev_opts, command, machine())
+    print(open(os.path.join(args.out, "sweep.md"), encoding="utf-8").read())
+    best = chosen["scores"].get(chosen["best"]) if chosen["best"] else None
     evidence: Dict[str, Any] = {}
     if best is not None:
-        evidence = {
-            "dev_prompt_loose": best["prompt_loose"],
-            "dev_prompt_loose_diff": best.get("vs_unsteered", {}).get("prompt_loose"),
-        }
-    if args.report_test:
-        test = ifeval.split(ifeval.load_prompts(), "test")
-        if args.limit:
-            test = test[: args.limit]
-        picked = ["none"] + [s for s in chosen.values() if s]
-        test_out = os.path.join(args.out, "test")
-        title = f"IFEval — {tag} — test split ({len(test)} prompts), settings chosen on dev"
-        trows, tmd = runner.ifeval_and_report(model, tok, test, picked, test_out, title=title, **run)
-        print(open(tmd, encoding="utf-8").read())
-        test_row = next((r for r in trows if best is not None and r["method"] == best["method"]), None)
-        if test_row is not None:
-            evidence["prompt_loose_diff"] = test_row.get("vs_unsteered", {}).get("prompt_loose")
-            evidence["inst_loose_diff"] = test_row.get("vs_unsteered", {}).get("inst_loose")
+        evidence = {"dev_score": best["score"], "dev_unsteered_score": chosen["scores"].get("none", {}).get("score"),
+                    "dev_replies": best["n"], "dev_cells": best["cells"], "metric": task.metric}  # fmt: skip
+    if args.report_test or args.test_only:
+        test = task.cases(tok, model, "test", test_opts, M)
+        evidence.update(_test_stage(args, task, model, tok, test, test_opts, chosen, best, run, command, machine()))
     if args.save_config:
-        if best is None:
-            raise ValueError("no grid point is free of fluency flags on dev: nothing to save (see sweep.png)")
-        from ..config import SteeringConfig
-
-        path = SteeringConfig(best["method"], model=tag, task="ifeval", evidence={**evidence, "command": command}).save(
-            args.save_config
-        )
-        print(f"wrote {path}: {best['method']}")
+        _save(args, task, tag, best, evidence, command)
     return 0
+
+
+def _test_stage(args, task, model, tok, test, opts, chosen, best, run, command, machine) -> Dict[str, Any]:
+    """Unsteered and the chosen points on the test cases (unless ``--report-only``), the test report,
+    and the overall choice's test evidence when the task gives one (``{"test": …}``)."""
+    picked = list(dict.fromkeys(["none", *test_methods(args.test_method, chosen)]))
+    if not args.report_only:
+        task.run(model, tok, test, picked, opts=opts, **run)
+    store = _store(args.out, args.shard)
+    M = run["max_new_tokens"]
+    title = f"{task.name} — {run['model_tag']} — test split ({len(test)} cases), settings chosen on dev"
+    md = task.report(store, run["model_tag"], M, os.path.join(args.out, "test"), test, opts, title=title,
+                     command=command, machine=machine)  # fmt: skip
+    print(open(md, encoding="utf-8").read())
+    if best is None or not hasattr(task, "evidence"):
+        return {}
+    try:
+        return {"test": task.evidence(task.summarize(store, run["model_tag"], M, test, opts), best["method"])}
+    except ValueError:
+        return {}  # the overall choice was not among the test methods
+
+
+def _save(args, task, tag: str, best: Optional[Dict[str, Any]], evidence: Dict[str, Any], command: str) -> None:
+    if best is None:
+        raise ValueError("no grid point is free of fluency flags on dev (or none is measured on every dev case): "
+                         f"nothing to save (see {os.path.join(args.out, 'sweep.md')})")  # fmt: skip
+    from ..config import SteeringConfig
+
+    SteeringConfig(best["method"], model=tag, task=task.name, evidence={**evidence, "command": command}).save(
+        args.save_config
+    )
+    print(f"wrote {args.save_config}: {best['method']}")
+
+
+def _options(args, test: bool) -> tasks.Options:
+    """The task options the command line gave for the dev (or test) split; unset = the task's default."""
+    pre = "test_" if test else ""
+    lengths = getattr(args, pre + "lengths", None)
+    placements = getattr(args, pre + "placements", None)
+    rules = getattr(args, "rules", None)
+    if placements:
+        placements = [p.strip() for p in placements.split(",") if p.strip()]
+        allowed = _placements(args.task)
+        for p in placements:
+            if allowed and p not in allowed:
+                raise ValueError(f"--{pre.replace('_', '-')}placements: {p!r} is not one of {', '.join(allowed)}")
+    if rules:
+        from .retention import RULES
+
+        rules = [r.strip() for r in rules.split(",") if r.strip()]
+        for r in rules:
+            if r not in RULES:
+                raise ValueError(f"--rules: unknown rule {r!r}: choose from {', '.join(RULES)}")
+    return tasks.Options(
+        lengths=[int(x) for x in lengths.split(",") if x.strip()] if lengths else None,
+        placements=placements or None,
+        docs=getattr(args, pre + "docs", None),
+        rules=rules or None,
+        strategy=getattr(args, "strategy", "prompt"),
+        k=getattr(args, "k", 2),
+        limit=args.limit if (not test or args.task == "ifeval") else None,
+    )
+
+
+def _placements(task: str) -> Tuple[str, ...]:
+    if task == "retention":
+        from .retention import PLACEMENTS
+
+        return PLACEMENTS
+    if task == "priority":
+        from .priority import PLACEMENTS
+
+        return PLACEMENTS
+    return ()
