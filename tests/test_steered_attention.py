@@ -38,10 +38,12 @@ def _tolerance(inp, ref64):
     return 2 * own_err + ulp * amp
 
 
-def _check(case, seed=0, device="cpu"):
+def _check(case, seed=0, device="cpu", route=None):
     inp = build_inputs(case, seed)
     d = to_device(inp, device)
-    out = attnsteer.steered_attention(d["q"], d["k"], d["v"], d["span_mask"], enable_gqa=True, **d["kwargs"]).cpu()
+    out = attnsteer.steered_attention(
+        d["q"], d["k"], d["v"], d["span_mask"], enable_gqa=True, route=route, **d["kwargs"]
+    ).cpu()
     ref = _reference(inp)
     assert out.shape == inp["q"].shape and out.dtype == inp["q"].dtype
     assert torch.isfinite(out).all()
@@ -51,9 +53,12 @@ def _check(case, seed=0, device="cpu"):
     return inp, out
 
 
+# None: the route attnsteer chooses (CPU: the C++ kernel; CUDA: pieces / FlexAttention / kernel);
+# "flex": FlexAttention forced (ops/flex.py), the same cases and tolerance rule.
+@pytest.mark.parametrize("route", [None, "flex"], ids=["auto", "flex"])
 @pytest.mark.parametrize("case", covering_cases(), ids=case_id)
-def test_covering_set(case, device):
-    _check(case, device=device)
+def test_covering_set(case, device, route):
+    _check(case, device=device, route=route)
 
 
 @pytest.mark.slow
@@ -66,7 +71,8 @@ def test_full_product(case):
 @pytest.mark.parametrize("window", [None, 1, 16])
 @pytest.mark.parametrize("softcap", [None, 5.0])
 @pytest.mark.parametrize("target", [None, 0.3])
-def test_mask_and_softcap_grid(causal, window, softcap, target, device):
+@pytest.mark.parametrize("route", [None, "flex"], ids=["auto", "flex"])
+def test_mask_and_softcap_grid(causal, window, softcap, target, device, route):
     case = dict(
         dtype=torch.float32,
         batch=2,
@@ -83,7 +89,7 @@ def test_mask_and_softcap_grid(causal, window, softcap, target, device):
         target=target,
         query_mask=False,
     )
-    _check(case, device=device)
+    _check(case, device=device, route=route)
 
 
 @pytest.mark.parametrize("tk", [255, 256, 257, 2048, 3000])

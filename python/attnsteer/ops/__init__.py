@@ -15,19 +15,24 @@ Guide: ``docs/guides/ops.md`` (with a runnable example).
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 import os
 import warnings
-from typing import Optional, Tuple, Union
+from typing import Iterator, Optional, Tuple, Union
 
 import torch
 
-from . import fallback, pieces
+from . import fallback, flex, pieces
 from .args import OpArgs, PerHead, per_head, span_weights
 
 __all__ = [
     "OpArgs",
+    "ROUTES",
     "backend",
+    "route",
+    "use_route",
     "layer_attention",
     "layer_weights",
     "steered_attention",
@@ -119,6 +124,7 @@ def steered_attention(
     scale: Optional[float] = None,
     enable_gqa: bool = False,
     return_span_mass: bool = False,
+    route: Optional[str] = None,
 ) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
     """Fused steered attention (split softmax), shaped like ``F.scaled_dot_product_attention``.
 
@@ -141,6 +147,8 @@ def steered_attention(
         scale: logit scale, default ``1/sqrt(D)``.
         enable_gqa: must be True when ``Hq != Hkv`` (as in SDPA). K/V heads are never repeated.
         return_span_mass: also return the span mass of the final (steered) weights ``(B, Hq, Tq)``.
+        route: force an implementation (`ROUTES`: ``"kernel"``, ``"pieces"``, ``"flex"``,
+            ``"torch"``); default: `route` decides (see ``docs/guides/ops.md``).
 
     Returns:
         ``out (B, Hq, Tq, D)`` in q's dtype; with ``return_span_mass`` a tuple ``(out, mass)``.
@@ -196,7 +204,7 @@ def steered_attention(
         scale=scale,
         return_span_mass=return_span_mass,
     )
-    out, mass = _dispatch_attention(q, k, v, args)
+    out, mass = _dispatch_attention(q, k, v, args, route)
     return (out, mass) if return_span_mass else out
 
 
@@ -223,10 +231,87 @@ def layer_weights(q: torch.Tensor, k: torch.Tensor, args: OpArgs) -> torch.Tenso
     return fallback.steered_softmax(logits, args).to(q.dtype)
 
 
-def _dispatch_attention(q, k, v, args: OpArgs) -> Tuple[torch.Tensor, torch.Tensor]:
-    if q.is_cuda and os.environ.get("ATTNSTEER_CUDA_PIECES", "1") != "0" and pieces.applicable(q, args):
-        return pieces.steered_attention(q, k, v, args)  # torch's flash kernel per key range (ops/pieces.py)
+ROUTES = ("kernel", "pieces", "flex", "torch")
+_FORCED: contextvars.ContextVar[Optional[str]] = contextvars.ContextVar("attnsteer_route", default=None)
+
+
+@contextlib.contextmanager
+def use_route(name: Optional[str]) -> Iterator[None]:
+    """Force the route of every `steered_attention` / `layer_attention` call in this block (this
+    thread; ``None`` = decide per call). A call the route cannot serve raises, naming why.
+
+    Example::
+
+        with attnsteer.ops.use_route("flex"):
+            model.generate(**enc)
+    """
+    if name is not None and name not in ROUTES:
+        raise ValueError(f"unknown route {name!r}: choose from {', '.join(ROUTES)}")
+    token = _FORCED.set(name)
+    try:
+        yield
+    finally:
+        _FORCED.reset(token)
+
+
+def _why_not(name: str, q: torch.Tensor, args: OpArgs) -> Optional[str]:
+    if name == "kernel":
+        return None if backend(q.device) != "torch" else f"no compiled kernel for {q.device.type} in this build"
+    if name == "pieces":
+        if not pieces.applicable(q, args):
+            return (
+                "the flash-pieces route takes no attn_mask (padding), window, softcap, per-head key scales, "
+                f"query mask with key scaling, fp32 on CUDA or more than {pieces.MAX_PIECES} key ranges"
+            )
+        return None
+    if name == "flex":
+        return flex.why_not(q, args)
+    return None  # "torch": the blocked PyTorch path serves everything
+
+
+def route(q: torch.Tensor, args: OpArgs, forced: Optional[str] = None) -> Tuple[str, str]:
+    """Which route serves a call, and why: ``(name, reason)``. The one place that decides.
+
+    - forced (the ``route=`` argument, else `use_route`): that route, or a ValueError saying why it
+      cannot serve this call;
+    - CUDA: ``pieces`` (torch's flash kernel per key range) when it applies — unpadded, no window or
+      soft-capping, half precision, few key ranges; else ``flex`` (FlexAttention: tensor cores, masked
+      blocks skipped) when this torch has it; else ``kernel`` (the warp-per-row CUDA kernel).
+      ``ATTNSTEER_CUDA_PIECES=0`` / ``ATTNSTEER_CUDA_FLEX=0`` turn a route off;
+    - CPU: ``kernel`` (the compiled C++ kernel); without the extension ``torch`` (blocked PyTorch).
+    """
+    forced = forced if forced is not None else _FORCED.get()
+    if forced is not None:
+        if forced not in ROUTES:
+            raise ValueError(f"unknown route {forced!r}: choose from {', '.join(ROUTES)}")
+        why = _why_not(forced, q, args)
+        if why is not None:
+            raise ValueError(
+                f"route {forced!r} cannot serve this call: {why}; drop the forced route to let attnsteer choose"
+            )
+        return forced, "forced"
+    if q.is_cuda:
+        if os.environ.get("ATTNSTEER_CUDA_PIECES", "1") != "0" and pieces.applicable(q, args):
+            return "pieces", "CUDA, no padding/window/softcap, few key ranges: torch's flash kernel per key range"
+        if os.environ.get("ATTNSTEER_CUDA_FLEX", "1") != "0" and flex.why_not(q, args) is None:
+            return "flex", "CUDA, what the pieces route cannot take: FlexAttention (tensor cores, block-sparse masks)"
+        return (
+            ("kernel", "CUDA without FlexAttention: the fused warp-per-row kernel")
+            if _use_kernel(q)
+            else ("torch", "no CUDA kernel in this build: blocked PyTorch path")
+        )
     if _use_kernel(q):
+        return "kernel", f"{q.device.type}: the compiled C++ kernel"
+    return "torch", "no compiled extension: blocked PyTorch path"
+
+
+def _dispatch_attention(q, k, v, args: OpArgs, forced: Optional[str] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    name, _ = route(q, args, forced)
+    if name == "pieces":
+        return pieces.steered_attention(q, k, v, args)  # torch's flash kernel per key range (ops/pieces.py)
+    if name == "flex":
+        return flex.steered_attention(q, k, v, args)  # FlexAttention (ops/flex.py)
+    if name == "kernel":
         return torch.ops.attnsteer.steered_attention.default(*args.attention(q, k, v))
     return fallback.steered_attention(q, k, v, args)
 

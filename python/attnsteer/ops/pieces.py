@@ -8,9 +8,9 @@ the pieces are merged per row from those LSEs — so the cost is that of unsteer
 * span and rest are two channels: ``L_s = logsumexp_p(lse_p + β_p)`` over the span pieces (β_p =
   ``bias · w`` of the piece on steered rows, GUIDE's markup levels being ranges of their own
   weight), ``L_r`` likewise over the rest; ``O_s = Σ_p exp(lse_p + β_p − L_s) · O_p``;
-* the span mass is ``p = σ(L_s − L_r)``; without a target the output is ``p·O_s + (1 − p)·O_r``
-  (the bias is already in ``L_s``); SpotLight moves ``p`` to ``τ/(τ + 1 − p)`` (or ``τ``) on
-  steered rows where ``p < τ``;
+* the two channels are merged by `split.merge` (shared with the FlexAttention route): span mass
+  ``p = σ(L_s − L_r)``, output ``p·O_s + (1 − p)·O_r`` (the bias is already in ``L_s``), SpotLight
+  moving ``p`` to ``τ/(τ + 1 − p)`` (or ``τ``) on steered rows where ``p < τ``;
 * key scaling runs the span pieces with the logit scale ``α · scale`` (``q·(αk) = α(q·k)``,
   computed in float32 inside flash, as the fused kernel does).
 
@@ -34,6 +34,7 @@ from typing import Callable, List, Optional, Tuple
 import torch
 
 from .args import OpArgs
+from .split import merge
 
 __all__ = ["applicable", "steered_attention", "key_ranges", "MAX_PIECES"]
 
@@ -146,18 +147,7 @@ def steered_attention(
                 add = torch.exp(lse - safe).nan_to_num(0.0)
                 O[c][..., r0:r1, :] = O[c][..., r0:r1, :] * keep[..., None] + o.float() * add[..., None]
                 L[c][..., r0:r1] = new
-        Ls, Lr = L
-        tot = torch.logaddexp(Ls, Lr)
-        seen = ~torch.isneginf(tot)
-        safe_tot = torch.where(seen, tot, torch.zeros_like(tot))
-        p = torch.where(seen, torch.exp(Ls - safe_tot), torch.zeros_like(tot))
-        w_span = p
-        if args.target is not None:
-            tau = float(args.target)
-            move = seen & ~torch.isneginf(Ls) & (p < tau) & rows_steered[b][None, None, :]
-            moved = torch.full_like(p, tau) if args.target_exact else tau / (tau + (1 - p))
-            w_span = torch.where(move, moved, p)
-        res = w_span[..., None] * O[0] + torch.where(seen, 1 - w_span, torch.zeros_like(p))[..., None] * O[1]
+        res, w_span = merge(L[0], O[0], L[1], O[1], rows_steered[b][None, None, :], args.target, args.target_exact)
         out[b] = res[0]
         if args.return_span_mass:
             mass[b] = w_span[0]
