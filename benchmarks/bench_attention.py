@@ -1,7 +1,12 @@
 """Speed and memory of steered attention on CPU, in one run.
 
 Providers:
-  attnsteer  the fused kernel (modes: bias, key_scale, target)
+  attnsteer  the route attnsteer chooses (CPU: the fused C++ kernel; CUDA: flash pieces where they
+             apply, else FlexAttention, else the fused kernel) (modes: bias, key_scale, target)
+  route:pieces, route:flex, route:kernel
+             one route forced (``steered_attention(..., route=…)``): torch's flash kernel per key
+             range; FlexAttention (compiled on CUDA; eager on CPU, where it materialises the scores:
+             numbers for the record, the route is for GPUs); the fused kernel
   sdpa       unsteered torch SDPA with enable_gqa=True: the floor (the profiler confirms that
              the CPU flash kernel ran, not the math fallback)
   sdpa+bias  SDPA with an additive float mask (B, 1, Tq, Tk) carrying the bias (bias mode only)
@@ -89,6 +94,11 @@ def _run_fn(provider, mode, q, k, v, span, causal):
 
     if provider == "attnsteer":
         return lambda: attnsteer.steered_attention(q, k, v, span, is_causal=causal, enable_gqa=True, **MODE_ARGS[mode])
+    if provider.startswith("route:"):
+        name = provider.split(":", 1)[1]
+        return lambda: attnsteer.steered_attention(
+            q, k, v, span, is_causal=causal, enable_gqa=True, route=name, **MODE_ARGS[mode]
+        )
     if provider == "sdpa":
         return lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=True)
     if provider == "sdpa+bias":
@@ -140,7 +150,8 @@ def child(spec: dict) -> dict:
     q, k, v, span = _inputs(spec["shape"], spec["T"], spec["phase"], device, spec.get("batch", 1))
     causal = spec["phase"] == "prefill"
     provider = spec["provider"]
-    modes = {"attnsteer": MODES, "eager": MODES, "sdpa": ["none"], "sdpa+bias": ["bias"]}[provider]
+    modes = MODES if provider in ("attnsteer", "eager") or provider.startswith("route:") else None
+    modes = modes or {"sdpa": ["none"], "sdpa+bias": ["bias"]}[provider]
     result = {"modes": {}}
     cuda = device == "cuda"
     with torch.inference_mode():
@@ -193,7 +204,7 @@ def _points(args) -> list:
         for shape, Ts in table.items():
             for T in Ts:
                 for batch in batches[phase]:
-                    for provider in ("sdpa", "attnsteer", "sdpa+bias", "eager"):
+                    for provider in _providers(args.device):
                         points.append(
                             dict(
                                 shape=shape,
@@ -207,6 +218,11 @@ def _points(args) -> list:
                             )
                         )
     return points
+
+
+def _providers(device: str) -> tuple:
+    routes = ("route:pieces", "route:flex") + (("route:kernel",) if device == "cuda" else ())
+    return ("sdpa", "attnsteer", *routes, "sdpa+bias", "eager")
 
 
 def main() -> None:
@@ -237,8 +253,9 @@ def main() -> None:
             shape=spec["shape"], phase=spec["phase"], T=spec["T"], batch=spec["batch"], provider=spec["provider"]
         )
         limit = 40e9 if args.device == "cuda" else EAGER_LIMIT_BYTES
-        if spec["provider"] in ("eager", "sdpa+bias") and buf_bytes > limit:
-            for mode in MODES if spec["provider"] == "eager" else ["bias"]:
+        materialised = ("eager", "sdpa+bias") + (("route:flex",) if args.device == "cpu" else ())
+        if spec["provider"] in materialised and buf_bytes > limit:
+            for mode in ["bias"] if spec["provider"] == "sdpa+bias" else MODES:
                 rows.append(
                     dict(
                         base,
@@ -251,7 +268,7 @@ def main() -> None:
             continue
         r = run_point(__file__, spec)
         if "error" in r:
-            for mode in MODES if spec["provider"] in ("eager", "attnsteer") else ["bias"]:
+            for mode in ["bias"] if spec["provider"] == "sdpa+bias" else MODES:
                 rows.append(
                     dict(
                         base,
@@ -272,7 +289,20 @@ def main() -> None:
                     note=r.get("sdpa_kernel", ""),
                 )
             )
+        _write(rows, args, out_dir)
 
+    md = _write(rows, args, out_dir)
+    print(md)
+    try:
+        name = "bench_attention" + ("_cuda" if args.device == "cuda" else "")
+        _plot([r for r in rows if r["batch"] == 1], out_dir / f"{name}.png")
+    except ImportError:
+        print("matplotlib not installed: no plot")
+
+
+def _write(rows, args, out_dir) -> str:
+    """The CSV and the markdown table of the rows so far (after every point: a run stopped by a
+    time limit keeps what it measured)."""
     name = "bench_attention" + ("_cuda" if args.device == "cuda" else "")
     write_csv(
         rows,
@@ -281,11 +311,7 @@ def main() -> None:
     )
     md = _markdown(rows, args.threads, args.device)
     (out_dir / f"{name}.md").write_text(md)
-    print(md)
-    try:
-        _plot([r for r in rows if r["batch"] == 1], out_dir / f"{name}.png")
-    except ImportError:
-        print("matplotlib not installed: no plot")
+    return md
 
 
 def _markdown(rows, threads, device="cpu") -> str:
@@ -311,8 +337,12 @@ def _markdown(rows, threads, device="cpu") -> str:
     lines = [
         f"Machine: {machine}. Times are medians (ms); ratios are time / unsteered SDPA; {memory}.",
         "",
-        "| shape | phase | T | B | SDPA ms | bias × | key_scale × | target × | SDPA+bias × | eager bias × | attnsteer MB | SDPA MB | eager MB |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "Columns: the route attnsteer chooses (bias, key_scale, target modes); each route forced, bias mode "
+        "(target mode after the slash); the reference code's approach (eager); memory.",
+        "",
+        "| shape | phase | T | B | SDPA ms | bias × | key_scale × | target × | pieces × | flex × | kernel × "
+        "| SDPA+bias × | eager bias × | attnsteer MB | flex MB | SDPA MB | eager MB |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     keys = sorted(
         {(r["shape"], r["phase"], r["T"], r["batch"]) for r in rows},
@@ -332,10 +362,14 @@ def _markdown(rows, threads, device="cpu") -> str:
             r = get(shape, phase, T, B, provider, mode)
             return r["extra_mb"] if r else "—"
 
+        def both(provider):
+            return f"{ratio(provider, 'bias')} / {ratio(provider, 'target')}"
+
         lines.append(
             f"| {shape} | {phase} | {T} | {B} | {base:.2f} | {ratio('attnsteer', 'bias')} | {ratio('attnsteer', 'key_scale')} | "
-            f"{ratio('attnsteer', 'target')} | {ratio('sdpa+bias', 'bias')} | {ratio('eager', 'bias')} | "
-            f"{mem('attnsteer', 'bias')} | {mem('sdpa', 'none')} | {mem('eager', 'bias')} |"
+            f"{ratio('attnsteer', 'target')} | {both('route:pieces')} | {both('route:flex')} | {both('route:kernel')} | "
+            f"{ratio('sdpa+bias', 'bias')} | {ratio('eager', 'bias')} | "
+            f"{mem('attnsteer', 'bias')} | {mem('route:flex', 'bias')} | {mem('sdpa', 'none')} | {mem('eager', 'bias')} |"
         )
     return "\n".join(lines) + "\n"
 

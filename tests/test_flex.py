@@ -6,6 +6,8 @@ kernel — prefill and cached decode, batched with left padding."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -21,6 +23,8 @@ from tiny import model as tiny_model
 from tiny import tokenizer
 
 pytestmark = pytest.mark.skipif(not flex.available(), reason="this torch has no FlexAttention")
+# tools/gpu_session.sh runs the tiny models on the GPU (the route compiled there) with ATTNSTEER_TEST_DEVICE=cuda
+MODEL_DEVICE = "cuda" if os.environ.get("ATTNSTEER_TEST_DEVICE") == "cuda" and torch.cuda.is_available() else "cpu"
 
 
 def _args(inp, **extra):
@@ -150,8 +154,8 @@ def test_tiny_models_through_flex_equal_the_fused_kernel(kind, overrides, method
         return real(q, k, v, args, **kw)
 
     monkeypatch.setattr(flex, "steered_attention", spy)
-    m = tiny_model(kind, std=0.3, **overrides)
-    enc = attnsteer.highlight(tokenizer(), PROMPTS)
+    m = tiny_model(kind, std=0.3, **overrides).to(MODEL_DEVICE)
+    enc = attnsteer.highlight(tokenizer(), PROMPTS).to(MODEL_DEVICE)
     kw = dict(max_new_tokens=6, min_new_tokens=6, do_sample=False, pad_token_id=0)
     rows = enc["attention_mask"].bool()
     with torch.no_grad(), attnsteer.steer(m, method, spans=enc):
