@@ -38,9 +38,9 @@ def main() -> None:
     from vllm import LLM, SamplingParams
 
     import attnsteer
+    from attnsteer import specs
     from attnsteer._harness import timed, write_csv
     from attnsteer.demo import LONG_TEXT
-    from attnsteer.eval import specs
     from attnsteer.vllm import steered_prompt
     from attnsteer.vllm.plugin import register
 

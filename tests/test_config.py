@@ -10,7 +10,7 @@ import torch
 
 import attnsteer
 from attnsteer import GUIDE, SteeringConfig
-from attnsteer.config import PAPER_STRENGTHS
+from attnsteer.config import PAPER_STRENGTHS, from_cli
 
 from tiny import model as tiny_model
 from tiny import tokenizer
@@ -136,11 +136,10 @@ def test_shipped_file_is_consistent():
 
 def test_eval_method_at_file_is_the_saved_spec(tmp_path, capsys):
     from attnsteer import cli
-    from attnsteer.eval import specs
 
     path = SteeringConfig("keyscale:alpha=1.5", task="ifeval").save(tmp_path / "k.json")
-    assert specs.from_cli(f"@{path}") == "keyscale:alpha=1.5"
-    assert specs.from_cli("GUIDE:delta=1.0") == "guide:delta=1"
+    assert from_cli(f"@{path}") == "keyscale:alpha=1.5"
+    assert from_cli("GUIDE:delta=1.0") == "guide:delta=1"
     # a missing file fails before any model loads (exit 2, the fix in the message)
     assert cli.main(["eval", "ifeval", "--method", f"@{tmp_path / 'missing.json'}"]) == 2
     assert "--save-config" in capsys.readouterr().err

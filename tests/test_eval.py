@@ -12,7 +12,9 @@ import textwrap
 import pytest
 import torch
 
-from attnsteer.eval import checkers, fluency, ifeval, runner, specs, sweep
+from attnsteer import specs
+from attnsteer.config import from_cli
+from attnsteer.eval import checkers, fluency, ifeval, runner, sweep
 
 from tiny import model as tiny_model
 from tiny import tokenizer
@@ -210,9 +212,9 @@ def test_method_specs_parse_and_canonicalise(tmp_path):
     with pytest.raises(ValueError, match="read by parse_local"):
         specs.parse(f"pasta:heads={heads}")  # the library default opens nothing
     assert specs.canonical(f"pasta:heads={heads}") == f"pasta:heads={heads}"  # nor does canonical
-    assert specs.from_cli(f"pasta:heads={heads}") == f"pasta:heads={heads}"
+    assert from_cli(f"pasta:heads={heads}") == f"pasta:heads={heads}"
     with pytest.raises(FileNotFoundError):
-        specs.from_cli(f"pasta:heads={tmp_path / 'missing.json'}")  # the CLI checks it before a model loads
+        from_cli(f"pasta:heads={tmp_path / 'missing.json'}")  # the CLI checks it before a model loads
     assert specs.parse("pasta:heads=1:0+1:2").heads == {1: [0, 2]}  # inline
     assert specs.parse("pasta:heads=3:1-3+3:2+0:0").heads == {3: [1, 2, 3], 0: [0]}
     assert specs.canonical("GUIDE:delta=2.0") == specs.canonical("guide:delta=2") == "guide:delta=2"

@@ -54,7 +54,7 @@ def test_profile_heads_errors():
 
 
 def test_the_shipped_profile_of_the_embedded_model_loads_as_a_spec():
-    from attnsteer.eval import specs
+    from attnsteer import specs
 
     p = specs.parse("pasta:alpha=0.01,heads=smollm2-135m")
     assert p.heads and all(0 <= l < 30 and all(0 <= h < 9 for h in hs) for l, hs in p.heads.items())

@@ -17,8 +17,8 @@ import pytest
 import torch
 
 import attnsteer
-from attnsteer.eval import specs
-from attnsteer.eval.specs import REQUEST_RANGES, SPAN_WEIGHT_RANGE, RequestLimits
+from attnsteer import specs
+from attnsteer.specs import REQUEST_RANGES, SPAN_WEIGHT_RANGE, RequestLimits
 from attnsteer.vllm import parse_request
 from attnsteer.vllm.plan import plan_request
 

@@ -18,7 +18,7 @@ pytest.importorskip("vllm")
 from test_vllm_exact import MODEL_DIR, PROMPTS, _trim, exported_model  # noqa: E402
 
 import attnsteer  # noqa: E402
-from attnsteer.eval import specs  # noqa: E402
+from attnsteer import specs  # noqa: E402
 from attnsteer.vllm import steered_prompt  # noqa: E402
 from attnsteer.vllm._server import drop_stream as _drop_stream  # noqa: E402
 from attnsteer.vllm._server import local_server  # noqa: E402

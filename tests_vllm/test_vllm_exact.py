@@ -15,7 +15,7 @@ os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 vllm = pytest.importorskip("vllm")
 
 import attnsteer  # noqa: E402
-from attnsteer.eval import specs  # noqa: E402
+from attnsteer import specs  # noqa: E402
 from attnsteer.vllm import steered_prompt  # noqa: E402
 
 MODEL_DIR = os.environ.get("ATTNSTEER_VLLM_MODEL", os.path.join(os.path.dirname(__file__), "..", "build", "smollm2"))

@@ -1,6 +1,6 @@
 """Tuned steering configurations: the setting a sweep chose for a model and task, with its evidence.
 
-A `SteeringConfig` is a method spec (the `attnsteer.eval.specs` grammar, e.g.
+A `SteeringConfig` is a method spec (the `attnsteer.specs` grammar, e.g.
 ``"keyscale:alpha=1.5"``) plus what it was tuned for and what was measured. It is accepted wherever
 a method is: ``steer(model, cfg, spans=...)``, ``attnsteer.generate(..., method=cfg)``, the CLI's
 ``--config FILE`` and ``attnsteer.vllm.steered_prompt(tok, prompt, cfg)``.
@@ -24,7 +24,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
-__all__ = ["SteeringConfig", "recommended", "shipped_tasks", "resolve_method", "RECOMMENDED_FILE", "PAPER_STRENGTHS"]
+from . import specs
+
+__all__ = [
+    "SteeringConfig",
+    "recommended",
+    "shipped_tasks",
+    "resolve_method",
+    "from_cli",
+    "RECOMMENDED_FILE",
+    "PAPER_STRENGTHS",
+]
 
 RECOMMENDED_FILE = Path(__file__).resolve().parent / "data" / "recommended.json"
 
@@ -44,7 +54,7 @@ class SteeringConfig:
     """A steering setting chosen for a model and task.
 
     Attributes:
-        method: the method spec, e.g. ``"keyscale:alpha=1.5"`` (see `attnsteer.eval.specs`).
+        method: the method spec, e.g. ``"keyscale:alpha=1.5"`` (see `attnsteer.specs`).
         model: the model it was tuned on (a name, for the record).
         task: what it was tuned for: ``"ifeval"`` or ``"retention"``.
         evidence: what was measured — dev score, test difference to unsteered with its 95 %
@@ -61,14 +71,10 @@ class SteeringConfig:
     note: str = ""
 
     def __post_init__(self) -> None:
-        from .eval import specs
-
         object.__setattr__(self, "method", specs.canonical(self.method))  # raises on a bad spec
 
     def build(self):
         """The method object of `method` (None for ``"none"``)."""
-        from .eval import specs
-
         return specs.parse_local(self.method)
 
     def to_dict(self) -> Dict[str, Any]:
@@ -101,6 +107,16 @@ class SteeringConfig:
                 f"{path}: unknown fields {sorted(unknown)}; a configuration has method, model, task, evidence, note"
             )
         return cls(**data)
+
+
+def from_cli(spec: str) -> str:
+    """A ``--method`` value: a spec (`attnsteer.specs`), or ``@FILE`` — the spec of a `SteeringConfig`
+    saved by ``attnsteer eval sweep --save-config FILE`` (checked here, before any model loads; a
+    head-profile file it names is read here too). Returns the canonical spec."""
+    if spec.startswith("@"):
+        spec = SteeringConfig.load(spec[1:]).method
+    specs.parse_local(spec)
+    return specs.canonical(spec)
 
 
 def resolve_method(method: Any) -> Any:

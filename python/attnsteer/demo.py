@@ -122,8 +122,8 @@ def methods(model_tag: str = "SmolLM2-135M-Instruct"):
     """``[(label, method)]``: unsteered, the settings `attnsteer.recommended` ships for the model
     (each task's best, labelled "tuned"), each method at its paper's strength (labelled "paper") and
     DIRECTER at the paper's settings."""
+    from . import specs
     from .config import PAPER_STRENGTHS, recommended, shipped_tasks
-    from .eval import specs
 
     out = [("unsteered", None)]
     seen = set()

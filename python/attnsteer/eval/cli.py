@@ -179,7 +179,8 @@ def _command(argv: Optional[List[str]]) -> str:
 
 
 def _curves(args, argv) -> int:
-    from . import retention, specs
+    from .. import specs
+    from . import retention
 
     results = {}
     for item in args.results:
@@ -233,9 +234,9 @@ def run(args, argv=None) -> int:
         print(open(md, encoding="utf-8").read())
         return 0
     if cmd == "ifeval":
-        from . import specs
+        from ..config import from_cli
 
-        methods = [specs.from_cli(m) for m in args.method or ["none"]]  # fails before the model loads
+        methods = [from_cli(m) for m in args.method or ["none"]]  # fails before the model loads
         model, tok, tag = _load(args)
         records = ifeval.split(ifeval.load_prompts(), args.split)
         if args.limit:

@@ -24,7 +24,9 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from . import fluency, ifeval, runner, specs, stats
+from .. import specs
+from ..config import from_cli
+from . import fluency, ifeval, runner, stats
 
 __all__ = ["RELATIONS", "PLACEMENTS", "cases", "verdict", "run", "summarize", "table", "plot", "main"]
 
@@ -414,7 +416,7 @@ def main(args, load: Callable, command: str, machine: Callable) -> int:
     for p in placements:
         if p not in PLACEMENTS:
             raise ValueError(f"--placements: {p!r} is not one of {', '.join(PLACEMENTS)}")
-    methods = [specs.from_cli(m) for m in args.method or ["none"]]
+    methods = [from_cli(m) for m in args.method or ["none"]]
     model, tok, tag = load(args)
     max_ctx = getattr(model.config, "max_position_embeddings", None)
     case_list = cases(tok, fillers, placements, args.entities, args.k, args.split, max_context=max_ctx,

@@ -25,7 +25,9 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from . import checkers, fluency, ifeval, runner, specs, stats
+from .. import specs
+from ..config import from_cli
+from . import checkers, fluency, ifeval, runner, stats
 
 __all__ = ["RULES", "PLACEMENTS", "documents", "build", "run", "summarize", "plot"]
 
@@ -427,7 +429,7 @@ def parse_lists(lengths: str, placements: str, rules: Optional[str]) -> Tuple[Li
 
 def main(args, load: Callable, command: str, machine: Callable) -> int:
     lengths, placements, rules = parse_lists(args.lengths, args.placements, args.rules)
-    methods = [specs.from_cli(m) for m in args.method or ["none"]]
+    methods = [from_cli(m) for m in args.method or ["none"]]
     model, tok, tag = load(args)
     max_ctx = getattr(model.config, "max_position_embeddings", None)
     case_list = cases(tok, lengths, placements, rules, args.docs, max_ctx, args.max_new_tokens)

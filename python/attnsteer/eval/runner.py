@@ -17,10 +17,11 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 
 import torch
 
+from .. import specs
 from ..directer import Directer
 from ..hf import steer
 from ..spans import highlight
-from . import checkers, fluency, ifeval, specs, stats
+from . import checkers, fluency, ifeval, stats
 
 __all__ = ["ResponseStore", "generate_batch", "run_ifeval", "summarize_ifeval", "write_report", "baseline_strategy"]
 
@@ -236,7 +237,7 @@ def run_ifeval(
 ) -> None:
     """Generate and score every (method, prompt) not yet in ``store``.
 
-    ``methods`` are spec strings (`attnsteer.eval.specs`); ``none`` runs unsteered under
+    ``methods`` are spec strings (`attnsteer.specs`); ``none`` runs unsteered under
     `baseline_strategy`. Prompts are batched longest first (less padding)."""
     from .._progress import tqdm
 

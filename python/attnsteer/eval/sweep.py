@@ -32,7 +32,9 @@ import os
 import re
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from . import fluency, runner, specs, tasks
+from .. import specs
+from ..config import from_cli
+from . import fluency, runner, tasks
 
 __all__ = ["GRIDS", "DEFAULT_GRIDS", "grid_specs", "strength", "choose", "ranked_layers", "report", "plot", "main"]
 
@@ -273,7 +275,7 @@ def test_methods(asked: Optional[Sequence[str]], chosen: Dict[str, Any]) -> List
                 )
             out.append(c)
         else:
-            out.append(specs.from_cli(a))
+            out.append(from_cli(a))
     return out
 
 

@@ -12,7 +12,7 @@ server's flat ``attnsteer_method`` / ``attnsteer_spans``, read by
 `attnsteer.vllm.request.parse_request`; parsed once per request).
 
 Requests are untrusted: their specs are read with the request grammar (values only, bounded by the
-served model's layer and head counts; `attnsteer.eval.specs.parse_request_spec`). PASTA head profiles
+served model's layer and head counts; `attnsteer.specs.parse_request_spec`). PASTA head profiles
 from files are the operator's: ``ATTNSTEER_HEAD_PROFILES="name=/path/heads.json,…"`` in the server's
 environment is read once, when the plugin registers (a bad file stops the start-up, naming it), and
 requests refer to those profiles by name.
@@ -24,7 +24,7 @@ import functools
 import os
 from typing import Dict, Optional
 
-from ..eval.specs import HeadMap, RequestLimits, load_head_profiles
+from ..specs import HeadMap, RequestLimits, load_head_profiles
 from .backend import Step
 from .request import parse_request, request_salt
 

@@ -3,7 +3,7 @@ as `attnsteer.highlight`, and read back (validated) by the serving side.
 
 A steered request is ``SamplingParams(extra_args={"attnsteer": {...}})`` with::
 
-    {"method": "guide:delta=2",                  # a method spec (attnsteer.eval.specs grammar)
+    {"method": "guide:delta=2",                  # a method spec (attnsteer.specs grammar)
      "spans": [[start, end, weight], ...]}       # token positions [start, end) of the prompt
 
 and, for the OpenAI server's ``vllm_xargs`` (flat values only), the same as two strings::
@@ -28,7 +28,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
-from ..eval.specs import SPAN_WEIGHT_RANGE, RequestLimits, _show, is_decimal, parse_request_spec
+from ..specs import SPAN_WEIGHT_RANGE, RequestLimits, _show, is_decimal, parse_request_spec
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ def spans_from_mask(span_mask: torch.Tensor) -> List[Span]:
 def _servable_spec(method: Union[str, Any], limits: Optional[RequestLimits] = None) -> Tuple[str, Any]:
     """``(canonical spec, method)`` of a method that can be served per request, else a clear error.
     A `attnsteer.SteeringConfig` stands for its spec. Read with the request grammar
-    (`attnsteer.eval.specs.parse_request_spec`: values only, bounded), on the client as on the server,
+    (`attnsteer.specs.parse_request_spec`: values only, bounded), on the client as on the server,
     so a request that `steered_prompt` builds is one the server accepts."""
     from ..config import SteeringConfig
 
@@ -210,10 +210,10 @@ def parse_request(
     """The steering of one request, or None for an unsteered one.
 
     Everything in ``extra_args`` comes from a client and is read as such: the method spec with the
-    request grammar (`attnsteer.eval.specs.parse_request_spec` — values only, never a file; each
-    setting bounded by `attnsteer.eval.specs.REQUEST_RANGES` and ``limits``, the served model's
+    request grammar (`attnsteer.specs.parse_request_spec` — values only, never a file; each
+    setting bounded by `attnsteer.specs.REQUEST_RANGES` and ``limits``, the served model's
     layer and head counts), at most ``limits.max_spans`` spans of whole token positions inside the
-    prompt with weights in `attnsteer.eval.specs.SPAN_WEIGHT_RANGE`. Work and memory stay
+    prompt with weights in `attnsteer.specs.SPAN_WEIGHT_RANGE`. Work and memory stay
     proportional to the request. Raises a ``ValueError`` that names the setting and what is
     allowed (never a server path nor an internal exception's text) for anything else, and for a
     span that covers special tokens only.

@@ -41,8 +41,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
 
-from ..directer import Directer
-from ..methods import GUIDE, PASTA, InstABoost, KeyScale, Method, SpotLight
+from .directer import Directer
+from .methods import GUIDE, PASTA, InstABoost, KeyScale, Method, SpotLight
 
 __all__ = [
     "parse",
@@ -72,7 +72,7 @@ Spec = Union[None, Method, Directer]
 HeadMap = Dict[int, Sequence[int]]
 
 # Head profiles that ship with the package (examples/profile_pasta_heads.py made them).
-_DATA = Path(__file__).resolve().parents[1] / "data"
+_DATA = Path(__file__).resolve().parent / "data"
 SHIPPED_HEADS = {"smollm2-135m": "pasta_heads_smollm2_135m.json"}
 
 # Without a model to check against, layer and head indices stop here (a range is checked before
@@ -440,18 +440,6 @@ def canonical(spec: str) -> str:
     ``guide:delta=2`` and ``GUIDE:delta=2.0`` are stored under one key. Checks the grammar of a
     local spec (`parse_local`'s) without reading a profile file."""
     return _build(spec, _SYNTAX)[0]
-
-
-def from_cli(spec: str) -> str:
-    """A ``--method`` value: a spec, or ``@FILE`` — the spec of a `attnsteer.SteeringConfig`
-    saved by ``attnsteer eval sweep --save-config FILE`` (checked here, before any model loads;
-    a head-profile file it names is read here too)."""
-    if spec.startswith("@"):
-        from ..config import SteeringConfig
-
-        spec = SteeringConfig.load(spec[1:]).method
-    parse_local(spec)
-    return canonical(spec)
 
 
 def label(spec: Optional[str]) -> str:
