@@ -11,6 +11,7 @@ from .influence import Calibration, InfluenceResult, SpanMass, calibrate_delta, 
 from .methods import GUIDE, PASTA, InstABoost, KeyScale, Method, SpotLight
 from .ops import backend, reference, scale_keys_, span_bias, steered_attention, steered_softmax
 from .profiling import HeadProfile, profile_heads
+from .spa import SPA
 from .spans import MarkupError, format_spans, highlight, show_spans
 
 __version__ = "0.1.0"
@@ -33,6 +34,7 @@ __all__ = [
     "Method",
     "PASTA",
     "SpotLight",
+    "SPA",
     "generate",
     "influence",
     "calibrate_delta",

@@ -10,6 +10,7 @@ from .config import SteeringConfig, resolve_method
 from .directer import Directer
 from .hf import steer
 from .methods import Method
+from .spa import SPA
 from .spans import highlight
 
 __all__ = ["generate"]
@@ -19,7 +20,7 @@ def generate(
     model,
     tokenizer,
     prompt_or_messages,
-    method: Optional[Union[Method, Directer, SteeringConfig]] = None,
+    method: Optional[Union[Method, Directer, SPA, SteeringConfig]] = None,
     *,
     char_spans=None,
     highlight_messages: Optional[Sequence[int]] = None,
@@ -32,7 +33,8 @@ def generate(
         prompt_or_messages: a string with ``<<...>>`` markup, a list of them, chat messages or a
             list of conversations (see `attnsteer.highlight`).
         method: a steering method or `attnsteer.Directer` (plausibility-guided decoding,
-            greedy; its statistics land in ``method.stats``), a `attnsteer.SteeringConfig`
+            greedy; its statistics land in ``method.stats``), `attnsteer.SPA` (logit-level: a second
+            pass with the highlight hidden, mixed into the logits; greedy or sampling), a `attnsteer.SteeringConfig`
             (e.g. ``attnsteer.recommended(model)``); None generates unsteered (markup is still removed).
         **generate_kwargs: passed to ``model.generate`` (``max_new_tokens``, ``do_sample``…).
 
@@ -61,6 +63,15 @@ def generate(
         elif isinstance(method, Directer):
             generate_kwargs.setdefault("do_sample", False)
             out = model.generate(**enc, custom_generate=method, spans=enc, **generate_kwargs)
+        elif isinstance(method, SPA):
+            if int(generate_kwargs.get("num_beams") or 1) > 1:
+                raise ValueError("SPA supports greedy decoding and sampling, not beam search: drop num_beams")
+            procs = list(generate_kwargs.pop("logits_processor", None) or [])
+            out = model.generate(
+                **{k: v for k, v in enc.items() if k != "span_mask"},
+                logits_processor=[method.processor(model, enc), *procs],
+                **generate_kwargs,
+            )
         else:
             with steer(model, method, spans=enc):
                 out = model.generate(**enc, **generate_kwargs)

@@ -15,6 +15,7 @@ Grammar: ``name[:key=value,key=value…]``, with ``gate+`` in front for the plau
     spotlight:target=0.3         SpotLight
     keyscale:alpha=2             KeyScale (DIRECTER's steering, decode rows)
     directer:alpha=100,beta=0.5  DIRECTER
+    spa:omega=1.5                SPA (logit-level: two passes, the anchor hidden in the second)
     gate+guide:delta=2           GUIDE inside DIRECTER's plausibility gate
 
 Values: plain ASCII decimal numbers (no NaN, no infinity), ``true``/``false``,
@@ -43,6 +44,7 @@ from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Unio
 
 from .directer import Directer
 from .methods import GUIDE, PASTA, InstABoost, KeyScale, Method, SpotLight
+from .spa import SPA
 
 __all__ = [
     "parse",
@@ -66,9 +68,10 @@ _CLASSES = {
     "spotlight": SpotLight,
     "keyscale": KeyScale,
     "directer": Directer,
+    "spa": SPA,
 }
 
-Spec = Union[None, Method, Directer]
+Spec = Union[None, Method, Directer, SPA]
 HeadMap = Dict[int, Sequence[int]]
 
 # Head profiles that ship with the package (examples/profile_pasta_heads.py made them).
@@ -350,6 +353,8 @@ def _build(spec: str, grammar: _Grammar) -> Tuple[str, Spec]:
     if gated:
         if isinstance(method, Directer):
             raise SpecError(f"method spec {_show(spec)}: DIRECTER is already gated; drop 'gate+'")
+        if isinstance(method, SPA):
+            raise SpecError(f"method spec {_show(spec)}: SPA mixes logits, it cannot run inside DIRECTER's gate")
         method = Directer(method=method)
     items = []
     for k in sorted(settings):
@@ -412,6 +417,12 @@ def parse_request_spec(spec: Any, limits: Optional[RequestLimits] = None) -> Tup
     allowed range, or ``TypeError`` when ``spec`` is not a string.
     """
     limits = limits or RequestLimits()
+    if isinstance(spec, str) and _split_settings(spec.strip()[:64].split(",")[0])[0] == "spa":
+        raise SpecError(
+            "spa is not served by the vLLM plugin: SPA runs a second forward pass per step with the anchor "
+            "hidden, which a vLLM request cannot schedule; use attnsteer.generate or model.generate with "
+            "SPA(...).processor(model, enc)"
+        )
     profiles = dict(limits.head_profiles)
 
     def by_name(raw: str) -> HeadMap:

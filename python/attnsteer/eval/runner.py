@@ -20,6 +20,7 @@ import torch
 from .. import specs
 from ..directer import Directer
 from ..hf import steer
+from ..spa import SPA
 from ..spans import highlight
 from . import checkers, fluency, ifeval, stats
 
@@ -124,6 +125,8 @@ def generate_batch(
         out = model.generate(**inputs, **kw)
     elif isinstance(method, Directer):
         out = model.generate(**inputs, custom_generate=method, spans=enc, **kw)
+    elif isinstance(method, SPA):
+        out = model.generate(**inputs, logits_processor=[method.processor(model, enc)], **kw)
     else:
         with steer(model, method, spans=enc):
             out = model.generate(**inputs, **kw)

@@ -51,6 +51,7 @@ GRIDS: Dict[str, Dict[str, Grid]] = {
         "keyscale": ("keyscale:alpha={}", (1.5, 2.0, 4.0)),
         # The embedded model only: the head profile that ships for it (not in the default list).
         "pasta-heads": ("pasta:alpha={},heads=smollm2-135m", (0.1, 0.01)),
+        "spa": ("spa:omega={}", (1.5, 2.0, 3.0)),  # SPA, the logit-level baseline (not in the default list)
     },
     "retention": {
         "guide": ("guide:delta={}", (0.5, 1.0, 2.0)),
@@ -63,6 +64,7 @@ GRIDS: Dict[str, Dict[str, Grid]] = {
         "pasta-upper": ("pasta:alpha={},layers={upper}", (0.3, 0.1)),
         "keyscale": ("keyscale:alpha={}", (1.5, 2.0)),
         "keyscale-ranked": ("keyscale:alpha={},layers={ranked}", (2.0, 4.0)),
+        "spa": ("spa:omega={}", (1.5, 2.0, 3.0)),
     },
     # Strengths around the papers' (GUIDE 2, InstABoost 10, PASTA 0.01, SpotLight 0.3, DIRECTER's
     # key scaling 100) on both sides.
@@ -73,12 +75,13 @@ GRIDS: Dict[str, Dict[str, Grid]] = {
         "spotlight": ("spotlight:target={}", (0.3, 0.5, 0.8)),
         "keyscale": ("keyscale:alpha={}", (100.0,)),
         "keyscale-both": ("keyscale:alpha={},phases=both", (2.0, 4.0)),
+        "spa": ("spa:omega={}", (1.5, 2.0, 3.0)),
     },
 }
 DEFAULT_GRIDS: Dict[str, Tuple[str, ...]] = {
     "ifeval": ("guide", "instaboost", "spotlight", "pasta", "pasta-layers", "keyscale"),
-    "retention": tuple(g for g in GRIDS["retention"]),
-    "priority": tuple(GRIDS["priority"]),
+    "retention": tuple(g for g in GRIDS["retention"] if g != "spa"),
+    "priority": tuple(g for g in GRIDS["priority"] if g != "spa"),
 }
 RANKED_FILE = "ranked_layers.json"
 RULE = (
@@ -106,9 +109,9 @@ def grid_specs(
 
 
 def strength(spec: str) -> float:
-    """How far a setting moves attention from unsteered, for tie-breaks: GUIDE's |Δ|, SpotLight's
-    target, |log α| of a multiplicative factor (InstABoost, PASTA, KeyScale); 0 for unsteered."""
-    m = re.search(r"(delta|alpha|target)=([-+0-9.e]+)", spec)
+    """How far a setting moves from unsteered, for tie-breaks: GUIDE's |Δ|, SpotLight's target,
+    |log α| of a multiplicative factor (InstABoost, PASTA, KeyScale), SPA's |ω − 1|; 0 for unsteered."""
+    m = re.search(r"(delta|alpha|target|omega)=([-+0-9.e]+)", spec)
     if not m:
         return 0.0
     v = float(m.group(2))
@@ -116,6 +119,8 @@ def strength(spec: str) -> float:
         return abs(v)
     if m.group(1) == "target":
         return v
+    if m.group(1) == "omega":
+        return abs(v - 1)
     return abs(math.log(v)) if v > 0 else float("inf")
 
 
@@ -178,7 +183,7 @@ def plot(
         if base is not None:
             ax.axhline(100 * base["score"], color="gray", ls=":", lw=1, label="unsteered")
         ax.set_title(name, fontsize=9)
-        unit = re.search(r"(delta|alpha|target)", (grids.get(name) or grids.get("gate+" + name))[0][1])
+        unit = re.search(r"(delta|alpha|target|omega)", (grids.get(name) or grids.get("gate+" + name))[0][1])
         ax.set_xlabel(unit.group(1) if unit else "")
         ax.set_ylabel(ylabel, fontsize=8)
         ax.legend(fontsize=6)

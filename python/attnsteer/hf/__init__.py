@@ -70,11 +70,18 @@ def _as_method(method: Any) -> Method:
                 + (
                     "(it is unsteered: run the model without steer())"
                     if built is None
-                    else "(DIRECTER decodes with its own loop: use attnsteer.generate(model, tok, prompt, config))"
+                    else "(DIRECTER and SPA decode with their own loop or logits processor: use "
+                    "attnsteer.generate(model, tok, prompt, config))"
                 )
             )
         method = built
     if not isinstance(method, Method):
+        if type(method).__name__ == "SPA":
+            raise TypeError(
+                "SPA mixes the logits of two passes and does not change attention, so steer() cannot apply it: use "
+                "attnsteer.generate(model, tok, prompt, SPA(...)) or model.generate(**enc, "
+                "logits_processor=[SPA(...).processor(model, enc)])"
+            )
         raise TypeError(
             f"method must be an attnsteer method (GUIDE, InstABoost, PASTA, SpotLight, KeyScale); got {type(method).__name__}"
         )

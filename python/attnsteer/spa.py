@@ -1,0 +1,161 @@
+"""SPA — Selective Prompt Anchoring (arXiv 2408.09121, ICML 2025): the logit-level baseline of the
+prompt-highlighting methods.
+
+At every step the model runs twice: on the prompt as it is (logits ``f(x)``) and on the prompt with
+the anchor (the highlighted span) made invisible (``f(x∖a)``); the next-token logits are
+
+    ω·f(x) + (1 − ω)·f(x∖a)  =  f(x) + (ω − 1)·(f(x) − f(x∖a))
+
+so ω = 1 is the plain model, ω > 1 amplifies what the anchor contributes, 0 < ω < 1 damps it and
+ω < 0 reverses it.
+
+What the paper and its released code specify, and what is chosen here:
+
+- *Masking the anchor.* The released code replaces the anchor text by a mask token and also sets
+  the attention mask of those tokens to 0. Here the second pass sees the *same tokens* with the span's
+  keys invisible (its attention mask is 0 on the span): no re-tokenisation, the same positions, and
+  one span mask for every method of the library. Generated tokens are never hidden.
+- *Probability modulation.* The released code (``modulated_by_prob``, on by default there) scales the
+  adjustment of each token by its probability under ``f(x)`` divided by the largest one, for
+  |ω| > 1. Offered as ``modulated=True``; off by default (the paper's formula).
+- *Clamping.* The released code clamps the adjustment to ±1e3 (±1e2 modulated); kept (``clamp``).
+- *How it runs.* `SPA.processor` is a `transformers.LogitsProcessor`: ``model.generate`` runs the
+  main pass as usual (greedy, sampling, streaming, pipelines) and the processor runs the anchored-out
+  pass with its own KV cache, one single-token forward per step after the prompt. Beam search is not
+  supported (the processor's cache cannot follow the beams' reordering): it raises.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+__all__ = ["SPA", "SPAProcessor"]
+
+
+@dataclass(frozen=True)
+class SPA:
+    """Selective Prompt Anchoring.
+
+    Args:
+        omega: the anchoring strength ω (1 = unsteered; the released code's default is 1.5).
+        modulated: scale each token's adjustment by its probability (relative to the most likely
+            token), as the released code does by default for |ω| > 1.
+        clamp: bound of the adjustment added to the logits (the released code's 1e3).
+
+    Example:
+        ```python
+        enc = attnsteer.highlight(tok, "<<Answer in French.>> Name a fruit.")
+        out = model.generate(**enc, logits_processor=[SPA(1.5).processor(model, enc)], max_new_tokens=20)
+        ```
+    """
+
+    omega: float = 1.5
+    modulated: bool = False
+    clamp: float = 1e3
+
+    def __post_init__(self) -> None:
+        import math
+
+        if not math.isfinite(self.omega):
+            raise ValueError(f"SPA omega must be finite; got {self.omega}")
+        if not (self.clamp > 0):
+            raise ValueError(f"SPA clamp must be > 0; got {self.clamp}")
+
+    def mix(self, main: torch.Tensor, aux: torch.Tensor) -> torch.Tensor:
+        """The anchored logits from the main logits ``(B, V)`` and the anchor-hidden ones ``(B, V)``.
+        A token another processor ruled out (``-inf`` in ``main``, e.g. EOS under ``min_new_tokens``)
+        stays ruled out."""
+        m, a = main.float(), aux.float()
+        ok = torch.isfinite(m) & torch.isfinite(a)
+        diff = torch.where(ok, m - a, torch.zeros_like(m))
+        w = self.omega - 1.0
+        if self.modulated and abs(self.omega) > 1:
+            p = torch.softmax(m, dim=-1).clamp(1e-6, 1.0)
+            adj = (w / p.max(dim=-1, keepdim=True).values) * p * diff
+            adj = adj.clamp(-min(self.clamp, 1e2), min(self.clamp, 1e2))
+        else:
+            adj = (w * diff).clamp(-self.clamp, self.clamp)
+        return torch.where(torch.isfinite(m), m + adj, m).to(main.dtype)
+
+    def processor(self, model, spans: Any) -> "SPAProcessor":
+        """A logits processor for ``model.generate(**enc, logits_processor=[...])``: ``spans`` is the
+        `attnsteer.highlight` encoding of the same batch (``input_ids``, ``attention_mask`` and its
+        ``span_mask`` attribute)."""
+        return SPAProcessor(self, model, spans)
+
+
+class SPAProcessor:
+    """The anchored-out pass of `SPA` as a ``transformers`` logits processor (see the module docstring).
+
+    One processor serves one ``generate`` call: it keeps the second pass's cache."""
+
+    def __init__(self, spa: SPA, model, spans: Any):
+        ids, am = spans["input_ids"], spans.get("attention_mask")
+        span = getattr(spans, "span_mask", None)
+        if span is None:
+            raise ValueError(
+                "SPA needs the anchor as a span mask: pass the attnsteer.highlight(...) encoding "
+                "(markup <<...>> or char_spans), not a plain tokenizer output"
+            )
+        if span.shape != ids.shape:
+            raise ValueError(f"span_mask {tuple(span.shape)} must match input_ids {tuple(ids.shape)}")
+        self.spa, self.model = spa, model
+        self.prompt_len = ids.shape[1]
+        self.ids = ids
+        self.attn = torch.ones_like(ids) if am is None else am.to(ids.dtype)
+        self.hidden = self.attn * (span == 0).to(ids.dtype)  # the anchor's keys invisible
+        self.cache = None
+        self.seen = 0  # tokens of the sequences the aux pass has consumed
+
+    def _positions(self, attn: torch.Tensor) -> torch.Tensor:
+        return (attn.long().cumsum(-1) - 1).clamp_min(0)
+
+    @torch.no_grad()
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        B = input_ids.shape[0]
+        if self.cache is None:
+            if B != self.ids.shape[0]:
+                if B % self.ids.shape[0]:
+                    raise ValueError(f"SPA: the batch grew from {self.ids.shape[0]} to {B} rows, not a multiple")
+                n = B // self.ids.shape[0]  # num_return_sequences: each prompt's rows side by side
+                self.ids, self.attn, self.hidden = (
+                    t.repeat_interleave(n, 0) for t in (self.ids, self.attn, self.hidden)
+                )
+            if not torch.equal(input_ids[:, : self.prompt_len], self.ids):
+                raise ValueError(
+                    "SPA: generate's sequences do not start with the prompt the processor was built for "
+                    "(beam search and re-tokenised inputs are not supported)"
+                )
+            out = self.model(
+                input_ids=input_ids,
+                attention_mask=self._extend(self.hidden, input_ids.shape[1]),
+                position_ids=self._positions(self._extend(self.attn, input_ids.shape[1])),
+                use_cache=True,
+            )
+        else:
+            if B != self.ids.shape[0] or input_ids.shape[1] != self.seen + 1:
+                raise ValueError(
+                    "SPA: the sequences changed between steps (beam search reorders them): use greedy or sampling"
+                )
+            full = self._extend(self.attn, input_ids.shape[1])
+            out = self.model(
+                input_ids=input_ids[:, -1:],
+                attention_mask=self._extend(self.hidden, input_ids.shape[1]),
+                position_ids=self._positions(full)[:, -1:],
+                past_key_values=self.cache,
+                use_cache=True,
+            )
+        self.cache = out.past_key_values
+        self.seen = input_ids.shape[1]
+        aux = out.logits[:, -1, :].to(scores.device)
+        return self.spa.mix(scores, aux)
+
+    def _extend(self, mask: torch.Tensor, length: int) -> torch.Tensor:
+        """The prompt's mask followed by ones for the generated tokens (never hidden)."""
+        extra = length - mask.shape[1]
+        if extra <= 0:
+            return mask[:, :length]
+        return torch.cat([mask, torch.ones(mask.shape[0], extra, dtype=mask.dtype, device=mask.device)], dim=1)

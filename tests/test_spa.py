@@ -1,0 +1,95 @@
+"""SPA (attnsteer/spa.py): the logits processor against a naive loop that recomputes both passes
+from scratch every step; sampling; the mix; errors; the spec grammar and the entry points."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import attnsteer
+from attnsteer import SPA, specs
+from references import PROMPTS
+
+from tiny import model as tiny_model
+from tiny import tokenizer
+
+
+def _naive(model, enc, spa: SPA, steps: int) -> torch.Tensor:
+    """Greedy SPA without caches: both passes over the whole sequence each step (EOS ruled out, as
+    ``min_new_tokens`` does in generate)."""
+    ids, attn, span = enc["input_ids"], enc["attention_mask"], enc.span_mask
+    hidden = attn * (span == 0).long()
+    for _ in range(steps):
+        pos = (attn.cumsum(-1) - 1).clamp_min(0)
+        main = model(input_ids=ids, attention_mask=attn, position_ids=pos).logits[:, -1]
+        main[:, model.config.eos_token_id] = float("-inf")
+        aux = model(input_ids=ids, attention_mask=hidden, position_ids=pos).logits[:, -1]
+        nxt = spa.mix(main, aux).argmax(-1, keepdim=True)
+        ids = torch.cat([ids, nxt], 1)
+        one = torch.ones_like(nxt)
+        attn, hidden = torch.cat([attn, one], 1), torch.cat([hidden, one], 1)
+    return ids
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2", "gemma3"])
+@pytest.mark.parametrize("spa", [SPA(2.0), SPA(0.5), SPA(-1.0), SPA(3.0, modulated=True)], ids=repr)
+def test_processor_equals_the_naive_two_pass_loop(kind, spa):
+    m = tiny_model(kind, std=0.3)
+    enc = attnsteer.highlight(tokenizer(), PROMPTS)  # left-padded batch, a span per row
+    with torch.no_grad():
+        ref = _naive(m, enc, spa, 6)
+        got = m.generate(
+            input_ids=enc["input_ids"],
+            attention_mask=enc["attention_mask"],
+            logits_processor=[spa.processor(m, enc)],
+            max_new_tokens=6,
+            min_new_tokens=6,
+            do_sample=False,
+            pad_token_id=0,
+        )
+    assert torch.equal(got, ref)
+
+
+def test_omega_one_is_the_plain_model_and_steering_changes_tokens():
+    m = tiny_model("llama", std=0.3)
+    tok = tokenizer()
+    kw = dict(max_new_tokens=8, min_new_tokens=8, do_sample=False)
+    plain = attnsteer.generate(m, tok, PROMPTS, None, **kw)
+    assert attnsteer.generate(m, tok, PROMPTS, SPA(1.0), **kw) == plain
+    assert attnsteer.generate(m, tok, PROMPTS, SPA(4.0), **kw) != plain
+
+
+def test_sampling_and_several_sequences_per_prompt():
+    m = tiny_model("llama", std=0.3)
+    torch.manual_seed(0)
+    out = attnsteer.generate(
+        m, tokenizer(), PROMPTS, SPA(2.0), max_new_tokens=5, do_sample=True, top_k=20, num_return_sequences=2
+    )
+    assert len(out) == len(PROMPTS) and all(len(x) == 2 for x in out)
+    with pytest.raises(ValueError, match="not beam search"):
+        attnsteer.generate(m, tokenizer(), PROMPTS, SPA(2.0), max_new_tokens=3, num_beams=2)
+
+
+def test_mix_formula_and_clamp():
+    main = torch.tensor([[2.0, 0.0, -1.0]])
+    aux = torch.tensor([[1.0, 1.0, -1.0]])
+    torch.testing.assert_close(SPA(3.0).mix(main, aux), 3.0 * main + (1 - 3.0) * aux)
+    assert SPA(1e6, clamp=10.0).mix(main, aux).abs().max() <= 2.0 + 10.0
+    with pytest.raises(ValueError, match="finite"):
+        SPA(float("nan"))
+
+
+def test_spec_grammar_entry_points_and_clear_errors():
+    assert specs.canonical("SPA:omega=2") == "spa:omega=2"
+    assert specs.parse("spa:omega=1.5,modulated=true") == SPA(1.5, modulated=True)
+    with pytest.raises(ValueError, match="cannot run inside DIRECTER's gate"):
+        specs.parse("gate+spa:omega=2")
+    with pytest.raises(ValueError, match="not served by the vLLM plugin"):
+        specs.parse_request_spec("spa:omega=2")
+    m = tiny_model("llama")
+    enc = attnsteer.highlight(tokenizer(), PROMPTS)
+    with pytest.raises(TypeError, match="steer\\(\\) cannot apply it"):
+        with attnsteer.steer(m, SPA(2.0), spans=enc):
+            pass
+    with pytest.raises(ValueError, match="needs the anchor as a span mask"):
+        SPA(2.0).processor(m, tokenizer()(PROMPTS, return_tensors="pt", padding=True))
