@@ -23,6 +23,9 @@ TORCH_LIBRARY(attnsteer, m) {
       "float? target, bool target_exact, Tensor? query_mask, Tensor? attn_mask, "
       "bool is_causal, int? window, float? softcap) -> Tensor");
   m.def("scale_keys_(Tensor(a!) keys, Tensor span_weights, Tensor factor) -> ()");
+  // Low-rank edit of span rows in place (SEKA / PRISM-Delta key and value editing): for every
+  // row (b, h, t) with span_weights[b, t] != 0, x += w * a[h] @ (b[h]^T @ x); a, b (H, D, R).
+  m.def("lowrank_edit_(Tensor(a!) x, Tensor span_weights, Tensor a, Tensor b) -> ()");
   // The fused op over a paged KV cache (vLLM's layout): packed query tokens (N, Hq, D) of R
   // requests, per-request span weights (R, S) and bias / key_scale (R, Hq); causal by position.
   m.def(

@@ -15,7 +15,7 @@ TORCH_CUDA_ARCH_LIST=$arch ATTNSTEER_BUILD_CUDA=1 MAX_JOBS=${MAX_JOBS:-16} \
   $PY -m pip install --no-build-isolation --no-deps -e . > "$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
 $PY -c "import attnsteer; assert attnsteer.backend('cuda') == 'cuda', attnsteer.backend('cuda'); print('backend cuda')"
 timeout 300 $PY -m pytest -q -p no:cacheprovider -k cuda tests/test_steered_attention.py tests/test_eager_ops.py \
-  tests/test_pieces.py tests/test_flex.py > "$OUT/tests.log" 2>&1
+  tests/test_pieces.py tests/test_flex.py tests/test_key_edit.py > "$OUT/tests.log" 2>&1
 tail -3 "$OUT/tests.log"
 # the tiny models through the FlexAttention route on the GPU (compiled), against the fused kernel
 ATTNSTEER_TEST_DEVICE=cuda timeout 120 $PY -m pytest -q -p no:cacheprovider tests/test_flex.py -k "tiny and (llama or gemma2)" \

@@ -146,10 +146,60 @@ void scale_keys_cpu(at::Tensor& keys, const at::Tensor& span_weights, const at::
   });
 }
 
+// x (B, H, T, D): for rows with span_weights[b, t] = w != 0, x[b, h, t] += w * a[h] (b[h]^T x[b, h, t]),
+// a and b (H, D, R) float32; accumulated in float, rounded once into x's dtype.
+void lowrank_edit_cpu(at::Tensor& x, const at::Tensor& span_weights, const at::Tensor& a, const at::Tensor& b) {
+  TORCH_CHECK(x.dim() == 4, "lowrank_edit_: x must be (B, H, T, D); got ", x.sizes());
+  const int64_t B = x.size(0), H = x.size(1), T = x.size(2), D = x.size(3);
+  TORCH_CHECK(a.dim() == 3 && b.dim() == 3, "lowrank_edit_: a and b must be (H, D, R); got ", a.sizes(), " and ",
+              b.sizes());
+  const int64_t R = a.size(2);
+  ATTNSTEER_CHECK_SHAPE("lowrank_edit_", "span_weights", span_weights, "(B, T)", B, T);
+  ATTNSTEER_CHECK_SHAPE("lowrank_edit_", "a", a, "(H, D, R)", H, D, R);
+  ATTNSTEER_CHECK_SHAPE("lowrank_edit_", "b", b, "(H, D, R)", H, D, R);
+  const at::Tensor sp_t = span_weights.to(at::kFloat).contiguous();
+  const at::Tensor a_t = a.to(at::kFloat).contiguous(), b_t = b.to(at::kFloat).contiguous();
+  const float* sp = sp_t.data_ptr<float>();
+  const float* ap = a_t.data_ptr<float>();
+  const float* bp = b_t.data_ptr<float>();
+  if (x.numel() == 0 || R == 0) return;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "lowrank_edit_", [&] {
+    at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
+      std::vector<float> row(D), tmp(R);
+      for (int64_t bh = begin; bh < end; ++bh) {
+        const int64_t bb = bh / H, h = bh % H;
+        scalar_t* base = x.data_ptr<scalar_t>() + bb * x.stride(0) + h * x.stride(1);
+        const int64_t st = x.stride(2), sd = x.stride(3);
+        const float* ah = ap + h * D * R;
+        const float* bh_ = bp + h * D * R;
+        for (int64_t t = 0; t < T; ++t) {
+          const float w = sp[bb * T + t];
+          if (w == 0.f) continue;
+          scalar_t* xr = base + t * st;
+          for (int64_t d = 0; d < D; ++d) row[d] = static_cast<float>(xr[d * sd]);
+          for (int64_t r = 0; r < R; ++r) tmp[r] = 0.f;
+          for (int64_t d = 0; d < D; ++d) {
+            const float xd = row[d];
+            const float* brow = bh_ + d * R;
+            for (int64_t r = 0; r < R; ++r) tmp[r] += brow[r] * xd;
+          }
+          for (int64_t d = 0; d < D; ++d) {
+            const float* arow = ah + d * R;
+            float acc = 0.f;
+            for (int64_t r = 0; r < R; ++r) acc += arow[r] * tmp[r];
+            xr[d * sd] = static_cast<scalar_t>(row[d] + w * acc);
+          }
+        }
+      }
+    });
+  });
+}
+
 TORCH_LIBRARY_IMPL(attnsteer, CPU, m) {
   m.impl("span_bias", &span_bias_cpu);
   m.impl("steered_softmax", &steered_softmax_cpu);
   m.impl("scale_keys_", &scale_keys_cpu);
+  m.impl("lowrank_edit_", &lowrank_edit_cpu);
 }
 
 }  // namespace attnsteer::cpu

@@ -98,6 +98,37 @@ __global__ void scale_keys_kernel(scalar_t* keys, const float* span, const doubl
   *p = static_cast<scalar_t>(static_cast<double>(static_cast<float>(*p)) * factor[b * H + h]);
 }
 
+// One warp per row (b, h, t) of a span token: tmp = b[h]^T x (warp sums, kept in shared memory),
+// then x += w * a[h] tmp, each lane its strided share of D.
+template <typename scalar_t>
+__global__ void lowrank_edit_kernel(scalar_t* x, const float* span, const float* a, const float* b, int64_t B,
+                                    int64_t H, int64_t T, int64_t D, int64_t R, int64_t sb, int64_t sh, int64_t st,
+                                    int64_t sd) {
+  extern __shared__ float tmp_all[];
+  const int warps = blockDim.x / kWarp, warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * warps + warp;
+  if (row >= B * H * T) return;
+  const int64_t t = row % T, h = (row / T) % H, bb = row / (T * H);
+  const float w = span[bb * T + t];
+  if (w == 0.f) return;
+  float* tmp = tmp_all + warp * R;
+  scalar_t* xr = x + bb * sb + h * sh + t * st;
+  const float* ah = a + h * D * R;
+  const float* bh = b + h * D * R;
+  for (int64_t r = 0; r < R; ++r) {
+    float part = 0.f;
+    for (int64_t d = lane; d < D; d += kWarp) part += bh[d * R + r] * static_cast<float>(xr[d * sd]);
+    part = warp_sum(part);
+    if (lane == 0) tmp[r] = part;
+  }
+  __syncwarp();
+  for (int64_t d = lane; d < D; d += kWarp) {
+    float acc = 0.f;
+    for (int64_t r = 0; r < R; ++r) acc += ah[d * R + r] * tmp[r];
+    xr[d * sd] = static_cast<scalar_t>(static_cast<float>(xr[d * sd]) + w * acc);
+  }
+}
+
 }  // namespace
 
 at::Tensor span_bias_cuda(const at::Tensor& span_weights, const at::Tensor& bias,
@@ -183,10 +214,39 @@ void scale_keys_cuda(at::Tensor& keys, const at::Tensor& span_weights, const at:
   });
 }
 
+void lowrank_edit_cuda(at::Tensor& x, const at::Tensor& span_weights, const at::Tensor& a, const at::Tensor& b) {
+  TORCH_CHECK(x.dim() == 4, "lowrank_edit_: x must be (B, H, T, D); got ", x.sizes());
+  c10::cuda::CUDAGuard guard(x.device());
+  const int64_t B = x.size(0), H = x.size(1), T = x.size(2), D = x.size(3);
+  TORCH_CHECK(a.dim() == 3 && b.dim() == 3, "lowrank_edit_: a and b must be (H, D, R); got ", a.sizes(), " and ",
+              b.sizes());
+  const int64_t R = a.size(2);
+  ATTNSTEER_CHECK_SHAPE("lowrank_edit_", "span_weights", span_weights, "(B, T)", B, T);
+  ATTNSTEER_CHECK_SHAPE("lowrank_edit_", "a", a, "(H, D, R)", H, D, R);
+  ATTNSTEER_CHECK_SHAPE("lowrank_edit_", "b", b, "(H, D, R)", H, D, R);
+  ATTNSTEER_CHECK_DEVICE("lowrank_edit_", "span_weights", span_weights, x.device());
+  ATTNSTEER_CHECK_DEVICE("lowrank_edit_", "a", a, x.device());
+  ATTNSTEER_CHECK_DEVICE("lowrank_edit_", "b", b, x.device());
+  if (x.numel() == 0 || R == 0) return;
+  const at::Tensor sp = span_weights.to(at::kFloat).contiguous();
+  const at::Tensor af = a.to(at::kFloat).contiguous(), bf = b.to(at::kFloat).contiguous();
+  constexpr int kWarps = 4;
+  const int64_t rows = B * H * T;
+  const size_t shmem = sizeof(float) * kWarps * R;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "lowrank_edit_cuda", [&] {
+    lowrank_edit_kernel<scalar_t>
+        <<<(rows + kWarps - 1) / kWarps, kWarps * kWarp, shmem, c10::cuda::getCurrentCUDAStream()>>>(
+            x.data_ptr<scalar_t>(), sp.data_ptr<float>(), af.data_ptr<float>(), bf.data_ptr<float>(), B, H, T, D, R,
+            x.stride(0), x.stride(1), x.stride(2), x.stride(3));
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
 TORCH_LIBRARY_IMPL(attnsteer, CUDA, m) {
   m.impl("span_bias", &span_bias_cuda);
   m.impl("steered_softmax", &steered_softmax_cuda);
   m.impl("scale_keys_", &scale_keys_cuda);
+  m.impl("lowrank_edit_", &lowrank_edit_cuda);
 }
 
 }  // namespace attnsteer::cuda

@@ -39,6 +39,7 @@ __all__ = [
     "span_bias",
     "steered_softmax",
     "scale_keys_",
+    "lowrank_edit_",
 ]
 
 try:  # importing _C registers torch.ops.attnsteer.*
@@ -422,6 +423,44 @@ def scale_keys_(keys: torch.Tensor, span_mask: torch.Tensor, factor: PerHead) ->
     else:
         fallback.scale_keys_(keys, span_w, fac)
     return keys
+
+
+def lowrank_edit_(x: torch.Tensor, span_mask: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """In place: a low-rank edit of the span rows of a key (or value) tensor — SEKA's and PRISM-Δ's
+    key editing: ``x[b, h, t] += m[b, t] · a[h] (b[h]ᵀ x[b, h, t])`` where ``m[b, t] != 0``.
+
+    Args:
+        x: ``(B, H, T, D)`` keys or values (modified in place; a view of a cache works).
+        span_mask: ``(B, T)`` bool or float weights ``m``; rows with ``m == 0`` are untouched.
+        a, b: ``(H, D, R)`` float factors per (KV) head; SEKA's ``k + g⁺P⁺k − g⁻P⁻k`` with projectors
+            ``P = U Uᵀ`` is ``a = [g⁺U⁺, −g⁻U⁻]``, ``b = [U⁺, U⁻]`` (rank R = r⁺ + r⁻).
+    Returns:
+        ``x``. O(T·D·R); accumulated in float32, rounded once into x's dtype.
+
+    Guide: ``docs/guides/ops.md``.
+    """
+    _check_4d("x", x, "(B, H, T, D)")
+    _check_grad("lowrank_edit_", x, a, b)
+    if x.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"x must be float32, bfloat16 or float16; got {x.dtype}")
+    B, H, T, D = x.shape
+    for name, f in (("a", a), ("b", b)):
+        if not isinstance(f, torch.Tensor) or f.dim() != 3 or f.shape[0] != H or f.shape[1] != D:
+            got = tuple(f.shape) if isinstance(f, torch.Tensor) else type(f).__name__
+            raise ValueError(f"{name} must be (H, D, R) = ({H}, {D}, R), one factor per head of x; got {got}")
+        if f.device != x.device:
+            raise ValueError(f"{name} is on {f.device} but x is on {x.device}; move it with .to(x.device)")
+        if not bool(torch.isfinite(f).all()):
+            raise ValueError(f"{name} must be finite")
+    if a.shape[2] != b.shape[2]:
+        raise ValueError(f"a and b must share the rank R; got {a.shape[2]} and {b.shape[2]}")
+    span_w = span_weights(span_mask, B, T, x.device)
+    af, bf = a.float().contiguous(), b.float().contiguous()
+    if _use_kernel(x):
+        torch.ops.attnsteer.lowrank_edit_.default(x, span_w, af, bf)
+    else:
+        fallback.lowrank_edit_(x, span_w, af, bf)
+    return x
 
 
 # ----------------------------------------------------------------------------- registration

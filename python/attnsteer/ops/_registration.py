@@ -59,6 +59,11 @@ def _scale_keys_fake(keys, span_weights, factor):
     return None
 
 
+@torch.library.register_fake("attnsteer::lowrank_edit_")
+def _lowrank_edit_fake(x, span_weights, a, b):
+    return None
+
+
 def _no_backward(ctx, *grads):
     raise RuntimeError(
         "attnsteer ops are inference-only and have no backward; run them under "

@@ -80,3 +80,7 @@ def steered_softmax(logits: torch.Tensor, args: OpArgs) -> torch.Tensor:
 
 def scale_keys_(keys, span_weights, factor):
     reference.scale_keys_(keys, span_weights, factor)
+
+
+def lowrank_edit_(x, span_weights, a, b):
+    reference.lowrank_edit_(x, span_weights, a, b)

@@ -32,7 +32,7 @@ from typing import Optional
 
 import torch
 
-__all__ = ["steered_logits", "steered_softmax", "steered_attention", "span_bias", "scale_keys_"]
+__all__ = ["steered_logits", "steered_softmax", "steered_attention", "span_bias", "scale_keys_", "lowrank_edit_"]
 
 
 def _visible(
@@ -225,3 +225,13 @@ def scale_keys_(keys: torch.Tensor, span_weights: torch.Tensor, factor: torch.Te
     scaled = (keys.double() * factor.double()[:, :, None, None]).to(keys.dtype)
     keys.copy_(torch.where(sel, scaled, keys))
     return keys
+
+
+def lowrank_edit_(x: torch.Tensor, span_weights: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """In place, in float64: ``x[b, h, t] += w · a[h] (b[h]ᵀ x[b, h, t])`` where ``w = span_weights[b, t] != 0``;
+    ``x (B, H, T, D)``, ``a, b (H, D, R)``."""
+    xd = x.double()
+    proj = torch.einsum("hdr,bhtd->bhtr", b.double(), xd)
+    edit = torch.einsum("hdr,bhtr->bhtd", a.double(), proj) * span_weights.double()[:, None, :, None]
+    x.copy_(torch.where((span_weights != 0)[:, None, :, None], xd + edit, xd).to(x.dtype))
+    return x
