@@ -16,6 +16,7 @@ from attnsteer.eval.cli import machine
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "eval_results", "priority")
 # (folder, label, model tag); test folders only in the side-by-side table
 FOLDERS = [
+    ("qwen-1.5b", "Qwen2.5-Coder-1.5B", "Qwen2.5-Coder-1.5B-Instruct"),
     ("qwen-test", "Qwen2.5-Coder-0.5B", "Qwen2.5-Coder-0.5B-Instruct"),
     ("gemma3-270m", "Gemma 3 270M (base)", "gemma-3-270m"),
     ("smollm2-135m", "SmolLM2-135M", "SmolLM2-135M-Instruct"),

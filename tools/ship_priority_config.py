@@ -5,6 +5,8 @@ evidence (``TEST/results.json``), and per method family the dev choice when it w
 
     .venv/bin/python tools/ship_priority_config.py qwen2.5-coder-0.5b \
         eval_results/priority/qwen-dev eval_results/priority/qwen-test
+    .venv/bin/python tools/ship_priority_config.py qwen2.5-coder-1.5b \
+        eval_results/priority/qwen-dev eval_results/priority/qwen-1.5b --from-model qwen2.5-coder-0.5b
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ def main(argv=None) -> int:
     ap.add_argument("model", choices=sorted(MODELS))
     ap.add_argument("dev")
     ap.add_argument("test")
+    ap.add_argument("--from-model", default=None, help="the dev sweep was another model's (not re-tuned for this one)")
     args = ap.parse_args(argv)
     m = MODELS[args.model]
     chosen = json.load(open(os.path.join(args.dev, "sweep.json"), encoding="utf-8"))
@@ -44,7 +47,8 @@ def main(argv=None) -> int:
             continue  # the family's dev choice was not run on the test split
     best = chosen["best"]
     note = (
-        f"Chosen on the priority dev split ({len(chosen['scores']) - 1} settings, no filler) by the marked rate with "
+        (f"{MODELS[args.from_model].tag}'s choice, not re-tuned for this model: " if args.from_model else "")
+        + f"Chosen on the priority dev split ({len(chosen['scores']) - 1} settings, no filler) by the marked rate with "
         "no fluency flag, the weaker strength on a tie; reported on the test split (disjoint relations, names, values)."
     )
     entry = {"method": best, "evidence": priority.evidence(rows, best), "note": note, "per_method": per_method}
