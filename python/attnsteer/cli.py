@@ -201,6 +201,18 @@ def main(argv=None) -> int:
     )
     exp.add_argument("out", help="folder to write (config, safetensors weights, tokenizer)")
     exp.add_argument("--model", default=None, help=MODEL_HELP)
+    lp = sub.add_parser(
+        "learn-projection", help="learn SEKA's key projectors for a model (synthetic contrastive prompts, SVD)"
+    )
+    lp.add_argument("--model", default=None, help=MODEL_HELP)
+    lp.add_argument("--out", required=True, help="the projection file to write (.safetensors)")
+    lp.add_argument("--prompts", type=int, default=64, help="contrastive triplets (3 prompts each)")
+    lp.add_argument("--gamma", type=float, default=0.9, help="share of the singular values each projector keeps")
+    lp.add_argument("--layers", default=None, help="layers to learn, e.g. 12-23 (default all)")
+    lp.add_argument("--min-diff", type=float, default=0.0, help="zero a head whose key shift is below this")
+    lp.add_argument("--batch-size", type=int, default=8)
+    lp.add_argument("--threads", type=int, default=None)
+    lp.add_argument("--no-progress", action="store_true")
     from .eval import cli as eval_cli
 
     eval_cli.add_parsers(sub)
@@ -221,6 +233,8 @@ def main(argv=None) -> int:
             return _generate(args)
         if args.command == "export":
             return _export(args)
+        if args.command == "learn-projection":
+            return _learn_projection(args, argv)
         return eval_cli.run(args, argv)
     except (
         ValueError,
@@ -236,6 +250,48 @@ def main(argv=None) -> int:
             raise
         print(f"attnsteer {args.command}: error: {err}", file=sys.stderr)
         return 2
+
+
+def _learn_projection(args: argparse.Namespace, argv) -> int:
+    import shlex
+    import time
+
+    import torch
+
+    from . import models
+    from .keyedit import learn_projection
+
+    if os.path.isdir(args.out):
+        raise FileExistsError(
+            f"{args.out} is a folder; --out is the projection file to write (e.g. model.seka.safetensors)"
+        )
+    layers = None
+    if args.layers:
+        a, _, b = args.layers.partition("-")
+        layers = list(range(int(a), int(b or a) + 1))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model, tok = models.load(args.model) if args.model else models.load_default()
+    t0 = time.perf_counter()
+    proj = learn_projection(
+        model,
+        tok,
+        prompts=args.prompts,
+        gamma=args.gamma,
+        layers=layers,
+        min_diff=args.min_diff,
+        batch_size=args.batch_size,
+        progress=not args.no_progress,
+        command="attnsteer " + " ".join(shlex.quote(x) for x in argv),
+    )
+    proj.meta["seconds"] = round(time.perf_counter() - t0, 1)
+    path = proj.save(args.out)
+    m = proj.meta
+    print(
+        f"wrote {path}: {len(proj.layers())} layers, mean rank {m['mean_rank_pos']:.1f} (+) / {m['mean_rank_neg']:.1f} (-), "
+        f"{m['prompts']} triplets, {m['seconds']} s"
+    )
+    return 0
 
 
 def _export(args: argparse.Namespace) -> int:

@@ -16,6 +16,7 @@ Grammar: ``name[:key=value,key=value…]``, with ``gate+`` in front for the plau
     keyscale:alpha=2             KeyScale (DIRECTER's steering, decode rows)
     directer:alpha=100,beta=0.5  DIRECTER
     spa:omega=1.5                SPA (logit-level: two passes, the anchor hidden in the second)
+    seka:gain=1,projection=F     SEKA, projectors from attnsteer learn-projection (parse_local only)
     gate+guide:delta=2           GUIDE inside DIRECTER's plausibility gate
 
 Values: plain ASCII decimal numbers (no NaN, no infinity), ``true``/``false``,
@@ -43,6 +44,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 from .directer import Directer
+from .keyedit import SEKA
 from .methods import GUIDE, PASTA, InstABoost, KeyScale, Method, SpotLight
 from .spa import SPA
 
@@ -69,6 +71,7 @@ _CLASSES = {
     "keyscale": KeyScale,
     "directer": Directer,
     "spa": SPA,
+    "seka": SEKA,
 }
 
 Spec = Union[None, Method, Directer, SPA]
@@ -275,7 +278,7 @@ def _kind(cls, key: str) -> str:
     names = {f.name: f for f in fields(cls) if f.init and f.name not in _HIDDEN}
     if key not in names:
         raise SpecError(f"{cls.__name__} has no setting {_show(key)}; settings: {', '.join(sorted(names))}")
-    if key in ("layers", "heads"):
+    if key in ("layers", "heads", "projection"):
         return key
     default = names[key].default
     if default is MISSING:
@@ -295,6 +298,8 @@ def _value(name: str, cls, key: str, raw: str, grammar: _Grammar) -> Any:
         return _parse_layers(raw, grammar)
     if kind == "heads":
         return _parse_heads(raw, grammar)
+    if kind == "projection":
+        return _projection(raw, grammar)
     if kind == "bool":
         if raw.lower() not in ("true", "false"):
             raise SpecError(f"{cls.__name__} setting {key}={_show(raw)} is true or false")
@@ -359,8 +364,8 @@ def _build(spec: str, grammar: _Grammar) -> Tuple[str, Spec]:
     items = []
     for k in sorted(settings):
         v = values[k]
-        if k in ("layers", "heads") or isinstance(v, str):
-            text = settings[k] if k in ("layers", "heads") else v
+        if k in ("layers", "heads", "projection") or isinstance(v, str):
+            text = settings[k] if k in ("layers", "heads", "projection") else v
         elif isinstance(v, bool):
             text = str(v).lower()
         else:
@@ -368,6 +373,20 @@ def _build(spec: str, grammar: _Grammar) -> Tuple[str, Spec]:
         items.append(f"{k}={text}")
     canon = ("gate+" if gated else "") + name + (":" + ",".join(items) if items else "")
     return canon, method
+
+
+def _projection(raw: str, grammar: _Grammar) -> Any:
+    """SEKA's ``projection=``: a file (``attnsteer learn-projection``), read by `parse_local` only."""
+    from .keyedit import KeyProjection
+
+    if grammar.resolve_heads is _local_files:
+        return KeyProjection.load(raw)
+    if grammar.resolve_heads is _keep_name:
+        return KeyProjection({}, {}, {"path": raw})  # canonical(): the name only, no file opened
+    raise SpecError(
+        f"projection={_show(raw)}: a key projection is a file, read by parse_local (the CLI, saved configs), "
+        "not by a values-only spec; build SEKA(KeyProjection.load(path)) in Python"
+    )
 
 
 def _no_files(raw: str) -> HeadMap:
@@ -417,11 +436,17 @@ def parse_request_spec(spec: Any, limits: Optional[RequestLimits] = None) -> Tup
     allowed range, or ``TypeError`` when ``spec`` is not a string.
     """
     limits = limits or RequestLimits()
-    if isinstance(spec, str) and _split_settings(spec.strip()[:64].split(",")[0])[0] == "spa":
+    head = _split_settings(spec.strip()[:64].split(",")[0])[0] if isinstance(spec, str) else ""
+    if head == "spa":
         raise SpecError(
             "spa is not served by the vLLM plugin: SPA runs a second forward pass per step with the anchor "
             "hidden, which a vLLM request cannot schedule; use attnsteer.generate or model.generate with "
             "SPA(...).processor(model, enc)"
+        )
+    if head == "seka":
+        raise SpecError(
+            "seka is not served by the vLLM plugin yet: its keys must be edited when vLLM writes them into the "
+            "paged cache; use attnsteer.steer / attnsteer.generate"
         )
     profiles = dict(limits.head_profiles)
 

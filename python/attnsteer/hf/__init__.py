@@ -88,6 +88,29 @@ def _as_method(method: Any) -> Method:
     return method
 
 
+def _span_inputs(spans):
+    """``(span_mask, float weights, the encoding's fields, its attention_mask or None)``, checked."""
+    span_mask = getattr(spans, "span_mask", spans)
+    if not isinstance(span_mask, torch.Tensor) or span_mask.dim() != 2:
+        raise TypeError("spans must be the encoding from attnsteer.highlight(...) or a (B, T) span mask tensor")
+    weights = span_mask.float()
+    bad = ~torch.isfinite(weights) | (weights < 0)
+    if bool(bad.any()):
+        b, t = (int(x) for x in bad.nonzero()[0])
+        raise ValueError(
+            f"span weights must be finite and >= 0 (0 = not span); row {b}, token {t} is "
+            f"{float(weights[b, t])}. Build the mask with attnsteer.highlight or fix its values"
+        )
+    fields = getattr(spans, "keys", lambda: [])()  # an encoding's fields; none for a bare tensor
+    am = spans["attention_mask"] if "attention_mask" in fields else None
+    if am is not None and tuple(am.shape) != tuple(span_mask.shape):
+        raise ValueError(
+            f"the span mask {tuple(span_mask.shape)} does not match the encoding's attention_mask "
+            f"{tuple(am.shape)}; re-run attnsteer.highlight on the prompt you pass"
+        )
+    return span_mask, weights, fields, am
+
+
 @contextlib.contextmanager
 def steer(model, method: Method, spans: Union[torch.Tensor, Any]) -> Iterator[Any]:
     """Steer ``model`` with ``method`` toward ``spans`` inside the block; restore on every exit.
@@ -113,24 +136,7 @@ def steer(model, method: Method, spans: Union[torch.Tensor, Any]) -> Iterator[An
     """
     check_supported(model)
     method = _as_method(method)
-    span_mask = getattr(spans, "span_mask", spans)
-    if not isinstance(span_mask, torch.Tensor) or span_mask.dim() != 2:
-        raise TypeError("spans must be the encoding from attnsteer.highlight(...) or a (B, T) span mask tensor")
-    weights = span_mask.float()
-    bad = ~torch.isfinite(weights) | (weights < 0)
-    if bool(bad.any()):
-        b, t = (int(x) for x in bad.nonzero()[0])
-        raise ValueError(
-            f"span weights must be finite and >= 0 (0 = not span); row {b}, token {t} is "
-            f"{float(weights[b, t])}. Build the mask with attnsteer.highlight or fix its values"
-        )
-    fields = getattr(spans, "keys", lambda: [])()  # an encoding's fields; none for a bare tensor
-    am = spans["attention_mask"] if "attention_mask" in fields else None
-    if am is not None and tuple(am.shape) != tuple(span_mask.shape):
-        raise ValueError(
-            f"the span mask {tuple(span_mask.shape)} does not match the encoding's attention_mask "
-            f"{tuple(am.shape)}; re-run attnsteer.highlight on the prompt you pass"
-        )
+    span_mask, weights, fields, am = _span_inputs(spans)
     n_layers = num_layers(model)
     if n_layers:
         method.check_layers(n_layers)
@@ -151,10 +157,15 @@ def steer(model, method: Method, spans: Union[torch.Tensor, Any]) -> Iterator[An
     model._attnsteer_state = state
     for m in modules:
         m._attnsteer_state = state
+    hooks: list = []
     try:
         for name in patched:
             setattr(model, name, _one_thread(state, getattr(model, name), name, unprepare_masks))
         model.set_attn_implementation(ATTN_NAME)
+        if hasattr(method, "edits_layer"):  # key editing (SEKA): hooks on the key projections
+            from ..keyedit import install_key_edits
+
+            hooks = install_key_edits(model, state)
         yield model
     finally:
         # A generate still running in another thread (TextIteratorStreamer pattern) finishes
@@ -162,6 +173,10 @@ def steer(model, method: Method, spans: Union[torch.Tensor, Any]) -> Iterator[An
         with state.lock:
             state.lock.wait_for(lambda: state.owner in (None, threading.get_ident()))
         try:
+            for h in hooks:
+                h.remove()
+            for m in modules:
+                m.__dict__.pop("_attnsteer_positions", None)
             model.set_attn_implementation(previous)
         finally:
             for name, before in patched.items():
