@@ -80,6 +80,8 @@ HeadMap = Dict[int, Sequence[int]]
 # Head profiles that ship with the package (examples/profile_pasta_heads.py made them).
 _DATA = Path(__file__).resolve().parent / "data"
 SHIPPED_HEADS = {"smollm2-135m": "pasta_heads_smollm2_135m.json"}
+# SEKA key projections that ship (attnsteer learn-projection --prompts 64 --gamma 0.9; provenance inside).
+SHIPPED_PROJECTIONS = {"qwen2.5-coder-0.5b": "qwen2.5-coder-0.5b.seka.safetensors"}
 
 # Without a model to check against, layer and head indices stop here (a range is checked before
 # any list is built, so ``layers=0-300000000`` costs nothing).
@@ -376,16 +378,19 @@ def _build(spec: str, grammar: _Grammar) -> Tuple[str, Spec]:
 
 
 def _projection(raw: str, grammar: _Grammar) -> Any:
-    """SEKA's ``projection=``: a file (``attnsteer learn-projection``), read by `parse_local` only."""
+    """SEKA's ``projection=``: a shipped projection by name (`SHIPPED_PROJECTIONS`), or a file
+    (``attnsteer learn-projection``), which only `parse_local` reads."""
     from .keyedit import KeyProjection
 
+    if raw in SHIPPED_PROJECTIONS:
+        return KeyProjection.load(_DATA / "projections" / SHIPPED_PROJECTIONS[raw])
     if grammar.resolve_heads is _local_files:
         return KeyProjection.load(raw)
     if grammar.resolve_heads is _keep_name:
         return KeyProjection({}, {}, {"path": raw})  # canonical(): the name only, no file opened
     raise SpecError(
-        f"projection={_show(raw)}: a key projection is a file, read by parse_local (the CLI, saved configs), "
-        "not by a values-only spec; build SEKA(KeyProjection.load(path)) in Python"
+        f"projection={_show(raw)} is not a shipped key projection ({', '.join(SHIPPED_PROJECTIONS)}); a file is "
+        "read by parse_local (the CLI, saved configs), not by a values-only spec"
     )
 
 
