@@ -58,6 +58,14 @@ class KeyProjection:
     Attributes:
         pos, neg: ``{layer: [U per KV head]}``.
         meta: provenance (model, signature, γ, prompts, date, version, command).
+
+    Example:
+        ```python
+        proj = attnsteer.KeyProjection.load("model.seka.safetensors")
+        print(proj.meta["gamma"], proj.layers())
+        ```
+
+    Guide: ``docs/guides/methods.md`` (SEKA).
     """
 
     pos: Dict[int, List[torch.Tensor]]
@@ -303,6 +311,14 @@ def learn_projection(
     irrelevant one), batched, with hooks that collect the pre-rotary keys of the answer tokens per
     layer and KV head; then per (layer, head) the SVDs of the two cross-covariances, and the ranks by
     the singular-value share ``gamma``. Returns a `KeyProjection` (``.save(path)`` writes it).
+
+    Example:
+        ```python
+        proj = attnsteer.learn_projection(model, tok, prompts=64, gamma=0.9)
+        proj.save("model.seka.safetensors")
+        ```
+
+    Guide: ``docs/guides/methods.md`` (SEKA).
     """
     from ._progress import tqdm
     from .hf import attention_modules
