@@ -138,7 +138,14 @@ FAMILIES = [
     ("gemma3", {}),  # sliding windows (transformers' Gemma 3 attention takes no soft-capping)
     ("phi3", {}),
 ]
-METHODS = [GUIDE(2.0), InstABoost(5.0), PASTA(0.01), SpotLight(0.4), KeyScale(4.0, phases="both")]
+METHODS = [
+    GUIDE(2.0),
+    InstABoost(5.0),
+    PASTA(0.01),
+    SpotLight(0.4),
+    SpotLight(0.4, pooled=True),
+    KeyScale(4.0, phases="both"),
+]
 
 
 @pytest.mark.parametrize("kind, overrides", FAMILIES, ids=[f[0] for f in FAMILIES])
