@@ -23,7 +23,7 @@
 #   nohup eval_results/jobs.sh priority-qwen-dev > eval_results/logs/priority-qwen-dev.log 2>&1 &   (then -test)
 #   nohup eval_results/jobs.sh priority-small > eval_results/logs/priority-small.log 2>&1 &
 #   nohup eval_results/jobs.sh qwen-ifeval-dev > eval_results/logs/qwen-ifeval-dev.log 2>&1 &
-#   nohup eval_results/jobs.sh priority-qwen-2k > eval_results/logs/priority-qwen-2k.log 2>&1 &
+#   nohup eval_results/jobs.sh priority-qwen-2k > eval_results/logs/priority-qwen-2k.log 2>&1 &   (then qwen-retention)
 # EVAL_CODE=DIR runs the code of another checkout (e.g. a `git worktree` of a fixed commit with
 # its built _C copied in), so that editing this tree does not change a queue that is running;
 # the results still go to this tree's eval_results/.
@@ -253,11 +253,28 @@ case "${1:-}" in
       $EV ifeval --model qwen2.5-coder-0.5b --split dev --batch-size 4 --out $out $COMMON --method "$m"
     done ;;
   priority-qwen-2k)
-    # The priority test cells at 2048 filler tokens on Qwen2.5-Coder-0.5B: unsteered and the dev choice,
-    # then the papers' InstABoost strength.
-    for m in none guide:delta=2 instaboost:alpha=10; do
+    # Qwen2.5-Coder-1.5B on the priority test cells without filler (the 0.5B's dev choice, not re-tuned),
+    # then the 0.5B's test cells at 2048 filler tokens (unsteered and its dev choice), then the retention
+    # sweep on the 0.5B (queue qwen-retention).
+    for m in none guide:delta=2; do
+      $EV priority --model qwen2.5-coder-1.5b --split test --fillers 0 --entities 8 --batch-size 8 \
+        --out eval_results/priority/qwen-1.5b $COMMON --method "$m"
+    done
+    for m in none guide:delta=2; do
       $EV priority --model qwen2.5-coder-0.5b --split test --fillers 2048 --entities 8 --batch-size 4 \
         --out eval_results/priority/qwen-test $COMMON --method "$m"
-    done ;;
+    done
+    "$0" qwen-retention ;;
+  qwen-retention)
+    # Rule retention on Qwen2.5-Coder-0.5B: its own dev sweep (rule before a 1k-token document, 6 dev
+    # documents x 3 rules; a subset of the grids), then unsteered and the dev choice on the test
+    # documents at 1k and 2k tokens (11 documents x 3 rules = 33 replies a cell).
+    $EV sweep --task retention --model qwen2.5-coder-0.5b --out eval_results/qwen/retention-sweep $COMMON \
+      --batch-size 4 --methods guide,instaboost,spotlight
+    $EV sweep --task retention --model qwen2.5-coder-0.5b --out eval_results/qwen/retention-sweep $COMMON \
+      --batch-size 4 --methods guide,instaboost,spotlight,keyscale,guide-length
+    $EV sweep --task retention --model qwen2.5-coder-0.5b --out eval_results/qwen/retention-sweep $COMMON \
+      --batch-size 4 --methods guide,instaboost,spotlight,keyscale,guide-length --test-only \
+      --test-method best --test-lengths 1024,2048 --test-placements before ;;
   *) echo "usage: $0 dev|test|gated-test|strategies|retention|gated-dev|gated-test-more|strategies-test" >&2; exit 2 ;;
 esac

@@ -157,4 +157,25 @@ inline AttentionProblem pack_attention(const at::Tensor& q, const at::Tensor& k,
   return P;
 }
 
+// lowrank_edit_'s arguments: x (B, H, T, D), span_weights (B, T), a and b (H, D, R) on x's device,
+// converted to contiguous float32. Returns {span, a, b}.
+struct LowRank {
+  at::Tensor span, a, b;
+};
+
+inline LowRank pack_lowrank(const at::Tensor& x, const at::Tensor& span_weights, const at::Tensor& a,
+                            const at::Tensor& b) {
+  TORCH_CHECK(x.dim() == 4, "lowrank_edit_: x must be (B, H, T, D); got ", x.sizes());
+  TORCH_CHECK(a.dim() == 3 && b.dim() == 3, "lowrank_edit_: a and b must be (H, D, R); got ", a.sizes(), " and ",
+              b.sizes());
+  const int64_t B = x.size(0), H = x.size(1), T = x.size(2), D = x.size(3), R = a.size(2);
+  ATTNSTEER_CHECK_SHAPE("lowrank_edit_", "span_weights", span_weights, "(B, T)", B, T);
+  ATTNSTEER_CHECK_SHAPE("lowrank_edit_", "a", a, "(H, D, R)", H, D, R);
+  ATTNSTEER_CHECK_SHAPE("lowrank_edit_", "b", b, "(H, D, R)", H, D, R);
+  ATTNSTEER_CHECK_DEVICE("lowrank_edit_", "span_weights", span_weights, x.device());
+  ATTNSTEER_CHECK_DEVICE("lowrank_edit_", "a", a, x.device());
+  ATTNSTEER_CHECK_DEVICE("lowrank_edit_", "b", b, x.device());
+  return {span_weights.to(at::kFloat).contiguous(), a.to(at::kFloat).contiguous(), b.to(at::kFloat).contiguous()};
+}
+
 }  // namespace attnsteer

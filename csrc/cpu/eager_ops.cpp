@@ -149,19 +149,11 @@ void scale_keys_cpu(at::Tensor& keys, const at::Tensor& span_weights, const at::
 // x (B, H, T, D): for rows with span_weights[b, t] = w != 0, x[b, h, t] += w * a[h] (b[h]^T x[b, h, t]),
 // a and b (H, D, R) float32; accumulated in float, rounded once into x's dtype.
 void lowrank_edit_cpu(at::Tensor& x, const at::Tensor& span_weights, const at::Tensor& a, const at::Tensor& b) {
-  TORCH_CHECK(x.dim() == 4, "lowrank_edit_: x must be (B, H, T, D); got ", x.sizes());
-  const int64_t B = x.size(0), H = x.size(1), T = x.size(2), D = x.size(3);
-  TORCH_CHECK(a.dim() == 3 && b.dim() == 3, "lowrank_edit_: a and b must be (H, D, R); got ", a.sizes(), " and ",
-              b.sizes());
-  const int64_t R = a.size(2);
-  ATTNSTEER_CHECK_SHAPE("lowrank_edit_", "span_weights", span_weights, "(B, T)", B, T);
-  ATTNSTEER_CHECK_SHAPE("lowrank_edit_", "a", a, "(H, D, R)", H, D, R);
-  ATTNSTEER_CHECK_SHAPE("lowrank_edit_", "b", b, "(H, D, R)", H, D, R);
-  const at::Tensor sp_t = span_weights.to(at::kFloat).contiguous();
-  const at::Tensor a_t = a.to(at::kFloat).contiguous(), b_t = b.to(at::kFloat).contiguous();
-  const float* sp = sp_t.data_ptr<float>();
-  const float* ap = a_t.data_ptr<float>();
-  const float* bp = b_t.data_ptr<float>();
+  const LowRank p = pack_lowrank(x, span_weights, a, b);
+  const int64_t B = x.size(0), H = x.size(1), T = x.size(2), D = x.size(3), R = a.size(2);
+  const float* sp = p.span.data_ptr<float>();
+  const float* ap = p.a.data_ptr<float>();
+  const float* bp = p.b.data_ptr<float>();
   if (x.numel() == 0 || R == 0) return;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "lowrank_edit_", [&] {
     at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {

@@ -215,29 +215,18 @@ void scale_keys_cuda(at::Tensor& keys, const at::Tensor& span_weights, const at:
 }
 
 void lowrank_edit_cuda(at::Tensor& x, const at::Tensor& span_weights, const at::Tensor& a, const at::Tensor& b) {
-  TORCH_CHECK(x.dim() == 4, "lowrank_edit_: x must be (B, H, T, D); got ", x.sizes());
+  const LowRank p = pack_lowrank(x, span_weights, a, b);
   c10::cuda::CUDAGuard guard(x.device());
-  const int64_t B = x.size(0), H = x.size(1), T = x.size(2), D = x.size(3);
-  TORCH_CHECK(a.dim() == 3 && b.dim() == 3, "lowrank_edit_: a and b must be (H, D, R); got ", a.sizes(), " and ",
-              b.sizes());
-  const int64_t R = a.size(2);
-  ATTNSTEER_CHECK_SHAPE("lowrank_edit_", "span_weights", span_weights, "(B, T)", B, T);
-  ATTNSTEER_CHECK_SHAPE("lowrank_edit_", "a", a, "(H, D, R)", H, D, R);
-  ATTNSTEER_CHECK_SHAPE("lowrank_edit_", "b", b, "(H, D, R)", H, D, R);
-  ATTNSTEER_CHECK_DEVICE("lowrank_edit_", "span_weights", span_weights, x.device());
-  ATTNSTEER_CHECK_DEVICE("lowrank_edit_", "a", a, x.device());
-  ATTNSTEER_CHECK_DEVICE("lowrank_edit_", "b", b, x.device());
+  const int64_t B = x.size(0), H = x.size(1), T = x.size(2), D = x.size(3), R = a.size(2);
   if (x.numel() == 0 || R == 0) return;
-  const at::Tensor sp = span_weights.to(at::kFloat).contiguous();
-  const at::Tensor af = a.to(at::kFloat).contiguous(), bf = b.to(at::kFloat).contiguous();
   constexpr int kWarps = 4;
   const int64_t rows = B * H * T;
   const size_t shmem = sizeof(float) * kWarps * R;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "lowrank_edit_cuda", [&] {
     lowrank_edit_kernel<scalar_t>
         <<<(rows + kWarps - 1) / kWarps, kWarps * kWarp, shmem, c10::cuda::getCurrentCUDAStream()>>>(
-            x.data_ptr<scalar_t>(), sp.data_ptr<float>(), af.data_ptr<float>(), bf.data_ptr<float>(), B, H, T, D, R,
-            x.stride(0), x.stride(1), x.stride(2), x.stride(3));
+            x.data_ptr<scalar_t>(), p.span.data_ptr<float>(), p.a.data_ptr<float>(), p.b.data_ptr<float>(), B, H, T, D,
+            R, x.stride(0), x.stride(1), x.stride(2), x.stride(3));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }

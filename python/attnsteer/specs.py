@@ -431,6 +431,15 @@ def parse_local(spec: str) -> Spec:
     return _build(spec, _LOCAL)[1]
 
 
+# Methods a serving request cannot name, and why (the reason is the error's second half).
+_NOT_SERVED = {
+    "spa": "SPA runs a second forward pass per step with the anchor hidden, which a vLLM request cannot "
+    "schedule; use attnsteer.generate or model.generate with SPA(...).processor(model, enc)",
+    "seka": "its keys must be edited when vLLM writes them into the paged cache, which the plugin does not do yet; "
+    "use attnsteer.steer / attnsteer.generate",
+}
+
+
 def parse_request_spec(spec: Any, limits: Optional[RequestLimits] = None) -> Tuple[str, Spec]:
     """``(canonical spec, method)`` of a spec that arrived with a serving request.
 
@@ -442,17 +451,8 @@ def parse_request_spec(spec: Any, limits: Optional[RequestLimits] = None) -> Tup
     """
     limits = limits or RequestLimits()
     head = _split_settings(spec.strip()[:64].split(",")[0])[0] if isinstance(spec, str) else ""
-    if head == "spa":
-        raise SpecError(
-            "spa is not served by the vLLM plugin: SPA runs a second forward pass per step with the anchor "
-            "hidden, which a vLLM request cannot schedule; use attnsteer.generate or model.generate with "
-            "SPA(...).processor(model, enc)"
-        )
-    if head == "seka":
-        raise SpecError(
-            "seka is not served by the vLLM plugin yet: its keys must be edited when vLLM writes them into the "
-            "paged cache; use attnsteer.steer / attnsteer.generate"
-        )
+    if head in _NOT_SERVED:
+        raise SpecError(f"{head} is not served by the vLLM plugin: {_NOT_SERVED[head]}")
     profiles = dict(limits.head_profiles)
 
     def by_name(raw: str) -> HeadMap:

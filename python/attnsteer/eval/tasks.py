@@ -144,8 +144,40 @@ class IFEvalTask(Task):
                 "inst_loose_diff": row["vs_unsteered"].get("inst_loose")}  # fmt: skip
 
 
-class RetentionTask(Task):
+class _CaseTask(Task):
+    """A task whose module (`retention`, `priority`) has ``STRATEGY``, ``run``, ``summarize(…, keys=)``,
+    ``table`` and ``write_report``; subclasses build the cases."""
+
+    module = ""
+
+    def _mod(self):
+        import importlib
+
+        return importlib.import_module(f"{__package__}.{self.module}")
+
+    def strategy(self, method, opts):
+        return self._mod().STRATEGY
+
+    def run(self, model, tokenizer, cases, methods, *, store, model_tag, batch_size, max_new_tokens, opts,
+            progress=True):  # fmt: skip
+        self._mod().run(model, tokenizer, cases, methods, store=store, model_tag=model_tag, batch_size=batch_size,
+                        max_new_tokens=max_new_tokens, progress=progress)  # fmt: skip
+
+    def summarize(self, store, model_tag, max_new_tokens, cases, opts):
+        return self._mod().summarize(store, model_tag, max_new_tokens, keys=self.keys(cases))
+
+    def table(self, rows):
+        return self._mod().table(rows)
+
+    def report(self, store, model_tag, max_new_tokens, out, cases, opts, *, title, command, machine):
+        self._mod().write_report(store, model_tag, max_new_tokens, out, command, machine, keys=self.keys(cases))
+        return os.path.join(out, "results.md")
+
+
+class RetentionTask(_CaseTask):
     """A checkable rule before / after / beside a long document (`retention`)."""
+
+    module = "retention"
 
     def cases(self, tokenizer, model, split, opts, max_new_tokens):
         from . import retention
@@ -155,37 +187,11 @@ class RetentionTask(Task):
                               max_new_tokens, split=split)  # fmt: skip
         return out[: opts.limit] if opts.limit else out
 
-    def strategy(self, method, opts):
-        from . import retention
 
-        return retention.STRATEGY
-
-    def run(self, model, tokenizer, cases, methods, *, store, model_tag, batch_size, max_new_tokens, opts,
-            progress=True):  # fmt: skip
-        from . import retention
-
-        retention.run(model, tokenizer, cases, methods, store=store, model_tag=model_tag, batch_size=batch_size,
-                      max_new_tokens=max_new_tokens, progress=progress)  # fmt: skip
-
-    def summarize(self, store, model_tag, max_new_tokens, cases, opts):
-        from . import retention
-
-        return retention.summarize(store, model_tag, max_new_tokens, keys=self.keys(cases))
-
-    def table(self, rows):
-        from . import retention
-
-        return retention.table(rows)
-
-    def report(self, store, model_tag, max_new_tokens, out, cases, opts, *, title, command, machine):
-        from . import retention
-
-        retention.write_report(store, model_tag, max_new_tokens, out, command, machine, keys=self.keys(cases))
-        return os.path.join(out, "results.md")
-
-
-class PriorityTask(Task):
+class PriorityTask(_CaseTask):
     """Conflicting statements, one marked (`priority`)."""
+
+    module = "priority"
 
     def cases(self, tokenizer, model, split, opts, max_new_tokens):
         from . import priority
@@ -194,33 +200,6 @@ class PriorityTask(Task):
         out = priority.cases(tokenizer, opts.lengths, opts.placements, opts.docs, opts.k, split,
                              max_context=max_ctx, max_new_tokens=max_new_tokens)  # fmt: skip
         return out[: opts.limit] if opts.limit else out
-
-    def strategy(self, method, opts):
-        from . import priority
-
-        return priority.STRATEGY
-
-    def run(self, model, tokenizer, cases, methods, *, store, model_tag, batch_size, max_new_tokens, opts,
-            progress=True):  # fmt: skip
-        from . import priority
-
-        priority.run(model, tokenizer, cases, methods, store=store, model_tag=model_tag, batch_size=batch_size,
-                     max_new_tokens=max_new_tokens, progress=progress)  # fmt: skip
-
-    def summarize(self, store, model_tag, max_new_tokens, cases, opts):
-        from . import priority
-
-        return priority.summarize(store, model_tag, max_new_tokens, keys=self.keys(cases))
-
-    def table(self, rows):
-        from . import priority
-
-        return priority.table(rows)
-
-    def report(self, store, model_tag, max_new_tokens, out, cases, opts, *, title, command, machine):
-        from . import priority
-
-        return priority.write_report(store, model_tag, max_new_tokens, out, command, machine, keys=self.keys(cases))
 
     def evidence(self, rows, spec):
         from . import priority
