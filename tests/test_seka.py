@@ -137,3 +137,17 @@ def test_cli_learns_a_projection_and_requests_refuse_seka(tmp_path, monkeypatch,
     assert "is a folder" in capsys.readouterr().err
     with pytest.raises(ValueError, match="seka is not served by the vLLM plugin"):
         attnsteer.specs.parse_request_spec(f"seka:projection={out}")
+
+
+def test_shipped_projections_load_and_match_their_models():
+    """The projections that ship: one per shipped model, loadable by name, shaped for that model."""
+    from attnsteer import specs
+
+    shapes = {"qwen2.5-coder-0.5b": (24, 2, 64), "qwen2.5-coder-1.5b": (28, 2, 128), "smollm2-135m": (30, 3, 64)}
+    assert set(specs.SHIPPED_PROJECTIONS) == set(shapes)
+    for name, (layers, kv, d) in shapes.items():
+        seka = specs.parse(f"seka:gain=1,projection={name}")
+        proj = seka.projection
+        assert proj.layers() == list(range(layers)) and proj.meta["gamma"] == 0.9
+        assert all(len(proj.pos[L]) == kv and proj.pos[L][0].shape[0] == d for L in proj.layers())
+        assert proj.meta["signature"][1] == layers and "learn-projection" in proj.meta["command"]
