@@ -151,3 +151,67 @@ def test_shipped_projections_load_and_match_their_models():
         assert proj.layers() == list(range(layers)) and proj.meta["gamma"] == 0.9
         assert all(len(proj.pos[L]) == kv and proj.pos[L][0].shape[0] == d for L in proj.layers())
         assert proj.meta["signature"][1] == layers and "learn-projection" in proj.meta["command"]
+
+
+def _naive_prism_logits(m, enc, proj, gain, gain_value):
+    """PRISM-Δ by hand: keys and values of the span edited in float64 by hooks, one forward."""
+    from attnsteer.keyedit import _value_module
+
+    cfg = m.config
+    Hq, Hkv = cfg.num_attention_heads, cfg.num_key_value_heads
+    D = getattr(cfg, "head_dim", None) or cfg.hidden_size // Hq
+    span = enc.span_mask.float()
+    T = enc["input_ids"].shape[1]
+    handles = []
+    for attn in attnsteer.hf.attention_modules(m):
+        for mod_kind, values, g in ((_key_module(attn), False, gain), (_value_module(attn), True, gain_value)):
+            f = proj.prism_factors(attn.layer_idx, g, "cpu", values=values)
+            if f is None:
+                continue
+            mod, kind = mod_kind
+
+            def post(module, inputs, out, kind=kind, f=f):
+                reference.lowrank_edit_(_keys_view(out, inputs[0], kind, T, Hkv, D, Hq), span, *f)
+                return out
+
+            handles.append(mod.register_forward_hook(post))
+    try:
+        return m(**enc).logits
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen3", "phi3"])
+def test_prism_keys_and_values(kind, tmp_path):
+    """PRISM-Δ: the differential projection with per-head weights (keys and values) equals the naive
+    edit; cached decoding equals no cache; it refuses a SEKA projection; file round trip keeps the
+    weights and value bases."""
+    from attnsteer import PRISM
+
+    m = tiny_model(kind, std=0.3)
+    tok = tokenizer()
+    enc = attnsteer.highlight(tok, PROMPTS)
+    proj = learn_projection(m, tok, prompts=8, gamma=0.8, progress=False, kind="prism")
+    assert proj.meta["kind"] == "prism" and proj.values and all(w > 0 for ws in proj.weights.values() for w in ws)
+    back = KeyProjection.load(proj.save(tmp_path / "prism.safetensors"))
+    assert back.weights == proj.weights and back.value_weights == proj.value_weights
+    assert all(torch.equal(a, b) for L in proj.values for a, b in zip(proj.values[L], back.values[L]))
+    prism = PRISM(back, gain=2.0, gain_value=0.5)
+    rows = enc["attention_mask"].bool()
+    with torch.no_grad():
+        plain = m(**enc).logits
+        with attnsteer.steer(m, prism, spans=enc):
+            got = m(**enc).logits
+            kw = dict(max_new_tokens=5, min_new_tokens=5, do_sample=False, pad_token_id=0)
+            cached = m.generate(**enc, **kw)
+            uncached = m.generate(**enc, use_cache=False, **kw)
+        ref = _naive_prism_logits(m, enc, proj, 2.0, 0.5)
+    torch.testing.assert_close(got[rows], ref[rows], atol=2e-4, rtol=1e-4)
+    assert (got[rows] - plain[rows]).abs().max() > 1e-3
+    assert torch.equal(cached, uncached)
+    seka_proj = learn_projection(m, tok, prompts=4, gamma=0.8, progress=False)
+    with pytest.raises(ValueError, match="--kind prism"):
+        PRISM(seka_proj)
+    with pytest.raises(ValueError, match="prism is not served by the vLLM plugin"):
+        attnsteer.specs.parse_request_spec("prism:gain=1")

@@ -46,7 +46,7 @@ import torch
 from .methods import ForwardContext, Method
 from .ops import OpArgs, lowrank_edit_
 
-__all__ = ["KeyProjection", "SEKA", "learn_projection", "install_key_edits"]
+__all__ = ["KeyProjection", "SEKA", "PRISM", "learn_projection", "install_key_edits"]
 
 FORMAT = "attnsteer-key-projection-1"
 
@@ -71,9 +71,28 @@ class KeyProjection:
     pos: Dict[int, List[torch.Tensor]]
     neg: Dict[int, List[torch.Tensor]]
     meta: Dict[str, Any] = field(default_factory=dict)
+    weights: Dict[int, List[float]] = field(default_factory=dict)  # PRISM-Δ: per-head key weights
+    values: Dict[int, List[torch.Tensor]] = field(default_factory=dict)  # PRISM-Δ: value bases
+    value_weights: Dict[int, List[float]] = field(default_factory=dict)
 
     def layers(self) -> List[int]:
         return sorted(self.pos)
+
+    def prism_factors(self, layer: int, gain: float, device, values: bool = False):
+        """PRISM-Δ's ``(a, b)``: ``a = g·w_h·U``, ``b = U`` per head, from the differential bases of the keys
+        (or, with ``values``, of the values); None when the layer has none."""
+        bases, w = (self.values, self.value_weights) if values else (self.pos, self.weights)
+        if layer not in bases or not gain:
+            return None
+        heads = bases[layer]
+        R = max(u.shape[1] for u in heads)
+        if R == 0:
+            return None
+        pad = lambda t: torch.nn.functional.pad(t, (0, R - t.shape[1]))  # noqa: E731
+        ws = w.get(layer, [1.0] * len(heads))
+        a = torch.stack([pad(gain * float(ws[h]) * u) for h, u in enumerate(heads)])
+        b = torch.stack([pad(u) for u in heads])
+        return a.to(device).float().contiguous(), b.to(device).float().contiguous()
 
     def factors(self, layer: int, gain_pos: float, gain_neg: float, device, dtype=torch.float32):
         """``(a, b)`` of `lowrank_edit_` for ``layer``: ``a = [g⁺U⁺, −g⁻U⁻]``, ``b = [U⁺, U⁻]``, zero-padded
@@ -100,13 +119,16 @@ class KeyProjection:
         from safetensors.torch import save_file
 
         tensors = {}
-        for kind, table in (("pos", self.pos), ("neg", self.neg)):
+        for kind, table in (("pos", self.pos), ("neg", self.neg), ("val", self.values)):
             for layer, heads in table.items():
                 for h, u in enumerate(heads):
                     tensors[f"L{layer}.H{h}.{kind}"] = u.detach().float().contiguous().cpu()
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_file(tensors, str(path), metadata={"format": FORMAT, "meta": json.dumps(self.meta)})
+        weights = {"key": {str(k): v for k, v in self.weights.items()},
+                   "value": {str(k): v for k, v in self.value_weights.items()}}  # fmt: skip
+        save_file(tensors, str(path), metadata={"format": FORMAT, "meta": json.dumps(self.meta),
+                                                 "weights": json.dumps(weights)})  # fmt: skip
         return str(path)
 
     @classmethod
@@ -119,8 +141,7 @@ class KeyProjection:
             raise FileNotFoundError(
                 f"no key projection at {path}; learn one with `attnsteer learn-projection --model NAME --out {path}`"
             )
-        pos: Dict[int, Dict[int, torch.Tensor]] = {}
-        neg: Dict[int, Dict[int, torch.Tensor]] = {}
+        tables: Dict[str, Dict[int, Dict[int, torch.Tensor]]] = {"pos": {}, "neg": {}, "val": {}}
         with safe_open(str(path), framework="pt") as f:
             md = f.metadata() or {}
             if md.get("format") != FORMAT:
@@ -128,9 +149,12 @@ class KeyProjection:
             for name in f.keys():
                 lh, kind = name.rsplit(".", 1)
                 layer, head = (int(x[1:]) for x in lh.split("."))
-                (pos if kind == "pos" else neg).setdefault(layer, {})[head] = f.get_tensor(name)
+                tables[kind].setdefault(layer, {})[head] = f.get_tensor(name)
         as_lists = lambda t: {L: [hs[h] for h in sorted(hs)] for L, hs in t.items()}  # noqa: E731
-        return cls(as_lists(pos), as_lists(neg), json.loads(md.get("meta", "{}")))
+        w = json.loads(md.get("weights", "{}"))
+        as_ints = lambda t: {int(k): v for k, v in t.items()}  # noqa: E731
+        return cls(as_lists(tables["pos"]), as_lists(tables["neg"]), json.loads(md.get("meta", "{}")),
+                   as_ints(w.get("key", {})), as_lists(tables["val"]), as_ints(w.get("value", {})))  # fmt: skip
 
 
 @dataclass
@@ -181,10 +205,63 @@ class SEKA(Method):
         return self.steers_layer(layer_idx) and layer_idx in self.projection.pos
 
     def factors(self, layer_idx: int, device, dtype):
+        """`lowrank_edit_`'s ``(a, b)`` for the keys of ``layer_idx`` (None: nothing to edit)."""
         key = (layer_idx, str(device), dtype)
         if key not in self._factors:
-            self._factors[key] = self.projection.factors(layer_idx, self.gain, self.gain_neg, device)
+            self._factors[key] = self._key_factors(layer_idx, device)
         return self._factors[key]
+
+    def value_factors(self, layer_idx: int, device, dtype):
+        """``(a, b)`` for the values of ``layer_idx``; SEKA edits keys only."""
+        return None
+
+    def _key_factors(self, layer_idx: int, device):
+        return self.projection.factors(layer_idx, self.gain, self.gain_neg, device)
+
+
+@dataclass
+class PRISM(SEKA):
+    """PRISM-Δ (arXiv 2603.10705): span keys ``k ← k + g·w_h·P_Δ k`` (and, with ``gain_value``, span
+    values ``v ← v + g_v·w^v_h·P^v_Δ v``), where ``P_Δ`` spans the top singular directions of the
+    *difference* of the two cross-covariances, ``Ω⁺ − Ω⁻``, and ``w_h = softplus(‖H⁺ − H⁻‖/n − min_diff)``
+    weighs each head by how far the relevant and irrelevant questions move its keys. Learn the
+    projection with ``attnsteer learn-projection --kind prism``; SEKA's ``gain_neg`` does not apply.
+
+    Example:
+        ```python
+        prism = attnsteer.PRISM("model.prism.safetensors", gain=1.0, gain_value=0.2)
+        with attnsteer.steer(model, prism, spans=enc):
+            out = model.generate(**enc, max_new_tokens=30)
+        ```
+
+    Guide: ``docs/guides/methods.md`` (SEKA and PRISM-Δ).
+    """
+
+    gain_value: float = 0.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not math.isfinite(self.gain_value):
+            raise ValueError(f"PRISM gain_value must be finite; got {self.gain_value}")
+        kind = self.projection.meta.get("kind", "prism" if self.projection.weights else "seka")
+        if self.projection.pos and kind != "prism":
+            raise ValueError(
+                "this projection was learned for SEKA (Ω⁺ and Ω⁻ apart); PRISM needs the differential one: "
+                "attnsteer learn-projection --kind prism"
+            )
+
+    def value_factors(self, layer_idx: int, device, dtype):
+        key = ("v", layer_idx, str(device), dtype)
+        if key not in self._factors:
+            self._factors[key] = (
+                self.projection.prism_factors(layer_idx, self.gain_value, device, values=True)
+                if self.steers_layer(layer_idx)
+                else None
+            )
+        return self._factors[key]
+
+    def _key_factors(self, layer_idx: int, device):
+        return self.projection.prism_factors(layer_idx, self.gain, device)
 
 
 def _key_module(attn) -> Tuple[Any, str]:
@@ -201,65 +278,73 @@ def _key_module(attn) -> Tuple[Any, str]:
     )
 
 
+def _value_module(attn) -> Tuple[Any, str]:
+    if hasattr(attn, "v_proj"):
+        return attn.v_proj, "proj"
+    if hasattr(attn, "qkv_proj"):
+        return attn.qkv_proj, "qkv-v"
+    raise TypeError(f"{type(attn).__name__} has no v_proj / qkv_proj: PRISM cannot edit this model's values")
+
+
 def _keys_view(out: torch.Tensor, inp: torch.Tensor, kind: str, T: int, Hkv: int, D: int, Hq: int) -> torch.Tensor:
-    """A ``(B, Hkv, T, D)`` view of the keys inside the hooked module's output (edits go through it)."""
+    """A ``(B, Hkv, T, D)`` view of the keys (or values) inside the hooked module's output (edits go
+    through it)."""
     if kind == "proj":
         return out.view(out.shape[0], T, Hkv, D).permute(0, 2, 1, 3)
-    if kind == "qkv":
-        k = out[..., Hq * D : (Hq + Hkv) * D]
-        return k.unflatten(-1, (Hkv, D)).permute(0, 2, 1, 3)
+    if kind in ("qkv", "qkv-v"):
+        at = (Hq if kind == "qkv" else Hq + Hkv) * D
+        return out[..., at : at + Hkv * D].unflatten(-1, (Hkv, D)).permute(0, 2, 1, 3)
     # k_norm: Qwen 3 normalises (B, T, Hkv, D); Gemma normalises the transposed (B, Hkv, T, D) view
     transposed = inp.dim() == 4 and not inp.is_contiguous() and inp.stride(2) > inp.stride(1)
     return out if transposed else out.permute(0, 2, 1, 3)
 
 
 def install_key_edits(model, state) -> List[Any]:
-    """Hooks that edit the span keys of every layer ``state.method`` edits (steer() calls this for a
-    `SEKA` method and removes the handles on exit)."""
+    """Hooks that edit the span keys (and, for `PRISM` with a value gain, values) of every layer
+    ``state.method`` edits (steer() calls this for a key-editing method and removes the handles on
+    exit). A forward pre-hook on each attention module records the positions of its tokens
+    (``cache_position``), so that only prompt tokens are edited, once."""
     from .hf import attention_modules
     from .methods import expand_rows
 
     cfg = getattr(model.config, "text_config", None) or model.config
-    handles = []
-    for attn in attention_modules(model):
-        layer = attn.layer_idx
-        if not state.method.edits_layer(layer):
-            continue
-        mod, kind = _key_module(attn)
-        Hq = cfg.num_attention_heads
-        Hkv = getattr(cfg, "num_key_value_heads", None) or Hq
-        D = getattr(cfg, "head_dim", None) or cfg.hidden_size // Hq
+    Hq = cfg.num_attention_heads
+    Hkv = getattr(cfg, "num_key_value_heads", None) or Hq
+    D = getattr(cfg, "head_dim", None) or cfg.hidden_size // Hq
+    method = state.method
 
-        def pre(module, args, kwargs, attn=attn):
-            hs = kwargs.get("hidden_states", args[0] if args else None)
-            cp = kwargs.get("cache_position")
-            T = hs.shape[1]
-            if cp is None:  # no cache position: a forward from the first token
-                cp = torch.arange(T, device=hs.device)
-            attn._attnsteer_positions = cp
+    def pre(module, args, kwargs):
+        hs = kwargs.get("hidden_states", args[0] if args else None)
+        cp = kwargs.get("cache_position")
+        module._attnsteer_positions = cp if cp is not None else torch.arange(hs.shape[1], device=hs.device)
 
-        def post(module, inputs, out, attn=attn, layer=layer, kind=kind, Hkv=Hkv, D=D, Hq=Hq):
+    def hook(attn, kind, factors):
+        def post(module, inputs, out):
             cp = getattr(attn, "_attnsteer_positions", None)
-            if cp is None:
-                return out
-            P = state.prompt_length
-            inside = cp < P
-            if not bool(inside.any()):
+            inside = None if cp is None else cp < state.prompt_length
+            if inside is None or not bool(inside.any()):
                 return out  # generated tokens are never highlighted
             B, T = out.shape[0], cp.shape[0]
             span = expand_rows(state.span_mask.to(out.device), B, "the prompt")
             w = torch.zeros(B, T, device=out.device)
             w[:, inside] = span[:, cp[inside]]
-            if not bool((w != 0).any()):
-                return out
-            f = state.method.factors(layer, out.device, out.dtype)
-            if f is None:
-                return out
-            lowrank_edit_(_keys_view(out, inputs[0], kind, T, Hkv, D, Hq), w, *f)
+            f = factors(attn.layer_idx, out.device, out.dtype)
+            if f is not None and bool((w != 0).any()):
+                lowrank_edit_(_keys_view(out, inputs[0], kind, T, Hkv, D, Hq), w, *f)
             return out
 
+        return post
+
+    handles = []
+    for attn in attention_modules(model):
+        if not method.edits_layer(attn.layer_idx):
+            continue
         handles.append(attn.register_forward_pre_hook(pre, with_kwargs=True))
-        handles.append(mod.register_forward_hook(post))
+        mod, kind = _key_module(attn)
+        handles.append(mod.register_forward_hook(hook(attn, kind, method.factors)))
+        if method.value_factors(attn.layer_idx, "cpu", torch.float32) is not None:
+            vmod, vkind = _value_module(attn)
+            handles.append(vmod.register_forward_hook(hook(attn, vkind, method.value_factors)))
     return handles
 
 
@@ -304,8 +389,11 @@ def learn_projection(
     seed: int = 0,
     progress: bool = True,
     command: str = "",
+    kind: str = "seka",
 ) -> KeyProjection:
-    """Learn SEKA's projectors for ``model`` from ``prompts`` synthetic contrastive triplets.
+    """Learn SEKA's projectors (``kind="seka"``) or PRISM-Δ's (``kind="prism"``: the SVD of
+    ``Ω⁺ − Ω⁻``, softplus head weights, and the same for the values) for ``model`` from ``prompts``
+    synthetic contrastive triplets.
 
     For each triplet three prompts are run (the context alone, after a relevant question, after an
     irrelevant one), batched, with hooks that collect the pre-rotary keys of the answer tokens per
@@ -320,11 +408,12 @@ def learn_projection(
 
     Guide: ``docs/guides/methods.md`` (SEKA).
     """
-    from ._progress import tqdm
     from .hf import attention_modules
 
     if not 0 < gamma <= 1:
         raise ValueError(f"gamma is a share of the singular values, in (0, 1]; got {gamma}")
+    if kind not in ("seka", "prism"):
+        raise ValueError(f"kind must be 'seka' or 'prism'; got {kind!r}")
     if prompts < 2:
         raise ValueError(f"prompts must be >= 2 (the covariances need samples); got {prompts}")
     cfg = getattr(model.config, "text_config", None) or model.config
@@ -332,6 +421,33 @@ def learn_projection(
     Hq = cfg.num_attention_heads
     Hkv = getattr(cfg, "num_key_value_heads", None) or Hq
     D = getattr(cfg, "head_dim", None) or cfg.hidden_size // Hq
+    texts, idx = _contrastive_sets(tokenizer, prompts, seed)
+    wanted = ("k", "v") if kind == "prism" else ("k",)
+    keys = _collect(model, tokenizer, mods, texts, idx, wanted, (Hq, Hkv, D), batch_size, progress)
+    pos, neg, out, ranks = _fit(keys, [m.layer_idx for m in mods], wanted, kind, gamma, min_diff, Hkv, progress)
+    from . import __version__
+
+    meta = {
+        "model": getattr(model.config, "_name_or_path", "") or type(model).__name__,
+        "signature": [(cfg.architectures or [type(model).__name__])[0], cfg.num_hidden_layers, cfg.hidden_size],
+        "gamma": gamma,
+        "prompts": len(texts["H"]),
+        "answer_tokens": int(sum(len(r) for r in idx["H"])),
+        "min_diff": min_diff,
+        "seed": seed,
+        "kind": kind,
+        "mean_rank": sum(ranks) / max(1, len(ranks)),
+        "date": datetime.date.today().isoformat(),
+        "attnsteer": __version__,
+        "command": command,
+        "where": "pre-rotary keys (after k_norm where the model has one)",
+    }
+    return KeyProjection(pos, neg, meta, out["kw"], out["val"], out["vw"])
+
+
+def _contrastive_sets(tokenizer, prompts: int, seed: int):
+    """The three prompt sets (context alone ``H``, after a relevant question ``Hp``, after an irrelevant
+    one ``Hn``) and, per prompt, the token indices of the answer (the same trailing tokens in each)."""
     texts: Dict[str, List[str]] = {"H": [], "Hp": [], "Hn": []}
     idx: Dict[str, List[List[int]]] = {"H": [], "Hp": [], "Hn": []}
     for ctx, rel_q, ans, irr_q in _triplets(prompts, seed):
@@ -346,20 +462,29 @@ def learn_projection(
             continue
         for k, t in built.items():
             texts[k].append(t)
-            idx[k].append(found[k][-n:])  # the same answer tokens in each (trailing n)
-    keys: Dict[str, Dict[int, List[torch.Tensor]]] = {k: {m.layer_idx: [] for m in mods} for k in texts}
+            idx[k].append(found[k][-n:])
+    return texts, idx
+
+
+def _collect(model, tokenizer, mods, texts, idx, wanted, dims, batch_size, progress):
+    """``{(k|v, set): {layer: [(Hkv, n_i, D) per prompt]}}``: the keys (values) of the answer tokens,
+    one batched forward per chunk of each prompt set, collected by hooks on the projections."""
+    from ._progress import tqdm
+
+    Hq, Hkv, D = dims
+    keys = {(w, k): {m.layer_idx: [] for m in mods} for w in wanted for k in texts}
     current: Dict[str, Any] = {}
     handles = []
     for attn in mods:
-        mod, kind = _key_module(attn)
+        for which in wanted:
+            mod, view = _key_module(attn) if which == "k" else _value_module(attn)
 
-        def post(module, inputs, out, attn=attn, kind=kind):
-            T = current["T"]
-            k = _keys_view(out, inputs[0], kind, T, Hkv, D, Hq)  # (B, Hkv, T, D)
-            for b, rows in enumerate(current["rows"]):
-                keys[current["set"]][attn.layer_idx].append(k[b, :, rows].float().cpu())
+            def post(module, inputs, out, attn=attn, view=view, which=which):
+                x = _keys_view(out, inputs[0], view, current["T"], Hkv, D, Hq)  # (B, Hkv, T, D)
+                for b, rows in enumerate(current["rows"]):
+                    keys[(which, current["set"])][attn.layer_idx].append(x[b, :, rows].float().cpu())
 
-        handles.append(mod.register_forward_hook(post))
+            handles.append(mod.register_forward_hook(post))
     side = tokenizer.padding_side
     try:
         tokenizer.padding_side = "right"  # token i stays at position i
@@ -376,41 +501,42 @@ def learn_projection(
         tokenizer.padding_side = side
         for h in handles:
             h.remove()
+    return keys
+
+
+def _fit(keys, layers, wanted, kind, gamma, min_diff, Hkv, progress):
+    """Per layer and head, the bases (and PRISM-Δ's weights) from the collected keys / values."""
+    from ._progress import tqdm
+
     pos: Dict[int, List[torch.Tensor]] = {}
     neg: Dict[int, List[torch.Tensor]] = {}
+    out: Dict[str, Dict[int, list]] = {"kw": {}, "val": {}, "vw": {}}
     ranks = []
-    for L in tqdm([m.layer_idx for m in mods], desc="projectors", unit="layer", disable=not progress):
-        H0 = torch.cat(keys["H"][L], 1).double()  # (Hkv, n, D)
-        Hp = torch.cat(keys["Hp"][L], 1).double()
-        Hn = torch.cat(keys["Hn"][L], 1).double()
-        pos[L], neg[L] = [], []
-        for h in range(Hkv):
+    for L in tqdm(layers, desc="projectors", unit="layer", disable=not progress):
+        for which in wanted:
+            H0, Hp, Hn = (torch.cat(keys[(which, s)][L], 1).double() for s in ("H", "Hp", "Hn"))  # (Hkv, n, D)
             n = H0.shape[1]
-            up = _basis(H0[h].T @ Hp[h] / n, gamma)
-            un = _basis(H0[h].T @ Hn[h] / n, gamma)
-            if min_diff and float((Hp[h] - Hn[h]).norm() / n) < min_diff:
-                up, un = up[:, :0], un[:, :0]
-            pos[L].append(up.float())
-            neg[L].append(un.float())
-            ranks.append((up.shape[1], un.shape[1]))
-    from . import __version__
-
-    meta = {
-        "model": getattr(model.config, "_name_or_path", "") or type(model).__name__,
-        "signature": [(cfg.architectures or [type(model).__name__])[0], cfg.num_hidden_layers, cfg.hidden_size],
-        "gamma": gamma,
-        "prompts": len(texts["H"]),
-        "answer_tokens": int(sum(len(r) for r in idx["H"])),
-        "min_diff": min_diff,
-        "seed": seed,
-        "mean_rank_pos": sum(r for r, _ in ranks) / max(1, len(ranks)),
-        "mean_rank_neg": sum(r for _, r in ranks) / max(1, len(ranks)),
-        "date": datetime.date.today().isoformat(),
-        "attnsteer": __version__,
-        "command": command,
-        "where": "pre-rotary keys (after k_norm where the model has one)",
-    }
-    return KeyProjection(pos, neg, meta)
+            bases, weights, negs = [], [], []
+            for h in range(Hkv):
+                shift = float((Hp[h] - Hn[h]).norm() / n)
+                if kind == "seka":
+                    up = _basis(H0[h].T @ Hp[h] / n, gamma)
+                    un = _basis(H0[h].T @ Hn[h] / n, gamma)
+                    if min_diff and shift < min_diff:
+                        up, un = up[:, :0], un[:, :0]
+                    negs.append(un.float())
+                else:  # PRISM-Δ: the differential cross-covariance, a soft weight per head
+                    up = _basis(H0[h].T @ (Hp[h] - Hn[h]) / n, gamma)
+                    weights.append(float(torch.nn.functional.softplus(torch.tensor(shift - min_diff))))
+                bases.append(up.float())
+                ranks.append(up.shape[1])
+            if which == "k":
+                pos[L], neg[L] = bases, negs
+                if weights:
+                    out["kw"][L] = weights
+            else:
+                out["val"][L], out["vw"][L] = bases, weights
+    return pos, neg, out, ranks
 
 
 def _basis(omega: torch.Tensor, gamma: float) -> torch.Tensor:

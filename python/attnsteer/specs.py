@@ -17,6 +17,7 @@ Grammar: ``name[:key=value,key=value…]``, with ``gate+`` in front for the plau
     directer:alpha=100,beta=0.5  DIRECTER
     spa:omega=1.5                SPA (logit-level: two passes, the anchor hidden in the second)
     seka:gain=1,projection=F     SEKA, projectors from attnsteer learn-projection (parse_local only)
+    prism:gain=1,gain_value=0.2,projection=F   PRISM-Δ (learn-projection --kind prism)
     gate+guide:delta=2           GUIDE inside DIRECTER's plausibility gate
 
 Values: plain ASCII decimal numbers (no NaN, no infinity), ``true``/``false``,
@@ -44,7 +45,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 from .directer import Directer
-from .keyedit import SEKA
+from .keyedit import PRISM, SEKA
 from .methods import GUIDE, PASTA, InstABoost, KeyScale, Method, SpotLight
 from .spa import SPA
 
@@ -72,6 +73,7 @@ _CLASSES = {
     "directer": Directer,
     "spa": SPA,
     "seka": SEKA,
+    "prism": PRISM,
 }
 
 Spec = Union[None, Method, Directer, SPA]
@@ -437,6 +439,8 @@ def parse_local(spec: str) -> Spec:
 _NOT_SERVED = {
     "spa": "SPA runs a second forward pass per step with the anchor hidden, which a vLLM request cannot "
     "schedule; use attnsteer.generate or model.generate with SPA(...).processor(model, enc)",
+    "prism": "its keys and values must be edited when vLLM writes them into the paged cache, which the plugin "
+    "does not do yet; use attnsteer.steer / attnsteer.generate",
     "seka": "its keys must be edited when vLLM writes them into the paged cache, which the plugin does not do yet; "
     "use attnsteer.steer / attnsteer.generate",
 }
