@@ -259,6 +259,15 @@ def test_sweep_choice_skips_flagged_points_and_prefers_the_weaker_tie():
         sweep.grid_specs("priority", "nope", 30)
     with pytest.raises(ValueError, match="rank them first"):
         sweep.grid_specs("retention", "keyscale-ranked", 30)
+    # SEKA's grid takes the model's shipped projection and its last 10 layers
+    assert sweep.grid_specs("priority", "seka", 24, projection="qwen2.5-coder-0.5b")[0][1] == (
+        "seka:gain=0.8,layers=14-23,projection=qwen2.5-coder-0.5b"
+    )
+    assert sweep._shipped_projection("Qwen2.5-Coder-0.5B-Instruct") == "qwen2.5-coder-0.5b"
+    assert sweep._shipped_projection("tiny") is None
+    with pytest.raises(ValueError, match="needs a shipped key projection"):
+        sweep.grid_specs("priority", "seka", 24)
+    assert sweep.strength("seka:gain=0.8,projection=x") < sweep.strength("seka:gain=2,projection=x")
 
 
 def _saved_tiny(tmp_path, kind: str, max_position_embeddings: int) -> str:

@@ -76,12 +76,14 @@ GRIDS: Dict[str, Dict[str, Grid]] = {
         "keyscale": ("keyscale:alpha={}", (100.0,)),
         "keyscale-both": ("keyscale:alpha={},phases=both", (2.0, 4.0)),
         "spa": ("spa:omega={}", (1.5, 2.0, 3.0)),
+        # SEKA with the model's shipped projection on its last 10 layers (the released code's layers)
+        "seka": ("seka:gain={},layers={last10},projection={projection}", (0.8, 2.0)),
     },
 }
 DEFAULT_GRIDS: Dict[str, Tuple[str, ...]] = {
     "ifeval": ("guide", "instaboost", "spotlight", "pasta", "pasta-layers", "keyscale"),
     "retention": tuple(g for g in GRIDS["retention"] if g != "spa"),
-    "priority": tuple(g for g in GRIDS["priority"] if g != "spa"),
+    "priority": tuple(g for g in GRIDS["priority"] if g not in ("spa", "seka")),
 }
 RANKED_FILE = "ranked_layers.json"
 RULE = (
@@ -91,17 +93,33 @@ RULE = (
 
 
 def grid_specs(
-    task: str, name: str, num_layers: int, ranked: Optional[Sequence[int]] = None, gated: bool = False
+    task: str,
+    name: str,
+    num_layers: int,
+    ranked: Optional[Sequence[int]] = None,
+    gated: bool = False,
+    projection: Optional[str] = None,
 ) -> List[Tuple[float, str]]:
     """``[(strength, canonical spec)]`` of grid ``name`` of ``task`` for a model with ``num_layers``
-    layers; ``ranked`` fills ``{ranked}`` (required by the grids that use it)."""
+    layers; ``ranked`` fills ``{ranked}`` and ``projection`` (a shipped key projection's name)
+    ``{projection}`` (required by the grids that use them)."""
     grids = GRIDS[tasks.get(task).name]
     if name not in grids:
         raise ValueError(f"unknown {task} sweep grid {name!r}: choose from {', '.join(grids)}")
     template, values = grids[name]
     if "{ranked}" in template and not ranked:
         raise ValueError(f"grid {name!r} steers DIRECTER's top-ranked layers: rank them first (ranked_layers)")
-    fill = {"upper": f"{num_layers // 2}-{num_layers - 1}", "ranked": "+".join(str(x) for x in sorted(ranked or []))}
+    if "{projection}" in template and not projection:
+        raise ValueError(
+            f"grid {name!r} needs a shipped key projection for this model (attnsteer.specs.SHIPPED_PROJECTIONS); "
+            "learn one with attnsteer learn-projection and pass it with --method instead"
+        )
+    fill = {
+        "upper": f"{num_layers // 2}-{num_layers - 1}",
+        "last10": f"{max(0, num_layers - 10)}-{num_layers - 1}",
+        "ranked": "+".join(str(x) for x in sorted(ranked or [])),
+        "projection": projection or "",
+    }
     return [
         (v, specs.canonical(("gate+" if gated else "") + template.replace("{}", f"{v:g}").format(**fill)))
         for v in values
@@ -110,12 +128,13 @@ def grid_specs(
 
 def strength(spec: str) -> float:
     """How far a setting moves from unsteered, for tie-breaks: GUIDE's |Δ|, SpotLight's target,
-    |log α| of a multiplicative factor (InstABoost, PASTA, KeyScale), SPA's |ω − 1|; 0 for unsteered."""
-    m = re.search(r"(delta|alpha|target|omega)=([-+0-9.e]+)", spec)
+    |log α| of a multiplicative factor (InstABoost, PASTA, KeyScale), SPA's |ω − 1|, SEKA's / PRISM's
+    |gain|; 0 for unsteered."""
+    m = re.search(r"(delta|alpha|target|omega|gain)=([-+0-9.e]+)", spec)
     if not m:
         return 0.0
     v = float(m.group(2))
-    if m.group(1) == "delta":
+    if m.group(1) in ("delta", "gain"):
         return abs(v)
     if m.group(1) == "target":
         return v
@@ -183,7 +202,7 @@ def plot(
         if base is not None:
             ax.axhline(100 * base["score"], color="gray", ls=":", lw=1, label="unsteered")
         ax.set_title(name, fontsize=9)
-        unit = re.search(r"(delta|alpha|target|omega)", (grids.get(name) or grids.get("gate+" + name))[0][1])
+        unit = re.search(r"(delta|alpha|target|omega|gain)", (grids.get(name) or grids.get("gate+" + name))[0][1])
         ax.set_xlabel(unit.group(1) if unit else "")
         ax.set_ylabel(ylabel, fontsize=8)
         ax.legend(fontsize=6)
@@ -311,11 +330,12 @@ def main(args, load: Callable, command: str, machine: Callable) -> int:
         if any(p is None for p in prompts):
             raise ValueError(f"the {task.name} task has no prompt objects to rank layers on; drop the ranked grids")
         ranked = ranked_layers(model, tok, prompts, args.out)
+    proj = _shipped_projection(tag)
     grids: Dict[str, List[Tuple[float, str]]] = {}
     for n in names:
-        grids[n] = grid_specs(task.name, n, L, ranked)
+        grids[n] = grid_specs(task.name, n, L, ranked, projection=proj)
         if getattr(args, "gated", False):
-            grids["gate+" + n] = grid_specs(task.name, n, L, ranked, gated=True)
+            grids["gate+" + n] = grid_specs(task.name, n, L, ranked, gated=True, projection=proj)
     store = _store(args.out, args.shard)
     run = dict(store=store, model_tag=tag, batch_size=args.batch_size, max_new_tokens=M,
                progress=not args.no_progress)  # fmt: skip
@@ -369,6 +389,14 @@ def _save(args, task, tag: str, best: Optional[Dict[str, Any]], evidence: Dict[s
         args.save_config
     )
     print(f"wrote {args.save_config}: {best['method']}")
+
+
+def _shipped_projection(tag: str) -> Optional[str]:
+    """The shipped key projection of the model stored under ``tag``, by name (None: none ships)."""
+    from ..models import MODELS
+
+    name = next((n for n, m in MODELS.items() if m.tag == tag), None)
+    return name if name in specs.SHIPPED_PROJECTIONS else None
 
 
 def _options(args, test: bool) -> tasks.Options:
