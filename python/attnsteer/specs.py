@@ -84,7 +84,8 @@ _DATA = Path(__file__).resolve().parent / "data"
 SHIPPED_HEADS = {"smollm2-135m": "pasta_heads_smollm2_135m.json"}
 # SEKA key projections that ship (attnsteer learn-projection --prompts 64 --gamma 0.9; provenance inside).
 SHIPPED_PROJECTIONS = {
-    name: f"{name}.seka.safetensors" for name in ("qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b", "smollm2-135m")
+    **{name: f"{name}.seka.safetensors" for name in ("qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b", "smollm2-135m")},
+    "qwen2.5-coder-0.5b-prism": "qwen2.5-coder-0.5b.prism.safetensors",  # learn-projection --kind prism
 }
 
 # Without a model to check against, layer and head indices stop here (a range is checked before
