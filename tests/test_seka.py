@@ -58,29 +58,46 @@ def test_errors_name_the_fix(tmp_path, learned):
         KeyProjection.load(bad)
 
 
-def _naive_logits(m, enc, proj, gain, gain_neg):
-    """The edit done by hand: hooks on each key module edit the span rows in float64 (the reference),
-    positions 0..T-1 of one forward without a cache."""
+def _naive_logits(m, enc, edits):
+    """The edit done by hand: ``edits(attn)`` lists ``(module, kind, (a, b))`` for each attention module;
+    hooks edit the span rows of those outputs in float64 (the reference), one forward without a cache."""
     cfg = m.config
     Hq, Hkv = cfg.num_attention_heads, cfg.num_key_value_heads
     D = getattr(cfg, "head_dim", None) or cfg.hidden_size // Hq
     span = enc.span_mask.float()
+    T = enc["input_ids"].shape[1]
     handles = []
     for attn in attnsteer.hf.attention_modules(m):
-        mod, kind = _key_module(attn)
-        a, b = proj.factors(attn.layer_idx, gain, gain_neg, "cpu")
+        for mod, kind, f in edits(attn):
 
-        def post(module, inputs, out, kind=kind, a=a, b=b):
-            T = enc["input_ids"].shape[1]
-            reference.lowrank_edit_(_keys_view(out, inputs[0], kind, T, Hkv, D, Hq), span, a, b)
-            return out
+            def post(module, inputs, out, kind=kind, f=f):
+                reference.lowrank_edit_(_keys_view(out, inputs[0], kind, T, Hkv, D, Hq), span, *f)
+                return out
 
-        handles.append(mod.register_forward_hook(post))
+            handles.append(mod.register_forward_hook(post))
     try:
         return m(**enc).logits
     finally:
         for h in handles:
             h.remove()
+
+
+def _seka_edits(proj, gain, gain_neg):
+    return lambda attn: [(*_key_module(attn), proj.factors(attn.layer_idx, gain, gain_neg, "cpu"))]
+
+
+def _prism_edits(proj, gain, gain_value):
+    from attnsteer.keyedit import _value_module
+
+    def edits(attn):
+        out = []
+        for (mod, kind), values, g in ((_key_module(attn), False, gain), (_value_module(attn), True, gain_value)):
+            f = proj.prism_factors(attn.layer_idx, g, "cpu", values=values)
+            if f is not None:
+                out.append((mod, kind, f))
+        return out
+
+    return edits
 
 
 @pytest.mark.parametrize("kind", ["llama", "qwen3", "gemma3", "phi3"])
@@ -103,7 +120,7 @@ def test_steering_equals_the_naive_edit_and_edits_once(kind):
             uncached = m.generate(**enc, use_cache=False, **kw)
         with attnsteer.steer(m, SEKA(proj, gain=0.0), spans=enc):
             zero = m(**enc).logits
-        ref = _naive_logits(m, enc, proj, 2.0, 0.5)
+        ref = _naive_logits(m, enc, _seka_edits(proj, 2.0, 0.5))
         after = m(**enc).logits
     torch.testing.assert_close(got[rows], ref[rows], atol=2e-4, rtol=1e-4)
     assert (got[rows] - plain[rows]).abs().max() > 1e-3  # it changed something
@@ -155,35 +172,6 @@ def test_shipped_projections_load_and_match_their_models():
         assert proj.meta["signature"][1] == layers and "learn-projection" in proj.meta["command"]
 
 
-def _naive_prism_logits(m, enc, proj, gain, gain_value):
-    """PRISM-Δ by hand: keys and values of the span edited in float64 by hooks, one forward."""
-    from attnsteer.keyedit import _value_module
-
-    cfg = m.config
-    Hq, Hkv = cfg.num_attention_heads, cfg.num_key_value_heads
-    D = getattr(cfg, "head_dim", None) or cfg.hidden_size // Hq
-    span = enc.span_mask.float()
-    T = enc["input_ids"].shape[1]
-    handles = []
-    for attn in attnsteer.hf.attention_modules(m):
-        for mod_kind, values, g in ((_key_module(attn), False, gain), (_value_module(attn), True, gain_value)):
-            f = proj.prism_factors(attn.layer_idx, g, "cpu", values=values)
-            if f is None:
-                continue
-            mod, kind = mod_kind
-
-            def post(module, inputs, out, kind=kind, f=f):
-                reference.lowrank_edit_(_keys_view(out, inputs[0], kind, T, Hkv, D, Hq), span, *f)
-                return out
-
-            handles.append(mod.register_forward_hook(post))
-    try:
-        return m(**enc).logits
-    finally:
-        for h in handles:
-            h.remove()
-
-
 @pytest.mark.parametrize("kind", ["llama", "qwen3", "phi3"])
 def test_prism_keys_and_values(kind, tmp_path):
     """PRISM-Δ: the differential projection with per-head weights (keys and values) equals the naive
@@ -208,7 +196,7 @@ def test_prism_keys_and_values(kind, tmp_path):
             kw = dict(max_new_tokens=5, min_new_tokens=5, do_sample=False, pad_token_id=0)
             cached = m.generate(**enc, **kw)
             uncached = m.generate(**enc, use_cache=False, **kw)
-        ref = _naive_prism_logits(m, enc, proj, 2.0, 0.5)
+        ref = _naive_logits(m, enc, _prism_edits(proj, 2.0, 0.5))
     torch.testing.assert_close(got[rows], ref[rows], atol=2e-4, rtol=1e-4)
     assert (got[rows] - plain[rows]).abs().max() > 1e-3
     assert torch.equal(cached, uncached)
