@@ -82,6 +82,15 @@ def _naive_logits(m, enc, edits):
             h.remove()
 
 
+def _runs(m, enc, method):
+    """``(unsteered logits, steered logits, cached greedy tokens, uncached greedy tokens)``."""
+    kw = dict(max_new_tokens=6, min_new_tokens=6, do_sample=False, pad_token_id=0)
+    with torch.no_grad():
+        plain = m(**enc).logits
+        with attnsteer.steer(m, method, spans=enc):
+            return plain, m(**enc).logits, m.generate(**enc, **kw), m.generate(**enc, use_cache=False, **kw)
+
+
 def _seka_edits(proj, gain, gain_neg):
     return lambda attn: [(*_key_module(attn), proj.factors(attn.layer_idx, gain, gain_neg, "cpu"))]
 
@@ -111,13 +120,8 @@ def test_steering_equals_the_naive_edit_and_edits_once(kind):
     proj = learn_projection(m, tok, prompts=8, gamma=0.8, progress=False)
     seka = SEKA(proj, gain=2.0, gain_neg=0.5)
     rows = enc["attention_mask"].bool()
+    plain, got, cached, uncached = _runs(m, enc, seka)
     with torch.no_grad():
-        plain = m(**enc).logits
-        with attnsteer.steer(m, seka, spans=enc):
-            got = m(**enc).logits
-            kw = dict(max_new_tokens=6, min_new_tokens=6, do_sample=False, pad_token_id=0)
-            cached = m.generate(**enc, **kw)
-            uncached = m.generate(**enc, use_cache=False, **kw)
         with attnsteer.steer(m, SEKA(proj, gain=0.0), spans=enc):
             zero = m(**enc).logits
         ref = _naive_logits(m, enc, _seka_edits(proj, 2.0, 0.5))
@@ -189,13 +193,8 @@ def test_prism_keys_and_values(kind, tmp_path):
     assert all(torch.equal(a, b) for L in proj.values for a, b in zip(proj.values[L], back.values[L]))
     prism = PRISM(back, gain=2.0, gain_value=0.5)
     rows = enc["attention_mask"].bool()
+    plain, got, cached, uncached = _runs(m, enc, prism)
     with torch.no_grad():
-        plain = m(**enc).logits
-        with attnsteer.steer(m, prism, spans=enc):
-            got = m(**enc).logits
-            kw = dict(max_new_tokens=5, min_new_tokens=5, do_sample=False, pad_token_id=0)
-            cached = m.generate(**enc, **kw)
-            uncached = m.generate(**enc, use_cache=False, **kw)
         ref = _naive_logits(m, enc, _prism_edits(proj, 2.0, 0.5))
     torch.testing.assert_close(got[rows], ref[rows], atol=2e-4, rtol=1e-4)
     assert (got[rows] - plain[rows]).abs().max() > 1e-3
