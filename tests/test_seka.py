@@ -142,6 +142,8 @@ def test_spec_and_generate(learned, tmp_path):
     assert isinstance(text, str)
     with pytest.raises(ValueError, match="projection"):
         attnsteer.specs.parse(f"seka:gain=1.5,projection={path}")  # values only: no file is opened
+    with pytest.raises(ValueError, match="drop 'gate\\+'"):
+        attnsteer.specs.parse("gate+seka:gain=1,projection=qwen2.5-coder-0.5b")
 
 
 def test_cli_learns_a_projection_and_requests_refuse_seka(tmp_path, monkeypatch, capsys):
@@ -204,3 +206,18 @@ def test_prism_keys_and_values(kind, tmp_path):
         PRISM(seka_proj)
     with pytest.raises(ValueError, match="prism is not served by the vLLM plugin"):
         attnsteer.specs.parse_request_spec("prism:gain=1")
+
+
+def test_swapping_to_or_from_a_key_editing_method_is_an_error(learned):
+    from attnsteer.hf import active
+
+    m, proj = learned
+    enc = attnsteer.highlight(tokenizer(), PROMPTS)
+    with attnsteer.steer(m, attnsteer.GUIDE(1.0), spans=enc):
+        with pytest.raises(TypeError, match="open a separate attnsteer.steer"):
+            with active(m).use(SEKA(proj)):
+                pass
+    with attnsteer.steer(m, SEKA(proj), spans=enc):
+        with pytest.raises(TypeError, match="open a separate attnsteer.steer"):
+            with active(m).use(attnsteer.GUIDE(1.0)):
+                pass

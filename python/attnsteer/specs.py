@@ -367,6 +367,11 @@ def _build(spec: str, grammar: _Grammar) -> Tuple[str, Spec]:
             raise SpecError(f"method spec {_show(spec)}: DIRECTER is already gated; drop 'gate+'")
         if isinstance(method, SPA):
             raise SpecError(f"method spec {_show(spec)}: SPA mixes logits, it cannot run inside DIRECTER's gate")
+        if isinstance(method, SEKA):
+            raise SpecError(
+                f"method spec {_show(spec)}: SEKA / PRISM edit keys when they are written, which DIRECTER's "
+                "per-step gate cannot undo; drop 'gate+'"
+            )
         method = Directer(method=method)
     items = []
     for k in sorted(settings):

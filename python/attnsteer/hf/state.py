@@ -52,6 +52,11 @@ class Steering:
         """Apply ``method`` instead of the block's method inside this context (restored on exit)."""
         if not isinstance(method, Method):
             raise TypeError(f"Steering.use takes an attnsteer method; got {type(method).__name__}")
+        if hasattr(method, "edits_layer") or hasattr(self.method, "edits_layer"):
+            raise TypeError(
+                "SEKA / PRISM edit keys through hooks that steer() installs for the block's own method; "
+                "open a separate attnsteer.steer(model, method, spans=...) block instead of Steering.use"
+            )
         before = self.method
         self.method = method
         try:
