@@ -45,8 +45,9 @@ from .split import merge
 __all__ = ["available", "steered_attention", "why_not"]
 
 
+@functools.lru_cache(maxsize=None)
 def available() -> bool:
-    """Whether this torch has FlexAttention."""
+    """Whether this torch has FlexAttention (checked once: `ops.route` asks on every CUDA call)."""
     try:
         from torch.nn.attention import flex_attention  # noqa: F401
     except ImportError:
