@@ -267,6 +267,14 @@ def test_sweep_choice_skips_flagged_points_and_prefers_the_weaker_tie():
     assert sweep._shipped_projection("tiny") is None
     with pytest.raises(ValueError, match="needs a shipped key projection"):
         sweep.grid_specs("priority", "seka", 24)
+    # PRISM-Δ's grid takes the shipped PRISM projection (none ships for the 1.5B model)
+    assert sweep._shipped_projection("Qwen2.5-Coder-0.5B-Instruct", "prism") == "qwen2.5-coder-0.5b-prism"
+    assert sweep._shipped_projection("Qwen2.5-Coder-1.5B-Instruct", "prism") is None
+    assert sweep.grid_specs("priority", "prism", 24, prism_projection="qwen2.5-coder-0.5b-prism")[0][1] == (
+        "prism:gain=0.4,gain_value=0.2,layers=14-23,projection=qwen2.5-coder-0.5b-prism"
+    )
+    with pytest.raises(ValueError, match="needs a shipped key projection"):
+        sweep.grid_specs("priority", "prism", 24, projection="qwen2.5-coder-0.5b")
     assert sweep.strength("seka:gain=0.8,projection=x") < sweep.strength("seka:gain=2,projection=x")
 
 

@@ -78,12 +78,14 @@ GRIDS: Dict[str, Dict[str, Grid]] = {
         "spa": ("spa:omega={}", (1.5, 2.0, 3.0)),
         # SEKA with the model's shipped projection on its last 10 layers (the released code's layers)
         "seka": ("seka:gain={},layers={last10},projection={projection}", (0.8, 2.0)),
+        # PRISM-Δ with the model's shipped PRISM projection (keys at the gain, values at 0.2), same layers
+        "prism": ("prism:gain={},gain_value=0.2,layers={last10},projection={prism_projection}", (0.4, 1.0)),
     },
 }
 DEFAULT_GRIDS: Dict[str, Tuple[str, ...]] = {
     "ifeval": ("guide", "instaboost", "spotlight", "pasta", "pasta-layers", "keyscale"),
     "retention": tuple(g for g in GRIDS["retention"] if g != "spa"),
-    "priority": tuple(g for g in GRIDS["priority"] if g not in ("spa", "seka")),
+    "priority": tuple(g for g in GRIDS["priority"] if g not in ("spa", "seka", "prism")),
 }
 RANKED_FILE = "ranked_layers.json"
 RULE = (
@@ -99,17 +101,19 @@ def grid_specs(
     ranked: Optional[Sequence[int]] = None,
     gated: bool = False,
     projection: Optional[str] = None,
+    prism_projection: Optional[str] = None,
 ) -> List[Tuple[float, str]]:
     """``[(strength, canonical spec)]`` of grid ``name`` of ``task`` for a model with ``num_layers``
-    layers; ``ranked`` fills ``{ranked}`` and ``projection`` (a shipped key projection's name)
-    ``{projection}`` (required by the grids that use them)."""
+    layers; ``ranked`` fills ``{ranked}``, ``projection`` (a shipped SEKA projection's name)
+    ``{projection}`` and ``prism_projection`` (a shipped PRISM-Δ one) ``{prism_projection}``
+    (required by the grids that use them)."""
     grids = GRIDS[tasks.get(task).name]
     if name not in grids:
         raise ValueError(f"unknown {task} sweep grid {name!r}: choose from {', '.join(grids)}")
     template, values = grids[name]
     if "{ranked}" in template and not ranked:
         raise ValueError(f"grid {name!r} steers DIRECTER's top-ranked layers: rank them first (ranked_layers)")
-    if "{projection}" in template and not projection:
+    if ("{projection}" in template and not projection) or ("{prism_projection}" in template and not prism_projection):
         raise ValueError(
             f"grid {name!r} needs a shipped key projection for this model (attnsteer.specs.SHIPPED_PROJECTIONS); "
             "learn one with attnsteer learn-projection and pass it with --method instead"
@@ -119,6 +123,7 @@ def grid_specs(
         "last10": f"{max(0, num_layers - 10)}-{num_layers - 1}",
         "ranked": "+".join(str(x) for x in sorted(ranked or [])),
         "projection": projection or "",
+        "prism_projection": prism_projection or "",
     }
     return [
         (v, specs.canonical(("gate+" if gated else "") + template.replace("{}", f"{v:g}").format(**fill)))
@@ -330,12 +335,12 @@ def main(args, load: Callable, command: str, machine: Callable) -> int:
         if any(p is None for p in prompts):
             raise ValueError(f"the {task.name} task has no prompt objects to rank layers on; drop the ranked grids")
         ranked = ranked_layers(model, tok, prompts, args.out)
-    proj = _shipped_projection(tag)
+    proj = dict(projection=_shipped_projection(tag), prism_projection=_shipped_projection(tag, "prism"))
     grids: Dict[str, List[Tuple[float, str]]] = {}
     for n in names:
-        grids[n] = grid_specs(task.name, n, L, ranked, projection=proj)
+        grids[n] = grid_specs(task.name, n, L, ranked, **proj)
         if getattr(args, "gated", False):
-            grids["gate+" + n] = grid_specs(task.name, n, L, ranked, gated=True, projection=proj)
+            grids["gate+" + n] = grid_specs(task.name, n, L, ranked, gated=True, **proj)
     store = _store(args.out, args.shard)
     run = dict(store=store, model_tag=tag, batch_size=args.batch_size, max_new_tokens=M,
                progress=not args.no_progress)  # fmt: skip
@@ -391,11 +396,14 @@ def _save(args, task, tag: str, best: Optional[Dict[str, Any]], evidence: Dict[s
     print(f"wrote {args.save_config}: {best['method']}")
 
 
-def _shipped_projection(tag: str) -> Optional[str]:
-    """The shipped key projection of the model stored under ``tag``, by name (None: none ships)."""
+def _shipped_projection(tag: str, kind: str = "seka") -> Optional[str]:
+    """The shipped projection of ``kind`` (``"seka"`` or ``"prism"``) of the model stored under
+    ``tag``, by name (None: none ships)."""
     from ..models import MODELS
 
     name = next((n for n, m in MODELS.items() if m.tag == tag), None)
+    if name is not None and kind != "seka":
+        name = f"{name}-{kind}"
     return name if name in specs.SHIPPED_PROJECTIONS else None
 
 
