@@ -24,6 +24,7 @@
 #   nohup eval_results/jobs.sh priority-small > eval_results/logs/priority-small.log 2>&1 &
 #   nohup eval_results/jobs.sh qwen-ifeval-dev > eval_results/logs/qwen-ifeval-dev.log 2>&1 &
 #   nohup eval_results/jobs.sh priority-qwen-2k > eval_results/logs/priority-qwen-2k.log 2>&1 &   (then qwen-retention)
+#   nohup eval_results/jobs.sh new-methods-priority > eval_results/logs/new-methods-priority.log 2>&1 &   (then priority-qwen-2k-rest)
 # EVAL_CODE=DIR runs the code of another checkout (e.g. a `git worktree` of a fixed commit with
 # its built _C copied in), so that editing this tree does not change a queue that is running;
 # the results still go to this tree's eval_results/.
@@ -276,5 +277,27 @@ case "${1:-}" in
     $EV sweep --task retention --model qwen2.5-coder-0.5b --out eval_results/qwen/retention-sweep $COMMON \
       --batch-size 4 --methods guide,instaboost,spotlight,keyscale,guide-length --test-only \
       --test-method best --test-lengths 1024,2048 --test-placements before ;;
+  new-methods-priority)
+    # The 2026 methods on Qwen2.5-Coder-0.5B's priority task: SPA's and PRISM-Δ's dev grids (no filler),
+    # then the dev choices of SEKA, PRISM-Δ and SPA on the test cells at 0 and 512 filler tokens; then
+    # the 2k-token cells (priority-qwen-2k-rest).
+    dev=eval_results/priority/qwen-dev
+    $EV sweep --task priority --model qwen2.5-coder-0.5b --out $dev $COMMON --methods spa,prism
+    $EV sweep --task priority --model qwen2.5-coder-0.5b --out $dev $COMMON --report-only \
+      --methods guide,instaboost,pasta,spotlight,keyscale,keyscale-both,seka,prism,spa > /dev/null
+    chosen=$(.venv/bin/python -c "import json; c = json.load(open('$dev/sweep.json'))['by_grid']; print(*[c[k] for k in ('seka', 'prism', 'spa') if c.get(k)])")
+    for f in 0 512; do
+      for m in $chosen; do
+        $EV priority --model qwen2.5-coder-0.5b --split test --fillers $f --entities 8 --batch-size 4 \
+          --out eval_results/priority/qwen-test $COMMON --method "$m"
+      done
+    done
+    "$0" priority-qwen-2k-rest ;;
+  priority-qwen-2k-rest)
+    # Qwen2.5-Coder-0.5B's test cells at 2048 filler tokens: unsteered and GUIDE 2 (the dev choice).
+    for m in none guide:delta=2; do
+      $EV priority --model qwen2.5-coder-0.5b --split test --fillers 2048 --entities 8 --batch-size 4 \
+        --out eval_results/priority/qwen-test $COMMON --method "$m"
+    done ;;
   *) echo "usage: $0 dev|test|gated-test|strategies|retention|gated-dev|gated-test-more|strategies-test" >&2; exit 2 ;;
 esac
