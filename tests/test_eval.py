@@ -275,6 +275,11 @@ def test_sweep_choice_skips_flagged_points_and_prefers_the_weaker_tie():
     )
     with pytest.raises(ValueError, match="needs a shipped key projection"):
         sweep.grid_specs("priority", "prism", 24, projection="qwen2.5-coder-0.5b")
+    assert sweep._shipped_projection("Qwen2.5-Coder-0.5B-Instruct", "experts") == "qwen2.5-coder-0.5b"
+    assert sweep._shipped_projection("Qwen2.5-Coder-1.5B-Instruct", "experts") is None
+    assert sweep.grid_specs("priority", "adaseka", 24, experts="qwen2.5-coder-0.5b")[1][1] == (
+        "adaseka:experts=qwen2.5-coder-0.5b,gain=1,layers=14-23"
+    )
     assert sweep.strength("seka:gain=0.8,projection=x") < sweep.strength("seka:gain=2,projection=x")
 
 

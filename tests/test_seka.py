@@ -167,7 +167,12 @@ def test_shipped_projections_load_and_match_their_models():
     from attnsteer import specs
 
     shapes = {"qwen2.5-coder-0.5b": (24, 2, 64), "qwen2.5-coder-1.5b": (28, 2, 128), "smollm2-135m": (30, 3, 64)}
-    assert set(specs.SHIPPED_PROJECTIONS) == set(shapes) | {"qwen2.5-coder-0.5b-prism"}
+    experts = specs.SHIPPED_EXPERTS["qwen2.5-coder-0.5b"]
+    assert set(specs.SHIPPED_PROJECTIONS) == set(shapes) | {"qwen2.5-coder-0.5b-prism", *experts}
+    ada = specs.parse("adaseka:gain=1,experts=qwen2.5-coder-0.5b")  # the model's shipped expert set
+    assert [e.meta["family"] for e in ada.experts] == ["facts", "conflict", "rule"]
+    for e in ada.experts:
+        assert e.layers() == list(range(24)) and set(e.pos_sv) == set(e.pos) and "--family" in e.meta["command"]
     prism = specs.parse("prism:gain=0.4,gain_value=0.2,projection=qwen2.5-coder-0.5b-prism")
     assert prism.projection.meta["kind"] == "prism" and prism.projection.values and prism.projection.weights
     for name, (layers, kv, d) in shapes.items():

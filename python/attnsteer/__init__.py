@@ -8,7 +8,7 @@ from .directer import Directer, DirecterStats, LayerRanking, rank_layers
 from .generate import generate
 from .hf import steer, steer_pipeline
 from .influence import Calibration, InfluenceResult, SpanMass, calibrate_delta, influence, span_mass
-from .keyedit import PRISM, SEKA, KeyProjection, learn_projection
+from .keyedit import PRISM, SEKA, AdaSEKA, KeyProjection, learn_projection
 from .methods import GUIDE, PASTA, InstABoost, KeyScale, Method, SpotLight
 from .ops import backend, reference, scale_keys_, span_bias, steered_attention, steered_softmax
 from .profiling import HeadProfile, profile_heads
@@ -37,6 +37,7 @@ __all__ = [
     "SpotLight",
     "SPA",
     "SEKA",
+    "AdaSEKA",
     "PRISM",
     "KeyProjection",
     "learn_projection",

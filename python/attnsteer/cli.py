@@ -211,6 +211,12 @@ def main(argv=None) -> int:
     lp.add_argument("--layers", default=None, help="layers to learn, e.g. 12-23 (default all)")
     lp.add_argument("--min-diff", type=float, default=0.0, help="zero a head whose key shift is below this")
     lp.add_argument("--kind", default="seka", choices=["seka", "prism"], help="SEKA's projectors or PRISM-Δ's")
+    lp.add_argument(
+        "--family",
+        default="facts",
+        choices=["facts", "conflict", "rule"],
+        help="the synthetic prompt family (AdaSEKA mixes projections learned on several)",
+    )
     lp.add_argument("--batch-size", type=int, default=8)
     lp.add_argument("--threads", type=int, default=None)
     lp.add_argument("--no-progress", action="store_true")
@@ -283,6 +289,7 @@ def _learn_projection(args: argparse.Namespace, argv) -> int:
         min_diff=args.min_diff,
         batch_size=args.batch_size,
         kind=args.kind,
+        family=args.family,
         progress=not args.no_progress,
         command="attnsteer " + " ".join(shlex.quote(x) for x in argv),
     )
@@ -290,7 +297,7 @@ def _learn_projection(args: argparse.Namespace, argv) -> int:
     path = proj.save(args.out)
     m = proj.meta
     print(
-        f"wrote {path}: {m['kind']}, {len(proj.layers())} layers, mean rank {m['mean_rank']:.1f}, "
+        f"wrote {path}: {m['kind']} ({m['family']} prompts), {len(proj.layers())} layers, mean rank {m['mean_rank']:.1f}, "
         f"{m['prompts']} triplets, {m['seconds']} s"
     )
     return 0

@@ -46,7 +46,7 @@ import torch
 from .methods import ForwardContext, Method
 from .ops import OpArgs, lowrank_edit_
 
-__all__ = ["KeyProjection", "SEKA", "PRISM", "learn_projection", "install_key_edits"]
+__all__ = ["KeyProjection", "SEKA", "AdaSEKA", "PRISM", "learn_projection", "install_key_edits", "FAMILIES"]
 
 FORMAT = "attnsteer-key-projection-1"
 
@@ -74,6 +74,7 @@ class KeyProjection:
     weights: Dict[int, List[float]] = field(default_factory=dict)  # PRISM-Δ: per-head key weights
     values: Dict[int, List[torch.Tensor]] = field(default_factory=dict)  # PRISM-Δ: value bases
     value_weights: Dict[int, List[float]] = field(default_factory=dict)
+    pos_sv: Dict[int, List[torch.Tensor]] = field(default_factory=dict)  # singular values of U⁺ (AdaSEKA's routing)
 
     def layers(self) -> List[int]:
         return sorted(self.pos)
@@ -119,7 +120,7 @@ class KeyProjection:
         from safetensors.torch import save_file
 
         tensors = {}
-        for kind, table in (("pos", self.pos), ("neg", self.neg), ("val", self.values)):
+        for kind, table in (("pos", self.pos), ("neg", self.neg), ("val", self.values), ("sv", self.pos_sv)):
             for layer, heads in table.items():
                 for h, u in enumerate(heads):
                     tensors[f"L{layer}.H{h}.{kind}"] = u.detach().float().contiguous().cpu()
@@ -141,7 +142,7 @@ class KeyProjection:
             raise FileNotFoundError(
                 f"no key projection at {path}; learn one with `attnsteer learn-projection --model NAME --out {path}`"
             )
-        tables: Dict[str, Dict[int, Dict[int, torch.Tensor]]] = {"pos": {}, "neg": {}, "val": {}}
+        tables: Dict[str, Dict[int, Dict[int, torch.Tensor]]] = {"pos": {}, "neg": {}, "val": {}, "sv": {}}
         with safe_open(str(path), framework="pt") as f:
             md = f.metadata() or {}
             if md.get("format") != FORMAT:
@@ -154,7 +155,8 @@ class KeyProjection:
         w = json.loads(md.get("weights", "{}"))
         as_ints = lambda t: {int(k): v for k, v in t.items()}  # noqa: E731
         return cls(as_lists(tables["pos"]), as_lists(tables["neg"]), json.loads(md.get("meta", "{}")),
-                   as_ints(w.get("key", {})), as_lists(tables["val"]), as_ints(w.get("value", {})))  # fmt: skip
+                   as_ints(w.get("key", {})), as_lists(tables["val"]), as_ints(w.get("value", {})),
+                   as_lists(tables["sv"]))  # fmt: skip
 
 
 @dataclass
@@ -264,6 +266,124 @@ class PRISM(SEKA):
         return self.projection.prism_factors(layer_idx, self.gain, device)
 
 
+@dataclass
+class AdaSEKA(Method):
+    """AdaSEKA (the SEKA paper's adaptive variant): several SEKA projections ("experts", each learned
+    on one prompt family) mixed per prompt, layer and KV head by how the last prompt token's query
+    aligns with each expert's top singular directions. For a highlighted key:
+
+        k′ = k + g · Σₑ αₑ Uₑ Uₑᵀ k,    αₑ = cₑ / maxₑ′ |cₑ′|,    cₑ = Σ_{i<top_k} (q̂ · uₑᵢ) σₑᵢ
+
+    with ``Uₑ`` the expert's top ``top_k`` directions ``uₑᵢ`` and singular values ``σₑᵢ``, and ``q̂`` the
+    unit pre-rotary query of the last prompt token at that layer, averaged over the KV head's query
+    group. Attention itself runs unsteered, as with SEKA.
+
+    Chosen here (see the methods guide): the query is the one the layer computes in the same forward
+    (so earlier layers' edits are in it); the released code routes on a separate unsteered forward
+    and takes the hidden state *after* layer ℓ through layer ℓ's norm and query projection. Routing
+    needs the whole prompt in one forward: a chunked prefill raises.
+
+    Args:
+        experts: `KeyProjection` objects or paths, each learned with ``attnsteer learn-projection
+            --family F`` by this version (they carry the singular values the routing needs).
+        gain: ``g``; top_k: directions per expert (the released code's default, 3).
+
+    Example:
+        ```python
+        experts = [f"qwen05.{f}.safetensors" for f in ("facts", "conflict", "rule")]
+        with attnsteer.steer(model, attnsteer.AdaSEKA(experts, gain=1.0), spans=enc):
+            out = model.generate(**enc, max_new_tokens=30)
+        ```
+
+    Guide: ``docs/guides/methods.md`` (SEKA, AdaSEKA and PRISM-Δ).
+    """
+
+    experts: Any = None
+    gain: float = 1.0
+    top_k: int = 3
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.phases != "both":
+            raise ValueError("AdaSEKA edits keys when they are written (prompt tokens): phases does not apply")
+        if not math.isfinite(self.gain):
+            raise ValueError(f"AdaSEKA gain must be finite; got {self.gain}")
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 1:
+            raise ValueError(f"AdaSEKA top_k must be a whole number >= 1; got {self.top_k!r}")
+        experts = self.experts
+        if isinstance(experts, (str, Path, KeyProjection)):
+            experts = [experts]
+        if not experts:
+            raise ValueError(
+                "AdaSEKA needs experts: AdaSEKA(experts=[file, …]), projections learned with "
+                "attnsteer learn-projection --family facts|conflict|rule"
+            )
+        loaded = [KeyProjection.load(e) if isinstance(e, (str, Path)) else e for e in experts]
+        for i, e in enumerate(loaded):
+            if not isinstance(e, KeyProjection):
+                raise TypeError(f"experts[{i}] must be a KeyProjection or a path; got {type(e).__name__}")
+            if e.pos and e.meta.get("kind", "seka") != "seka":
+                raise ValueError(f"experts[{i}] is a {e.meta.get('kind')} projection; AdaSEKA mixes SEKA ones")
+            if e.pos and set(e.pos) != set(e.pos_sv):
+                raise ValueError(
+                    f"experts[{i}] has no singular values (learned by an older attnsteer); AdaSEKA routes on them: "
+                    "re-learn it with attnsteer learn-projection"
+                )
+        self.experts = tuple(loaded)
+        self._bases: Dict[Tuple[int, str], Any] = {}
+
+    def plan(self, layer_idx: int, ctx: ForwardContext) -> Optional[OpArgs]:
+        return None  # attention runs unsteered; the keys were edited when written
+
+    def plan_steered(self, layer_idx: int, ctx: ForwardContext) -> Optional[OpArgs]:
+        return None
+
+    def edits_layer(self, layer_idx: int) -> bool:
+        return self.steers_layer(layer_idx) and any(layer_idx in e.pos for e in self.experts)
+
+    def factors(self, layer_idx: int, device, dtype):
+        return None  # per prompt: see route()
+
+    def value_factors(self, layer_idx: int, device, dtype):
+        return None
+
+    def _layer_bases(self, layer_idx: int, device):
+        """``(U (E, H, D, k), S (E, H, k))`` of the experts at ``layer_idx``, zero-padded where an
+        expert has fewer than ``top_k`` directions (or none) at a head."""
+        key = (layer_idx, str(device))
+        if key not in self._bases:
+            per = [e for e in self.experts if layer_idx in e.pos]
+            H = len(per[0].pos[layer_idx])
+            D = per[0].pos[layer_idx][0].shape[0]
+            U = torch.zeros(len(self.experts), H, D, self.top_k)
+            S = torch.zeros(len(self.experts), H, self.top_k)
+            for i, e in enumerate(self.experts):
+                for h, u in enumerate(e.pos.get(layer_idx, [])):
+                    k = min(self.top_k, u.shape[1])
+                    U[i, h, :, :k] = u[:, :k]
+                    S[i, h, :k] = e.pos_sv[layer_idx][h][:k]
+            self._bases[key] = (U.to(device), S.to(device))
+        return self._bases[key]
+
+    def coefficients(self, layer_idx: int, q: torch.Tensor) -> torch.Tensor:
+        """``α (B, E, H)`` from the last prompt token's pre-rotary queries ``q (B, H, D)`` (one per KV
+        head, the mean of its query group)."""
+        U, S = self._layer_bases(layer_idx, q.device)
+        qn = q.float() / (q.float().norm(dim=-1, keepdim=True) + 1e-8)
+        c = torch.einsum("bhd,ehdk,ehk->beh", qn, U, S)
+        return c / (c.abs().amax(dim=1, keepdim=True) + 1e-8)
+
+    def route(self, layer_idx: int, q: torch.Tensor):
+        """`lowrank_edit_`'s factors per prompt: ``a (B, H, D, E·k)`` (``g·αₑ·Uₑ`` side by side) and
+        ``b (H, D, E·k)`` (the ``Uₑ``)."""
+        U, _ = self._layer_bases(layer_idx, q.device)
+        alpha = self.coefficients(layer_idx, q)  # (B, E, H)
+        E, H, D, k = U.shape
+        b = U.permute(1, 2, 0, 3).reshape(H, D, E * k).contiguous()
+        a = self.gain * (U[None] * alpha[:, :, :, None, None])  # (B, E, H, D, k)
+        return a.permute(0, 2, 3, 1, 4).reshape(-1, H, D, E * k).contiguous(), b
+
+
 def _key_module(attn) -> Tuple[Any, str]:
     """The module whose output is a layer's pre-rotary keys, and how to find them in it."""
     if hasattr(attn, "k_norm"):
@@ -299,6 +419,23 @@ def _keys_view(out: torch.Tensor, inp: torch.Tensor, kind: str, T: int, Hkv: int
     return out if transposed else out.permute(0, 2, 1, 3)
 
 
+def _last_query(attn, h: torch.Tensor, Hq: int, Hkv: int, D: int) -> torch.Tensor:
+    """``(B, Hkv, D)``: the pre-rotary query of the hidden states ``h (B, hidden)`` (the attention
+    module's input at the last prompt token), after the per-head query norm where the model has
+    one, averaged over each KV head's query group."""
+    lin = lambda mod: torch.nn.functional.linear(h, mod.weight, mod.bias)  # noqa: E731  (not through hooks)
+    if hasattr(attn, "q_proj"):
+        q = lin(attn.q_proj)
+    elif hasattr(attn, "qkv_proj"):  # the key edit hooks this module: its weight is used directly
+        q = lin(attn.qkv_proj)[..., : Hq * D]
+    else:
+        raise TypeError(f"{type(attn).__name__} has no q_proj / qkv_proj: AdaSEKA cannot route on this model's queries")
+    q = q.view(h.shape[0], Hq, D)
+    if hasattr(attn, "q_norm"):
+        q = attn.q_norm(q)
+    return q.view(h.shape[0], Hkv, Hq // Hkv, D).mean(2)
+
+
 def install_key_edits(model, state) -> List[Any]:
     """Hooks that edit the span keys (and, for `PRISM` with a value gain, values) of every layer
     ``state.method`` edits (steer() calls this for a key-editing method and removes the handles on
@@ -313,10 +450,19 @@ def install_key_edits(model, state) -> List[Any]:
     D = getattr(cfg, "head_dim", None) or cfg.hidden_size // Hq
     method = state.method
 
+    routes = hasattr(method, "route")
+
     def pre(module, args, kwargs):
         hs = kwargs.get("hidden_states", args[0] if args else None)
         cp = kwargs.get("cache_position")
-        module._attnsteer_positions = cp if cp is not None else torch.arange(hs.shape[1], device=hs.device)
+        module._attnsteer_positions = cp = cp if cp is not None else torch.arange(hs.shape[1], device=hs.device)
+        if routes:  # AdaSEKA: the mix of experts from the last prompt token's query, per prompt
+            last = (cp == state.prompt_length - 1).nonzero()
+            module._attnsteer_route = (
+                method.route(module.layer_idx, _last_query(module, hs[:, int(last[0, 0])], Hq, Hkv, D))
+                if len(last)
+                else None
+            )
 
     def hook(attn, kind, factors):
         def post(module, inputs, out):
@@ -328,9 +474,24 @@ def install_key_edits(model, state) -> List[Any]:
             span = expand_rows(state.span_mask.to(out.device), B, "the prompt")
             w = torch.zeros(B, T, device=out.device)
             w[:, inside] = span[:, cp[inside]]
+            if not bool((w != 0).any()):
+                return out
+            x = _keys_view(out, inputs[0], kind, T, Hkv, D, Hq)
+            if routes:
+                f = getattr(attn, "_attnsteer_route", None)
+                if f is None:
+                    raise RuntimeError(
+                        "AdaSEKA routes on the last prompt token's query, which this forward (a chunk of the "
+                        "prompt) does not hold: run the whole prompt in one forward (no chunked prefill)"
+                    )
+                a, b = f
+                for r in range(B):  # one mix of experts per prompt
+                    if bool((w[r] != 0).any()):
+                        lowrank_edit_(x[r : r + 1], w[r : r + 1], a[r], b)
+                return out
             f = factors(attn.layer_idx, out.device, out.dtype)
-            if f is not None and bool((w != 0).any()):
-                lowrank_edit_(_keys_view(out, inputs[0], kind, T, Hkv, D, Hq), w, *f)
+            if f is not None:
+                lowrank_edit_(x, w, *f)
             return out
 
         return post
@@ -351,23 +512,64 @@ def install_key_edits(model, state) -> List[Any]:
 # ------------------------------------------------------------------------------------- learning
 
 
-def _triplets(n: int, seed: int = 0) -> Iterator[Tuple[str, str, str, str]]:
-    """``(context, relevant question, answer, irrelevant question)``: a context of three made-up facts
-    about three entities; the answer is one fact's value; the irrelevant question asks about another."""
+FAMILIES = ("facts", "conflict", "rule")
+
+# The rule family's instructions (made up; {v} is a made-up word of the dev split).
+_RULES = (
+    "Always reply in {v}, the language of the island.",
+    "End every reply with the word {v}.",
+    "Write every reply in capital letters.",
+    "Never mention {v} in a reply.",
+    "Start every reply with the word {v}.",
+    "Reply in at most five words.",
+)
+
+
+def _triplets(n: int, seed: int = 0, family: str = "facts") -> Iterator[Tuple[str, str, str, str]]:
+    """``(context, relevant question, answer, irrelevant question)`` of one prompt family (the answer's
+    keys are the ones collected):
+
+    - ``facts``: three made-up facts about three entities; the answer is one fact's value, the
+      relevant question asks for it, the irrelevant one for another fact.
+    - ``conflict``: two statements that conflict about one entity's attribute and an unrelated fact;
+      the answer is the first statement's value, the relevant question asks for the attribute, the
+      irrelevant one for the unrelated fact.
+    - ``rule``: an instruction among two facts; the answer is the instruction, the relevant question
+      asks to follow it ("Following the instruction, …"), the irrelevant one is the same question
+      without it.
+    """
     from .eval import priority
 
+    if family not in FAMILIES:
+        raise ValueError(f"family must be one of {', '.join(FAMILIES)}; got {family!r}")
     rels = [r for r in priority.RELATIONS if r.split == "dev"]
     rng = random.Random(seed)
     for _ in range(n):
         facts = []
         for r in rng.sample(rels, 3):
             entity = priority._word(rng, "dev", 3, "ia")
-            value = priority._pool(r, rng, 8)[rng.randrange(8)]
-            facts.append((r, entity, value))
-        rng.shuffle(facts)
-        context = " ".join(r.statement.format(e=e, v=v) for r, e, v in facts)
-        (r0, e0, v0), (r1, e1, _) = facts[0], facts[1]
-        yield context, r0.question.format(e=e0), v0, r1.question.format(e=e1)
+            pool = priority._pool(r, rng, 8)
+            facts.append((r, entity, pool[rng.randrange(8)], pool))
+        if family == "facts":
+            rng.shuffle(facts)
+            (r0, e0, v0, _), (r1, e1, _, _) = facts[0], facts[1]
+            context = " ".join(r.statement.format(e=e, v=v) for r, e, v, _ in facts)
+            yield context, r0.question.format(e=e0), v0, r1.question.format(e=e1)
+            continue
+        (r0, e0, v0, pool0), (r1, e1, v1, _), (r2, e2, v2, _) = facts
+        if family == "conflict":
+            other = rng.choice([v for v in pool0 if v != v0])
+            parts = [
+                r0.statement.format(e=e0, v=v0),
+                r1.statement.format(e=e1, v=v1),
+                r0.statement.format(e=e0, v=other),
+            ]
+            yield " ".join(parts), r0.question.format(e=e0), v0, r1.question.format(e=e1)
+        else:
+            rule = rng.choice(_RULES).format(v=priority._word(rng, "dev", 2, "ic"))
+            parts = [r1.statement.format(e=e1, v=v1), rule, r2.statement.format(e=e2, v=v2)]
+            q = r1.question.format(e=e1)
+            yield " ".join(parts), "Following the instruction in the context: " + q, rule, q
 
 
 def _answer_tokens(tok, text: str, answer: str, start: int) -> List[int]:
@@ -390,10 +592,12 @@ def learn_projection(
     progress: bool = True,
     command: str = "",
     kind: str = "seka",
+    family: str = "facts",
 ) -> KeyProjection:
     """Learn SEKA's projectors (``kind="seka"``) or PRISM-Δ's (``kind="prism"``: the SVD of
     ``Ω⁺ − Ω⁻``, softplus head weights, and the same for the values) for ``model`` from ``prompts``
-    synthetic contrastive triplets.
+    synthetic contrastive triplets of one prompt ``family`` (``"facts"``, ``"conflict"``, ``"rule"``:
+    `_triplets`; AdaSEKA mixes projections learned on several).
 
     For each triplet three prompts are run (the context alone, after a relevant question, after an
     irrelevant one), batched, with hooks that collect the pre-rotary keys of the answer tokens per
@@ -416,12 +620,14 @@ def learn_projection(
         raise ValueError(f"kind must be 'seka' or 'prism'; got {kind!r}")
     if prompts < 2:
         raise ValueError(f"prompts must be >= 2 (the covariances need samples); got {prompts}")
+    if family not in FAMILIES:
+        raise ValueError(f"family must be one of {', '.join(FAMILIES)}; got {family!r}")
     cfg = getattr(model.config, "text_config", None) or model.config
     mods = [m for m in attention_modules(model) if layers is None or m.layer_idx in set(layers)]
     Hq = cfg.num_attention_heads
     Hkv = getattr(cfg, "num_key_value_heads", None) or Hq
     D = getattr(cfg, "head_dim", None) or cfg.hidden_size // Hq
-    texts, idx = _contrastive_sets(tokenizer, prompts, seed)
+    texts, idx = _contrastive_sets(tokenizer, prompts, seed, family)
     wanted = ("k", "v") if kind == "prism" else ("k",)
     keys = _collect(model, tokenizer, mods, texts, idx, wanted, (Hq, Hkv, D), batch_size, progress)
     pos, neg, out, ranks = _fit(keys, [m.layer_idx for m in mods], wanted, kind, gamma, min_diff, Hkv, progress)
@@ -436,21 +642,22 @@ def learn_projection(
         "min_diff": min_diff,
         "seed": seed,
         "kind": kind,
+        "family": family,
         "mean_rank": sum(ranks) / max(1, len(ranks)),
         "date": datetime.date.today().isoformat(),
         "attnsteer": __version__,
         "command": command,
         "where": "pre-rotary keys (after k_norm where the model has one)",
     }
-    return KeyProjection(pos, neg, meta, out["kw"], out["val"], out["vw"])
+    return KeyProjection(pos, neg, meta, out["kw"], out["val"], out["vw"], out["sv"])
 
 
-def _contrastive_sets(tokenizer, prompts: int, seed: int):
+def _contrastive_sets(tokenizer, prompts: int, seed: int, family: str = "facts"):
     """The three prompt sets (context alone ``H``, after a relevant question ``Hp``, after an irrelevant
     one ``Hn``) and, per prompt, the token indices of the answer (the same trailing tokens in each)."""
     texts: Dict[str, List[str]] = {"H": [], "Hp": [], "Hn": []}
     idx: Dict[str, List[List[int]]] = {"H": [], "Hp": [], "Hn": []}
-    for ctx, rel_q, ans, irr_q in _triplets(prompts, seed):
+    for ctx, rel_q, ans, irr_q in _triplets(prompts, seed, family):
         built = {
             "H": f"Context: {ctx}",
             "Hp": f"Question: {rel_q}\nContext: {ctx}",
@@ -510,28 +717,30 @@ def _fit(keys, layers, wanted, kind, gamma, min_diff, Hkv, progress):
 
     pos: Dict[int, List[torch.Tensor]] = {}
     neg: Dict[int, List[torch.Tensor]] = {}
-    out: Dict[str, Dict[int, list]] = {"kw": {}, "val": {}, "vw": {}}
+    out: Dict[str, Dict[int, list]] = {"kw": {}, "val": {}, "vw": {}, "sv": {}}
     ranks = []
     for L in tqdm(layers, desc="projectors", unit="layer", disable=not progress):
         for which in wanted:
             H0, Hp, Hn = (torch.cat(keys[(which, s)][L], 1).double() for s in ("H", "Hp", "Hn"))  # (Hkv, n, D)
             n = H0.shape[1]
-            bases, weights, negs = [], [], []
+            bases, weights, negs, svs = [], [], [], []
             for h in range(Hkv):
                 shift = float((Hp[h] - Hn[h]).norm() / n)
                 if kind == "seka":
-                    up = _basis(H0[h].T @ Hp[h] / n, gamma)
-                    un = _basis(H0[h].T @ Hn[h] / n, gamma)
+                    up, sp = _basis(H0[h].T @ Hp[h] / n, gamma)
+                    un, _ = _basis(H0[h].T @ Hn[h] / n, gamma)
                     if min_diff and shift < min_diff:
-                        up, un = up[:, :0], un[:, :0]
+                        up, un, sp = up[:, :0], un[:, :0], sp[:0]
                     negs.append(un.float())
                 else:  # PRISM-Δ: the differential cross-covariance, a soft weight per head
-                    up = _basis(H0[h].T @ (Hp[h] - Hn[h]) / n, gamma)
+                    up, sp = _basis(H0[h].T @ (Hp[h] - Hn[h]) / n, gamma)
                     weights.append(float(torch.nn.functional.softplus(torch.tensor(shift - min_diff))))
                 bases.append(up.float())
+                svs.append(sp.float())
                 ranks.append(up.shape[1])
             if which == "k":
                 pos[L], neg[L] = bases, negs
+                out["sv"][L] = svs
                 if weights:
                     out["kw"][L] = weights
             else:
@@ -539,11 +748,12 @@ def _fit(keys, layers, wanted, kind, gamma, min_diff, Hkv, progress):
     return pos, neg, out, ranks
 
 
-def _basis(omega: torch.Tensor, gamma: float) -> torch.Tensor:
-    """The top left singular vectors of ``omega`` whose singular values hold a share ``gamma``."""
+def _basis(omega: torch.Tensor, gamma: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(U, S)``: the top left singular vectors of ``omega`` whose singular values hold a share
+    ``gamma``, and those singular values."""
     U, S, _ = torch.linalg.svd(omega, full_matrices=False)
     total = float(S.sum())
     if total <= 0:
-        return U[:, :0]
-    k = int((torch.cumsum(S, 0) / total < gamma).sum()) + 1
-    return U[:, : min(k, U.shape[1])]
+        return U[:, :0], S[:0]
+    k = min(int((torch.cumsum(S, 0) / total < gamma).sum()) + 1, U.shape[1])
+    return U[:, :k], S[:k]

@@ -18,6 +18,8 @@ Grammar: ``name[:key=value,key=value…]``, with ``gate+`` in front for the plau
     spa:omega=1.5                SPA (logit-level: two passes, the anchor hidden in the second)
     seka:gain=1,projection=F     SEKA, projectors from attnsteer learn-projection (parse_local only)
     prism:gain=1,gain_value=0.2,projection=F   PRISM-Δ (learn-projection --kind prism)
+    adaseka:gain=1,experts=A+B+C AdaSEKA: SEKA projections (--family …) mixed per prompt; a model name
+                                 names its shipped set (experts=qwen2.5-coder-0.5b)
     gate+guide:delta=2           GUIDE inside DIRECTER's plausibility gate
 
 Values: plain ASCII decimal numbers (no NaN, no infinity), ``true``/``false``,
@@ -45,7 +47,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 from .directer import Directer
-from .keyedit import PRISM, SEKA
+from .keyedit import PRISM, SEKA, AdaSEKA
 from .methods import GUIDE, PASTA, InstABoost, KeyScale, Method, SpotLight
 from .spa import SPA
 
@@ -74,6 +76,7 @@ _CLASSES = {
     "spa": SPA,
     "seka": SEKA,
     "prism": PRISM,
+    "adaseka": AdaSEKA,
 }
 
 Spec = Union[None, Method, Directer, SPA]
@@ -86,7 +89,12 @@ SHIPPED_HEADS = {"smollm2-135m": "pasta_heads_smollm2_135m.json"}
 SHIPPED_PROJECTIONS = {
     **{name: f"{name}.seka.safetensors" for name in ("qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b", "smollm2-135m")},
     "qwen2.5-coder-0.5b-prism": "qwen2.5-coder-0.5b.prism.safetensors",  # learn-projection --kind prism
+    # AdaSEKA's experts: one SEKA projection per prompt family (learn-projection --family F), with
+    # the singular values its routing needs
+    **{f"qwen2.5-coder-0.5b-{f}": f"qwen2.5-coder-0.5b.{f}.safetensors" for f in ("facts", "conflict", "rule")},
 }
+# experts=MODEL: the model's shipped set of AdaSEKA experts
+SHIPPED_EXPERTS = {"qwen2.5-coder-0.5b": tuple(f"qwen2.5-coder-0.5b-{f}" for f in ("facts", "conflict", "rule"))}
 
 # Without a model to check against, layer and head indices stop here (a range is checked before
 # any list is built, so ``layers=0-300000000`` costs nothing).
@@ -285,7 +293,7 @@ def _kind(cls, key: str) -> str:
     names = {f.name: f for f in fields(cls) if f.init and f.name not in _HIDDEN}
     if key not in names:
         raise SpecError(f"{cls.__name__} has no setting {_show(key)}; settings: {', '.join(sorted(names))}")
-    if key in ("layers", "heads", "projection"):
+    if key in ("layers", "heads", "projection", "experts"):
         return key
     default = names[key].default
     if default is MISSING:
@@ -307,6 +315,11 @@ def _value(name: str, cls, key: str, raw: str, grammar: _Grammar) -> Any:
         return _parse_heads(raw, grammar)
     if kind == "projection":
         return _projection(raw, grammar)
+    if kind == "experts":
+        names = SHIPPED_EXPERTS.get(raw) or raw.split("+")
+        if not all(names):
+            raise SpecError(f"experts={_show(raw)} has an empty name; join projections with '+', e.g. experts=a+b")
+        return [_projection(n, grammar) for n in names]
     if kind == "bool":
         if raw.lower() not in ("true", "false"):
             raise SpecError(f"{cls.__name__} setting {key}={_show(raw)} is true or false")
@@ -367,7 +380,7 @@ def _build(spec: str, grammar: _Grammar) -> Tuple[str, Spec]:
             raise SpecError(f"method spec {_show(spec)}: DIRECTER is already gated; drop 'gate+'")
         if isinstance(method, SPA):
             raise SpecError(f"method spec {_show(spec)}: SPA mixes logits, it cannot run inside DIRECTER's gate")
-        if isinstance(method, SEKA):
+        if isinstance(method, (SEKA, AdaSEKA)):
             raise SpecError(
                 f"method spec {_show(spec)}: SEKA / PRISM edit keys when they are written, which DIRECTER's "
                 "per-step gate cannot undo; drop 'gate+'"
@@ -376,8 +389,8 @@ def _build(spec: str, grammar: _Grammar) -> Tuple[str, Spec]:
     items = []
     for k in sorted(settings):
         v = values[k]
-        if k in ("layers", "heads", "projection") or isinstance(v, str):
-            text = settings[k] if k in ("layers", "heads", "projection") else v
+        if k in ("layers", "heads", "projection", "experts") or isinstance(v, str):
+            text = settings[k] if k in ("layers", "heads", "projection", "experts") else v
         elif isinstance(v, bool):
             text = str(v).lower()
         else:
@@ -449,6 +462,8 @@ _NOT_SERVED = {
     "does not do yet; use attnsteer.steer / attnsteer.generate",
     "seka": "its keys must be edited when vLLM writes them into the paged cache, which the plugin does not do yet; "
     "use attnsteer.steer / attnsteer.generate",
+    "adaseka": "its keys must be edited when vLLM writes them into the paged cache, with a mix of experts routed "
+    "on the prompt's last query, which the plugin does not do yet; use attnsteer.steer / attnsteer.generate",
 }
 
 

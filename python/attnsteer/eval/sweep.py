@@ -80,12 +80,14 @@ GRIDS: Dict[str, Dict[str, Grid]] = {
         "seka": ("seka:gain={},layers={last10},projection={projection}", (0.8, 2.0)),
         # PRISM-Δ with the model's shipped PRISM projection (keys at the gain, values at 0.2), same layers
         "prism": ("prism:gain={},gain_value=0.2,layers={last10},projection={prism_projection}", (0.4, 1.0)),
+        # AdaSEKA with the model's shipped experts (one per prompt family), same layers
+        "adaseka": ("adaseka:gain={},experts={experts},layers={last10}", (0.5, 1.0)),
     },
 }
 DEFAULT_GRIDS: Dict[str, Tuple[str, ...]] = {
     "ifeval": ("guide", "instaboost", "spotlight", "pasta", "pasta-layers", "keyscale"),
     "retention": tuple(g for g in GRIDS["retention"] if g != "spa"),
-    "priority": tuple(g for g in GRIDS["priority"] if g not in ("spa", "seka", "prism")),
+    "priority": tuple(g for g in GRIDS["priority"] if g not in ("spa", "seka", "prism", "adaseka")),
 }
 RANKED_FILE = "ranked_layers.json"
 RULE = (
@@ -102,18 +104,20 @@ def grid_specs(
     gated: bool = False,
     projection: Optional[str] = None,
     prism_projection: Optional[str] = None,
+    experts: Optional[str] = None,
 ) -> List[Tuple[float, str]]:
     """``[(strength, canonical spec)]`` of grid ``name`` of ``task`` for a model with ``num_layers``
     layers; ``ranked`` fills ``{ranked}``, ``projection`` (a shipped SEKA projection's name)
-    ``{projection}`` and ``prism_projection`` (a shipped PRISM-Δ one) ``{prism_projection}``
-    (required by the grids that use them)."""
+    ``{projection}``, ``prism_projection`` (a shipped PRISM-Δ one) ``{prism_projection}`` and
+    ``experts`` (a model with shipped AdaSEKA experts) ``{experts}`` (required by the grids that use them)."""
     grids = GRIDS[tasks.get(task).name]
     if name not in grids:
         raise ValueError(f"unknown {task} sweep grid {name!r}: choose from {', '.join(grids)}")
     template, values = grids[name]
     if "{ranked}" in template and not ranked:
         raise ValueError(f"grid {name!r} steers DIRECTER's top-ranked layers: rank them first (ranked_layers)")
-    if ("{projection}" in template and not projection) or ("{prism_projection}" in template and not prism_projection):
+    given = {"projection": projection, "prism_projection": prism_projection, "experts": experts}
+    if any("{" + k + "}" in template and not v for k, v in given.items()):
         raise ValueError(
             f"grid {name!r} needs a shipped key projection for this model (attnsteer.specs.SHIPPED_PROJECTIONS); "
             "learn one with attnsteer learn-projection and pass it with --method instead"
@@ -124,6 +128,7 @@ def grid_specs(
         "ranked": "+".join(str(x) for x in sorted(ranked or [])),
         "projection": projection or "",
         "prism_projection": prism_projection or "",
+        "experts": experts or "",
     }
     return [
         (v, specs.canonical(("gate+" if gated else "") + template.replace("{}", f"{v:g}").format(**fill)))
@@ -335,7 +340,8 @@ def main(args, load: Callable, command: str, machine: Callable) -> int:
         if any(p is None for p in prompts):
             raise ValueError(f"the {task.name} task has no prompt objects to rank layers on; drop the ranked grids")
         ranked = ranked_layers(model, tok, prompts, args.out)
-    proj = dict(projection=_shipped_projection(tag), prism_projection=_shipped_projection(tag, "prism"))
+    proj = dict(projection=_shipped_projection(tag), prism_projection=_shipped_projection(tag, "prism"),
+                experts=_shipped_projection(tag, "experts"))  # fmt: skip
     grids: Dict[str, List[Tuple[float, str]]] = {}
     for n in names:
         grids[n] = grid_specs(task.name, n, L, ranked, **proj)
@@ -397,11 +403,13 @@ def _save(args, task, tag: str, best: Optional[Dict[str, Any]], evidence: Dict[s
 
 
 def _shipped_projection(tag: str, kind: str = "seka") -> Optional[str]:
-    """The shipped projection of ``kind`` (``"seka"`` or ``"prism"``) of the model stored under
-    ``tag``, by name (None: none ships)."""
+    """The shipped projection of ``kind`` (``"seka"``, ``"prism"``, or ``"experts"``: the model's set of
+    AdaSEKA experts) of the model stored under ``tag``, by name (None: none ships)."""
     from ..models import MODELS
 
     name = next((n for n, m in MODELS.items() if m.tag == tag), None)
+    if kind == "experts":
+        return name if name in specs.SHIPPED_EXPERTS else None
     if name is not None and kind != "seka":
         name = f"{name}-{kind}"
     return name if name in specs.SHIPPED_PROJECTIONS else None
