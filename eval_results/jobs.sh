@@ -293,7 +293,21 @@ case "${1:-}" in
       done
     done
     "$0" priority-qwen-2k-rest ;;
+  adaseka-priority)
+    # AdaSEKA (the shipped experts) on Qwen2.5-Coder-0.5B's priority task: its dev grid (no filler), then its
+    # dev choice on the test cells at 0 and 512 filler tokens.
+    dev=eval_results/priority/qwen-dev
+    $EV sweep --task priority --model qwen2.5-coder-0.5b --out $dev $COMMON --methods adaseka
+    chosen=$(.venv/bin/python -c "import json; print(json.load(open('$dev/sweep.json'))['by_grid'].get('adaseka') or '')")
+    for f in 0 512; do
+      for m in $chosen; do
+        $EV priority --model qwen2.5-coder-0.5b --split test --fillers $f --entities 8 --batch-size 4 \
+          --out eval_results/priority/qwen-test $COMMON --method "$m"
+      done
+    done ;;
   priority-qwen-2k-rest)
+    # (new-methods-priority chains here; AdaSEKA's cells, added after it started, run first.)
+    "$0" adaseka-priority
     # Qwen2.5-Coder-0.5B's test cells at 2048 filler tokens: unsteered and GUIDE 2 (the dev choice).
     for m in none guide:delta=2; do
       $EV priority --model qwen2.5-coder-0.5b --split test --fillers 2048 --entities 8 --batch-size 4 \
