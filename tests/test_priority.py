@@ -119,9 +119,33 @@ def test_cli_priority_sweep_end_to_end(tmp_path, monkeypatch, capsys):
     tok = tokenizer()
     monkeypatch.setattr(models, "load_default", lambda **_: (tiny_model("llama", layers=2), tok))
     out = tmp_path / "ps"
-    argv = ["eval", "sweep", "--task", "priority", "--methods", "guide", "--docs", "1", "--placements", "user",
-            "--test-lengths", "0,48", "--test-placements", "user,system", "--test-docs", "1", "--max-new-tokens",
-            "3", "--out", str(out), "--no-progress", "--report-test", "--save-config", str(tmp_path / "c.json")]  # fmt: skip
+    argv = [
+        "eval",
+        "sweep",
+        "--task",
+        "priority",
+        "--methods",
+        "guide",
+        "--docs",
+        "1",
+        "--placements",
+        "user",
+        "--test-lengths",
+        "0,48",
+        "--test-placements",
+        "user,system",
+        "--test-docs",
+        "1",
+        "--max-new-tokens",
+        "3",
+        "--out",
+        str(out),
+        "--no-progress",
+        "--report-test",
+        "--save-config",
+        str(tmp_path / "c.json"),
+        "--allow-no-gain",
+    ]  # fmt: skip  (a random tiny model: steering need not help)
     assert cli.main(argv) == 0
     swept = json.loads((out / "sweep.json").read_text())
     lines = [json.loads(x) for x in open(out / "responses.jsonl")]
@@ -138,6 +162,32 @@ def test_cli_priority_sweep_end_to_end(tmp_path, monkeypatch, capsys):
         (p, n) for p in ("user", "system") for n in (0, 48)
     }
     assert "| guide:delta=" in (out / "test" / "results.md").read_text()
+
+
+def test_save_config_refuses_a_choice_that_does_not_beat_unsteered(tmp_path, monkeypatch, capsys):
+    """A dev choice that only ties (or loses to) unsteered is not saved unless --allow-no-gain says so;
+    the error names the report and the flag."""
+    from attnsteer import SteeringConfig, cli, models
+    from attnsteer.eval import sweep
+
+    tok = tokenizer()
+    monkeypatch.setattr(models, "load_default", lambda **_: (tiny_model("llama", layers=2), tok))
+    real = sweep.report
+
+    def no_gain(*a, **k):
+        chosen = real(*a, **k)
+        return {**chosen, "helps": False}
+
+    monkeypatch.setattr(sweep, "report", no_gain)
+    cfg = tmp_path / "c.json"
+    argv = ["eval", "sweep", "--task", "priority", "--methods", "guide", "--docs", "1", "--placements", "user",
+            "--max-new-tokens", "3", "--out", str(tmp_path / "ps"), "--no-progress", "--save-config", str(cfg)]  # fmt: skip
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "does not beat unsteered on dev" in err and "--allow-no-gain" in err and "sweep.md" in err
+    assert not cfg.exists()
+    assert cli.main(argv + ["--report-only", "--allow-no-gain"]) == 0
+    assert SteeringConfig.load(cfg).task == "priority"
 
 
 def test_cli_priority_end_to_end(tmp_path, monkeypatch, capsys):

@@ -100,6 +100,11 @@ def add_parsers(sub) -> None:
     p.add_argument(
         "--save-config", default=None, metavar="FILE", help="write the chosen setting as a SteeringConfig JSON"
     )
+    p.add_argument(
+        "--allow-no-gain",
+        action="store_true",
+        help="--save-config even when the choice does not beat unsteered on dev (refused otherwise)",
+    )
     g = p.add_argument_group("retention and priority tasks (unset: the task's defaults, attnsteer.eval.tasks.TASKS)")
     g.add_argument(
         "--lengths", default=None, help="dev document lengths in tokens (retention; 1024) / filler tokens (priority; 0)"

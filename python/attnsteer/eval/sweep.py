@@ -18,7 +18,8 @@ For any task of `.tasks` (cases → prompts with spans → replies → verdicts 
 - **Test**: ``--report-test`` / ``--test-only``: unsteered and the chosen points (or
   ``--test-method best | grid:NAME | SPEC``) on the test split, reported into ``OUT/test``.
 - ``--save-config FILE`` writes the overall choice as an `attnsteer.SteeringConfig` with its
-  evidence; ``--report-only`` generates nothing and rebuilds the reports from the stored replies.
+  evidence — only when it beats unsteered on dev (``--allow-no-gain`` saves a tie or a loss anyway;
+  the report says "no setting beats unsteered on dev" then); ``--report-only`` generates nothing and rebuilds the reports from the stored replies.
 
 Every reply lands in the resumable store ``OUT/responses.jsonl`` (``--shard NAME`` writes
 ``responses.NAME.jsonl`` so that two queues can run side by side; reports read every shard).
@@ -250,7 +251,9 @@ def report(
         c = choose(scores, [s for _, s in pts])
         by_grid[name] = c["method"] if c else None
     best = choose(scores, [c for c in by_grid.values() if c])
-    chosen = {"by_grid": by_grid, "best": best["method"] if best else None, "scores": scores}
+    base = scores.get("none", {}).get("score")
+    helps = best is not None and base is not None and best["score"] > base
+    chosen = {"by_grid": by_grid, "best": best["method"] if best else None, "helps": helps, "scores": scores}
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "sweep.json"), "w", encoding="utf-8") as f:
         json.dump({"task": task.name, "model": tag, "max_new_tokens": max_new_tokens, "strategy": opts.strategy,
@@ -258,7 +261,6 @@ def report(
                    "fluency_bounds": fluency.BOUNDS, "dev_cases": len(keys), **chosen,
                    "measured": {n: [s for _, s in pts if s in scores] for n, pts in grids.items()},
                    "rows": rows}, f, indent=1)  # fmt: skip
-    base = scores.get("none", {}).get("score")
     lines = [
         f"# {task.name} sweep — {tag} — dev split ({len(keys)} cases)",
         "",
@@ -283,6 +285,10 @@ def report(
                          f"{', '.join(sc['flags']) or '—'} |")  # fmt: skip
     if base is not None:
         lines.append(f"| — | unsteered | {100 * base:.1f} | | {scores['none']['n']} | |")
+    if best is not None and base is not None and not helps:
+        lines += ["", f"**No setting beats unsteered on dev**: the choice, {best['method']}, scores "
+                  f"{100 * best['score']:.1f} % against unsteered's {100 * base:.1f} %; nothing to ship "
+                  "(`--save-config` refuses without `--allow-no-gain`)."]  # fmt: skip
     lines += ["", "## Dev rows", "", task.table(rows), ""]
     with open(os.path.join(out, "sweep.md"), "w", encoding="utf-8") as f:
         f.write("\n".join(lines))
@@ -366,6 +372,12 @@ def main(args, load: Callable, command: str, machine: Callable) -> int:
         test = task.cases(tok, model, "test", test_opts, M)
         evidence.update(_test_stage(args, task, model, tok, test, test_opts, chosen, best, run, command, machine()))
     if args.save_config:
+        if best is not None and not chosen["helps"] and not getattr(args, "allow_no_gain", False):
+            raise ValueError(
+                f"the dev choice {best['method']} does not beat unsteered on dev ({100 * best['score']:.1f} % vs "
+                f"{100 * (evidence.get('dev_unsteered_score') or 0):.1f} %): nothing worth saving — see "
+                f"{os.path.join(args.out, 'sweep.md')}; pass --allow-no-gain to save it anyway"
+            )
         _save(args, task, tag, best, evidence, command)
     return 0
 
