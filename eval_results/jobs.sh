@@ -25,6 +25,7 @@
 #   nohup eval_results/jobs.sh qwen-ifeval-dev > eval_results/logs/qwen-ifeval-dev.log 2>&1 &
 #   nohup eval_results/jobs.sh priority-qwen-2k > eval_results/logs/priority-qwen-2k.log 2>&1 &   (then qwen-retention)
 #   nohup eval_results/jobs.sh new-methods-priority > eval_results/logs/new-methods-priority.log 2>&1 &   (then priority-qwen-2k-rest)
+#   nohup eval_results/jobs.sh new-methods-ifeval > eval_results/logs/new-methods-ifeval.log 2>&1 &
 # EVAL_CODE=DIR runs the code of another checkout (e.g. a `git worktree` of a fixed commit with
 # its built _C copied in), so that editing this tree does not change a queue that is running;
 # the results still go to this tree's eval_results/.
@@ -293,6 +294,15 @@ case "${1:-}" in
       done
     done
     "$0" priority-qwen-2k-rest ;;
+  new-methods-ifeval)
+    # The 2026 methods on IFEval's dev split (100 prompts, 256 new tokens): SmolLM2 first (its shipped SEKA
+    # projection; SPA), then Qwen2.5-Coder-0.5B (SEKA, AdaSEKA, PRISM-Δ, SPA); then the rest of Qwen's
+    # retention dev grid (queue qwen-retention's second step).
+    $EV sweep --task ifeval --out eval_results/sweep $COMMON --methods seka,spa
+    $EV sweep --task ifeval --model qwen2.5-coder-0.5b --out eval_results/qwen/ifeval-sweep $COMMON --batch-size 4 \
+      --methods seka,spa,adaseka,prism
+    $EV sweep --task retention --model qwen2.5-coder-0.5b --out eval_results/qwen/retention-sweep $COMMON \
+      --batch-size 4 --methods guide,instaboost,spotlight,keyscale,guide-length ;;
   adaseka-priority)
     # AdaSEKA (the shipped experts) on Qwen2.5-Coder-0.5B's priority task: its dev grid (no filler), then its
     # dev choice on the test cells at 0 and 512 filler tokens.

@@ -53,6 +53,10 @@ GRIDS: Dict[str, Dict[str, Grid]] = {
         # The embedded model only: the head profile that ships for it (not in the default list).
         "pasta-heads": ("pasta:alpha={},heads=smollm2-135m", (0.1, 0.01)),
         "spa": ("spa:omega={}", (1.5, 2.0, 3.0)),  # SPA, the logit-level baseline (not in the default list)
+        # The key-editing methods with the model's shipped projections, last 10 layers (not in the default list)
+        "seka": ("seka:gain={},layers={last10},projection={projection}", (0.4, 0.8)),
+        "prism": ("prism:gain={},gain_value=0.2,layers={last10},projection={prism_projection}", (0.4,)),
+        "adaseka": ("adaseka:gain={},experts={experts},layers={last10}", (0.5, 1.0)),
     },
     "retention": {
         "guide": ("guide:delta={}", (0.5, 1.0, 2.0)),
