@@ -26,6 +26,7 @@
 #   nohup eval_results/jobs.sh priority-qwen-2k > eval_results/logs/priority-qwen-2k.log 2>&1 &   (then qwen-retention)
 #   nohup eval_results/jobs.sh new-methods-priority > eval_results/logs/new-methods-priority.log 2>&1 &   (then priority-qwen-2k-rest)
 #   nohup eval_results/jobs.sh new-methods-ifeval > eval_results/logs/new-methods-ifeval.log 2>&1 &
+#   nohup eval_results/jobs.sh priority-small-new > eval_results/logs/priority-small-new.log 2>&1 &
 # EVAL_CODE=DIR runs the code of another checkout (e.g. a `git worktree` of a fixed commit with
 # its built _C copied in), so that editing this tree does not change a queue that is running;
 # the results still go to this tree's eval_results/.
@@ -303,6 +304,15 @@ case "${1:-}" in
       --methods seka,spa,adaseka,prism
     $EV sweep --task retention --model qwen2.5-coder-0.5b --out eval_results/qwen/retention-sweep $COMMON \
       --batch-size 4 --methods guide,instaboost,spotlight,keyscale,guide-length ;;
+  priority-small-new)
+    # The 2026 methods on SmolLM2's priority test cells (0 and 512 filler tokens), at Qwen2.5-Coder-0.5B's dev
+    # choices (not re-tuned): SEKA gain 0.8 on the last 10 layers with SmolLM2's shipped projection, SPA ω = 2.
+    for f in 0 512; do
+      for m in seka:gain=0.8,layers=20-29,projection=smollm2-135m spa:omega=2; do
+        $EV priority --model smollm2-135m --split test --fillers $f --entities 8 --out eval_results/priority/smollm2-135m \
+          $COMMON --method "$m"
+      done
+    done ;;
   adaseka-priority)
     # AdaSEKA (the shipped experts) on Qwen2.5-Coder-0.5B's priority task: its dev grid (no filler), then its
     # dev choice on the test cells at 0 and 512 filler tokens.

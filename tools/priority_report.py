@@ -24,6 +24,7 @@ FOLDERS = [
 DEV = ("qwen-dev", "Qwen2.5-Coder-0.5B-Instruct")
 METHODS = ["guide:delta=2", "instaboost:alpha=10", "pasta:alpha=0.01"]
 MAX_NEW_TOKENS = 24
+SMOLLM2_SEKA = "seka:gain=0.8,layers=20-29,projection=smollm2-135m"
 
 
 def main() -> int:
@@ -54,6 +55,19 @@ def main() -> int:
             + priority.compare_models(results, methods)
             + "\n"
         )
+        new = _new_methods(chosen)
+        labels = [x for x in ("Qwen2.5-Coder-0.5B", "SmolLM2-135M") if x in results]
+        if new and labels:
+            small = [SMOLLM2_SEKA] + [m for m in new.values() if m.startswith("spa:")]
+            text += (
+                "\n## The 2026 methods (test split)\n\n"
+                "Qwen2.5-Coder-0.5B: each method's dev choice (`eval_results/priority/qwen-dev/sweep.md`: "
+                + ", ".join(f"{g}: `{m}`" for g, m in new.items())
+                + ") beside GUIDE Δ = 2, on the same test cases. SmolLM2-135M: the same choices, not re-tuned "
+                f"(SEKA with its own shipped projection, `{SMOLLM2_SEKA}`).\n\n"
+                + priority.compare_models({x: results[x] for x in labels}, ["guide:delta=2", *new.values(), *small])
+                + "\n"
+            )
         with open(os.path.join(ROOT, "models.md"), "w", encoding="utf-8") as f:
             f.write(text)
         import shutil
@@ -64,6 +78,16 @@ def main() -> int:
             shutil.copy(png, os.path.join(assets, os.path.basename(png)))  # the results page shows them
         print(os.path.join(ROOT, "models.md"))
     return 0
+
+
+def _new_methods(chosen: str) -> dict:
+    """The dev choices of the 2026 methods' grids (SEKA, AdaSEKA, PRISM-Δ, SPA) on Qwen2.5-Coder-0.5B."""
+    if not os.path.exists(chosen):
+        return {}
+    import json
+
+    by_grid = json.load(open(chosen, encoding="utf-8")).get("by_grid", {})
+    return {g: by_grid[g] for g in ("seka", "adaseka", "prism", "spa") if by_grid.get(g)}
 
 
 if __name__ == "__main__":
