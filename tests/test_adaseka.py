@@ -22,10 +22,10 @@ def _experts(m, tok, n=2):
             enumerate(FAMILIES[:n])]  # fmt: skip
 
 
-def _slow_logits(m, enc, experts, gain, top_k):
+def _slow_logits(m, enc, experts, gain, top_k, signed=False):
     """AdaSEKA by hand, in float64: per layer, the last prompt token's query per query head
     (q_proj / qkv_proj, then q_norm), averaged over each KV head's group and normalised; per expert
-    cₑ = Σᵢ (q̂·uₑᵢ)σₑᵢ over its top_k directions; αₑ = cₑ / maxₑ|cₑ|; then every span key
+    cₑ = Σᵢ |q̂·uₑᵢ|σₑᵢ (signed: q̂·uₑᵢ) over its top_k directions; αₑ = cₑ / maxₑ|cₑ|; then every span key
     k ← k + w·g·Σₑ αₑ Uₑ Uₑᵀ k, one row, head and token at a time. One forward without a cache."""
     cfg = m.config
     Hq, Hkv = cfg.num_attention_heads, cfg.num_key_value_heads
@@ -55,7 +55,8 @@ def _slow_logits(m, enc, experts, gain, top_k):
                     cs = []
                     for e in experts:
                         u, s = e.pos[L][g].double(), e.pos_sv[L][g].double()
-                        cs.append(sum(float(qk @ u[:, i]) * float(s[i]) for i in range(min(top_k, u.shape[1]))))
+                        al = [float(qk @ u[:, i]) for i in range(min(top_k, u.shape[1]))]
+                        cs.append(sum((a if signed else abs(a)) * float(s[i]) for i, a in enumerate(al)))
                     top = max(abs(c) for c in cs) + 1e-8
                     Pm = torch.zeros(D, D, dtype=torch.float64)
                     for c, e in zip(cs, experts):
@@ -84,8 +85,9 @@ def _slow_logits(m, enc, experts, gain, top_k):
             h.remove()
 
 
-@pytest.mark.parametrize("kind", ["llama", "qwen3", "gemma3", "phi3"])
-def test_adaseka_equals_the_slow_formula_and_edits_once(kind):
+@pytest.mark.parametrize("kind,signed", [("llama", False), ("qwen3", False), ("gemma3", False), ("phi3", False),
+                                         ("llama", True)])  # fmt: skip
+def test_adaseka_equals_the_slow_formula_and_edits_once(kind, signed):
     """Llama (k_proj, GQA), Qwen 3 (q_norm / k_norm), Gemma 3 (norms on the transposed view), Phi-3
     (fused qkv_proj); a left-padded batch whose rows get their own mix of experts: the same logits as
     the slow formula; cached greedy decoding equals recomputing everything each step (a key edited
@@ -94,7 +96,7 @@ def test_adaseka_equals_the_slow_formula_and_edits_once(kind):
     tok = tokenizer()
     enc = attnsteer.highlight(tok, PROMPTS)
     experts = _experts(m, tok, 3)
-    ada = AdaSEKA(experts, gain=2.0, top_k=2)
+    ada = AdaSEKA(experts, gain=2.0, top_k=2, signed=signed)
     rows = enc["attention_mask"].bool()
     kw = dict(max_new_tokens=6, min_new_tokens=6, do_sample=False, pad_token_id=0)
     with torch.no_grad():
@@ -103,7 +105,7 @@ def test_adaseka_equals_the_slow_formula_and_edits_once(kind):
             got = m(**enc).logits
             cached = m.generate(**enc, **kw)
             uncached = m.generate(**enc, use_cache=False, **kw)
-        ref = _slow_logits(m, enc, experts, 2.0, 2)
+        ref = _slow_logits(m, enc, experts, 2.0, 2, signed)
         after = m(**enc).logits
     torch.testing.assert_close(got[rows], ref[rows], atol=2e-4, rtol=1e-4)
     assert (got[rows] - plain[rows]).abs().max() > 1e-3  # it changed something
@@ -128,9 +130,13 @@ def test_coefficients_route_each_prompt_and_head():
     q = torch.tensor([[[1.0, 0, 0, 0], [0, 1.0, 1.0, 0]], [[0, -1.0, 0, 0], [1.0, 0, 0, 0]]])  # (B=2, H, D)
     alpha = ada.coefficients(0, q)  # (B, E, H)
     # row 0: head 0 is expert a's direction; head 1 lies in expert b's plane. Row 1: head 0 points
-    # against b's first direction (a negative mix), head 1 along a's.
-    want = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]], [[0.0, 1.0], [-1.0, 0.0], [0.0, 0.0]]])
+    # against b's first direction — |q̂·u| routes it to b as +1 (a singular vector's sign is
+    # arbitrary); the released code's signed rule gives −1 —, head 1 along a's.
+    want = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]], [[0.0, 1.0], [1.0, 0.0], [0.0, 0.0]]])
     torch.testing.assert_close(alpha, want, atol=1e-6, rtol=0)
+    signed = AdaSEKA([a, b, empty], gain=1.0, top_k=3, signed=True).coefficients(0, q)
+    want[1, 1, 0] = -1.0
+    torch.testing.assert_close(signed, want, atol=1e-6, rtol=0)
     a_f, b_f = ada.route(0, q)
     assert a_f.shape == (2, H, D, 9) and b_f.shape == (H, D, 9)
 

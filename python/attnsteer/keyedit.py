@@ -272,13 +272,18 @@ class AdaSEKA(Method):
     on one prompt family) mixed per prompt, layer and KV head by how the last prompt token's query
     aligns with each expert's top singular directions. For a highlighted key:
 
-        k′ = k + g · Σₑ αₑ Uₑ Uₑᵀ k,    αₑ = cₑ / maxₑ′ |cₑ′|,    cₑ = Σ_{i<top_k} (q̂ · uₑᵢ) σₑᵢ
+        k′ = k + g · Σₑ αₑ Uₑ Uₑᵀ k,    αₑ = cₑ / maxₑ′ |cₑ′|,    cₑ = Σ_{i<top_k} |q̂ · uₑᵢ| σₑᵢ
 
     with ``Uₑ`` the expert's top ``top_k`` directions ``uₑᵢ`` and singular values ``σₑᵢ``, and ``q̂`` the
     unit pre-rotary query of the last prompt token at that layer, averaged over the KV head's query
     group. Attention itself runs unsteered, as with SEKA.
 
-    Chosen here (see the methods guide): the query is the one the layer computes in the same forward
+    Chosen here (see the methods guide): the alignment is ``|q̂ · u|``. The released code uses the signed
+    ``q̂ · u``, but the sign of a singular vector is arbitrary (``u`` and ``−u`` are both singular
+    vectors of the same matrix), so a signed coefficient decides per head, by chance, whether the
+    edit adds the expert's directions or removes them (``α = −1`` turns ``k + UUᵀk`` into ``k − UUᵀk``,
+    which deletes them); ``signed=True`` reproduces the released rule. The query is the one the layer
+    computes in the same forward
     (so earlier layers' edits are in it); the released code routes on a separate unsteered forward
     and takes the hidden state *after* layer ℓ through layer ℓ's norm and query projection. Routing
     needs the whole prompt in one forward: a chunked prefill raises.
@@ -287,6 +292,7 @@ class AdaSEKA(Method):
         experts: `KeyProjection` objects or paths, each learned with ``attnsteer learn-projection
             --family F`` by this version (they carry the singular values the routing needs).
         gain: ``g``; top_k: directions per expert (the released code's default, 3).
+        signed: the released code's signed alignment ``q̂ · u`` instead of ``|q̂ · u|``.
 
     Example:
         ```python
@@ -301,6 +307,7 @@ class AdaSEKA(Method):
     experts: Any = None
     gain: float = 1.0
     top_k: int = 3
+    signed: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -370,7 +377,8 @@ class AdaSEKA(Method):
         head, the mean of its query group)."""
         U, S = self._layer_bases(layer_idx, q.device)
         qn = q.float() / (q.float().norm(dim=-1, keepdim=True) + 1e-8)
-        c = torch.einsum("bhd,ehdk,ehk->beh", qn, U, S)
+        align = torch.einsum("bhd,ehdk->behk", qn, U)
+        c = ((align if self.signed else align.abs()) * S[None]).sum(-1)
         return c / (c.abs().amax(dim=1, keepdim=True) + 1e-8)
 
     def route(self, layer_idx: int, q: torch.Tensor):

@@ -86,7 +86,7 @@ GRIDS: Dict[str, Dict[str, Grid]] = {
         # PRISM-Δ with the model's shipped PRISM projection (keys at the gain, values at 0.2), same layers
         "prism": ("prism:gain={},gain_value=0.2,layers={last10},projection={prism_projection}", (0.4, 1.0)),
         # AdaSEKA with the model's shipped experts (one per prompt family), same layers
-        "adaseka": ("adaseka:gain={},experts={experts},layers={last10}", (0.5, 1.0)),
+        "adaseka": ("adaseka:gain={},experts={experts},layers={last10}", (0.5, 1.0, 2.0)),
     },
 }
 DEFAULT_GRIDS: Dict[str, Tuple[str, ...]] = {
