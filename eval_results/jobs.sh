@@ -27,6 +27,7 @@
 #   nohup eval_results/jobs.sh new-methods-priority > eval_results/logs/new-methods-priority.log 2>&1 &   (then priority-qwen-2k-rest)
 #   nohup eval_results/jobs.sh new-methods-ifeval > eval_results/logs/new-methods-ifeval.log 2>&1 &
 #   nohup eval_results/jobs.sh priority-small-new > eval_results/logs/priority-small-new.log 2>&1 &
+#   nohup eval_results/jobs.sh priority-qwen-dev-more > eval_results/logs/priority-qwen-dev-more.log 2>&1 &
 # EVAL_CODE=DIR runs the code of another checkout (e.g. a `git worktree` of a fixed commit with
 # its built _C copied in), so that editing this tree does not change a queue that is running;
 # the results still go to this tree's eval_results/.
@@ -313,18 +314,32 @@ case "${1:-}" in
           $COMMON --method "$m"
       done
     done ;;
+  priority-qwen-dev-more)
+    # The rest of issue 30's priority dev sweep on Qwen2.5-Coder-0.5B: DIRECTER at the paper's defaults and the
+    # plausibility gate around the strongest points (no filler, dev split).
+    dev=eval_results/priority/qwen-dev
+    for m in directer gate+guide:delta=2 gate+instaboost:alpha=10 gate+pasta:alpha=0.1; do
+      $EV priority --model qwen2.5-coder-0.5b --split dev --fillers 0 --entities 4 --out $dev $COMMON --method "$m"
+    done ;;
   adaseka-priority)
     # AdaSEKA (the shipped experts) on Qwen2.5-Coder-0.5B's priority task: its dev grid (no filler), then its
     # dev choice on the test cells at 0 and 512 filler tokens.
     dev=eval_results/priority/qwen-dev
     $EV sweep --task priority --model qwen2.5-coder-0.5b --out $dev $COMMON --methods adaseka
     chosen=$(.venv/bin/python -c "import json; print(json.load(open('$dev/sweep.json'))['by_grid'].get('adaseka') or '')")
+    "$0" priority-dev-report
     for f in 0 512; do
       for m in $chosen; do
         $EV priority --model qwen2.5-coder-0.5b --split test --fillers $f --entities 8 --batch-size 4 \
           --out eval_results/priority/qwen-test $COMMON --method "$m"
       done
     done ;;
+  priority-dev-report)
+    # Qwen2.5-Coder-0.5B's priority dev report over every grid measured (a sweep run with --methods reports
+    # only the grids it was given), then the test reports and the models side by side.
+    $EV sweep --task priority --model qwen2.5-coder-0.5b --out eval_results/priority/qwen-dev $COMMON --report-only \
+      --methods guide,instaboost,pasta,spotlight,keyscale,keyscale-both,seka,adaseka,prism,spa > /dev/null
+    .venv/bin/python tools/priority_report.py > /dev/null ;;
   priority-qwen-2k-rest)
     # (new-methods-priority chains here; AdaSEKA's cells, added after it started, run first.)
     "$0" adaseka-priority

@@ -1,6 +1,8 @@
-"""Profile PASTA's heads on the embedded SmolLM2-135M-Instruct and save them as JSON.
+"""Profile PASTA's heads on a model (default: the embedded SmolLM2-135M-Instruct) and save them as JSON.
 
     python examples/profile_pasta_heads.py --out python/attnsteer/data/pasta_heads_smollm2_135m.json
+    python examples/profile_pasta_heads.py --model qwen2.5-coder-0.5b \
+        --out python/attnsteer/data/pasta_heads_qwen2.5_coder_0.5b.json
 
 Each example pairs a marked rule with a reply that follows it; a head's score is the gain in
 log-likelihood per token of those replies when PASTA(0.01) steers that head alone.
@@ -43,10 +45,14 @@ EXAMPLES = [
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="pasta_heads.json")
+    ap.add_argument("--model", default=None, help="a model name (attnsteer.models.available()); default the embedded one")
     ap.add_argument("--k", type=int, default=None, help="heads to keep (default: one per layer on average)")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    model, tok = attnsteer.models.load_default(progress=False)
+    if args.model:
+        model, tok = attnsteer.models.load(args.model)
+    else:
+        model, tok = attnsteer.models.load_default(progress=False)
     examples = [
         {
             "prompt": [{"role": "system", "content": rule}, {"role": "user", "content": f"{TEXT}\n\n{q}"}],

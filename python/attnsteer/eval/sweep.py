@@ -50,8 +50,8 @@ GRIDS: Dict[str, Dict[str, Grid]] = {
         "pasta": ("pasta:alpha={}", (0.5, 0.2, 0.1)),
         "pasta-layers": ("pasta:alpha={},layers={upper}", (0.3, 0.1, 0.01)),
         "keyscale": ("keyscale:alpha={}", (1.5, 2.0, 4.0)),
-        # The embedded model only: the head profile that ships for it (not in the default list).
-        "pasta-heads": ("pasta:alpha={},heads=smollm2-135m", (0.1, 0.01)),
+        # PASTA on the model's shipped head profile (examples/profile_pasta_heads.py; not in the default list)
+        "pasta-heads": ("pasta:alpha={},heads={heads}", (0.1, 0.01)),
         "spa": ("spa:omega={}", (1.5, 2.0, 3.0)),  # SPA, the logit-level baseline (not in the default list)
         # The key-editing methods with the model's shipped projections, last 10 layers (not in the default list)
         "seka": ("seka:gain={},layers={last10},projection={projection}", (0.4, 0.8)),
@@ -77,6 +77,7 @@ GRIDS: Dict[str, Dict[str, Grid]] = {
         "guide": ("guide:delta={}", (0.5, 1.0, 2.0, 4.0)),
         "instaboost": ("instaboost:alpha={}", (2.0, 5.0, 10.0, 30.0)),
         "pasta": ("pasta:alpha={}", (0.3, 0.1, 0.01)),
+        "pasta-heads": ("pasta:alpha={},heads={heads}", (0.1, 0.01)),  # the model's shipped head profile
         "spotlight": ("spotlight:target={}", (0.3, 0.5, 0.8)),
         "keyscale": ("keyscale:alpha={}", (100.0,)),
         "keyscale-both": ("keyscale:alpha={},phases=both", (2.0, 4.0)),
@@ -92,7 +93,7 @@ GRIDS: Dict[str, Dict[str, Grid]] = {
 DEFAULT_GRIDS: Dict[str, Tuple[str, ...]] = {
     "ifeval": ("guide", "instaboost", "spotlight", "pasta", "pasta-layers", "keyscale"),
     "retention": tuple(g for g in GRIDS["retention"] if g != "spa"),
-    "priority": tuple(g for g in GRIDS["priority"] if g not in ("spa", "seka", "prism", "adaseka")),
+    "priority": tuple(g for g in GRIDS["priority"] if g not in ("spa", "seka", "prism", "adaseka", "pasta-heads")),
 }
 RANKED_FILE = "ranked_layers.json"
 RULE = (
@@ -110,22 +111,25 @@ def grid_specs(
     projection: Optional[str] = None,
     prism_projection: Optional[str] = None,
     experts: Optional[str] = None,
+    heads: Optional[str] = None,
 ) -> List[Tuple[float, str]]:
     """``[(strength, canonical spec)]`` of grid ``name`` of ``task`` for a model with ``num_layers``
     layers; ``ranked`` fills ``{ranked}``, ``projection`` (a shipped SEKA projection's name)
     ``{projection}``, ``prism_projection`` (a shipped PRISM-Δ one) ``{prism_projection}`` and
-    ``experts`` (a model with shipped AdaSEKA experts) ``{experts}`` (required by the grids that use them)."""
+    ``experts`` (a model with shipped AdaSEKA experts) ``{experts}`` and ``heads`` (a shipped PASTA head
+    profile) ``{heads}`` (required by the grids that use them)."""
     grids = GRIDS[tasks.get(task).name]
     if name not in grids:
         raise ValueError(f"unknown {task} sweep grid {name!r}: choose from {', '.join(grids)}")
     template, values = grids[name]
     if "{ranked}" in template and not ranked:
         raise ValueError(f"grid {name!r} steers DIRECTER's top-ranked layers: rank them first (ranked_layers)")
-    given = {"projection": projection, "prism_projection": prism_projection, "experts": experts}
+    given = {"projection": projection, "prism_projection": prism_projection, "experts": experts, "heads": heads}
     if any("{" + k + "}" in template and not v for k, v in given.items()):
         raise ValueError(
-            f"grid {name!r} needs a shipped key projection for this model (attnsteer.specs.SHIPPED_PROJECTIONS); "
-            "learn one with attnsteer learn-projection and pass it with --method instead"
+            f"grid {name!r} needs a shipped key projection or head profile for this model "
+            "(attnsteer.specs.SHIPPED_PROJECTIONS / SHIPPED_HEADS); make one (attnsteer learn-projection, "
+            "examples/profile_pasta_heads.py) and pass it with --method instead"
         )
     fill = {
         "upper": f"{num_layers // 2}-{num_layers - 1}",
@@ -134,6 +138,7 @@ def grid_specs(
         "projection": projection or "",
         "prism_projection": prism_projection or "",
         "experts": experts or "",
+        "heads": heads or "",
     }
     return [
         (v, specs.canonical(("gate+" if gated else "") + template.replace("{}", f"{v:g}").format(**fill)))
@@ -351,7 +356,7 @@ def main(args, load: Callable, command: str, machine: Callable) -> int:
             raise ValueError(f"the {task.name} task has no prompt objects to rank layers on; drop the ranked grids")
         ranked = ranked_layers(model, tok, prompts, args.out)
     proj = dict(projection=_shipped_projection(tag), prism_projection=_shipped_projection(tag, "prism"),
-                experts=_shipped_projection(tag, "experts"))  # fmt: skip
+                experts=_shipped_projection(tag, "experts"), heads=_shipped_projection(tag, "heads"))  # fmt: skip
     grids: Dict[str, List[Tuple[float, str]]] = {}
     for n in names:
         grids[n] = grid_specs(task.name, n, L, ranked, **proj)
@@ -419,13 +424,16 @@ def _save(args, task, tag: str, best: Optional[Dict[str, Any]], evidence: Dict[s
 
 
 def _shipped_projection(tag: str, kind: str = "seka") -> Optional[str]:
-    """The shipped projection of ``kind`` (``"seka"``, ``"prism"``, or ``"experts"``: the model's set of
-    AdaSEKA experts) of the model stored under ``tag``, by name (None: none ships)."""
+    """The shipped projection of ``kind`` (``"seka"``, ``"prism"``, ``"experts"``: the model's set of
+    AdaSEKA experts, or ``"heads"``: its PASTA head profile) of the model stored under ``tag``, by name
+    (None: none ships)."""
     from ..models import MODELS
 
     name = next((n for n, m in MODELS.items() if m.tag == tag), None)
     if kind == "experts":
         return name if name in specs.SHIPPED_EXPERTS else None
+    if kind == "heads":
+        return name if name in specs.SHIPPED_HEADS else None
     if name is not None and kind != "seka":
         name = f"{name}-{kind}"
     return name if name in specs.SHIPPED_PROJECTIONS else None
