@@ -45,7 +45,9 @@ EXAMPLES = [
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="pasta_heads.json")
-    ap.add_argument("--model", default=None, help="a model name (attnsteer.models.available()); default the embedded one")
+    ap.add_argument(
+        "--model", default=None, help="a model name (attnsteer.models.available()); default the embedded one"
+    )
     ap.add_argument("--k", type=int, default=None, help="heads to keep (default: one per layer on average)")
     args = ap.parse_args()
     torch.set_num_threads(1)

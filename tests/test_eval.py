@@ -278,7 +278,10 @@ def test_sweep_choice_skips_flagged_points_and_prefers_the_weaker_tie():
     assert sweep._shipped_projection("Qwen2.5-Coder-0.5B-Instruct", "experts") == "qwen2.5-coder-0.5b"
     assert sweep._shipped_projection("Qwen2.5-Coder-1.5B-Instruct", "experts") is None
     assert sweep._shipped_projection("SmolLM2-135M-Instruct", "heads") == "smollm2-135m"
-    assert sweep.grid_specs("ifeval", "pasta-heads", 30, heads="smollm2-135m")[0][1] == "pasta:alpha=0.1,heads=smollm2-135m"
+    assert (
+        sweep.grid_specs("ifeval", "pasta-heads", 30, heads="smollm2-135m")[0][1]
+        == "pasta:alpha=0.1,heads=smollm2-135m"
+    )
     with pytest.raises(ValueError, match="head profile"):
         sweep.grid_specs("priority", "pasta-heads", 24)
     assert sweep.grid_specs("priority", "adaseka", 24, experts="qwen2.5-coder-0.5b")[1][1] == (
