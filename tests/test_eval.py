@@ -267,16 +267,18 @@ def test_sweep_choice_skips_flagged_points_and_prefers_the_weaker_tie():
     assert sweep._shipped_projection("tiny") is None
     with pytest.raises(ValueError, match="needs a shipped key projection"):
         sweep.grid_specs("priority", "seka", 24)
-    # PRISM-Δ's grid takes the shipped PRISM projection (none ships for the 1.5B model)
+    # PRISM-Δ's grid takes the shipped PRISM projection (none ships for SmolLM2)
     assert sweep._shipped_projection("Qwen2.5-Coder-0.5B-Instruct", "prism") == "qwen2.5-coder-0.5b-prism"
-    assert sweep._shipped_projection("Qwen2.5-Coder-1.5B-Instruct", "prism") is None
+    assert sweep._shipped_projection("Qwen2.5-Coder-1.5B-Instruct", "prism") == "qwen2.5-coder-1.5b-prism"
+    assert sweep._shipped_projection("SmolLM2-135M-Instruct", "prism") is None  # none ships for it
     assert sweep.grid_specs("priority", "prism", 24, prism_projection="qwen2.5-coder-0.5b-prism")[0][1] == (
         "prism:gain=0.4,gain_value=0.2,layers=14-23,projection=qwen2.5-coder-0.5b-prism"
     )
     with pytest.raises(ValueError, match="needs a shipped key projection"):
         sweep.grid_specs("priority", "prism", 24, projection="qwen2.5-coder-0.5b")
     assert sweep._shipped_projection("Qwen2.5-Coder-0.5B-Instruct", "experts") == "qwen2.5-coder-0.5b"
-    assert sweep._shipped_projection("Qwen2.5-Coder-1.5B-Instruct", "experts") is None
+    assert sweep._shipped_projection("Qwen2.5-Coder-1.5B-Instruct", "experts") == "qwen2.5-coder-1.5b"
+    assert sweep._shipped_projection("SmolLM2-135M-Instruct", "experts") is None
     assert sweep._shipped_projection("SmolLM2-135M-Instruct", "heads") == "smollm2-135m"
     assert (
         sweep.grid_specs("ifeval", "pasta-heads", 30, heads="smollm2-135m")[0][1]

@@ -167,14 +167,20 @@ def test_shipped_projections_load_and_match_their_models():
     from attnsteer import specs
 
     shapes = {"qwen2.5-coder-0.5b": (24, 2, 64), "qwen2.5-coder-1.5b": (28, 2, 128), "smollm2-135m": (30, 3, 64)}
-    experts = specs.SHIPPED_EXPERTS["qwen2.5-coder-0.5b"]
-    assert set(specs.SHIPPED_PROJECTIONS) == set(shapes) | {"qwen2.5-coder-0.5b-prism", *experts}
-    ada = specs.parse("adaseka:gain=1,experts=qwen2.5-coder-0.5b")  # the model's shipped expert set
-    assert [e.meta["family"] for e in ada.experts] == ["facts", "conflict", "rule"]
-    for e in ada.experts:
-        assert e.layers() == list(range(24)) and set(e.pos_sv) == set(e.pos) and "--family" in e.meta["command"]
-    prism = specs.parse("prism:gain=0.4,gain_value=0.2,projection=qwen2.5-coder-0.5b-prism")
-    assert prism.projection.meta["kind"] == "prism" and prism.projection.values and prism.projection.weights
+    capable = ("qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b")
+    experts = {e for m in capable for e in specs.SHIPPED_EXPERTS[m]}
+    assert set(specs.SHIPPED_PROJECTIONS) == set(shapes) | {f"{m}-prism" for m in capable} | experts
+    for m in capable:
+        layers, kv, d = shapes[m]
+        ada = specs.parse(f"adaseka:gain=1,experts={m}")  # the model's shipped expert set
+        assert [e.meta["family"] for e in ada.experts] == ["facts", "conflict", "rule"]
+        for e in ada.experts:
+            assert e.layers() == list(range(layers)) and set(e.pos_sv) == set(e.pos)
+            assert "--family" in e.meta["command"] and e.meta["signature"][1] == layers
+            assert all(len(e.pos[L]) == kv and e.pos[L][0].shape[0] == d for L in e.layers())
+        prism = specs.parse(f"prism:gain=0.4,gain_value=0.2,projection={m}-prism")
+        assert prism.projection.meta["kind"] == "prism" and prism.projection.values and prism.projection.weights
+        assert prism.projection.meta["signature"][1] == layers
     for name, (layers, kv, d) in shapes.items():
         seka = specs.parse(f"seka:gain=1,projection={name}")
         proj = seka.projection

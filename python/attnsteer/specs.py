@@ -85,16 +85,17 @@ HeadMap = Dict[int, Sequence[int]]
 # Head profiles that ship with the package (examples/profile_pasta_heads.py made them).
 _DATA = Path(__file__).resolve().parent / "data"
 SHIPPED_HEADS = {"smollm2-135m": "pasta_heads_smollm2_135m.json"}
+_CAPABLE = ("qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b")
 # SEKA key projections that ship (attnsteer learn-projection --prompts 64 --gamma 0.9; provenance inside).
 SHIPPED_PROJECTIONS = {
     **{name: f"{name}.seka.safetensors" for name in ("qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b", "smollm2-135m")},
-    "qwen2.5-coder-0.5b-prism": "qwen2.5-coder-0.5b.prism.safetensors",  # learn-projection --kind prism
-    # AdaSEKA's experts: one SEKA projection per prompt family (learn-projection --family F), with
-    # the singular values its routing needs
-    **{f"qwen2.5-coder-0.5b-{f}": f"qwen2.5-coder-0.5b.{f}.safetensors" for f in ("facts", "conflict", "rule")},
+    # PRISM-Δ (learn-projection --kind prism) and AdaSEKA's experts, one SEKA projection per prompt family
+    # (learn-projection --family F, with the singular values its routing needs), for the capable models
+    **{f"{m}-prism": f"{m}.prism.safetensors" for m in _CAPABLE},
+    **{f"{m}-{f}": f"{m}.{f}.safetensors" for m in _CAPABLE for f in ("facts", "conflict", "rule")},
 }
 # experts=MODEL: the model's shipped set of AdaSEKA experts
-SHIPPED_EXPERTS = {"qwen2.5-coder-0.5b": tuple(f"qwen2.5-coder-0.5b-{f}" for f in ("facts", "conflict", "rule"))}
+SHIPPED_EXPERTS = {m: tuple(f"{m}-{f}" for f in ("facts", "conflict", "rule")) for m in _CAPABLE}
 
 # Without a model to check against, layer and head indices stop here (a range is checked before
 # any list is built, so ``layers=0-300000000`` costs nothing).
