@@ -65,7 +65,9 @@ def main() -> int:
                 + ", ".join(f"{g}: `{m}`" for g, m in new.items())
                 + ") beside GUIDE Δ = 2, on the same test cases. SmolLM2-135M: the same choices, not re-tuned "
                 f"(SEKA with its own shipped projection, `{SMOLLM2_SEKA}`).\n\n"
-                + priority.compare_models({x: results[x] for x in labels}, ["guide:delta=2", *new.values(), *small])
+                + priority.compare_models(
+                    {x: results[x] for x in labels}, list(dict.fromkeys(["guide:delta=2", *new.values(), *small]))
+                )
                 + "\n"
             )
         with open(os.path.join(ROOT, "models.md"), "w", encoding="utf-8") as f:
