@@ -697,7 +697,7 @@ def test_retention_sweep_cli_tunes_on_dev_documents_and_reports_test_ones(tmp_pa
     assert cli.main(base + ["--methods", "guide,keyscale-ranked", "--test-only", "--test-method", "best"]) == 0
     capsys.readouterr()
     assert cli.main(base + ["--methods", "guide", "--test-only", "--test-method", "grid:nope"]) == 2
-    assert "no such grid in --methods (guide)" in capsys.readouterr().err
+    assert "no such grid among the swept ones (guide, keyscale-ranked)" in capsys.readouterr().err
     # --report-only generates nothing (the setting asked for gets no replies) and rebuilds the report
     before = sum(1 for p in out.glob("responses*.jsonl") for _ in open(p))
     (out / "test" / "results.md").unlink()

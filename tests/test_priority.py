@@ -162,6 +162,13 @@ def test_cli_priority_sweep_end_to_end(tmp_path, monkeypatch, capsys):
         (p, n) for p in ("user", "system") for n in (0, 48)
     }
     assert "| guide:delta=" in (out / "test" / "results.md").read_text()
+    # a later run with other --methods still reports and chooses over every grid in the store
+    later = ["eval", "sweep", "--task", "priority", "--methods", "instaboost", "--docs", "1", "--placements", "user",
+             "--max-new-tokens", "3", "--out", str(out), "--no-progress", "--report-only"]  # fmt: skip
+    assert cli.main(later) == 0
+    again = json.loads((out / "sweep.json").read_text())
+    assert again["by_grid"]["guide"] == swept["by_grid"]["guide"] and again["by_grid"]["instaboost"] is None
+    assert again["best"] == swept["best"] and "| guide | guide:delta=" in (out / "sweep.md").read_text()
 
 
 def test_save_config_refuses_a_choice_that_does_not_beat_unsteered(tmp_path, monkeypatch, capsys):

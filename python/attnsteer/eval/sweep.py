@@ -12,7 +12,9 @@ For any task of `.tasks` (cases → prompts with spans → replies → verdicts 
 - **Choice** (`choose`, one rule for every task): among the points measured on every dev case and
   carrying no fluency flag, the best dev score (`tasks.Task.metric`); on a tie the weaker setting
   (`strength`), then the earlier grid. Per grid (``by_grid``) and over all grids (``best``).
-- **Report**: ``sweep.md`` (every point with its score, replies, flags; the task's dev table),
+- **Report**: ``sweep.md`` (every point with its score, replies, flags; the task's dev table — over the
+  grids asked for and every other grid of the task with a point in the store, so ``--methods`` picks
+  what runs, not what the report and the choice cover),
   ``sweep.json`` (the choice, the scores, the rows) and ``sweep.png`` (score against strength, one
   panel per grid, flagged points hollow).
 - **Test**: ``--report-test`` / ``--test-only``: unsteered and the chosen points (or
@@ -245,9 +247,12 @@ def report(
     opts: tasks.Options,
     command: str,
     machine: str,
+    extra: Optional[Dict[str, List[Tuple[float, str]]]] = None,
 ) -> Dict[str, Any]:
     """``sweep.md`` / ``sweep.json`` / ``sweep.png`` from the replies stored so far: every point
-    measured on every dev case with its score, and the choice (``by_grid``, ``best``)."""
+    measured on every dev case with its score, and the choice (``by_grid``, ``best``). ``grids`` are
+    always reported; ``extra`` grids (the task's others) only where a point of theirs is measured, so
+    a run with ``--methods X`` still reports and chooses over every grid in the store."""
     keys = task.keys(dev_cases)
     rows = task.summarize(store, tag, max_new_tokens, dev_cases, opts)
     count: Dict[str, int] = {}
@@ -255,6 +260,8 @@ def report(
         if k[0] == tag and k[3] == max_new_tokens and k[4] in keys and k[2] == task.strategy(k[1], opts):
             count[k[1]] = count.get(k[1], 0) + 1
     scores = {m: s for m, s in task.scores(rows).items() if count.get(m, 0) == len(keys)}
+    grids = {**grids, **{n: p for n, p in (extra or {}).items()
+                         if n not in grids and any(s in scores for _, s in p)}}  # fmt: skip
     by_grid = {}
     for name, pts in grids.items():
         c = choose(scores, [s for _, s in pts])
@@ -317,7 +324,9 @@ def test_methods(asked: Optional[Sequence[str]], chosen: Dict[str, Any]) -> List
         if a == "best" or a.startswith("grid:"):
             c = chosen["best"] if a == "best" else chosen["by_grid"].get(a[5:], "missing")
             if c == "missing":
-                raise ValueError(f"--test-method {a}: no such grid in --methods ({', '.join(chosen['by_grid'])})")
+                raise ValueError(
+                    f"--test-method {a}: no such grid among the swept ones ({', '.join(chosen['by_grid'])})"
+                )
             if c is None:
                 raise ValueError(
                     f"--test-method {a}: no dev choice yet (no point measured on every dev case, or all flagged)"
@@ -370,7 +379,8 @@ def main(args, load: Callable, command: str, machine: Callable) -> int:
         order = ["none"] + [pts[i][1] for i in range(depth) for pts in grids.values() if i < len(pts)]
         task.run(model, tok, dev, order, opts=dev_opts, **run)
     store = _store(args.out, args.shard)  # the other shards too
-    chosen = report(task, store, tag, M, args.out, grids, dev, dev_opts, command, machine())
+    extra = _other_grids(task.name, grids, L, ranked or _stored_ranking(args.out), proj)
+    chosen = report(task, store, tag, M, args.out, grids, dev, dev_opts, command, machine(), extra)
     print(open(os.path.join(args.out, "sweep.md"), encoding="utf-8").read())
     best = chosen["scores"].get(chosen["best"]) if chosen["best"] else None
     evidence: Dict[str, Any] = {}
@@ -421,6 +431,31 @@ def _save(args, task, tag: str, best: Optional[Dict[str, Any]], evidence: Dict[s
         args.save_config
     )
     print(f"wrote {args.save_config}: {best['method']}")
+
+
+def _stored_ranking(out: str) -> Optional[List[int]]:
+    """DIRECTER's ranked layers an earlier run of this sweep wrote (None: none)."""
+    path = os.path.join(out, RANKED_FILE)
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return list(json.load(f)["layers"])
+
+
+def _other_grids(task: str, grids, num_layers: int, ranked, proj) -> Dict[str, List[Tuple[float, str]]]:
+    """The task's grids (plain and gated) not in ``grids`` that this model can fill (a grid that needs a
+    ranking or a shipped file it lacks is left out) — reported where their points were measured."""
+    out: Dict[str, List[Tuple[float, str]]] = {}
+    for n in GRIDS[task]:
+        for gated in (False, True):
+            name = ("gate+" if gated else "") + n
+            if name in grids:
+                continue
+            try:
+                out[name] = grid_specs(task, n, num_layers, ranked, gated=gated, **proj)
+            except ValueError:
+                continue
+    return out
 
 
 def _shipped_projection(tag: str, kind: str = "seka") -> Optional[str]:
