@@ -26,7 +26,7 @@ import torch
 
 import attnsteer
 from attnsteer import specs
-from attnsteer._harness import timed, write_csv
+from attnsteer._harness import timed, write_table
 from attnsteer.demo import LONG_TEXT
 from attnsteer.keyedit import _key_module
 
@@ -138,22 +138,15 @@ def main() -> None:
                              ratio=f"{tps / base:.2f}"))  # fmt: skip
     out_dir = Path(args.out)
     tag = "_quick" if args.quick else ""
-    write_csv(rows, out_dir / f"bench_keyedit{tag}.csv")
-    lines = [
+    intro = (
         f"Machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
         f"{torch.get_num_threads()} thread(s); Qwen2.5-Coder-0.5B-Instruct fp32, layers {LAYERS} edited, fastest of "
         f"{args.repeats}. `python benchmarks/bench_keyedit.py{' --quick' if args.quick else ''}`. Prefill ratio = "
-        "time ÷ unsteered SDPA time (lower is better); generation ratio = tokens/s ÷ unsteered tokens/s.",
-        "",
-        "| part | batch | prompt tokens | method | seconds | ratio |",
-        "|---|---:|---:|---|---:|---:|",
-    ]
-    lines += [
-        f"| {r['part']} | {r['batch']} | {r['tokens']} | {r['method']} | {r['seconds']} | {r['ratio']} |" for r in rows
-    ]
-    md = "\n".join(lines) + "\n"
-    (out_dir / f"bench_keyedit{tag}.md").write_text(md)
-    print(md)
+        "time ÷ unsteered SDPA time (lower is better); generation ratio = tokens/s ÷ unsteered tokens/s."
+    )
+    columns = [("part", "part", "l"), ("batch", "batch", "r"), ("tokens", "prompt tokens", "r"),
+               ("method", "method", "l"), ("seconds", "seconds", "r"), ("ratio", "ratio", "r")]  # fmt: skip
+    write_table(rows, columns, intro, out_dir / f"bench_keyedit{tag}.md", out_dir / f"bench_keyedit{tag}.csv")
 
 
 if __name__ == "__main__":

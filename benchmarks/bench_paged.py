@@ -65,7 +65,7 @@ def main() -> None:
     from vllm import _custom_ops as ops
     from vllm.v1.attention.backends.cpu_attn import _get_attn_isa
 
-    from attnsteer._harness import timed, write_csv
+    from attnsteer._harness import timed, write_table
     from attnsteer.ops.paged import steered_attention_paged
 
     torch.set_num_threads(args.threads)
@@ -164,20 +164,13 @@ def main() -> None:
             )
     out_dir = Path(args.out)
     tag = "_quick" if args.quick else ""
-    write_csv(rows, out_dir / f"bench_paged{tag}.csv")
-    lines = [
+    intro = (
         f"Machine: {platform.machine()}, {os.cpu_count()} cores ({args.threads} thread), torch {torch.__version__}, "
-        f"vLLM CPU ISA {isa}; fp32, Hq={Hq}, Hkv={Hkv}, D={D}, block {bs}; ratio = time ÷ vLLM's kernel.",
-        "",
-        "| step | requests | keys each | kernel | ms | ratio |",
-        "|---|---:|---:|---|---:|---:|",
-    ]
-    lines += [
-        f"| {r['phase']} | {r['requests']} | {r['keys']} | {r['kernel']} | {r['ms']} | {r['ratio']} |" for r in rows
-    ]
-    md = "\n".join(lines) + "\n"
-    (out_dir / f"bench_paged{tag}.md").write_text(md)
-    print(md)
+        f"vLLM CPU ISA {isa}; fp32, Hq={Hq}, Hkv={Hkv}, D={D}, block {bs}; ratio = time ÷ vLLM's kernel."
+    )
+    columns = [("phase", "step", "l"), ("requests", "requests", "r"), ("keys", "keys each", "r"),
+               ("kernel", "kernel", "l"), ("ms", "ms", "r"), ("ratio", "ratio", "r")]  # fmt: skip
+    write_table(rows, columns, intro, out_dir / f"bench_paged{tag}.md", out_dir / f"bench_paged{tag}.csv")
 
 
 if __name__ == "__main__":

@@ -55,3 +55,22 @@ def write_csv(rows: Sequence[Dict[str, Any]], path: Path, fields: Optional[List[
         w.writeheader()
         w.writerows(rows)
     return path
+
+
+def write_table(
+    rows: Sequence[Dict[str, Any]], columns: Sequence[tuple], intro: str, path: Path, csv_path: Optional[Path] = None
+) -> str:
+    """A benchmark's results: ``intro``, then ``rows`` as a markdown table written to ``path`` (and
+    printed); ``columns`` are ``(key, header, align)`` with align ``"l"`` or ``"r"``; with ``csv_path``
+    the rows go to CSV too. Returns the markdown."""
+    if csv_path is not None:
+        write_csv(rows, csv_path)
+    lines = [intro, "", "| " + " | ".join(h for _, h, _ in columns) + " |",
+             "|" + "|".join("---:" if a == "r" else "---" for _, _, a in columns) + "|"]  # fmt: skip
+    lines += ["| " + " | ".join(str(r[k]) for k, _, _ in columns) + " |" for r in rows]
+    md = "\n".join(lines) + "\n"
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(md)
+    print(md)
+    return md
