@@ -628,8 +628,6 @@ def learn_projection(
         raise ValueError(f"kind must be 'seka' or 'prism'; got {kind!r}")
     if prompts < 2:
         raise ValueError(f"prompts must be >= 2 (the covariances need samples); got {prompts}")
-    if family not in FAMILIES:
-        raise ValueError(f"family must be one of {', '.join(FAMILIES)}; got {family!r}")
     cfg = getattr(model.config, "text_config", None) or model.config
     mods = [m for m in attention_modules(model) if layers is None or m.layer_idx in set(layers)]
     Hq = cfg.num_attention_heads

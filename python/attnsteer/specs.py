@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 from .directer import Directer
-from .keyedit import PRISM, SEKA, AdaSEKA
+from .keyedit import FAMILIES, PRISM, SEKA, AdaSEKA
 from .methods import GUIDE, PASTA, InstABoost, KeyScale, Method, SpotLight
 from .spa import SPA
 
@@ -86,16 +86,18 @@ HeadMap = Dict[int, Sequence[int]]
 _DATA = Path(__file__).resolve().parent / "data"
 SHIPPED_HEADS = {"smollm2-135m": "pasta_heads_smollm2_135m.json"}
 _CAPABLE = ("qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b")
+# Settings whose value is a name or a list, kept as written in the canonical spec
+_NAMED = ("layers", "heads", "projection", "experts")
 # SEKA key projections that ship (attnsteer learn-projection --prompts 64 --gamma 0.9; provenance inside).
 SHIPPED_PROJECTIONS = {
     **{name: f"{name}.seka.safetensors" for name in ("qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b", "smollm2-135m")},
     # PRISM-Δ (learn-projection --kind prism) and AdaSEKA's experts, one SEKA projection per prompt family
     # (learn-projection --family F, with the singular values its routing needs), for the capable models
     **{f"{m}-prism": f"{m}.prism.safetensors" for m in _CAPABLE},
-    **{f"{m}-{f}": f"{m}.{f}.safetensors" for m in _CAPABLE for f in ("facts", "conflict", "rule")},
+    **{f"{m}-{f}": f"{m}.{f}.safetensors" for m in _CAPABLE for f in FAMILIES},
 }
 # experts=MODEL: the model's shipped set of AdaSEKA experts
-SHIPPED_EXPERTS = {m: tuple(f"{m}-{f}" for f in ("facts", "conflict", "rule")) for m in _CAPABLE}
+SHIPPED_EXPERTS = {m: tuple(f"{m}-{f}" for f in FAMILIES) for m in _CAPABLE}
 
 # Without a model to check against, layer and head indices stop here (a range is checked before
 # any list is built, so ``layers=0-300000000`` costs nothing).
@@ -294,7 +296,7 @@ def _kind(cls, key: str) -> str:
     names = {f.name: f for f in fields(cls) if f.init and f.name not in _HIDDEN}
     if key not in names:
         raise SpecError(f"{cls.__name__} has no setting {_show(key)}; settings: {', '.join(sorted(names))}")
-    if key in ("layers", "heads", "projection", "experts"):
+    if key in _NAMED:
         return key
     default = names[key].default
     if default is MISSING:
@@ -390,8 +392,8 @@ def _build(spec: str, grammar: _Grammar) -> Tuple[str, Spec]:
     items = []
     for k in sorted(settings):
         v = values[k]
-        if k in ("layers", "heads", "projection", "experts") or isinstance(v, str):
-            text = settings[k] if k in ("layers", "heads", "projection", "experts") else v
+        if k in _NAMED or isinstance(v, str):
+            text = settings[k] if k in _NAMED else v
         elif isinstance(v, bool):
             text = str(v).lower()
         else:

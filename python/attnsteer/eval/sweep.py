@@ -179,10 +179,10 @@ def ranked_layers(model, tokenizer, prompts: Sequence[Any], out: str, top: Optio
     """DIRECTER's top-ranked layers for these prompts (`ifeval.Prompt` or anything with ``.text``;
     mean sensitivity over them, key scaling × 100 as in the paper), the ``top`` (default a quarter
     of the layers) most sensitive; read from ``out/ranked_layers.json`` when an earlier run wrote it."""
+    stored = _stored_ranking(out)
+    if stored is not None:
+        return stored
     path = os.path.join(out, RANKED_FILE)
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as f:
-            return list(json.load(f)["layers"])
     from ..directer import rank_layers
     from .runner import _encode
 
