@@ -28,6 +28,8 @@
 #   nohup eval_results/jobs.sh new-methods-ifeval > eval_results/logs/new-methods-ifeval.log 2>&1 &
 #   nohup eval_results/jobs.sh priority-small-new > eval_results/logs/priority-small-new.log 2>&1 &
 #   nohup eval_results/jobs.sh priority-qwen-dev-more > eval_results/logs/priority-qwen-dev-more.log 2>&1 &
+#   nohup eval_results/jobs.sh ifeval-qwen-new > eval_results/logs/ifeval-qwen-new.log 2>&1 &
+#   nohup eval_results/jobs.sh spa-rest > eval_results/logs/spa-rest.log 2>&1 &
 # EVAL_CODE=DIR runs the code of another checkout (e.g. a `git worktree` of a fixed commit with
 # its built _C copied in), so that editing this tree does not change a queue that is running;
 # the results still go to this tree's eval_results/.
@@ -305,6 +307,24 @@ case "${1:-}" in
       --methods seka,spa,adaseka,prism
     $EV sweep --task retention --model qwen2.5-coder-0.5b --out eval_results/qwen/retention-sweep $COMMON \
       --batch-size 4 --methods guide,instaboost,spotlight,keyscale,guide-length ;;
+  ifeval-qwen-new)
+    # The 2026 methods on Qwen2.5-Coder-0.5B's IFEval dev split one point at a time (a whole grid costs hours
+    # here, ~40 s a prompt): SEKA 0.4 / 0.8, PRISM-Δ 0.4, AdaSEKA 0.5, then SPA ω = 2 (two forwards a step),
+    # then the rest of the grids (new-methods-ifeval's Qwen step).
+    out=eval_results/qwen/ifeval-sweep
+    for m in seka:gain=0.4,layers=14-23,projection=qwen2.5-coder-0.5b seka:gain=0.8,layers=14-23,projection=qwen2.5-coder-0.5b \
+             prism:gain=0.4,gain_value=0.2,layers=14-23,projection=qwen2.5-coder-0.5b-prism \
+             adaseka:experts=qwen2.5-coder-0.5b,gain=0.5,layers=14-23 spa:omega=2; do
+      $EV ifeval --model qwen2.5-coder-0.5b --split dev --batch-size 4 --out $out $COMMON --method "$m"
+    done
+    $EV sweep --task ifeval --model qwen2.5-coder-0.5b --out $out $COMMON --batch-size 4 --methods seka,spa,adaseka,prism ;;
+  spa-rest)
+    # The last SPA 512-filler priority replies on Qwen2.5-Coder-0.5B, SmolLM2's SPA 512-filler cells, then
+    # SmolLM2's IFEval dev grid for SPA (new-methods-ifeval's first step; SEKA's points are done).
+    $EV priority --model qwen2.5-coder-0.5b --split test --fillers 512 --entities 8 --batch-size 4 \
+      --out eval_results/priority/qwen-test $COMMON --method spa:omega=2
+    "$0" priority-small-new
+    $EV sweep --task ifeval --out eval_results/sweep $COMMON --methods seka,spa ;;
   priority-small-new)
     # The 2026 methods on SmolLM2's priority test cells (0 and 512 filler tokens), at Qwen2.5-Coder-0.5B's dev
     # choices (not re-tuned): SEKA gain 0.8 on the last 10 layers with SmolLM2's shipped projection, SPA ω = 2.

@@ -134,6 +134,40 @@ def test_shipped_file_is_consistent():
     assert PAPER_STRENGTHS["guide"] == "guide:delta=2" and PAPER_STRENGTHS["keyscale"] == "keyscale:alpha=100"
 
 
+def _ship_no_gain():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "tools" / "ship_no_gain.py"
+    spec = importlib.util.spec_from_file_location("ship_no_gain", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_tuned_without_gain_is_an_answer_with_its_evidence(tmp_path):
+    """A model tuned on a task where no setting beat unsteered ships no setting but the sweep's evidence:
+    recommended raises NoSettingHelps (a KeyError) that says so, and the record is the committed sweep's."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    with pytest.raises(attnsteer.NoSettingHelps, match="tuned on 'retention' and no setting beats unsteered") as err:
+        attnsteer.recommended("qwen2.5-coder-0.5b", task="retention")
+    assert isinstance(err.value, KeyError) and "--allow-no-gain" in str(err.value)
+    ev = err.value.evidence
+    assert ev == _ship_no_gain().evidence(str(root / "eval_results" / "qwen" / "retention-sweep"))
+    assert max(ev["scores"].values()) <= ev["unsteered"] and len(ev["scores"]) >= 8
+    with pytest.raises(attnsteer.NoSettingHelps):
+        attnsteer.recommended("qwen2.5-coder-0.5b", task="retention", method="guide")
+    with pytest.raises(KeyError, match=r"tuned without a gain: retention"):
+        attnsteer.recommended("qwen2.5-coder-0.5b", task="ifeval")
+    # a sweep whose choice helps is refused by the tool (ship it as a setting instead)
+    sweep = {"task": "priority", "best": "guide:delta=2", "helps": True, "scores": {}}
+    (tmp_path / "sweep.json").write_text(json.dumps(sweep))
+    with pytest.raises(SystemExit, match="beats unsteered on dev"):
+        _ship_no_gain().evidence(str(tmp_path))
+
+
 def test_eval_method_at_file_is_the_saved_spec(tmp_path, capsys):
     from attnsteer import cli
 

@@ -3,7 +3,7 @@
 import logging as _logging
 
 from . import models, ops
-from .config import SteeringConfig, recommended
+from .config import NoSettingHelps, SteeringConfig, recommended
 from .directer import Directer, DirecterStats, LayerRanking, rank_layers
 from .generate import generate
 from .hf import steer, steer_pipeline
@@ -24,6 +24,7 @@ logger.addHandler(_logging.NullHandler())
 __all__ = [
     "Directer",
     "SteeringConfig",
+    "NoSettingHelps",
     "recommended",
     "DirecterStats",
     "LayerRanking",

@@ -28,6 +28,7 @@ from . import specs
 
 __all__ = [
     "SteeringConfig",
+    "NoSettingHelps",
     "recommended",
     "shipped_tasks",
     "resolve_method",
@@ -127,6 +128,22 @@ def resolve_method(method: Any) -> Any:
     return method
 
 
+class NoSettingHelps(KeyError):
+    """`recommended` for a model and task that was tuned, where no setting beat unsteered on the dev split:
+    nothing ships. ``evidence`` holds what the sweep measured (every setting's dev score, unsteered's, the
+    command that ran it).
+
+    Guide: ``docs/guides/methods.md`` (with a runnable example).
+    """
+
+    def __init__(self, message: str, evidence: Dict[str, Any]):
+        super().__init__(message)
+        self.evidence = evidence
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
 def _shipped() -> Dict[str, Any]:
     return json.loads(RECOMMENDED_FILE.read_text(encoding="utf-8"))
 
@@ -186,6 +203,8 @@ def recommended(model_or_name: Any, task: str = "ifeval", method: Optional[str] 
         "no evidence of a difference" is a possible, honest answer.
 
     Raises:
+        NoSettingHelps: the model was tuned on this task and no setting beat unsteered on dev
+            (a `KeyError`; its ``evidence`` holds the sweep's scores).
         KeyError: no configuration ships for this model, task or method (the message says how to
             tune one).
 
@@ -198,10 +217,20 @@ def recommended(model_or_name: Any, task: str = "ifeval", method: Optional[str] 
     """
     table = _shipped()
     name = _model_name(model_or_name, table)
-    tasks = table[name]["tasks"]
+    tasks, no_gain = table[name]["tasks"], table[name].get("no_gain", {})
+    if task in no_gain:
+        rec = no_gain[task]
+        raise NoSettingHelps(
+            f"{name} was tuned on {task!r} and no setting beats unsteered there: {rec['evidence']['summary']}. "
+            f"{rec.get('note', '')}Nothing ships for it (the scores are in this error's .evidence). To steer "
+            f"anyway, pass a method yourself (e.g. attnsteer.config.PAPER_STRENGTHS), or tune on your own data "
+            f"with `attnsteer eval sweep --task {task} --model MODEL --save-config FILE --allow-no-gain`",
+            rec["evidence"],
+        )
     if task not in tasks:
+        tuned = f" (tuned without a gain: {', '.join(no_gain)})" if no_gain else ""
         raise KeyError(
-            f"no tuned {task!r} configuration for {name}; tasks shipped for it: {', '.join(tasks)}. Tune one with "
+            f"no tuned {task!r} configuration for {name}; tasks shipped for it: {', '.join(tasks)}{tuned}. Tune one with "
             f"`attnsteer eval sweep --task {task} --model MODEL --save-config FILE` and load it with "
             "SteeringConfig.load(FILE)"
         )
