@@ -3,6 +3,8 @@ from scratch every step; sampling; the mix; errors; the spec grammar and the ent
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 
@@ -48,6 +50,46 @@ def test_processor_equals_the_naive_two_pass_loop(kind, spa):
             pad_token_id=0,
         )
     assert torch.equal(got, ref)
+
+
+def test_prompt_pass_projects_only_the_last_position():
+    """The anchored-out prompt pass asks for the last position's logits only (logits_to_keep=1), and a
+    model whose forward has no such argument still gets the same tokens (the argument is left out)."""
+    m = tiny_model("qwen2", std=0.3)
+    enc = attnsteer.highlight(tokenizer(), PROMPTS)
+    seen = []
+    orig = m.forward
+
+    class Aux:  # the model as the processor sees it, recording what each of its passes asked for
+        def __init__(self, forward):
+            self.forward = forward
+
+        def __call__(self, **kw):
+            out = self.forward(**kw)
+            seen.append((kw["input_ids"].shape[1], kw.get("logits_to_keep"), out.logits.shape[1]))
+            return out
+
+    @functools.wraps(orig)  # forward's signature, which the processor inspects
+    def keeps(**kw):
+        return orig(**kw)
+
+    def without(input_ids, attention_mask=None, position_ids=None, past_key_values=None, use_cache=None):
+        return orig(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                    past_key_values=past_key_values, use_cache=use_cache)  # fmt: skip
+
+    def run(aux):
+        return m.generate(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
+                          logits_processor=[SPA(2.0).processor(aux, enc)], max_new_tokens=4, min_new_tokens=4,
+                          do_sample=False, pad_token_id=0)  # fmt: skip
+
+    T = enc["input_ids"].shape[1]
+    with torch.no_grad():
+        kept = run(Aux(keeps))
+        assert seen[0] == (T, 1, 1) and all(s == (1, None, 1) for s in seen[1:]), seen
+        seen.clear()
+        plain = run(Aux(without))
+        assert seen[0] == (T, None, T), seen  # not asked for: all positions, as before
+    assert torch.equal(kept, plain)
 
 
 def test_omega_one_is_the_plain_model_and_steering_changes_tokens():
