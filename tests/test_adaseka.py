@@ -181,6 +181,33 @@ def test_errors_name_the_fix(tmp_path):
         learn_projection(m, tokenizer(), prompts=4, family="nope")
 
 
+def test_key_editing_methods_share_their_checks():
+    """SEKA, PRISM-Δ and AdaSEKA (one base, KeyEditing): no attention plan, every phase steered (another
+    phases value is refused, naming the method), non-finite gains refused, edits_layer = steered layers
+    the projections cover."""
+    from attnsteer.keyedit import PRISM, SEKA, KeyEditing
+
+    D, H = 4, 2
+    eye = torch.eye(D)
+    seka = KeyProjection({1: [eye[:, :1]] * H}, {1: [eye[:, :0]] * H}, {}, pos_sv={1: [torch.ones(1)] * H})
+    prism = KeyProjection({3: [eye[:, :1]] * H}, {}, {"kind": "prism"}, weights={3: [1.0] * H})
+    makers = {"SEKA": lambda **kw: SEKA(seka, **kw), "PRISM": lambda **kw: PRISM(prism, **kw),
+              "AdaSEKA": lambda **kw: AdaSEKA([seka], **kw)}  # fmt: skip
+    for name, make in makers.items():
+        method = make()
+        assert isinstance(method, KeyEditing) and method.plan(0, None) is None and method.plan_steered(0, None) is None
+        with pytest.raises(ValueError, match=f"{name} edits keys when they are written.*phases does not apply"):
+            make(phases="prefill")
+        with pytest.raises(ValueError, match=f"{name} gain must be finite"):
+            make(gain=float("nan"))
+    with pytest.raises(ValueError, match="PRISM gain_value must be finite"):
+        PRISM(prism, gain_value=float("inf"))
+    assert [SEKA(seka).edits_layer(i) for i in range(4)] == [False, True, False, False]
+    assert [SEKA(seka, layers=[0]).edits_layer(i) for i in range(4)] == [False] * 4
+    assert [PRISM(prism).edits_layer(i) for i in range(4)] == [False, False, False, True]
+    assert [AdaSEKA([seka]).edits_layer(i) for i in range(4)] == [False, True, False, False]
+
+
 def test_prompt_families_and_singular_values(tmp_path):
     """Each family's answer is in its context; learning stores the singular values (descending, one per
     direction) and the family, and the file keeps them."""

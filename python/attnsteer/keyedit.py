@@ -46,7 +46,16 @@ import torch
 from .methods import ForwardContext, Method
 from .ops import OpArgs, lowrank_edit_
 
-__all__ = ["KeyProjection", "SEKA", "AdaSEKA", "PRISM", "learn_projection", "install_key_edits", "FAMILIES"]
+__all__ = [
+    "KeyProjection",
+    "KeyEditing",
+    "SEKA",
+    "AdaSEKA",
+    "PRISM",
+    "learn_projection",
+    "install_key_edits",
+    "FAMILIES",
+]
 
 FORMAT = "attnsteer-key-projection-1"
 
@@ -160,7 +169,49 @@ class KeyProjection:
 
 
 @dataclass
-class SEKA(Method):
+class KeyEditing(Method):
+    """What SEKA, PRISM-Δ and AdaSEKA share: they edit the span's keys (PRISM-Δ also its values) when
+    those are written, through hooks on the key / value projections (`install_key_edits`), and attention
+    itself runs unsteered — so `plan` is empty, every phase is steered, and `edits_layer` says which
+    layers the hooks edit. A subclass gives ``factors`` / ``value_factors`` (one edit for every prompt) or
+    ``route`` (an edit per prompt from its last query)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.phases != "both":
+            raise ValueError(
+                f"{type(self).__name__} edits keys when they are written (prompt tokens): phases does not apply"
+            )
+
+    def _check_finite(self, *names: str) -> None:
+        for name in names:
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{type(self).__name__} {name} must be finite; got {getattr(self, name)}")
+
+    def plan(self, layer_idx: int, ctx: ForwardContext) -> Optional[OpArgs]:
+        return None  # attention runs unsteered; the keys were edited when written
+
+    def plan_steered(self, layer_idx: int, ctx: ForwardContext) -> Optional[OpArgs]:
+        return None
+
+    def edits_layer(self, layer_idx: int) -> bool:
+        """Whether the hooks edit ``layer_idx``'s keys: a layer the method steers and its projections cover."""
+        return self.steers_layer(layer_idx) and layer_idx in self._projected_layers()
+
+    def _projected_layers(self) -> set:
+        raise NotImplementedError
+
+    def factors(self, layer_idx: int, device, dtype):
+        """`lowrank_edit_`'s ``(a, b)`` for the keys of ``layer_idx`` (None: nothing to edit, or per prompt)."""
+        return None
+
+    def value_factors(self, layer_idx: int, device, dtype):
+        """``(a, b)`` for the values of ``layer_idx`` (None: keys only)."""
+        return None
+
+
+@dataclass
+class SEKA(KeyEditing):
     """Spectral key editing: span keys ``k ← k + g⁺P⁺k − g⁻P⁻k`` before the rotary embedding, on the
     layers of ``projection`` (or ``layers``); attention itself unsteered. See the module docstring.
 
@@ -182,11 +233,7 @@ class SEKA(Method):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.phases != "both":
-            raise ValueError("SEKA edits keys when they are written (prompt tokens): phases does not apply")
-        for name in ("gain", "gain_neg"):
-            if not math.isfinite(getattr(self, name)):
-                raise ValueError(f"SEKA {name} must be finite; got {getattr(self, name)}")
+        self._check_finite("gain", "gain_neg")
         if self.projection is None:
             raise ValueError(
                 "SEKA needs a projection: SEKA(projection='file.safetensors') (attnsteer learn-projection)"
@@ -197,14 +244,8 @@ class SEKA(Method):
             raise TypeError(f"projection must be a KeyProjection or a path; got {type(self.projection).__name__}")
         self._factors: Dict[Tuple[int, Any, Any], Any] = {}
 
-    def plan(self, layer_idx: int, ctx: ForwardContext) -> Optional[OpArgs]:
-        return None  # attention runs unsteered; the keys were edited when written
-
-    def plan_steered(self, layer_idx: int, ctx: ForwardContext) -> Optional[OpArgs]:
-        return None
-
-    def edits_layer(self, layer_idx: int) -> bool:
-        return self.steers_layer(layer_idx) and layer_idx in self.projection.pos
+    def _projected_layers(self) -> set:
+        return set(self.projection.pos)
 
     def factors(self, layer_idx: int, device, dtype):
         """`lowrank_edit_`'s ``(a, b)`` for the keys of ``layer_idx`` (None: nothing to edit)."""
@@ -212,10 +253,6 @@ class SEKA(Method):
         if key not in self._factors:
             self._factors[key] = self._key_factors(layer_idx, device)
         return self._factors[key]
-
-    def value_factors(self, layer_idx: int, device, dtype):
-        """``(a, b)`` for the values of ``layer_idx``; SEKA edits keys only."""
-        return None
 
     def _key_factors(self, layer_idx: int, device):
         return self.projection.factors(layer_idx, self.gain, self.gain_neg, device)
@@ -243,8 +280,7 @@ class PRISM(SEKA):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not math.isfinite(self.gain_value):
-            raise ValueError(f"PRISM gain_value must be finite; got {self.gain_value}")
+        self._check_finite("gain_value")
         kind = self.projection.meta.get("kind", "prism" if self.projection.weights else "seka")
         if self.projection.pos and kind != "prism":
             raise ValueError(
@@ -267,7 +303,7 @@ class PRISM(SEKA):
 
 
 @dataclass
-class AdaSEKA(Method):
+class AdaSEKA(KeyEditing):
     """AdaSEKA (the SEKA paper's adaptive variant): several SEKA projections ("experts", each learned
     on one prompt family) mixed per prompt, layer and KV head by how the last prompt token's query
     aligns with each expert's top singular directions. For a highlighted key:
@@ -311,10 +347,7 @@ class AdaSEKA(Method):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.phases != "both":
-            raise ValueError("AdaSEKA edits keys when they are written (prompt tokens): phases does not apply")
-        if not math.isfinite(self.gain):
-            raise ValueError(f"AdaSEKA gain must be finite; got {self.gain}")
+        self._check_finite("gain")
         if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 1:
             raise ValueError(f"AdaSEKA top_k must be a whole number >= 1; got {self.top_k!r}")
         experts = self.experts
@@ -339,20 +372,8 @@ class AdaSEKA(Method):
         self.experts = tuple(loaded)
         self._bases: Dict[Tuple[int, str], Any] = {}
 
-    def plan(self, layer_idx: int, ctx: ForwardContext) -> Optional[OpArgs]:
-        return None  # attention runs unsteered; the keys were edited when written
-
-    def plan_steered(self, layer_idx: int, ctx: ForwardContext) -> Optional[OpArgs]:
-        return None
-
-    def edits_layer(self, layer_idx: int) -> bool:
-        return self.steers_layer(layer_idx) and any(layer_idx in e.pos for e in self.experts)
-
-    def factors(self, layer_idx: int, device, dtype):
-        return None  # per prompt: see route()
-
-    def value_factors(self, layer_idx: int, device, dtype):
-        return None
+    def _projected_layers(self) -> set:
+        return {layer for e in self.experts for layer in e.pos}  # the edit is per prompt: see route()
 
     def _layer_bases(self, layer_idx: int, device):
         """``(U (E, H, D, k), S (E, H, k))`` of the experts at ``layer_idx``, zero-padded where an
