@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 
 import pytest
+import torch
 
 from attnsteer.eval import priority, runner
 
@@ -207,6 +208,36 @@ def test_cli_priority_end_to_end(tmp_path, monkeypatch, capsys):
     assert cli.main(argv) == 0
     text = (tmp_path / "results.md").read_text()
     assert "| unsteered | user |" in text and "| guide:delta=2 | user |" in text
+
+
+def test_bfloat16_replies_are_stored_apart(tmp_path, monkeypatch):
+    """--dtype bfloat16 loads bfloat16 weights and stores the replies under the model name + " bf16", so a
+    float32 run into the same folder neither resumes from nor mixes with them; the shipped projections
+    are still found by the model's name."""
+    from attnsteer import cli, models
+    from attnsteer.eval import runner, sweep
+    from attnsteer.eval.cli import base_tag
+
+    tok, seen = tokenizer(), []
+
+    def load_default(dtype=None, **_):
+        seen.append(dtype)
+        return tiny_model("llama", layers=2).to(dtype or torch.float32), tok
+
+    monkeypatch.setattr(models, "load_default", load_default)
+    argv = ["eval", "priority", "--fillers", "0", "--placements", "user", "--entities", "1", "--limit", "2",
+            "--max-new-tokens", "2", "--out", str(tmp_path), "--no-progress", "--method", "none"]  # fmt: skip
+    assert cli.main(argv + ["--dtype", "bfloat16"]) == 0 and cli.main(argv) == 0
+    assert seen == [torch.bfloat16, torch.float32]
+    store = runner.ResponseStore(str(tmp_path / "responses.jsonl"))
+    tags = sorted({k[0] for k in store.records})
+    assert tags == ["SmolLM2-135M-Instruct", "SmolLM2-135M-Instruct bf16"]
+    n = {t: sum(k[0] == t for k in store.records) for t in tags}
+    assert n["SmolLM2-135M-Instruct"] == n["SmolLM2-135M-Instruct bf16"] > 0
+    assert base_tag("Qwen2.5-Coder-0.5B-Instruct bf16") == "Qwen2.5-Coder-0.5B-Instruct"
+    assert sweep._shipped_projection("Qwen2.5-Coder-0.5B-Instruct bf16") == "qwen2.5-coder-0.5b"
+    with pytest.raises(SystemExit):
+        cli.main(argv + ["--dtype", "float16"])  # not offered: argparse names the choices
 
 
 def test_evidence_pairs_each_cell_with_unsteered():

