@@ -294,6 +294,9 @@ def test_shipped_priority_setting_is_the_committed_evidence():
     assert cfg.method == chosen["best"]
     assert cfg.evidence == priority.evidence(rows, cfg.method)
     assert all(c["diff"]["verdict"] == "better" for c in cfg.evidence["cells"])
+    for family in ("seka", "adaseka", "prism", "spa"):  # the 2026 methods' dev choices, with their test cells
+        per = attnsteer.recommended("qwen2.5-coder-0.5b", task="priority", method=family)
+        assert per.method == chosen["by_grid"][family] and per.evidence == priority.evidence(rows, per.method)
     labels = [label for label, _ in demo.methods("Qwen2.5-Coder-0.5B-Instruct")]
     assert labels[:2] == ["unsteered", f"{cfg.method} (tuned, priority)"]
     with pytest.raises(KeyError, match="tasks shipped for it: priority.*attnsteer eval sweep --task ifeval"):

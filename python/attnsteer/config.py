@@ -194,8 +194,9 @@ def recommended(model_or_name: Any, task: str = "ifeval", method: Optional[str] 
             model (recognised by architecture, layer count and hidden size).
         task: ``"ifeval"`` (instructions in the prompt), ``"retention"`` (a rule before a long
             document) or ``"priority"`` (the marked one of conflicting statements).
-        method: ``"guide"``, ``"instaboost"``, ``"pasta"``, ``"spotlight"``, ``"keyscale"``: the best
-            setting of that method alone (default: the best of all methods).
+        method: ``"guide"``, ``"instaboost"``, ``"pasta"``, ``"spotlight"``, ``"keyscale"``, ``"seka"``,
+            ``"adaseka"``, ``"prism"``, ``"spa"``: the best setting of that method alone, where it was
+            measured on the test split (default: the best of all methods).
 
     Returns:
         `SteeringConfig`, whose ``evidence`` holds the measured difference to unsteered with
