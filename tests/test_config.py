@@ -51,7 +51,7 @@ def test_steer_and_generate_take_a_config_as_the_method_it_names():
     with pytest.raises(TypeError, match="unsteered: run the model without steer"):
         with attnsteer.steer(m, SteeringConfig("none"), spans=enc):
             pass
-    with pytest.raises(TypeError, match="DIRECTER and SPA decode with their own loop"):
+    with pytest.raises(TypeError, match="DIRECTER decodes with its own loop"):
         with attnsteer.steer(m, SteeringConfig("directer"), spans=enc):
             pass
 

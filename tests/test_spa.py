@@ -16,17 +16,21 @@ from tiny import model as tiny_model
 from tiny import tokenizer
 
 
-def _naive(model, enc, spa: SPA, steps: int) -> torch.Tensor:
-    """Greedy SPA without caches: both passes over the whole sequence each step (EOS ruled out, as
-    ``min_new_tokens`` does in generate)."""
+def _naive(model, enc, spa: SPA, steps: int, eos_first: bool = True) -> torch.Tensor:
+    """Greedy SPA without caches: both passes over the whole sequence each step, EOS ruled out (as
+    ``min_new_tokens`` does in generate) before the mix (the processor) or after it (steer's batch of two)."""
     ids, attn, span = enc["input_ids"], enc["attention_mask"], enc.span_mask
     hidden = attn * (span == 0).long()
+    eos = model.config.eos_token_id
     for _ in range(steps):
         pos = (attn.cumsum(-1) - 1).clamp_min(0)
         main = model(input_ids=ids, attention_mask=attn, position_ids=pos).logits[:, -1]
-        main[:, model.config.eos_token_id] = float("-inf")
+        if eos_first:
+            main[:, eos] = float("-inf")
         aux = model(input_ids=ids, attention_mask=hidden, position_ids=pos).logits[:, -1]
-        nxt = spa.mix(main, aux).argmax(-1, keepdim=True)
+        mixed = spa.mix(main, aux)
+        mixed[:, eos] = float("-inf")
+        nxt = mixed.argmax(-1, keepdim=True)
         ids = torch.cat([ids, nxt], 1)
         one = torch.ones_like(nxt)
         attn, hidden = torch.cat([attn, one], 1), torch.cat([hidden, one], 1)
@@ -50,6 +54,66 @@ def test_processor_equals_the_naive_two_pass_loop(kind, spa):
             pad_token_id=0,
         )
     assert torch.equal(got, ref)
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2", "gemma3"])
+@pytest.mark.parametrize("spa", [SPA(2.0), SPA(-1.0), SPA(3.0, modulated=True)], ids=repr)
+def test_steer_runs_the_batch_of_two_and_equals_the_naive_loop(kind, spa):
+    """steer(model, SPA): one forward over the doubled batch a step (a 2B-row cache); the greedy tokens equal
+    the naive two-pass loop (the mix before generate's processors); plain forwards inside the block return
+    the mixed logits; the model is restored after the block."""
+    m = tiny_model(kind, std=0.3)
+    enc = attnsteer.highlight(tokenizer(), PROMPTS)
+    B, T = enc["input_ids"].shape
+    rows = []
+    real = m.forward
+
+    @functools.wraps(real)
+    def spy(**kw):
+        rows.append(kw["input_ids"].shape[0])
+        return real(**kw)
+
+    m.forward = spy
+    with torch.no_grad():
+        ref = _naive(m, enc, spa, 6, eos_first=False)
+        rows.clear()
+        with attnsteer.steer(m, spa, spans=enc):
+            got = m.generate(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], max_new_tokens=6,
+                             min_new_tokens=6, do_sample=False, pad_token_id=0)  # fmt: skip
+            steps = len(rows)
+            pos = (enc["attention_mask"].cumsum(-1) - 1).clamp_min(0)
+            mixed = m(**enc, position_ids=pos).logits
+        main = real(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], position_ids=pos).logits
+        aux = real(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"] * (enc.span_mask == 0),
+                   position_ids=pos).logits  # fmt: skip
+    assert torch.equal(got, ref)
+    assert steps == 6 and set(rows[:steps]) == {2 * B}  # one forward a step, both halves in it
+    real_attn = enc["attention_mask"].bool()
+    torch.testing.assert_close(mixed[real_attn], spa.mix(main, aux)[real_attn], rtol=1e-5, atol=1e-5)
+    assert m.forward is spy and getattr(m, "_attnsteer_state", None) is None
+
+
+def test_steer_route_samples_streams_and_refuses_what_it_cannot_do():
+    m = tiny_model("llama", std=0.3)
+    tok = tokenizer()
+    enc = attnsteer.highlight(tok, PROMPTS)
+    kw = dict(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], pad_token_id=0)
+    with torch.no_grad(), attnsteer.steer(m, SPA(2.0), spans=enc):
+        torch.manual_seed(0)
+        out = m.generate(**kw, max_new_tokens=5, do_sample=True, top_k=20, num_return_sequences=2)
+        assert out.shape[0] == 2 * len(PROMPTS)
+        with pytest.raises(ValueError, match="not beam search"):
+            m.generate(**kw, max_new_tokens=3, num_beams=2)
+        with pytest.raises(ValueError, match="covers 3 tokens but the span mask"):
+            m(input_ids=enc["input_ids"][:, :3])
+        with pytest.raises(RuntimeError, match="already being steered"):
+            with attnsteer.steer(m, SPA(2.0), spans=enc):
+                pass
+    # a configuration naming SPA goes the same way
+    with torch.no_grad(), attnsteer.steer(m, attnsteer.SteeringConfig("spa:omega=2"), spans=enc):
+        same = m.generate(**kw, max_new_tokens=4, min_new_tokens=4, do_sample=False)
+    with torch.no_grad():
+        assert torch.equal(same, _naive(m, enc, SPA(2.0), 4, eos_first=False))
 
 
 def test_prompt_pass_projects_only_the_last_position():
@@ -129,9 +193,5 @@ def test_spec_grammar_entry_points_and_clear_errors():
     with pytest.raises(ValueError, match="not served by the vLLM plugin"):
         specs.parse_request_spec("spa:omega=2")
     m = tiny_model("llama")
-    enc = attnsteer.highlight(tokenizer(), PROMPTS)
-    with pytest.raises(TypeError, match="steer\\(\\) cannot apply it"):
-        with attnsteer.steer(m, SPA(2.0), spans=enc):
-            pass
     with pytest.raises(ValueError, match="needs the anchor as a span mask"):
         SPA(2.0).processor(m, tokenizer()(PROMPTS, return_tensors="pt", padding=True))

@@ -63,16 +63,7 @@ def generate(
         elif isinstance(method, Directer):
             generate_kwargs.setdefault("do_sample", False)
             out = model.generate(**enc, custom_generate=method, spans=enc, **generate_kwargs)
-        elif isinstance(method, SPA):
-            if int(generate_kwargs.get("num_beams") or 1) > 1:
-                raise ValueError("SPA supports greedy decoding and sampling, not beam search: drop num_beams")
-            procs = list(generate_kwargs.pop("logits_processor", None) or [])
-            out = model.generate(
-                **{k: v for k, v in enc.items() if k != "span_mask"},
-                logits_processor=[method.processor(model, enc), *procs],
-                **generate_kwargs,
-            )
-        else:
+        else:  # an attention method, a key-editing one, or SPA (its batch of two)
             with steer(model, method, spans=enc):
                 out = model.generate(**enc, **generate_kwargs)
     if skip_prompt:

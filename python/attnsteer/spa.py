@@ -19,10 +19,19 @@ What the paper and its released code specify, and what is chosen here:
   adjustment of each token by its probability under ``f(x)`` divided by the largest one, for
   |ω| > 1. Offered as ``modulated=True``; off by default (the paper's formula).
 - *Clamping.* The released code clamps the adjustment to ±1e3 (±1e2 modulated); kept (``clamp``).
-- *How it runs.* `SPA.processor` is a `transformers.LogitsProcessor`: ``model.generate`` runs the
-  main pass as usual (greedy, sampling, streaming, pipelines) and the processor runs the anchored-out
-  pass with its own KV cache, one single-token forward per step after the prompt. Beam search is not
-  supported (the processor's cache cannot follow the beams' reordering): it raises.
+- *How it runs: as a batch of two.* ``with attnsteer.steer(model, SPA(ω), spans=enc):`` replaces the
+  model's forward by one over the batch doubled — rows ``0…B−1`` as they are, rows ``B…2B−1`` with the
+  anchor hidden — in one KV cache of 2B rows, and returns the mixed logits of the B rows. So
+  ``model.generate`` (greedy, sampling, streaming, pipelines), `attnsteer.generate` and the evaluation
+  harness run SPA unchanged, and every logits processor and sampler sees SPA's logits as the model's.
+  A decode step reads the weights once for both passes: on a CPU, where a step costs about what reading
+  the weights costs, SPA decodes at close to the unsteered speed instead of half of it
+  (``benchmarks/bench_keyedit.py``). Beam search raises (the beams would reorder the doubled cache).
+- *Or as a logits processor.* `SPA.processor` is a `transformers.LogitsProcessor` for a
+  ``logits_processor=[...]`` list: ``model.generate`` runs the main pass and the processor the
+  anchored-out pass with its own cache — two forwards a step. It mixes after generate's own processors
+  (e.g. ``min_new_tokens``'s end-of-sequence ban) rather than before them; greedy replies are the same
+  as the batch of two except with ``modulated=True`` (whose token probabilities see that ban).
 """
 
 from __future__ import annotations
@@ -32,7 +41,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["SPA", "SPAProcessor"]
+__all__ = ["SPA", "SPAProcessor", "paired_forward"]
 
 
 @dataclass(frozen=True)
@@ -48,8 +57,13 @@ class SPA:
     Example:
         ```python
         enc = attnsteer.highlight(tok, "<<Answer in French.>> Name a fruit.")
+        with attnsteer.steer(model, SPA(1.5), spans=enc):  # both passes as one batch of two
+            out = model.generate(**enc, max_new_tokens=20)
+        # or as a logits processor (two forwards a step):
         out = model.generate(**enc, logits_processor=[SPA(1.5).processor(model, enc)], max_new_tokens=20)
         ```
+
+    Guide: ``docs/guides/methods.md`` (SPA).
     """
 
     omega: float = 1.5
@@ -172,3 +186,64 @@ class SPAProcessor:
         if extra <= 0:
             return mask[:, :length]
         return torch.cat([mask, torch.ones(mask.shape[0], extra, dtype=mask.dtype, device=mask.device)], dim=1)
+
+
+def paired_forward(spa: SPA, forward, span_mask: torch.Tensor):
+    """``model.forward`` inside ``steer(model, spa, spans=enc)``: the batch of two (module docstring).
+
+    Args:
+        forward: the model's own forward.
+        span_mask: ``(B, T)`` the anchor of each prompt row (nonzero = anchored).
+
+    Returns a forward taking the model's keyword arguments for ``B`` rows (``input_ids (B, L)``, the
+    attention mask ``(B, past + L)``, position ids, the cache); it runs ``2B`` rows and returns the
+    mixed logits ``(B, L', V)``. The prompt forward (an empty cache) must cover the T prompt tokens; a
+    batch ``k·B`` (``num_return_sequences``) repeats each row's anchor ``k`` times. The cache it returns
+    holds 2B rows and remembers the anchor, so later steps hide it again."""
+    T = span_mask.shape[1]
+
+    def run(*args, **kw):
+        if args:
+            if len(args) > 1 or "input_ids" in kw:
+                raise TypeError("steer(model, SPA): call the model with keyword arguments (input_ids=..., ...)")
+            kw["input_ids"] = args[0]
+        ids = kw.get("input_ids")
+        if ids is None:
+            raise ValueError("steer(model, SPA) needs input_ids (it doubles the batch); inputs_embeds is not supported")
+        B, L = ids.shape
+        cache = kw.get("past_key_values")
+        past = cache.get_seq_length() if cache is not None else 0
+        if past == 0:
+            if L != T:
+                raise ValueError(
+                    f"steer(model, SPA): the prompt forward covers {L} tokens but the span mask {T}; pass the "
+                    "same encoding to steer(spans=enc) and to the model"
+                )
+            span = span_mask.to(ids.device)
+            if B != span.shape[0]:
+                if B % span.shape[0]:
+                    raise ValueError(f"steer(model, SPA): {B} rows for {span.shape[0]} prompts (not a multiple)")
+                span = span.repeat_interleave(B // span.shape[0], 0)
+        else:
+            span = getattr(cache, "_attnsteer_spa_anchor", None)
+            if span is None or span.shape[0] != B:
+                raise ValueError(
+                    "steer(model, SPA): this cache was not filled by SPA's prompt forward (or holds other rows); "
+                    "start from the prompt (model.generate does)"
+                )
+        am = kw.get("attention_mask")
+        if am is None:
+            am = torch.ones(B, past + L, dtype=torch.long, device=ids.device)
+        hidden = am.clone()
+        hidden[:, :T] = hidden[:, :T] * (span == 0).to(am.dtype)  # the anchor's keys invisible; never generated ones
+        kw["input_ids"] = torch.cat([ids, ids])
+        kw["attention_mask"] = torch.cat([am, hidden])
+        if kw.get("position_ids") is not None:
+            kw["position_ids"] = torch.cat([kw["position_ids"], kw["position_ids"]])
+        out = forward(**kw)
+        if getattr(out, "past_key_values", None) is not None:
+            out.past_key_values._attnsteer_spa_anchor = span
+        out.logits = spa.mix(out.logits[:B], out.logits[B:])
+        return out
+
+    return run

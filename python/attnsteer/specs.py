@@ -460,7 +460,7 @@ def parse_local(spec: str) -> Spec:
 # Methods a serving request cannot name, and why (the reason is the error's second half).
 _NOT_SERVED = {
     "spa": "SPA runs a second forward pass per step with the anchor hidden, which a vLLM request cannot "
-    "schedule; use attnsteer.generate or model.generate with SPA(...).processor(model, enc)",
+    "schedule; use attnsteer.generate, or model.generate inside attnsteer.steer(model, SPA(...), spans=enc)",
     "prism": "its keys and values must be edited when vLLM writes them into the paged cache, which the plugin "
     "does not do yet; use attnsteer.steer / attnsteer.generate",
     "seka": "its keys must be edited when vLLM writes them into the paged cache, which the plugin does not do yet; "

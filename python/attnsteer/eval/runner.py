@@ -20,7 +20,6 @@ import torch
 from .. import specs
 from ..directer import Directer
 from ..hf import steer
-from ..spa import SPA
 from ..spans import highlight
 from . import checkers, fluency, ifeval, stats
 
@@ -125,9 +124,7 @@ def generate_batch(
         out = model.generate(**inputs, **kw)
     elif isinstance(method, Directer):
         out = model.generate(**inputs, custom_generate=method, spans=enc, **kw)
-    elif isinstance(method, SPA):
-        out = model.generate(**inputs, logits_processor=[method.processor(model, enc)], **kw)
-    else:
+    else:  # SPA too: steer() runs its batch of two
         with steer(model, method, spans=enc):
             out = model.generate(**inputs, **kw)
     P = enc["input_ids"].shape[1]

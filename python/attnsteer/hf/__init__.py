@@ -19,6 +19,7 @@ import torch
 
 from ..config import SteeringConfig
 from ..methods import Method
+from ..spa import SPA, paired_forward
 from .attention import ATTN_NAME, SteerMask, ensure_registered, unprepare_masks
 from .state import Steering, _one_thread, active
 
@@ -70,18 +71,11 @@ def _as_method(method: Any) -> Method:
                 + (
                     "(it is unsteered: run the model without steer())"
                     if built is None
-                    else "(DIRECTER and SPA decode with their own loop or logits processor: use "
-                    "attnsteer.generate(model, tok, prompt, config))"
+                    else "(DIRECTER decodes with its own loop: use attnsteer.generate(model, tok, prompt, config))"
                 )
             )
         method = built
     if not isinstance(method, Method):
-        if type(method).__name__ == "SPA":
-            raise TypeError(
-                "SPA mixes the logits of two passes and does not change attention, so steer() cannot apply it: use "
-                "attnsteer.generate(model, tok, prompt, SPA(...)) or model.generate(**enc, "
-                "logits_processor=[SPA(...).processor(model, enc)])"
-            )
         raise TypeError(
             f"method must be an attnsteer method (GUIDE, InstABoost, PASTA, SpotLight, KeyScale); got {type(method).__name__}"
         )
@@ -117,8 +111,10 @@ def steer(model, method: Method, spans: Union[torch.Tensor, Any]) -> Iterator[An
 
     Args:
         model: a Hugging Face causal LM whose attention goes through ``AttentionInterface``.
-        method: `GUIDE`, `InstABoost`, `PASTA`, `SpotLight`, `KeyScale`,
-            or a `attnsteer.SteeringConfig` (e.g. ``attnsteer.recommended(model)``).
+        method: `GUIDE`, `InstABoost`, `PASTA`, `SpotLight`, `KeyScale`, `SEKA`, `AdaSEKA`, `PRISM`,
+            `SPA` (its forward then runs the prompt twice as one batch, the anchor hidden in the second
+            half, and returns the mixed logits), or a `attnsteer.SteeringConfig` (e.g.
+            ``attnsteer.recommended(model)``).
         spans: the encoding returned by `attnsteer.highlight` (uses ``.span_mask``), or a
             ``(B, T_prompt)`` bool/float span mask aligned with the prompt the model is given.
 
@@ -134,6 +130,11 @@ def steer(model, method: Method, spans: Union[torch.Tensor, Any]) -> Iterator[An
 
     Guide: ``docs/guides/spans.md``.
     """
+    spa = method.build() if isinstance(method, SteeringConfig) else method
+    if isinstance(spa, SPA):
+        with _steer_spa(model, spa, spans):
+            yield model
+        return
     check_supported(model)
     method = _as_method(method)
     span_mask, weights, fields, am = _span_inputs(spans)
@@ -188,6 +189,43 @@ def steer(model, method: Method, spans: Union[torch.Tensor, Any]) -> Iterator[An
                 if hasattr(m, "_attnsteer_state"):
                     del m._attnsteer_state
             model._attnsteer_state = None
+
+
+@contextlib.contextmanager
+def _steer_spa(model, spa: SPA, spans) -> Iterator[Any]:
+    """steer() for `SPA`: the model's forward runs the batch of two (`attnsteer.spa.paired_forward`);
+    attention is not touched. The same thread rules and restoring as for the other methods."""
+    span_mask, weights, _, _ = _span_inputs(spans)
+    if getattr(model, "_attnsteer_state", None) is not None:
+        raise RuntimeError(
+            "this model is already being steered (nested or concurrent steer() on one model); "
+            "exit the other steer() block first, or steer a second copy of the model"
+        )
+    state = Steering(spa, weights, span_mask.shape[1], num_layers(model) or 0)
+    patched = {name: model.__dict__.get(name) for name in ("forward", "generate")}
+    forward = paired_forward(spa, model.forward, span_mask != 0)
+    generate = model.generate
+
+    def no_beams(*args, **kwargs):
+        cfg = kwargs.get("generation_config") or model.generation_config
+        if int(kwargs.get("num_beams") or getattr(cfg, "num_beams", 1) or 1) > 1:
+            raise ValueError("SPA supports greedy decoding and sampling, not beam search: drop num_beams")
+        return generate(*args, **kwargs)
+
+    model._attnsteer_state = state
+    try:
+        model.forward = _one_thread(state, forward, "forward")
+        model.generate = _one_thread(state, no_beams, "generate")
+        yield model
+    finally:
+        with state.lock:
+            state.lock.wait_for(lambda: state.owner in (None, threading.get_ident()))
+        for name, before in patched.items():
+            if before is None:
+                model.__dict__.pop(name, None)
+            else:
+                setattr(model, name, before)
+        model._attnsteer_state = None
 
 
 from .pipeline import steer_pipeline  # noqa: E402  (uses steer)
