@@ -6,8 +6,10 @@ against unsteered SDPA and against the released SEKA code's approach, in one run
   ``lowrank_edit_`` op, attention unsteered); and the released code's approach — a hook on the key
   projection that loops over heads and prompts in Python and multiplies each span key by a dense
   ``D × D`` projector (written here from the paper's formula, with the same shipped projection).
-- Generation (batch 1, 32 new tokens, greedy, min_new_tokens pinned): tokens/s of SEKA (keys edited
-  once at prefill) and SPA (two passes a step) against unsteered.
+- Generation (batch 1, greedy, min_new_tokens pinned; the ~1k-token prompt with 32 new tokens, where the
+  prefill dominates, and a short prompt with 64, where decoding does): tokens/s of SEKA (keys edited
+  once at prefill) and SPA against unsteered — SPA as steer()'s batch of two (one forward over 2B rows
+  a step) and as a logits processor (two forwards a step).
 
     python benchmarks/bench_keyedit.py            # about 5 minutes on 2 cores
     python benchmarks/bench_keyedit.py --quick    # batch 1, prefill only
@@ -113,29 +115,32 @@ def main() -> None:
                 dict(part="prefill", batch=B, tokens=T, method=name, seconds=f"{dt:.3f}", ratio=f"{dt / base:.2f}")
             )
     if not args.quick:
-        enc = attnsteer.highlight(
-            tok, [[{"role": "user", "content": f"<<Answer in French.>> {body}\n\nSummarise it."}]]
-        )
-        T = enc["input_ids"].shape[1]
-        kw = dict(max_new_tokens=32, min_new_tokens=32, do_sample=False)
-        gen = [("sdpa (unsteered)", None), ("SEKA (attnsteer)", seka), ("SPA(1.5) (attnsteer)", attnsteer.SPA(1.5))]
-        times = {name: [] for name, _ in gen}
-        for name, method in tqdm([m for _ in range(args.repeats) for m in gen], desc="generate, batch 1"):
-            with torch.inference_mode():
-                if method is None:
-                    _, dt = timed(lambda: model.generate(**enc, **kw))
-                elif isinstance(method, attnsteer.SPA):
-                    proc = method.processor(model, enc)
-                    _, dt = timed(lambda: model.generate(**enc, logits_processor=[proc], **kw))
-                else:
-                    with attnsteer.steer(model, method, spans=enc):
+        long_prompt = f"<<Answer in French.>> {body}\n\nSummarise it."
+        short_prompt = "<<Answer in French.>> Name three fruits and say what colour each one is."
+        gen = [("sdpa (unsteered)", None), ("SEKA (attnsteer)", seka),
+               ("SPA(1.5), batch of two (steer)", attnsteer.SPA(1.5)),
+               ("SPA(1.5), logits processor (two forwards a step)", "spa-processor")]  # fmt: skip
+        for prompt, new in ((long_prompt, 32), (short_prompt, 64)):
+            enc = attnsteer.highlight(tok, [[{"role": "user", "content": prompt}]])
+            T = enc["input_ids"].shape[1]
+            kw = dict(max_new_tokens=new, min_new_tokens=new, do_sample=False)
+            times = {name: [] for name, _ in gen}
+            for name, method in tqdm([m for _ in range(args.repeats) for m in gen], desc=f"generate {new}, batch 1"):
+                with torch.inference_mode():
+                    if method is None:
                         _, dt = timed(lambda: model.generate(**enc, **kw))
-            times[name].append(dt)
-        base = 32 / min(times["sdpa (unsteered)"])
-        for name, _ in gen:
-            tps = 32 / min(times[name])
-            rows.append(dict(part="generate 32", batch=1, tokens=T, method=name, seconds=f"{min(times[name]):.2f}",
-                             ratio=f"{tps / base:.2f}"))  # fmt: skip
+                    elif method == "spa-processor":
+                        proc = attnsteer.SPA(1.5).processor(model, enc)
+                        _, dt = timed(lambda: model.generate(**enc, logits_processor=[proc], **kw))
+                    else:
+                        with attnsteer.steer(model, method, spans=enc):
+                            _, dt = timed(lambda: model.generate(**enc, **kw))
+                times[name].append(dt)
+            base = new / min(times["sdpa (unsteered)"])
+            for name, _ in gen:
+                tps = new / min(times[name])
+                rows.append(dict(part=f"generate {new}", batch=1, tokens=T, method=name,
+                                 seconds=f"{min(times[name]):.2f}", ratio=f"{tps / base:.2f}"))  # fmt: skip
     out_dir = Path(args.out)
     tag = "_quick" if args.quick else ""
     intro = (

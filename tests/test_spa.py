@@ -59,8 +59,8 @@ def test_processor_equals_the_naive_two_pass_loop(kind, spa):
 @pytest.mark.parametrize("kind", ["llama", "qwen2", "gemma3"])
 @pytest.mark.parametrize("spa", [SPA(2.0), SPA(-1.0), SPA(3.0, modulated=True)], ids=repr)
 def test_steer_runs_the_batch_of_two_and_equals_the_naive_loop(kind, spa):
-    """steer(model, SPA): one forward over the doubled batch a step (a 2B-row cache); the greedy tokens equal
-    the naive two-pass loop (the mix before generate's processors); plain forwards inside the block return
+    """steer(model, SPA): the prompt's two halves written apart into one 2B-row cache, then one forward over the
+    doubled batch a step; the greedy tokens equal the naive two-pass loop (the mix before generate's processors); plain forwards inside the block return
     the mixed logits; the model is restored after the block."""
     m = tiny_model(kind, std=0.3)
     enc = attnsteer.highlight(tokenizer(), PROMPTS)
@@ -87,7 +87,8 @@ def test_steer_runs_the_batch_of_two_and_equals_the_naive_loop(kind, spa):
         aux = real(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"] * (enc.span_mask == 0),
                    position_ids=pos).logits  # fmt: skip
     assert torch.equal(got, ref)
-    assert steps == 6 and set(rows[:steps]) == {2 * B}  # one forward a step, both halves in it
+    # the prompt: its two halves apart (their caches stacked); then one forward of both halves a step
+    assert rows[:steps] == [B, B] + [2 * B] * 5
     real_attn = enc["attention_mask"].bool()
     torch.testing.assert_close(mixed[real_attn], spa.mix(main, aux)[real_attn], rtol=1e-5, atol=1e-5)
     assert m.forward is spy and getattr(m, "_attnsteer_state", None) is None

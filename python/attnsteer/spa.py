@@ -24,9 +24,11 @@ What the paper and its released code specify, and what is chosen here:
   anchor hidden — in one KV cache of 2B rows, and returns the mixed logits of the B rows. So
   ``model.generate`` (greedy, sampling, streaming, pipelines), `attnsteer.generate` and the evaluation
   harness run SPA unchanged, and every logits processor and sampler sees SPA's logits as the model's.
-  A decode step reads the weights once for both passes: on a CPU, where a step costs about what reading
-  the weights costs, SPA decodes at close to the unsteered speed instead of half of it
-  (``benchmarks/bench_keyedit.py``). Beam search raises (the beams would reorder the doubled cache).
+  The prompt's two halves are forwarded apart and their caches stacked (a 2B-row prefill with a mask
+  ran slower than two B-row ones on the CPU); after it, a decode step reads the weights once for both
+  passes: on a CPU, where a step costs about what reading the weights costs, SPA decodes at close to
+  the unsteered speed instead of half of it (``benchmarks/bench_keyedit.py``). Beam search raises (the
+  beams would reorder the doubled cache).
 - *Or as a logits processor.* `SPA.processor` is a `transformers.LogitsProcessor` for a
   ``logits_processor=[...]`` list: ``model.generate`` runs the main pass and the processor the
   anchored-out pass with its own cache — two forwards a step. It mixes after generate's own processors
@@ -36,6 +38,7 @@ What the paper and its released code specify, and what is chosen here:
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any
 
@@ -236,14 +239,34 @@ def paired_forward(spa: SPA, forward, span_mask: torch.Tensor):
             am = torch.ones(B, past + L, dtype=torch.long, device=ids.device)
         hidden = am.clone()
         hidden[:, :T] = hidden[:, :T] * (span == 0).to(am.dtype)  # the anchor's keys invisible; never generated ones
-        kw["input_ids"] = torch.cat([ids, ids])
-        kw["attention_mask"] = torch.cat([am, hidden])
-        if kw.get("position_ids") is not None:
-            kw["position_ids"] = torch.cat([kw["position_ids"], kw["position_ids"]])
-        out = forward(**kw)
+        if past == 0 and _stackable(cache):
+            # The prompt: two forwards of B rows, their caches then stacked into one of 2B rows. (One forward of
+            # 2B rows costs more here: a 2B-row prefill with a mask is slower than two B-row ones on the CPU.)
+            aux_cache = copy.deepcopy(cache)  # empty: the same layer types (sliding windows included)
+            out = forward(**{**kw, "attention_mask": am})
+            aux = forward(**{**kw, "attention_mask": hidden, "past_key_values": aux_cache})
+            for a, b in zip(cache.layers, aux_cache.layers):
+                a.keys, a.values = torch.cat([a.keys, b.keys]), torch.cat([a.values, b.values])
+            logits = (out.logits, aux.logits)
+        else:
+            kw["input_ids"] = torch.cat([ids, ids])
+            kw["attention_mask"] = torch.cat([am, hidden])
+            if kw.get("position_ids") is not None:
+                kw["position_ids"] = torch.cat([kw["position_ids"], kw["position_ids"]])
+            out = forward(**kw)
+            logits = (out.logits[:B], out.logits[B:])
         if getattr(out, "past_key_values", None) is not None:
             out.past_key_values._attnsteer_spa_anchor = span
-        out.logits = spa.mix(out.logits[:B], out.logits[B:])
+        out.logits = spa.mix(*logits)
         return out
 
     return run
+
+
+def _stackable(cache) -> bool:
+    """An empty cache whose layers keep plain key / value tensors (full or sliding-window), so that the
+    prompt's two halves can be written apart and stacked along the batch."""
+    from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
+
+    layers = getattr(cache, "layers", None)
+    return bool(layers) and all(type(x) in (DynamicLayer, DynamicSlidingWindowLayer) for x in layers)
