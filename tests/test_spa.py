@@ -70,7 +70,7 @@ def test_steer_runs_the_batch_of_two_and_equals_the_naive_loop(kind, spa):
 
     @functools.wraps(real)
     def spy(**kw):
-        rows.append(kw["input_ids"].shape[0])
+        rows.append((kw["input_ids"].shape[0], kw.get("logits_to_keep")))
         return real(**kw)
 
     m.forward = spy
@@ -88,7 +88,8 @@ def test_steer_runs_the_batch_of_two_and_equals_the_naive_loop(kind, spa):
                    position_ids=pos).logits  # fmt: skip
     assert torch.equal(got, ref)
     # the prompt: its two halves apart (their caches stacked); then one forward of both halves a step
-    assert rows[:steps] == [B, B] + [2 * B] * 5
+    # (generate sees the model's own signature through the wrapper, so it asks for the last logits only)
+    assert rows[:steps] == [(B, 1), (B, 1)] + [(2 * B, 1)] * 5
     real_attn = enc["attention_mask"].bool()
     torch.testing.assert_close(mixed[real_attn], spa.mix(main, aux)[real_attn], rtol=1e-5, atol=1e-5)
     assert m.forward is spy and getattr(m, "_attnsteer_state", None) is None

@@ -39,6 +39,7 @@ What the paper and its released code specify, and what is chosen here:
 from __future__ import annotations
 
 import copy
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -205,6 +206,7 @@ def paired_forward(spa: SPA, forward, span_mask: torch.Tensor):
     holds 2B rows and remembers the anchor, so later steps hide it again."""
     T = span_mask.shape[1]
 
+    @functools.wraps(forward)  # the model's signature: generate reads it (logits_to_keep, position_ids)
     def run(*args, **kw):
         if args:
             if len(args) > 1 or "input_ids" in kw:
