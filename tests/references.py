@@ -119,11 +119,12 @@ def eager_steered_attention(method, span_weights: torch.Tensor, prompt_length: i
         v = value.repeat_interleave(G, 1).double()
         Tk = k.shape[2]
         s = (query.double() @ k.transpose(-1, -2)) * (scaling if scaling is not None else D**-0.5)
-        w = torch.zeros(B, Tk, dtype=torch.float64)
+        dev = query.device  # the oracle runs where the model does (tools/gpu_session.sh: on the GPU)
+        w = torch.zeros(B, Tk, dtype=torch.float64, device=dev)
         n = min(Tk, span_weights.shape[1])
-        w[:, :n] = span_weights[:, :n].double()
+        w[:, :n] = span_weights[:, :n].double().to(dev)
         if isinstance(method, PASTA):  # the prompt's other keys
-            rest = torch.zeros(B, Tk, dtype=torch.float64)
+            rest = torch.zeros(B, Tk, dtype=torch.float64, device=dev)
             rest[:, :prompt_length] = 1.0
             w = rest * (w == 0)
         span = (w != 0)[:, None, None, :]
@@ -135,8 +136,8 @@ def eager_steered_attention(method, span_weights: torch.Tensor, prompt_length: i
         bias = {"GUIDE": lambda: method.delta, "InstABoost": lambda: math.log(method.alpha),
                 "PASTA": lambda: math.log(method.alpha)}.get(name, lambda: 0.0)()  # fmt: skip
         s = s + bias * w[:, None, None, :]
-        i = torch.arange(Tk - T, Tk)[:, None]
-        j = torch.arange(Tk)[None, :]
+        i = torch.arange(Tk - T, Tk, device=dev)[:, None]
+        j = torch.arange(Tk, device=dev)[None, :]
         allowed = j <= i
         if sliding_window:
             allowed &= i - j < sliding_window

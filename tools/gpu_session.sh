@@ -3,7 +3,8 @@
 # with device=cuda (the same bodies and tolerance rule as on CPU; the FlexAttention route compiled),
 # a compute-sanitizer subset, and the GPU benchmark table with every route as a column. Everything lands
 # under $OUT (the device tool brings it back). Each step has a time cap so that the whole run stays
-# within about 9 minutes (build ~3, tests <= 3 + 1, sanitizer <= 1.5, bench <= 2):
+# within about 9 minutes (build ~3, tests <= 3 + 1 + 1, sanitizer <= 1.5, bench <= 2; the model-shaped tests
+# take seconds, their cap is a ceiling):
 #   OUT=/path tools/gpu_session.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -23,6 +24,11 @@ tail -3 "$OUT/tests.log"
 ATTNSTEER_TEST_DEVICE=cuda timeout 60 $PY -m pytest -q -p no:cacheprovider tests/test_flex.py -k "tiny and (llama or gemma2)" \
   > "$OUT/tests-flex-models.log" 2>&1
 tail -1 "$OUT/tests-flex-models.log"
+# real-model-shaped: Llama-3-8B / Qwen2.5-0.5B / Gemma-3-1B attention shapes (2 layers), every method through
+# steer() against the eager float64 oracle, fp32 and bf16, prompt and cached decode, a left-padded batch
+ATTNSTEER_TEST_DEVICE=cuda timeout 60 $PY -m pytest -q -p no:cacheprovider tests/test_model_shapes.py \
+  > "$OUT/tests-model-shapes.log" 2>&1
+tail -1 "$OUT/tests-model-shapes.log"
 if command -v compute-sanitizer > /dev/null; then
   for tool in memcheck racecheck; do
     timeout 45 compute-sanitizer --tool $tool --error-exitcode 1 $PY -m pytest -q -p no:cacheprovider -x \
