@@ -12,6 +12,7 @@ The steering state belongs to the model object, so ``generate`` running in anoth
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 from typing import Any, Iterator, Optional, Union
 
@@ -105,6 +106,14 @@ def _span_inputs(spans):
     return span_mask, weights, fields, am
 
 
+def _refuse_nested(model) -> None:
+    if getattr(model, "_attnsteer_state", None) is not None:
+        raise RuntimeError(
+            "this model is already being steered (nested or concurrent steer() on one model); "
+            "exit the other steer() block first, or steer a second copy of the model"
+        )
+
+
 @contextlib.contextmanager
 def steer(model, method: Method, spans: Union[torch.Tensor, Any]) -> Iterator[Any]:
     """Steer ``model`` with ``method`` toward ``spans`` inside the block; restore on every exit.
@@ -141,11 +150,7 @@ def steer(model, method: Method, spans: Union[torch.Tensor, Any]) -> Iterator[An
     n_layers = num_layers(model)
     if n_layers:
         method.check_layers(n_layers)
-    if getattr(model, "_attnsteer_state", None) is not None:
-        raise RuntimeError(
-            "this model is already being steered (nested or concurrent steer() on one model); "
-            "exit the other steer() block first, or steer a second copy of the model"
-        )
+    _refuse_nested(model)
     ensure_registered()
     state = Steering(method, weights, span_mask.shape[1], n_layers or 0)
     if am is not None:
@@ -196,16 +201,13 @@ def _steer_spa(model, spa: SPA, spans) -> Iterator[Any]:
     """steer() for `SPA`: the model's forward runs the batch of two (`attnsteer.spa.paired_forward`);
     attention is not touched. The same thread rules and restoring as for the other methods."""
     span_mask, weights, _, _ = _span_inputs(spans)
-    if getattr(model, "_attnsteer_state", None) is not None:
-        raise RuntimeError(
-            "this model is already being steered (nested or concurrent steer() on one model); "
-            "exit the other steer() block first, or steer a second copy of the model"
-        )
+    _refuse_nested(model)
     state = Steering(spa, weights, span_mask.shape[1], num_layers(model) or 0)
     patched = {name: model.__dict__.get(name) for name in ("forward", "generate")}
     forward = paired_forward(spa, model.forward, span_mask != 0)
     generate = model.generate
 
+    @functools.wraps(generate)
     def no_beams(*args, **kwargs):
         cfg = kwargs.get("generation_config") or model.generation_config
         if int(kwargs.get("num_beams") or getattr(cfg, "num_beams", 1) or 1) > 1:
