@@ -268,7 +268,10 @@ def paired_forward(spa: SPA, forward, span_mask: torch.Tensor):
 def _stackable(cache) -> bool:
     """An empty cache whose layers keep plain key / value tensors (full or sliding-window), so that the
     prompt's two halves can be written apart and stacked along the batch."""
-    from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
+    try:
+        from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
+    except ImportError:  # a transformers without per-layer caches: one forward of 2B rows instead
+        return False
 
     layers = getattr(cache, "layers", None)
     return bool(layers) and all(type(x) in (DynamicLayer, DynamicSlidingWindowLayer) for x in layers)
