@@ -106,6 +106,10 @@ def test_steer_route_samples_streams_and_refuses_what_it_cannot_do():
         assert out.shape[0] == 2 * len(PROMPTS)
         with pytest.raises(ValueError, match="not beam search"):
             m.generate(**kw, max_new_tokens=3, num_beams=2)
+        with pytest.raises(ValueError, match="drop cache_implementation='static'"):
+            m.generate(**kw, max_new_tokens=3, cache_implementation="static")
+        with pytest.raises(ValueError, match="2-D attention mask"):
+            m(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"][:, None, None, :])
         with pytest.raises(ValueError, match="covers 3 tokens but the span mask"):
             m(input_ids=enc["input_ids"][:, :3])
         with pytest.raises(RuntimeError, match="already being steered"):

@@ -217,6 +217,11 @@ def paired_forward(spa: SPA, forward, span_mask: torch.Tensor):
             raise ValueError("steer(model, SPA) needs input_ids (it doubles the batch); inputs_embeds is not supported")
         B, L = ids.shape
         cache = kw.get("past_key_values")
+        if any("Static" in type(x).__name__ for x in getattr(cache, "layers", None) or []):
+            raise ValueError(
+                "steer(model, SPA) doubles the batch in the KV cache, which a static cache sized for B rows cannot "
+                "hold: drop cache_implementation='static' (the default dynamic cache works)"
+            )
         past = cache.get_seq_length() if cache is not None else 0
         if past == 0:
             if L != T:
@@ -239,6 +244,11 @@ def paired_forward(spa: SPA, forward, span_mask: torch.Tensor):
         am = kw.get("attention_mask")
         if am is None:
             am = torch.ones(B, past + L, dtype=torch.long, device=ids.device)
+        if am.dim() != 2:
+            raise ValueError(
+                f"steer(model, SPA) hides the anchor through the 2-D attention mask (B, length); got {am.dim()}-D: "
+                "pass the tokenizer's attention_mask"
+            )
         hidden = am.clone()
         hidden[:, :T] = hidden[:, :T] * (span == 0).to(am.dtype)  # the anchor's keys invisible; never generated ones
         if past == 0 and _stackable(cache):
