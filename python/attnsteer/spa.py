@@ -217,38 +217,9 @@ def paired_forward(spa: SPA, forward, span_mask: torch.Tensor):
             raise ValueError("steer(model, SPA) needs input_ids (it doubles the batch); inputs_embeds is not supported")
         B, L = ids.shape
         cache = kw.get("past_key_values")
-        if any("Static" in type(x).__name__ for x in getattr(cache, "layers", None) or []):
-            raise ValueError(
-                "steer(model, SPA) doubles the batch in the KV cache, which a static cache sized for B rows cannot "
-                "hold: drop cache_implementation='static' (the default dynamic cache works)"
-            )
-        past = cache.get_seq_length() if cache is not None else 0
-        if past == 0:
-            if L != T:
-                raise ValueError(
-                    f"steer(model, SPA): the prompt forward covers {L} tokens but the span mask {T}; pass the "
-                    "same encoding to steer(spans=enc) and to the model"
-                )
-            span = span_mask.to(ids.device)
-            if B != span.shape[0]:
-                if B % span.shape[0]:
-                    raise ValueError(f"steer(model, SPA): {B} rows for {span.shape[0]} prompts (not a multiple)")
-                span = span.repeat_interleave(B // span.shape[0], 0)
-        else:
-            span = getattr(cache, "_attnsteer_spa_anchor", None)
-            if span is None or span.shape[0] != B:
-                raise ValueError(
-                    "steer(model, SPA): this cache was not filled by SPA's prompt forward (or holds other rows); "
-                    "start from the prompt (model.generate does)"
-                )
-        am = kw.get("attention_mask")
-        if am is None:
-            am = torch.ones(B, past + L, dtype=torch.long, device=ids.device)
-        if am.dim() != 2:
-            raise ValueError(
-                f"steer(model, SPA) hides the anchor through the 2-D attention mask (B, length); got {am.dim()}-D: "
-                "pass the tokenizer's attention_mask"
-            )
+        past = _cache_length(cache)
+        span = _anchor_rows(span_mask, cache, past, B, L, ids.device)
+        am = _mask_2d(kw.get("attention_mask"), B, past + L, ids.device)
         hidden = am.clone()
         hidden[:, :T] = hidden[:, :T] * (span == 0).to(am.dtype)  # the anchor's keys invisible; never generated ones
         if past == 0 and _stackable(cache):
@@ -273,6 +244,52 @@ def paired_forward(spa: SPA, forward, span_mask: torch.Tensor):
         return out
 
     return run
+
+
+def _cache_length(cache) -> int:
+    """Tokens already in ``cache`` (0: the prompt forward); a static cache is refused."""
+    if any("Static" in type(x).__name__ for x in getattr(cache, "layers", None) or []):
+        raise ValueError(
+            "steer(model, SPA) doubles the batch in the KV cache, which a static cache sized for B rows cannot "
+            "hold: drop cache_implementation='static' (the default dynamic cache works)"
+        )
+    return cache.get_seq_length() if cache is not None else 0
+
+
+def _anchor_rows(span_mask: torch.Tensor, cache, past: int, B: int, L: int, device) -> torch.Tensor:
+    """``(B, T)`` the anchor of each row: the span mask at the prompt forward (repeated for
+    ``num_return_sequences``), the one the prompt forward left on the cache afterwards."""
+    T = span_mask.shape[1]
+    if past:
+        span = getattr(cache, "_attnsteer_spa_anchor", None)
+        if span is None or span.shape[0] != B:
+            raise ValueError(
+                "steer(model, SPA): this cache was not filled by SPA's prompt forward (or holds other rows); "
+                "start from the prompt (model.generate does)"
+            )
+        return span
+    if L != T:
+        raise ValueError(
+            f"steer(model, SPA): the prompt forward covers {L} tokens but the span mask {T}; pass the "
+            "same encoding to steer(spans=enc) and to the model"
+        )
+    span = span_mask.to(device)
+    if B != span.shape[0]:
+        if B % span.shape[0]:
+            raise ValueError(f"steer(model, SPA): {B} rows for {span.shape[0]} prompts (not a multiple)")
+        span = span.repeat_interleave(B // span.shape[0], 0)
+    return span
+
+
+def _mask_2d(am, B: int, length: int, device) -> torch.Tensor:
+    if am is None:
+        return torch.ones(B, length, dtype=torch.long, device=device)
+    if am.dim() != 2:
+        raise ValueError(
+            f"steer(model, SPA) hides the anchor through the 2-D attention mask (B, length); got {am.dim()}-D: "
+            "pass the tokenizer's attention_mask"
+        )
+    return am
 
 
 def _stackable(cache) -> bool:
