@@ -32,6 +32,7 @@
 #   nohup eval_results/jobs.sh spa-rest > eval_results/logs/spa-rest.log 2>&1 &
 #   nohup eval_results/jobs.sh ifeval-qwen-bf16 > eval_results/logs/ifeval-qwen-bf16.log 2>&1 &
 #   nohup eval_results/jobs.sh ifeval-qwen-bf16-b > eval_results/logs/ifeval-qwen-bf16-b.log 2>&1 &   (beside it)
+#   nohup eval_results/jobs.sh ifeval-qwen-bf16-test > eval_results/logs/ifeval-qwen-bf16-test.log 2>&1 &   (after both)
 # EVAL_CODE=DIR runs the code of another checkout (e.g. a `git worktree` of a fixed commit with
 # its built _C copied in), so that editing this tree does not change a queue that is running;
 # the results still go to this tree's eval_results/.
@@ -326,6 +327,12 @@ case "${1:-}" in
       --methods spa
     $EV sweep --task ifeval --model qwen2.5-coder-0.5b --dtype bfloat16 --batch-size 8 --out $QB $COMMON --shard b \
       --methods pasta,spotlight ;;
+  ifeval-qwen-bf16-test)
+    # Once the bfloat16 dev grids are complete: the dev choice over every grid and each 2026 method's own dev
+    # choice on the 441 test prompts (paired with unsteered), then the report with intervals.
+    $EV sweep --task ifeval --model qwen2.5-coder-0.5b --dtype bfloat16 --batch-size 8 --out $QB $COMMON --test-only \
+      --methods guide,instaboost,pasta,spotlight,keyscale,seka,prism,adaseka,spa \
+      --test-method best --test-method grid:spa --test-method grid:seka --test-method grid:adaseka --test-method grid:prism ;;
   ifeval-qwen-new)
     # The 2026 methods on Qwen2.5-Coder-0.5B's IFEval dev split one point at a time (a whole grid costs hours
     # here, ~40 s a prompt): SEKA 0.4 / 0.8, PRISM-Δ 0.4, AdaSEKA 0.5, then SPA ω = 2 (two forwards a step),
