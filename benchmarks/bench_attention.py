@@ -20,6 +20,7 @@ rows for long sequences) before timing. Writes CSV, a markdown table and a PNG p
     python benchmarks/bench_attention.py              # full run (about 10 minutes, 2 cores)
     python benchmarks/bench_attention.py --quick      # a few points
     python benchmarks/bench_attention.py --device cuda   # the GPU table (bf16; SDPA = flash)
+    python benchmarks/bench_attention.py --dtype bfloat16 --quick   # CPU, bfloat16 inputs (_bf16 files)
 
 On CUDA the inputs are bf16, times are taken after a device synchronise, memory is the peak
 allocated above the inputs, and decode also runs at batch 16.
@@ -52,10 +53,10 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def _inputs(shape: str, T: int, phase: str, device: str = "cpu", batch: int = 1):
+def _inputs(shape: str, T: int, phase: str, device: str = "cpu", batch: int = 1, dtype: str = ""):
     Hq, Hkv, D = SHAPES[shape]
     Tq = T if phase == "prefill" else 1
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    dtype = getattr(torch, dtype) if dtype else (torch.bfloat16 if device == "cuda" else torch.float32)
     g = torch.Generator().manual_seed(0)
     q = torch.randn(batch, Hq, Tq, D, generator=g).to(device, dtype)
     k = torch.randn(batch, Hkv, T, D, generator=g).to(device, dtype)
@@ -70,7 +71,7 @@ def _eager(q, k, v, span, mode, causal):
     Hq, Hkv, D = q.shape[1], k.shape[1], q.shape[-1]
     k = k.repeat_interleave(Hq // Hkv, 1)
     v = v.repeat_interleave(Hq // Hkv, 1)
-    s = (q @ k.transpose(-1, -2)) / math.sqrt(D)
+    s = (q @ k.transpose(-1, -2)).float() / math.sqrt(D)  # float32 scores: x100 key scaling in bf16 is off by ~1
     sp = span[:, None, None, :]
     if mode == "key_scale":
         s = torch.where(sp, s * 100.0, s)
@@ -79,12 +80,12 @@ def _eager(q, k, v, span, mode, causal):
     if causal:
         Tq, Tk = s.shape[-2:]
         s = s.masked_fill(torch.ones(Tq, Tk, dtype=torch.bool).triu(Tk - Tq + 1), float("-inf"))
-    a = torch.softmax(s, -1)
+    a = torch.softmax(s, -1, dtype=torch.float32)  # as transformers' eager attention does
     if mode == "target":
         p = (a * sp).sum(-1, keepdim=True)
         w = torch.where((p > 0) & (p < 0.3), 0.3 / (0.3 + 1 - p), p)
         a = torch.where(sp, a * (w / p.clamp_min(1e-30)), a * ((1 - w) / (1 - p).clamp_min(1e-30)))
-    return a @ v
+    return a.to(v.dtype) @ v
 
 
 def _run_fn(provider, mode, q, k, v, span, causal):
@@ -147,7 +148,9 @@ def child(spec: dict) -> dict:
     import attnsteer  # noqa: F401  (load the extension before measuring the baseline)
 
     device = spec.get("device", "cpu")
-    q, k, v, span = _inputs(spec["shape"], spec["T"], spec["phase"], device, spec.get("batch", 1))
+    q, k, v, span = _inputs(
+        spec["shape"], spec["T"], spec["phase"], device, spec.get("batch", 1), spec.get("dtype", "")
+    )
     causal = spec["phase"] == "prefill"
     provider = spec["provider"]
     modes = MODES if provider in ("attnsteer", "eager") or provider.startswith("route:") else None
@@ -213,6 +216,7 @@ def _points(args) -> list:
                                 batch=batch,
                                 provider=provider,
                                 device=args.device,
+                                dtype=args.dtype or "",
                                 threads=args.threads,
                                 reps=5 if (phase == "prefill" and T >= 4096) else (9 if phase == "prefill" else 51),
                             )
@@ -231,6 +235,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--out", default=str(HERE / "results"))
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument(
+        "--dtype",
+        default=None,
+        choices=["float32", "bfloat16"],
+        help="inputs (default: float32 on CPU, bfloat16 on CUDA)",
+    )
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -294,7 +304,7 @@ def main() -> None:
     md = _write(rows, args, out_dir)
     print(md)
     try:
-        name = "bench_attention" + ("_cuda" if args.device == "cuda" else "")
+        name = _name(args)
         _plot([r for r in rows if r["batch"] == 1], out_dir / f"{name}.png")
     except ImportError:
         print("matplotlib not installed: no plot")
@@ -303,18 +313,25 @@ def main() -> None:
 def _write(rows, args, out_dir) -> str:
     """The CSV and the markdown table of the rows so far (after every point: a run stopped by a
     time limit keeps what it measured)."""
-    name = "bench_attention" + ("_cuda" if args.device == "cuda" else "")
+    name = _name(args)
     write_csv(
         rows,
         out_dir / f"{name}.csv",
         ["shape", "phase", "T", "batch", "provider", "mode", "median_ms", "extra_mb", "note"],
     )
-    md = _markdown(rows, args.threads, args.device)
+    md = _markdown(rows, args.threads, args.device, args.dtype)
     (out_dir / f"{name}.md").write_text(md)
     return md
 
 
-def _markdown(rows, threads, device="cpu") -> str:
+def _name(args) -> str:
+    """bench_attention[_cuda][_bf16]: the default dtype of the device gets no suffix."""
+    default = "bfloat16" if args.device == "cuda" else "float32"
+    suffix = "" if args.dtype in (None, default) else {"float32": "_fp32", "bfloat16": "_bf16"}[args.dtype]
+    return "bench_attention" + ("_cuda" if args.device == "cuda" else "") + suffix
+
+
+def _markdown(rows, threads, device="cpu", dtype=None) -> str:
     def get(shape, phase, T, B, provider, mode):
         for r in rows:
             if (r["shape"], r["phase"], r["T"], r["batch"], r["provider"], r["mode"]) == (
@@ -332,7 +349,10 @@ def _markdown(rows, threads, device="cpu") -> str:
         machine = f"{torch.cuda.get_device_name()}, bf16, torch {torch.__version__} (CUDA {torch.version.cuda})"
         memory = "memory is peak allocated above the inputs (MB)"
     else:
-        machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {threads} threads; torch {torch.__version__}"
+        machine = (
+            f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {threads} threads, "
+            f"{dtype or 'float32'}; torch {torch.__version__}"
+        )
         memory = "memory is peak RSS above the inputs (MB)"
     lines = [
         f"Machine: {machine}. Times are medians (ms); ratios are time / unsteered SDPA; {memory}.",

@@ -6,6 +6,8 @@
 
 #include <string>
 
+#include "cpu/row_ops.h"
+
 TORCH_LIBRARY(attnsteer, m) {
   // Fused split-softmax attention. Per-head/per-row arguments arrive as (B, Hq) float tensors;
   // ops.py normalises Python scalars into them. Returns (out (B,Hq,Tq,D), span_mass (B,Hq,Tq) or
@@ -48,6 +50,9 @@ bool built_with_cuda() {
 PYBIND11_MODULE(_C, mod) {
   mod.doc() = "attnsteer compiled kernels; importing this module registers torch.ops.attnsteer.*";
   mod.def("built_with_cuda", &built_with_cuda, "True when the CUDA kernels were compiled in.");
+  mod.def("cpu_bf16_gemm", &attnsteer::cpu::has_bf16_gemm,
+          "True when the CPU kernel multiplies bfloat16 q/k/v with the BLAS's bfloat16 GEMM (MKL: AMX, "
+          "AVX512-BF16); False: it widens each block to float32 (no such GEMM, or ATTNSTEER_CPU_BF16_GEMM=0).");
   mod.attr("torch_version") = ATTNSTEER_TORCH_VERSION;
 #if defined(__GNUC__) && !defined(__clang__)
   mod.attr("compiler") = std::string("gcc ") + __VERSION__;

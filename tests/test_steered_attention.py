@@ -307,3 +307,44 @@ def test_property_shapes(B, Hkv, G, Tq, extra, D, causal, bias, ks, target, span
     tol = 2e-5 * max(1.0, ks / 4, abs(bias) / 10)
     assert (out.double() - ref).abs().max().item() <= tol
     assert (mass.double() - ref_mass).abs().max().item() <= tol
+
+
+_BF16_CHECK = """
+import torch, attnsteer
+from attnsteer import _C
+from cases import build_inputs, covering_cases
+worst = 0.0
+for case in covering_cases():
+    if case["dtype"] != torch.bfloat16:
+        continue
+    inp = build_inputs(case, 3)
+    q, k, v, span = inp["q"], inp["k"], inp["v"], inp["span_mask"]
+    got = attnsteer.steered_attention(q, k, v, span, enable_gqa=True, **inp["kwargs"])
+    wide = attnsteer.steered_attention(q.float(), k.float(), v.float(), span, enable_gqa=True, **inp["kwargs"])
+    ulp = 2.0**-7 * wide.abs().clamp_min(2.0**-6)
+    worst = max(worst, ((got.float() - wide) / ulp).abs().max().item())
+print(_C.cpu_bf16_gemm(), worst)
+"""
+
+
+@pytest.mark.parametrize("gemm", ["1", "0"], ids=["bf16-gemm", "widened"])
+def test_cpu_bfloat16_path_matches_the_float32_one(gemm, tmp_path):
+    """bfloat16 q / k / v on the CPU are read as they are (bfloat16 GEMMs, P split into hi + lo parts)
+    instead of widened to float32 copies: over every covering case (GQA, causal / decode shapes, padding,
+    windows, soft-capping, targets, empty and full spans) the output is within one bfloat16 rounding
+    (plus one for the final cast) of the kernel run on the same values in float32. With
+    ATTNSTEER_CPU_BF16_GEMM=0 (or a BLAS without a bfloat16 GEMM) each block is widened instead, same rule."""
+    import os
+    import subprocess
+    import sys
+
+    from attnsteer import _C
+
+    if gemm == "1" and not _C.cpu_bf16_gemm():
+        pytest.skip("this torch's BLAS has no bfloat16 GEMM")
+    env = dict(os.environ, ATTNSTEER_CPU_BF16_GEMM=gemm, PYTHONPATH=os.path.dirname(__file__))
+    res = subprocess.run([sys.executable, "-c", _BF16_CHECK], env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    used, worst = res.stdout.split()
+    assert used == ("True" if gemm == "1" else "False")
+    assert float(worst) <= 2.0, f"bfloat16 path off the float32 one by {worst} units in the last place"

@@ -2,8 +2,11 @@
 
 #include <ATen/ATen.h>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <string>
+#include <vector>
 
 #pragma GCC diagnostic ignored "-Wpsabi"
 
@@ -12,6 +15,12 @@
 extern "C" void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
                        const float* alpha, const float* a, const int* lda, const float* b, const int* ldb,
                        const float* beta, float* c, const int* ldc) __attribute__((weak));
+
+// MKL's bfloat16 GEMM with float32 accumulation and output (AMX / AVX512-BF16 where the CPU has them).
+// LP64 interface; the enums are CBLAS's (CblasRowMajor 101, CblasNoTrans 111, CblasTrans 112).
+extern "C" void cblas_gemm_bf16bf16f32(int layout, int transa, int transb, int m, int n, int k, float alpha,
+                                       const uint16_t* a, int lda, const uint16_t* b, int ldb, float beta, float* c,
+                                       int ldc) __attribute__((weak));
 
 // MKL's per-thread thread count. Our kernels parallelise over blocks themselves; without this
 // MKL also spawns threads inside every GEMM of every worker and oversubscribes the cores.
@@ -394,6 +403,61 @@ void gemm_rowmajor(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, 
   at::Tensor c = at::from_blob(C, {M, N}, {ldc, 1}, opts);
   if (beta == 0.f) c.zero_();
   at::addmm_out(c, c, a, b, beta == 0.f ? 1.f : beta, alpha);
+}
+
+namespace {
+inline float bf16_to_float(uint16_t x) {
+  uint32_t u = static_cast<uint32_t>(x) << 16;
+  float f;
+  std::memcpy(&f, &u, sizeof(f));
+  return f;
+}
+}  // namespace
+
+ATTNSTEER_CLONES void float_to_bf16_pair(const float* x, uint16_t* hi, uint16_t* lo, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) {
+    uint32_t u;
+    std::memcpy(&u, x + j, sizeof(u));
+    const uint32_t h = ((u + 0x7fffu + ((u >> 16) & 1u)) >> 16) & 0xffffu;
+    const bool nan = (u & 0x7fffffffu) > 0x7f800000u;
+    hi[j] = static_cast<uint16_t>(nan ? ((u >> 16) | 0x40u) : h);
+    uint32_t hu = static_cast<uint32_t>(hi[j]) << 16;
+    float hf;
+    std::memcpy(&hf, &hu, sizeof(hf));
+    const float r = x[j] - hf;  // exact: the rounding error of hi fits a float
+    uint32_t ru;
+    std::memcpy(&ru, &r, sizeof(ru));
+    const uint32_t l = ((ru + 0x7fffu + ((ru >> 16) & 1u)) >> 16) & 0xffffu;
+    lo[j] = static_cast<uint16_t>(nan ? hi[j] : l);
+  }
+}
+
+bool has_bf16_gemm() {
+  // ATTNSTEER_CPU_BF16_GEMM=0 turns it off (read once): the widening path, for tests and for comparison.
+  static const bool on = [] {
+    const char* e = std::getenv("ATTNSTEER_CPU_BF16_GEMM");
+    return cblas_gemm_bf16bf16f32 != nullptr && !(e != nullptr && std::string(e) == "0");
+  }();
+  return on;
+}
+
+void gemm_bf16_rowmajor(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const uint16_t* A,
+                        int64_t lda, const uint16_t* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+  if (M == 0 || N == 0) return;
+  if (K > 0 && has_bf16_gemm()) {
+    cblas_gemm_bf16bf16f32(101, trans_a ? 112 : 111, trans_b ? 112 : 111, static_cast<int>(M), static_cast<int>(N),
+                           static_cast<int>(K), alpha, A, static_cast<int>(lda), B, static_cast<int>(ldb), beta, C,
+                           static_cast<int>(ldc));
+    return;
+  }
+  // No bfloat16 GEMM in this torch's BLAS: widen both operands (dense copies) and use the float one.
+  const int64_t ar = trans_a ? K : M, ac = trans_a ? M : K, br = trans_b ? N : K, bc = trans_b ? K : N;
+  std::vector<float> a(ar * ac), b(br * bc);
+  for (int64_t i = 0; i < ar; ++i)
+    for (int64_t j = 0; j < ac; ++j) a[i * ac + j] = bf16_to_float(A[i * lda + j]);
+  for (int64_t i = 0; i < br; ++i)
+    for (int64_t j = 0; j < bc; ++j) b[i * bc + j] = bf16_to_float(B[i * ldb + j]);
+  gemm_rowmajor(trans_a, trans_b, M, N, K, alpha, a.data(), ac, b.data(), bc, beta, C, ldc);
 }
 
 }  // namespace attnsteer::cpu

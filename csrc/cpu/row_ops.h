@@ -63,4 +63,14 @@ class SequentialBlas {
 void gemm_rowmajor(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
                    int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
 
+// bfloat16 as raw bits. x = hi + lo to about 16 significant bits: hi = bf16(x), lo = bf16(x - hi), each
+// rounded to nearest even (a NaN goes to both).
+void float_to_bf16_pair(const float* x, uint16_t* hi, uint16_t* lo, int64_t n);
+// Whether gemm_bf16_rowmajor runs the BLAS's own bfloat16 GEMM (MKL: AMX / AVX512-BF16) rather than
+// widening its operands to float32 first (ATTNSTEER_CPU_BF16_GEMM=0 forces the widening).
+bool has_bf16_gemm();
+// gemm_rowmajor with bfloat16 operands (raw bits) and a float32 C; products accumulate in float32.
+void gemm_bf16_rowmajor(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const uint16_t* A,
+                        int64_t lda, const uint16_t* B, int64_t ldb, float beta, float* C, int64_t ldc);
+
 }  // namespace attnsteer::cpu

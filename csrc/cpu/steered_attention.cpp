@@ -14,6 +14,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
 #include "../common/check.h"
@@ -26,16 +27,58 @@ namespace {
 
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
-using Problem = AttnParams<float>;
-
+// T: float (any input dtype widened to float32 first) or at::BFloat16 (bfloat16 inputs read as they
+// are: QK^T and PV run as bfloat16 GEMMs with float32 accumulation, the softmax in float32, the
+// probabilities split into two bfloat16 parts for PV; see gemm_pv).
+template <typename T>
 struct Workspace {
-  std::vector<float> qpack, scores, scores2;
+  std::vector<T> qpack;
+  std::vector<float> scores, scores2;
+  std::vector<uint16_t> pbits;  // bfloat16: the probabilities of one block as hi + lo parts, for PV
 };
+
+inline const uint16_t* bits(const at::BFloat16* x) { return reinterpret_cast<const uint16_t*>(x); }
+
+// Query row into the packed block. float32: scaled here; bfloat16: as is (the scale goes into the
+// GEMM's alpha, so the row is not rounded twice).
+inline void pack_row(float* dst, const float* src, int64_t D, float scale) {
+  for (int64_t d = 0; d < D; ++d) dst[d] = src[d] * scale;
+}
+inline void pack_row(at::BFloat16* dst, const at::BFloat16* src, int64_t D, float) { std::copy(src, src + D, dst); }
+
+// S (rows x n) = alpha * Q K^T for one key block.
+inline void gemm_qk(int64_t rows, int64_t n, int64_t D, float alpha, const float* qp, const float* kb, int64_t ldk,
+                    float* S) {
+  gemm_rowmajor(false, true, rows, n, D, alpha, qp, D, kb, ldk, 0.f, S, n);
+}
+inline void gemm_qk(int64_t rows, int64_t n, int64_t D, float alpha, const at::BFloat16* qp, const at::BFloat16* kb,
+                    int64_t ldk, float* S) {
+  gemm_bf16_rowmajor(false, true, rows, n, D, alpha, bits(qp), D, bits(kb), ldk, 0.f, S, n);
+}
+
+// acc (rows x D) += P V for one key block (P: rows x n, float32).
+inline void gemm_pv(int64_t rows, int64_t n, int64_t D, const float* S, const float* vb, int64_t ldv, float* acc,
+                    std::vector<uint16_t>&) {
+  gemm_rowmajor(false, false, rows, D, n, 1.f, S, n, vb, ldv, 1.f, acc, D);
+}
+// bfloat16 V: P is split into two bfloat16 parts (hi + lo, ~16 significant bits) and multiplied by V in two
+// bfloat16 GEMMs, so PV keeps float32-grade precision at bfloat16 GEMM speed (a single rounding of P to
+// bfloat16, as torch's CPU flash kernel does, doubled the error against the float64 oracle at sharp
+// distributions, e.g. KeyScale 2).
+inline void gemm_pv(int64_t rows, int64_t n, int64_t D, const float* S, const at::BFloat16* vb, int64_t ldv, float* acc,
+                    std::vector<uint16_t>& pbits) {
+  uint16_t* hi = pbits.data();
+  uint16_t* lo = hi + rows * n;
+  float_to_bf16_pair(S, hi, lo, rows * n);
+  gemm_bf16_rowmajor(false, false, rows, D, n, 1.f, hi, n, bits(vb), ldv, 1.f, acc, D);
+  gemm_bf16_rowmajor(false, false, rows, D, n, 1.f, lo, n, bits(vb), ldv, 1.f, acc, D);
+}
 
 // Runs key range [k_begin, k_end) for query rows [q0, q0+qlen) of all G heads of kv head hkv.
 // Leaves the un-normalised state in ch[0] (and ch[1] when the problem has a target).
-void run_block(const Problem& P, int64_t b, int64_t hkv, int64_t q0, int64_t qlen, int64_t k_begin, int64_t k_end,
-               int64_t kblock, Workspace& ws, Channel* ch) {
+template <typename T>
+void run_block(const AttnParams<T>& P, int64_t b, int64_t hkv, int64_t q0, int64_t qlen, int64_t k_begin, int64_t k_end,
+               int64_t kblock, Workspace<T>& ws, Channel* ch) {
   const int64_t G = P.G, D = P.D, rows = G * qlen;
   const bool two_channels = P.target > 0.f;
   const int nch = two_channels ? 2 : 1;
@@ -48,17 +91,15 @@ void run_block(const Problem& P, int64_t b, int64_t hkv, int64_t q0, int64_t qle
   if (k_begin >= k_end) return;
 
   // Pack the scaled query rows of the group: row r = g*qlen + ii.
-  float* qp = ws.qpack.data();
+  T* qp = ws.qpack.data();
   for (int64_t g = 0; g < G; ++g) {
     const int64_t hq = hkv * G + g;
-    for (int64_t ii = 0; ii < qlen; ++ii) {
-      const float* src = P.q + b * P.q_sb + hq * P.q_sh + (q0 + ii) * P.q_st;
-      float* dst = qp + (g * qlen + ii) * D;
-      for (int64_t d = 0; d < D; ++d) dst[d] = src[d] * P.scale;
-    }
+    for (int64_t ii = 0; ii < qlen; ++ii)
+      pack_row(qp + (g * qlen + ii) * D, P.q + b * P.q_sb + hq * P.q_sh + (q0 + ii) * P.q_st, D, P.scale);
   }
-  const float* kbase = P.k + b * P.k_sb + hkv * P.k_sh;
-  const float* vbase = P.v + b * P.v_sb + hkv * P.v_sh;
+  const float qk_alpha = std::is_same<T, float>::value ? 1.f : P.scale;
+  const T* kbase = P.k + b * P.k_sb + hkv * P.k_sh;
+  const T* vbase = P.v + b * P.v_sb + hkv * P.v_sh;
   const float* span_b = P.span + b * P.Tk;
   const int64_t* prefix = P.span_prefix + b * (P.Tk + 1);
 
@@ -76,7 +117,7 @@ void run_block(const Problem& P, int64_t b, int64_t hkv, int64_t q0, int64_t qle
     const bool needs_range = j0 < last.lo || j0 + n - 1 > first.hi;
     const float* span_w = span_b + j0;
 
-    gemm_rowmajor(false, true, rows, n, D, 1.f, qp, D, kbase + j0 * P.k_st, P.k_st, 0.f, S, n);
+    gemm_qk(rows, n, D, qk_alpha, qp, kbase + j0 * P.k_st, P.k_st, S);
 
     for (int64_t r = 0; r < rows; ++r) {
       const int64_t g = r / qlen, ii = r % qlen, hq = hkv * G + g, i = q0 + ii;
@@ -104,20 +145,21 @@ void run_block(const Problem& P, int64_t b, int64_t hkv, int64_t q0, int64_t qle
         update_row(s2, n, ch[1].m[r], ch[1].l[r], nullptr, ch[1].acc + r * D, D, span_w);
       }
     }
-    const float* vb = vbase + j0 * P.v_st;
+    const T* vb = vbase + j0 * P.v_st;
     if (!two_channels) {
-      gemm_rowmajor(false, false, rows, D, n, 1.f, S, n, vb, P.v_st, 1.f, ch[0].acc, D);
+      gemm_pv(rows, n, D, S, vb, P.v_st, ch[0].acc, ws.pbits);
     } else if (all_span || !any_span) {
-      gemm_rowmajor(false, false, rows, D, n, 1.f, S, n, vb, P.v_st, 1.f, ch[all_span ? 0 : 1].acc, D);
+      gemm_pv(rows, n, D, S, vb, P.v_st, ch[all_span ? 0 : 1].acc, ws.pbits);
     } else {
-      gemm_rowmajor(false, false, rows, D, n, 1.f, S, n, vb, P.v_st, 1.f, ch[0].acc, D);
-      gemm_rowmajor(false, false, rows, D, n, 1.f, S2, n, vb, P.v_st, 1.f, ch[1].acc, D);
+      gemm_pv(rows, n, D, S, vb, P.v_st, ch[0].acc, ws.pbits);
+      gemm_pv(rows, n, D, S2, vb, P.v_st, ch[1].acc, ws.pbits);
     }
   }
 }
 
 // Writes the normalised output (and span mass) of the rows held in ch.
-void finalize_block(const Problem& P, int64_t b, int64_t hkv, int64_t q0, int64_t qlen, const Channel* ch) {
+template <typename T>
+void finalize_block(const AttnParams<T>& P, int64_t b, int64_t hkv, int64_t q0, int64_t qlen, const Channel* ch) {
   const int64_t G = P.G, D = P.D;
   for (int64_t r = 0; r < G * qlen; ++r) {
     const int64_t g = r / qlen, ii = r % qlen, hq = hkv * G + g, i = q0 + ii;
@@ -158,7 +200,8 @@ struct StateLayout {
   }
 };
 
-void run(const Problem& P) {
+template <typename T>
+void run(const AttnParams<T>& P) {
   const int64_t threads = at::get_num_threads();
   const int64_t G = P.G, D = P.D;
   // Query block: enough rows for efficient GEMMs, bounded so the score block stays in cache.
@@ -182,10 +225,11 @@ void run(const Problem& P) {
 
   at::parallel_for(0, units * n_splits, 1, [&](int64_t begin, int64_t end) {
     SequentialBlas sequential_blas;
-    Workspace ws;
+    Workspace<T> ws;
     ws.qpack.resize(max_rows * D);
     ws.scores.resize(max_rows * kblock);
     if (nch == 2) ws.scores2.resize(max_rows * kblock);
+    if (!std::is_same<T, float>::value) ws.pbits.resize(2 * max_rows * kblock);
     std::vector<float> local(n_splits == 1 ? layout.size() : 0);
     Channel ch[2];
     for (int64_t t = begin; t < end; ++t) {
@@ -262,9 +306,12 @@ std::tuple<at::Tensor, at::Tensor> steered_attention_cpu(const at::Tensor& q, co
                                                          const c10::optional<at::Tensor>& attn_mask, bool is_causal,
                                                          c10::optional<int64_t> window, c10::optional<double> softcap,
                                                          double scale, bool return_span_mass) {
+  // bfloat16 q, k and v are read as they are (bfloat16 GEMMs); every other dtype is widened to float32.
+  const bool bf16 =
+      q.scalar_type() == at::kBFloat16 && k.scalar_type() == at::kBFloat16 && v.scalar_type() == at::kBFloat16;
   const AttentionProblem A = pack_attention(q, k, v, span_weights, bias, key_scale, target, target_exact, query_mask,
                                             attn_mask, is_causal, window, softcap, scale, return_span_mass,
-                                            /*as_float=*/true);
+                                            /*as_float=*/!bf16);
   const int64_t B = A.B, Tk = A.Tk;
   // Prefix counts of span keys: O(1) classification of key blocks (all / none / mixed).
   at::Tensor span_prefix = at::empty({B, Tk + 1}, A.steering.span.options().dtype(at::kLong));
@@ -279,9 +326,15 @@ std::tuple<at::Tensor, at::Tensor> steered_attention_cpu(const at::Tensor& q, co
   }
   at::Tensor out = A.out;
   if (out.numel() > 0) {
-    Problem P = A.params<float>();
-    P.span_prefix = span_prefix.data_ptr<int64_t>();
-    run(P);
+    if (bf16) {
+      AttnParams<at::BFloat16> P = A.params<at::BFloat16>();
+      P.span_prefix = span_prefix.data_ptr<int64_t>();
+      run(P);
+    } else {
+      AttnParams<float> P = A.params<float>();
+      P.span_prefix = span_prefix.data_ptr<int64_t>();
+      run(P);
+    }
   }
   if (q.scalar_type() != at::kFloat) out = out.to(q.scalar_type());
   return {out, A.mass};
