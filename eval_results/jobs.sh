@@ -33,6 +33,7 @@
 #   nohup eval_results/jobs.sh ifeval-qwen-bf16 > eval_results/logs/ifeval-qwen-bf16.log 2>&1 &
 #   nohup eval_results/jobs.sh ifeval-qwen-bf16-b > eval_results/logs/ifeval-qwen-bf16-b.log 2>&1 &   (beside it)
 #   nohup eval_results/jobs.sh ifeval-qwen-bf16-test > eval_results/logs/ifeval-qwen-bf16-test.log 2>&1 &   (after both)
+#   nohup eval_results/jobs.sh ifeval-qwen-bf16-spa-test > eval_results/logs/ifeval-qwen-bf16-spa-test.log 2>&1 &
 # EVAL_CODE=DIR runs the code of another checkout (e.g. a `git worktree` of a fixed commit with
 # its built _C copied in), so that editing this tree does not change a queue that is running;
 # the results still go to this tree's eval_results/.
@@ -327,6 +328,15 @@ case "${1:-}" in
       --methods spa
     $EV sweep --task ifeval --model qwen2.5-coder-0.5b --dtype bfloat16 --batch-size 8 --out $QB $COMMON --shard b \
       --methods pasta,spotlight ;;
+  ifeval-qwen-bf16-spa-test)
+    # The test cells that do not wait for the other grids: unsteered and SPA's dev choice (omega 2: omega 3 was
+    # flagged "unlikely" on the dev prompts it had) on the test prompts in chunks of 100, so that both move
+    # forward together and a stopped run still compares them on the same prompts; then SPA omega 3's dev rest.
+    for n in 100 200 300 441; do
+      $EV sweep --task ifeval --model qwen2.5-coder-0.5b --dtype bfloat16 --batch-size 8 --out $QB $COMMON --shard b \
+        --methods spa --test-only --limit $n --test-method spa:omega=2
+    done
+    "$0" ifeval-qwen-bf16-b ;;
   ifeval-qwen-bf16-test)
     # Once the bfloat16 dev grids are complete: the dev choice over every grid and each 2026 method's own dev
     # choice on the 441 test prompts (paired with unsteered), then the report with intervals.
