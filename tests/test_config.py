@@ -177,3 +177,57 @@ def test_eval_method_at_file_is_the_saved_spec(tmp_path, capsys):
     # a missing file fails before any model loads (exit 2, the fix in the message)
     assert cli.main(["eval", "ifeval", "--method", f"@{tmp_path / 'missing.json'}"]) == 2
     assert "--save-config" in capsys.readouterr().err
+
+
+def test_ship_ifeval_config_writes_the_dev_choice_with_its_test_evidence(tmp_path, monkeypatch, capsys):
+    """tools/ship_ifeval_config.py: the sweep's dev choice and each family's, with the paired test evidence of
+    the sweep's --test-only report; a partial test split only with --partial (and named so); a choice that
+    does not beat unsteered on dev is refused (tools/ship_no_gain.py records those)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "tools" / "ship_ifeval_config.py"
+    spec = importlib.util.spec_from_file_location("ship_ifeval_config", path)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    rec = tmp_path / "recommended.json"
+    rec.write_text("{}")
+    (tmp_path / "models" / "smollm2-135m").mkdir(parents=True)
+    (tmp_path / "models" / "smollm2-135m" / "config.json").write_text(
+        json.dumps({"architectures": ["LlamaForCausalLM"], "num_hidden_layers": 30, "hidden_size": 576})
+    )
+    monkeypatch.setattr(tool, "RECOMMENDED_FILE", rec)
+    monkeypatch.setattr(tool, "cache_dir", lambda: str(tmp_path))
+
+    def diff(x, verdict):
+        return {"diff": x, "low": x - 0.04, "high": x + 0.04, "n": n, "level": 0.95, "verdict": verdict}
+
+    def row(method, loose, vs=None):
+        return {"method": method, "n": n, "prompt_loose": loose, "n_tokens": 150.4, "nll": 0.512, "flags": [],
+                "vs_unsteered": vs}  # fmt: skip
+
+    sweep = tmp_path / "sweep"
+    (sweep / "test").mkdir(parents=True)
+    scores = {s: {"n": 100} for s in ("none", "spa:omega=2", "guide:delta=1", "seka:gain=0.4")}
+    chosen = {"model": "M bf16", "dev_cases": 100, "best": "spa:omega=2", "helps": True, "scores": scores,
+              "by_grid": {"spa": "spa:omega=2", "guide": "guide:delta=1", "seka": "seka:gain=0.4"}}  # fmt: skip
+    (sweep / "sweep.json").write_text(json.dumps(chosen))
+    n = 100
+    good = {"prompt_loose": diff(0.07, "better"), "inst_loose": diff(0.05, "better")}
+    none_ = {"prompt_loose": diff(0.0, "no evidence of a difference"), "inst_loose": diff(0.0, "x")}
+    rows = [row("none", 0.2), row("spa:omega=2", 0.27, good), row("guide:delta=1", 0.2, none_)]
+    (sweep / "test" / "results.json").write_text(json.dumps({"rows": rows}))
+    assert tool.main(["smollm2-135m", str(sweep)]) == 1  # 100 of 441 test prompts: refused without --partial
+    assert "pass --partial" in capsys.readouterr().err
+    assert tool.main(["smollm2-135m", str(sweep), "--partial"]) == 0
+    entry = json.loads(rec.read_text())["SmolLM2-135M-Instruct"]
+    ship = entry["tasks"]["ifeval"]
+    assert ship["method"] == "spa:omega=2" and ship["evidence"]["split"] == "IFEval test (first 100 of 441 prompts)"
+    assert ship["evidence"]["prompt_loose_diff"] == good["prompt_loose"] and ship["evidence"]["nll"] == [0.51, 0.51]
+    assert set(ship["per_method"]) == {"spa", "guide"}  # SEKA's choice has no test row
+    assert "+7.0 points [+3.0, +11.0] (better)" in ship["note"] and "among 3 settings" in ship["note"]
+    assert "bfloat16" in ship["note"] and entry["signature"] == ["LlamaForCausalLM", 30, 576]
+    chosen["helps"] = False
+    (sweep / "sweep.json").write_text(json.dumps(chosen))
+    assert tool.main(["smollm2-135m", str(sweep), "--partial"]) == 1
+    assert "ship_no_gain.py" in capsys.readouterr().err

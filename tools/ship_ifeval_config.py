@@ -1,0 +1,116 @@
+"""Write a model's IFEval choice into the package's tuned settings
+(``python/attnsteer/data/recommended.json``, what `attnsteer.recommended(model, task="ifeval")` returns):
+the dev choice (``DEV/sweep.json``, `attnsteer eval sweep --task ifeval`) with its paired test-split
+evidence (``DEV/test/results.json``, the sweep's ``--test-only`` stage), and per method family the dev
+choice when it was measured on test.
+
+    .venv/bin/python tools/ship_ifeval_config.py qwen2.5-coder-0.5b eval_results/qwen/ifeval-bf16
+
+A test split still being filled (the queues run it in chunks of 100 prompts) ships only with
+``--partial``, and the evidence then names how many of the 441 test prompts it covers. A dev choice
+that does not beat unsteered is not shipped: `tools/ship_no_gain.py` records that instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any, Dict, List
+
+from attnsteer.config import RECOMMENDED_FILE
+from attnsteer.models import _ALIASES, MODELS, cache_dir
+
+TEST_PROMPTS = 441  # attnsteer.eval.ifeval's fixed test split
+
+
+def evidence(rows: List[Dict[str, Any]], spec: str, source: str) -> Dict[str, Any]:
+    """The test evidence of ``spec`` (prompt-level loose, its paired interval against unsteered on the same
+    prompts, instruction-level loose, reply length and NLL beside unsteered's, fluency flags)."""
+    row = next((r for r in rows if r["method"] == spec), None)
+    base = next((r for r in rows if r["method"] == "none"), None)
+    if row is None or base is None or not row.get("vs_unsteered"):
+        raise ValueError(f"{spec!r} has no test row with an unsteered twin in {source}")
+    n = row["n"]
+    split = f"IFEval test ({n} prompts)" if n >= TEST_PROMPTS else f"IFEval test (first {n} of {TEST_PROMPTS} prompts)"
+    r3 = lambda x: round(float(x), 4)  # noqa: E731
+    return {
+        "split": split,
+        "prompt_loose": r3(row["prompt_loose"]),
+        "unsteered_prompt_loose": r3(base["prompt_loose"]),
+        "prompt_loose_diff": row["vs_unsteered"]["prompt_loose"],
+        "inst_loose_diff": row["vs_unsteered"]["inst_loose"],
+        "reply_tokens": [round(row["n_tokens"]), round(base["n_tokens"])],
+        "nll": [round(row["nll"], 2), round(base["nll"], 2)],
+        "flags": list(row["flags"]),
+        "source": source,
+    }
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("model", choices=sorted(MODELS))
+    ap.add_argument("dev", help="the sweep's folder (sweep.json; test/results.json from its --test-only stage)")
+    ap.add_argument("--partial", action="store_true", help="ship evidence from fewer than all 441 test prompts")
+    args = ap.parse_args(argv)
+    m = MODELS[args.model]
+    chosen = json.load(open(os.path.join(args.dev, "sweep.json"), encoding="utf-8"))
+    test_md = os.path.join(args.dev, "test", "results.md")
+    rows = json.load(open(os.path.join(args.dev, "test", "results.json"), encoding="utf-8"))["rows"]
+    best = chosen.get("best")
+    if not best:
+        print("the dev sweep chose nothing (every setting flagged): nothing to ship", file=sys.stderr)
+        return 1
+    if not chosen.get("helps"):
+        print(
+            f"the dev choice {best} does not beat unsteered on dev: record it with tools/ship_no_gain.py",
+            file=sys.stderr,
+        )
+        return 1
+    source = f"{test_md} (attnsteer eval sweep --task ifeval --test-only)"
+    try:
+        main_evidence = evidence(rows, best, source)
+    except ValueError as e:
+        print(f"{e}: run the sweep's --test-only stage first", file=sys.stderr)
+        return 1
+    if not main_evidence["split"].endswith(f"({TEST_PROMPTS} prompts)") and not args.partial:
+        print(f"{best}: {main_evidence['split']} only; pass --partial to ship that", file=sys.stderr)
+        return 1
+    per_method = {}
+    for family, spec in chosen["by_grid"].items():
+        family = family.split("-")[0]
+        if not spec or family in per_method or family.startswith("gate+"):
+            continue
+        try:
+            per_method[family] = {"method": spec, "evidence": evidence(rows, spec, source)}
+        except ValueError:
+            continue  # the family's dev choice was not run on the test split
+    d = main_evidence["prompt_loose_diff"]
+    measured = sum(1 for k, v in chosen["scores"].items() if k != "none" and v["n"] >= chosen.get("dev_cases", 100))
+    note = (
+        f"Chosen on the IFEval dev split (100 prompts) among {measured} settings measured on all of it by "
+        "prompt-level loose accuracy with no fluency flag, the weaker strength on a tie; reported on the test "
+        f"prompts: {100 * d['diff']:+.1f} points [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}] ({d['verdict']}). "
+        f"Replies {main_evidence['reply_tokens'][0]} vs {main_evidence['reply_tokens'][1]} tokens, NLL "
+        f"{main_evidence['nll'][0]} vs {main_evidence['nll'][1]} under the unsteered model."
+        + (
+            " Measured in bfloat16 (attnsteer eval --dtype bfloat16)."
+            if chosen.get("model", "").endswith(" bf16")
+            else ""
+        )
+    )
+    entry = {"method": best, "evidence": main_evidence, "note": note, "per_method": per_method}
+    cfg = json.load(open(os.path.join(cache_dir(), "models", m.name, "config.json"), encoding="utf-8"))
+    table = json.loads(RECOMMENDED_FILE.read_text(encoding="utf-8"))
+    model_entry = table.setdefault(m.tag, {})
+    model_entry["aliases"] = sorted({m.name, *[a for a, n in _ALIASES.items() if n == m.name]})
+    model_entry["signature"] = [cfg["architectures"][0], cfg["num_hidden_layers"], cfg["hidden_size"]]
+    model_entry.setdefault("tasks", {})["ifeval"] = entry
+    RECOMMENDED_FILE.write_text(json.dumps(table, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    print(f"{m.tag}: ifeval -> {best}\n{note}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
