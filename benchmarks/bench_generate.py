@@ -6,6 +6,8 @@ every run decodes the same number of tokens), greedy, every method. Writes CSV a
     python benchmarks/bench_generate.py            # full (about 10 minutes on 2 cores)
     python benchmarks/bench_generate.py --quick    # batch 1, 32 new tokens
     python benchmarks/bench_generate.py --only directer   # the DIRECTER part alone
+    python benchmarks/bench_generate.py --only methods --batches 8 --model qwen2.5-coder-0.5b --dtype bfloat16 \
+        --new-tokens 64   # another model / dtype (files named after them)
 
 DIRECTER (batch 1, the same prompt): the cost of one steered trial (a single-token forward over
 the cache with the span keys scaled on all layers inside the op) against one unsteered SDPA
@@ -35,11 +37,23 @@ def main() -> None:
     ap.add_argument("--batches", default="1,8", help="comma-separated batch sizes")
     ap.add_argument("--only", choices=["methods", "directer"], help="run one part only")
     ap.add_argument("--repeats", type=int, default=1, help="runs per method, the fastest is kept (the VM is noisy)")
+    ap.add_argument("--model", default=None, help="a shipped model's name (default: the embedded SmolLM2-135M)")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="the weights' dtype")
+    ap.add_argument("--new-tokens", type=int, default=None, help="new tokens a reply (default 256; --quick 32)")
     args = ap.parse_args()
-    new_tokens = 32 if args.quick else 256
+    new_tokens = args.new_tokens or (32 if args.quick else 256)
     batches = [1] if args.quick else [int(b) for b in args.batches.split(",")]
     tag = "" if batches == [1, 8] else "_b" + "_".join(map(str, batches))
-    model, tok = attnsteer.models.load_default()
+    dtype = getattr(torch, args.dtype)
+    if args.model:
+        model, tok = attnsteer.models.load(args.model, dtype=dtype, progress=False)
+        tag += "_" + args.model.replace(".", "")
+    else:
+        model, tok = attnsteer.models.load_default(dtype=dtype)
+    tag += "" if args.dtype == "float32" else "_bf16"
+    models = attnsteer.models.MODELS
+    name = (models[args.model].tag if args.model in models else args.model) if args.model else "SmolLM2-135M-Instruct"
+    what = f"{name} {args.dtype}"
     body = " ".join([LONG_TEXT] * 8)  # ~1k tokens
     methods = [
         ("sdpa (unsteered)", None),
@@ -91,7 +105,7 @@ def main() -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     write_csv(rows, out_dir / f"bench_generate{tag}.csv")
     lines = [
-        f"Machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}; SmolLM2-135M-Instruct fp32, "
+        f"Machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}; {what}, "
         f"greedy, {new_tokens} new tokens (min_new_tokens pinned), fastest of {args.repeats} run(s). "
         "Ratio = tokens/s ÷ unsteered SDPA tokens/s.",
         "",
