@@ -34,6 +34,7 @@
 #   nohup eval_results/jobs.sh ifeval-qwen-bf16-b > eval_results/logs/ifeval-qwen-bf16-b.log 2>&1 &   (beside it)
 #   nohup eval_results/jobs.sh ifeval-qwen-bf16-test > eval_results/logs/ifeval-qwen-bf16-test.log 2>&1 &   (after both)
 #   nohup eval_results/jobs.sh ifeval-qwen-bf16-spa-test > eval_results/logs/ifeval-qwen-bf16-spa-test.log 2>&1 &
+#   nohup eval_results/jobs.sh qwen-pasta-heads > eval_results/logs/qwen-pasta-heads.log 2>&1 &   (alone: ~50 min)
 # EVAL_CODE=DIR runs the code of another checkout (e.g. a `git worktree` of a fixed commit with
 # its built _C copied in), so that editing this tree does not change a queue that is running;
 # the results still go to this tree's eval_results/.
@@ -337,6 +338,13 @@ case "${1:-}" in
         --methods spa --test-only --limit $n --test-method spa:omega=2
     done
     "$0" ifeval-qwen-bf16-b ;;
+  qwen-pasta-heads)
+    # PASTA's head profile for Qwen2.5-Coder-0.5B (float32; 24 layers x 6 examples, one batch-of-14 forward each:
+    # ~50 minutes with the machine to itself, 2.5 hours beside two queues). Not resumable: run it alone. Then
+    # name the file in attnsteer.specs.SHIPPED_HEADS and run the priority grid pasta-heads:
+    #   $EV sweep --task priority --model qwen2.5-coder-0.5b --out eval_results/priority/qwen-dev $COMMON --methods pasta-heads
+    .venv/bin/python examples/profile_pasta_heads.py --model qwen2.5-coder-0.5b \
+      --out python/attnsteer/data/pasta_heads_qwen2.5_coder_0.5b.json ;;
   ifeval-qwen-bf16-test)
     # Once the bfloat16 dev grids are complete: the dev choice over every grid and each 2026 method's own dev
     # choice on the 441 test prompts (paired with unsteered), then the report with intervals.
