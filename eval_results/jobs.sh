@@ -34,6 +34,7 @@
 #   nohup eval_results/jobs.sh ifeval-qwen-bf16-b > eval_results/logs/ifeval-qwen-bf16-b.log 2>&1 &   (beside it)
 #   nohup eval_results/jobs.sh ifeval-qwen-bf16-test > eval_results/logs/ifeval-qwen-bf16-test.log 2>&1 &   (after both)
 #   nohup eval_results/jobs.sh ifeval-qwen-bf16-spa-test > eval_results/logs/ifeval-qwen-bf16-spa-test.log 2>&1 &
+#   nohup eval_results/jobs.sh ifeval-smollm2-new > eval_results/logs/ifeval-smollm2-new.log 2>&1 &
 #   nohup eval_results/jobs.sh qwen-pasta-heads > eval_results/logs/qwen-pasta-heads.log 2>&1 &   (alone: ~50 min)
 # EVAL_CODE=DIR runs the code of another checkout (e.g. a `git worktree` of a fixed commit with
 # its built _C copied in), so that editing this tree does not change a queue that is running;
@@ -338,6 +339,14 @@ case "${1:-}" in
         --methods spa --test-only --limit $n --test-method spa:omega=2
     done
     "$0" ifeval-qwen-bf16-b ;;
+  ifeval-smollm2-new)
+    # SmolLM2's IFEval dev grids for SEKA and SPA (float32, the folder of its other grids), then their dev choices
+    # and unsteered on the test prompts in chunks of 100 (the 2026 methods' IFEval cells on the small model).
+    $EV sweep --task ifeval --out eval_results/sweep $COMMON --methods seka,spa
+    for n in 100 200 300 441; do
+      $EV sweep --task ifeval --out eval_results/sweep $COMMON --methods seka,spa --test-only --limit $n \
+        --test-method grid:spa --test-method grid:seka
+    done ;;
   qwen-pasta-heads)
     # PASTA's head profile for Qwen2.5-Coder-0.5B (float32; 24 layers x 6 examples, one batch-of-14 forward each:
     # ~50 minutes with the machine to itself, 2.5 hours beside two queues). Not resumable: run it alone. Then
