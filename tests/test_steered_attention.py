@@ -348,3 +348,37 @@ def test_cpu_bfloat16_path_matches_the_float32_one(gemm, tmp_path):
     used, worst = res.stdout.split()
     assert used == ("True" if gemm == "1" else "False")
     assert float(worst) <= 2.0, f"bfloat16 path off the float32 one by {worst} units in the last place"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+def test_broadcast_and_strided_keys_and_values(dtype, device):
+    """Keys and values in any layout with a contiguous last dimension: a key broadcast over positions
+    (stride 0, which BLAS refuses as a leading dimension: the op copies it), values viewed from a
+    (B, T, Hkv, D) tensor, and a one-key cache whose position stride is 1 — against the float64 reference."""
+    g = torch.Generator().manual_seed(5)
+    B, Hq, Hkv, T, D = 2, 4, 2, 37, 64
+    span = torch.zeros(B, T, dtype=torch.bool)
+    span[:, 3:9] = True
+    q = torch.randn(B, Hq, T, D, generator=g).to(dtype)
+    layouts = {
+        "broadcast key": (
+            torch.randn(B, Hkv, 1, D, generator=g).to(dtype).expand(B, Hkv, T, D),
+            torch.randn(B, T, Hkv, D, generator=g).to(dtype).transpose(1, 2),
+        ),
+        "one key": (
+            torch.randn(B, Hkv, D, 1, generator=g).to(dtype).transpose(2, 3),
+            torch.randn(B, Hkv, D, 1, generator=g).to(dtype).transpose(2, 3),
+        ),
+    }
+    for name, (k, v) in layouts.items():
+        Tk = k.shape[2]
+        s = span[:, :Tk] if Tk < T else span
+        s = s if Tk == T else torch.ones(B, Tk, dtype=torch.bool)
+        qq = q if Tk == T else q[:, :, -1:]
+        inp = {"q": qq, "k": k.contiguous(), "v": v.contiguous(), "span_mask": s,
+               "kwargs": dict(bias=2.0, key_scale=1.0, is_causal=True, window=None, softcap=None, target=None)}  # fmt: skip
+        d = to_device({"q": qq, "k": k, "v": v, "s": s}, device)
+        out = attnsteer.steered_attention(d["q"], d["k"], d["v"], d["s"], bias=2.0, is_causal=True, enable_gqa=True)
+        ref = _reference(inp)
+        err = (out.cpu().double() - ref).abs().max().item()
+        assert err <= _tolerance(inp, ref), f"{name}: max abs error {err:.3g}"

@@ -93,8 +93,9 @@ struct AttentionProblem {
     P.k = k.data_ptr<T>();
     P.v = v.data_ptr<T>();
     P.q_sb = q.stride(0), P.q_sh = q.stride(1), P.q_st = q.stride(2);
-    P.k_sb = k.stride(0), P.k_sh = k.stride(1), P.k_st = k.stride(2);
-    P.v_sb = v.stride(0), P.v_sh = v.stride(1), P.v_st = v.stride(2);
+    // A single key row's stride is never stepped over; D keeps it a valid BLAS leading dimension.
+    P.k_sb = k.stride(0), P.k_sh = k.stride(1), P.k_st = Tk == 1 ? D : k.stride(2);
+    P.v_sb = v.stride(0), P.v_sh = v.stride(1), P.v_st = Tk == 1 ? D : v.stride(2);
     P.out = out.data_ptr<float>();
     P.span_mass = mass.numel() > 0 ? mass.data_ptr<float>() : nullptr;
     P.span = steering.span.data_ptr<float>();
@@ -142,7 +143,10 @@ inline AttentionProblem pack_attention(const at::Tensor& q, const at::Tensor& k,
       pack_steering(op, P.B, P.Hq, P.Tq, P.Tk, q.device(), span_weights, bias, key_scale, query_mask, attn_mask);
   auto prepare = [as_float](const at::Tensor& t) {
     const at::Tensor x = as_float && t.scalar_type() != at::kFloat ? t.to(at::kFloat) : t;
-    return x.stride(-1) == 1 ? x : x.contiguous();
+    // Rows of D contiguous values at a row stride of at least D (what the CPU kernel's GEMMs take as a
+    // leading dimension); anything else — a broadcast key (stride 0), overlapping rows — is copied first.
+    const bool rows_ok = x.stride(-1) == 1 && (x.size(-2) <= 1 || x.stride(-2) >= x.size(-1));
+    return rows_ok ? x : x.contiguous();
   };
   P.q = prepare(q), P.k = prepare(k), P.v = prepare(v);
   const auto f32 = q.options().dtype(at::kFloat);
