@@ -20,7 +20,10 @@ import sys
 from typing import Any, Dict, List
 
 from attnsteer.config import RECOMMENDED_FILE
-from attnsteer.models import _ALIASES, MODELS, cache_dir
+from attnsteer.models import MODELS, cache_dir
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _recommended import write_entry  # noqa: E402
 
 TEST_PROMPTS = 441  # attnsteer.eval.ifeval's fixed test split
 
@@ -101,13 +104,7 @@ def main(argv=None) -> int:
         )
     )
     entry = {"method": best, "evidence": main_evidence, "note": note, "per_method": per_method}
-    cfg = json.load(open(os.path.join(cache_dir(), "models", m.name, "config.json"), encoding="utf-8"))
-    table = json.loads(RECOMMENDED_FILE.read_text(encoding="utf-8"))
-    model_entry = table.setdefault(m.tag, {})
-    model_entry["aliases"] = sorted({m.name, *[a for a, n in _ALIASES.items() if n == m.name]})
-    model_entry["signature"] = [cfg["architectures"][0], cfg["num_hidden_layers"], cfg["hidden_size"]]
-    model_entry.setdefault("tasks", {})["ifeval"] = entry
-    RECOMMENDED_FILE.write_text(json.dumps(table, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_entry(m, "ifeval", entry, RECOMMENDED_FILE, cache_dir())
     print(f"{m.tag}: ifeval -> {best}\n{note}")
     return 0
 

@@ -18,7 +18,10 @@ import sys
 
 from attnsteer.config import RECOMMENDED_FILE
 from attnsteer.eval import priority
-from attnsteer.models import _ALIASES, MODELS, cache_dir
+from attnsteer.models import MODELS, cache_dir
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _recommended import write_entry  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -52,13 +55,7 @@ def main(argv=None) -> int:
         "no fluency flag, the weaker strength on a tie; reported on the test split (disjoint relations, names, values)."
     )
     entry = {"method": best, "evidence": priority.evidence(rows, best), "note": note, "per_method": per_method}
-    cfg = json.load(open(os.path.join(cache_dir(), "models", m.name, "config.json"), encoding="utf-8"))
-    table = json.loads(RECOMMENDED_FILE.read_text(encoding="utf-8"))
-    model_entry = table.setdefault(m.tag, {})
-    model_entry["aliases"] = sorted({m.name, *[a for a, n in _ALIASES.items() if n == m.name]})
-    model_entry["signature"] = [cfg["architectures"][0], cfg["num_hidden_layers"], cfg["hidden_size"]]
-    model_entry.setdefault("tasks", {})["priority"] = entry
-    RECOMMENDED_FILE.write_text(json.dumps(table, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_entry(m, "priority", entry, RECOMMENDED_FILE, cache_dir())
     print(f"{m.tag}: priority -> {best}\n{entry['evidence']['summary']}")
     return 0
 
