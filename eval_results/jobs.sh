@@ -332,11 +332,13 @@ case "${1:-}" in
       --methods pasta,spotlight ;;
   ifeval-qwen-bf16-spa-test)
     # The test cells that do not wait for the other grids: unsteered and SPA's dev choice (omega 2: omega 3 was
-    # flagged "unlikely" on the dev prompts it had) on the test prompts in chunks of 100, so that both move
+    # flagged "unlikely" on the dev prompts it had) on the test prompts in chunks of 100, so that they move
     # forward together and a stopped run still compares them on the same prompts; then SPA omega 3's dev rest.
+    # Omega 1.5 beside it: omega 2 sat at the fluency bound on dev (NLL +0.50) and crossed it on the first 100
+    # test prompts (+0.51, "unlikely"); 1.5 is the grid's next point (+6.0 on dev, NLL +0.17).
     for n in 100 200 300 441; do
       $EV sweep --task ifeval --model qwen2.5-coder-0.5b --dtype bfloat16 --batch-size 8 --out $QB $COMMON --shard b \
-        --methods spa --test-only --limit $n --test-method spa:omega=2
+        --methods spa --test-only --limit $n --test-method spa:omega=2 --test-method spa:omega=1.5
     done
     "$0" ifeval-qwen-bf16-b ;;
   ifeval-smollm2-new)
