@@ -756,3 +756,25 @@ def test_retention_curves_put_models_side_by_side(tmp_path, capsys):
     capsys.readouterr()
     assert cli.main(["eval", "curves", str(a), "--out", str(png)]) == 2
     assert "LABEL=PATH" in capsys.readouterr().err
+
+
+def test_fluency_margins_and_a_dev_choice_at_the_edge_of_a_bound():
+    """fluency.margins: 1 at the unsteered value, 0 on the bound, < 0 past it; the sweep marks a dev choice
+    that passes a bound by less than fluency.EDGE of its width (it may be flagged on the test prompts)."""
+    from attnsteer.eval import fluency
+
+    base = {"n_tokens": 100.0, "nll": 0.4, "distinct4": 0.6}
+    m = fluency.margins({"n_tokens": 100.0, "nll": 0.4, "distinct4": 0.6}, base)
+    assert m == pytest.approx({"short": 1.0, "unlikely": 1.0, "repetitive": 1.0})
+    m = fluency.margins({"n_tokens": 50.0, "nll": 0.9, "distinct4": 0.5}, base)
+    assert m == pytest.approx({"short": 0.0, "unlikely": 0.0, "repetitive": 0.0}, abs=1e-9)
+    m = fluency.margins({"n_tokens": 40.0, "nll": 0.88, "distinct4": 0.7}, base)
+    assert m["short"] < 0 and m["unlikely"] == pytest.approx(0.04) and m["repetitive"] > 1
+    assert fluency.flags({"n_tokens": 40.0, "nll": 0.88, "distinct4": 0.7}, base) == ["short"]
+    rows = [
+        {"method": "a", "n_tokens": 90.0, "nll": 0.88, "distinct4": 0.6, "baseline_on_same": base},
+        {"method": "b", "n_tokens": 90.0, "nll": 0.5, "distinct4": 0.6, "baseline_on_same": base},
+        {"method": "c", "n_tokens": 90.0, "nll": 0.88},  # no unsteered twin (a retention / priority cell)
+    ]
+    assert sweep._edge(rows, "a") == {"unlikely": 0.04}
+    assert sweep._edge(rows, "b") == {} and sweep._edge(rows, "c") == {}

@@ -16,7 +16,7 @@ from typing import Dict, List, Sequence
 
 import torch
 
-__all__ = ["BOUNDS", "distinct_ngrams", "response_nll", "is_short", "flags"]
+__all__ = ["BOUNDS", "EDGE", "distinct_ngrams", "response_nll", "is_short", "flags", "margins"]
 
 # A configuration is flagged when, against unsteered on the same prompts:
 BOUNDS = {
@@ -24,6 +24,10 @@ BOUNDS = {
     "unlikely": 0.5,  # mean NLL > unsteered's + 0.5 nats/token
     "repetitive": 0.1,  # mean distinct-4 < unsteered's − 0.1
 }
+
+# A configuration within this share of a bound's width from the bound (`margins` < EDGE) passes on the prompts
+# it was measured on, but may well be flagged on others: the sweep says so beside its choice.
+EDGE = 0.1
 
 
 def distinct_ngrams(text: str, n: int = 4) -> float:
@@ -77,6 +81,18 @@ def flags(stats: Dict[str, float], baseline: Dict[str, float]) -> List[str]:
         out.append("unlikely")
     if stats["distinct4"] < baseline["distinct4"] - BOUNDS["repetitive"]:
         out.append("repetitive")
+    return out
+
+
+def margins(stats: Dict[str, float], baseline: Dict[str, float]) -> Dict[str, float]:
+    """How far ``stats`` sits from each bound of `flags`, in units of the bound's width: 1 at the unsteered
+    value, 0 on the bound, below 0 past it (flagged). E.g. an NLL 0.49 nats above unsteered's is
+    ``{"unlikely": 0.02, …}`` — inside the bound by 2 % of it."""
+    out = {}
+    if baseline.get("n_tokens"):
+        out["short"] = (stats["n_tokens"] / baseline["n_tokens"] - BOUNDS["short"]) / (1 - BOUNDS["short"])
+    out["unlikely"] = 1 - (stats["nll"] - baseline["nll"]) / BOUNDS["unlikely"]
+    out["repetitive"] = 1 + (stats["distinct4"] - baseline["distinct4"]) / BOUNDS["repetitive"]
     return out
 
 

@@ -269,7 +269,8 @@ def report(
     best = choose(scores, [c for c in by_grid.values() if c])
     base = scores.get("none", {}).get("score")
     helps = best is not None and base is not None and best["score"] > base
-    chosen = {"by_grid": by_grid, "best": best["method"] if best else None, "helps": helps, "scores": scores}
+    chosen = {"by_grid": by_grid, "best": best["method"] if best else None, "helps": helps, "scores": scores,
+              "edge": _edge(rows, best["method"]) if best else {}}  # fmt: skip
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "sweep.json"), "w", encoding="utf-8") as f:
         json.dump({"task": task.name, "model": tag, "max_new_tokens": max_new_tokens, "strategy": opts.strategy,
@@ -305,6 +306,10 @@ def report(
         lines += ["", f"**No setting beats unsteered on dev**: the choice, {best['method']}, scores "
                   f"{100 * best['score']:.1f} % against unsteered's {100 * base:.1f} %; nothing to ship "
                   "(`--save-config` refuses without `--allow-no-gain`)."]  # fmt: skip
+    if chosen["edge"]:
+        near = ", ".join(f"{k} ({100 * v:.0f} % of the bound's width inside it)" for k, v in chosen["edge"].items())
+        lines += ["", f"**The choice sits at the edge of the fluency bounds on dev**: {near}. It may be flagged on "
+                  "other prompts (the test split); the grid's next weaker point is the safer one to test beside it."]  # fmt: skip
     lines += ["", "## Dev rows", "", task.table(rows), ""]
     with open(os.path.join(out, "sweep.md"), "w", encoding="utf-8") as f:
         f.write("\n".join(lines))
@@ -312,6 +317,16 @@ def report(
         plot(scores, {n: p for n, p in grids.items() if any(s in scores for _, s in p)},
              os.path.join(out, "sweep.png"), f"{task.name} dev split — {tag}: {task.metric}", "dev score (%)")  # fmt: skip
     return chosen
+
+
+def _edge(rows: Sequence[Dict[str, Any]], method: str) -> Dict[str, float]:
+    """The fluency bounds the dev choice sits within `fluency.EDGE` of (`fluency.margins`), where its row carries
+    the unsteered run on the same cases (IFEval); ``{}`` otherwise."""
+    row = next((r for r in rows if r["method"] == method and r.get("baseline_on_same")), None)
+    if row is None:
+        return {}
+    m = fluency.margins(row, row["baseline_on_same"])
+    return {k: round(v, 3) for k, v in m.items() if 0 <= v < fluency.EDGE}
 
 
 def test_methods(asked: Optional[Sequence[str]], chosen: Dict[str, Any]) -> List[str]:
