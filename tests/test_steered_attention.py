@@ -372,8 +372,7 @@ def test_broadcast_and_strided_keys_and_values(dtype, device):
     }
     for name, (k, v) in layouts.items():
         Tk = k.shape[2]
-        s = span[:, :Tk] if Tk < T else span
-        s = s if Tk == T else torch.ones(B, Tk, dtype=torch.bool)
+        s = span if Tk == T else torch.ones(B, Tk, dtype=torch.bool)
         qq = q if Tk == T else q[:, :, -1:]
         inp = {"q": qq, "k": k.contiguous(), "v": v.contiguous(), "span_mask": s,
                "kwargs": dict(bias=2.0, key_scale=1.0, is_causal=True, window=None, softcap=None, target=None)}  # fmt: skip
