@@ -341,6 +341,14 @@ case "${1:-}" in
         --methods spa --test-only --limit $n --test-method spa:omega=2 --test-method spa:omega=1.5
     done
     "$0" ifeval-qwen-bf16-b ;;
+  ifeval-qwen-bf16-new-test)
+    # The 2026 key-editing methods' dev choices (SEKA 0.4, PRISM-Δ 0.4, AdaSEKA 1.0 on dev) on the IFEval test
+    # prompts in chunks of 100, paired with the unsteered replies ifeval-qwen-bf16-spa-test stores (shard b).
+    for n in 100 200 300 441; do
+      $EV sweep --task ifeval --model qwen2.5-coder-0.5b --dtype bfloat16 --batch-size 8 --out $QB $COMMON \
+        --methods seka,prism,adaseka --test-only --limit $n \
+        --test-method grid:seka --test-method grid:prism --test-method grid:adaseka
+    done ;;
   ifeval-smollm2-new)
     # SmolLM2's IFEval dev grids for SEKA and SPA (float32, the folder of its other grids), then their dev choices
     # and unsteered on the test prompts in chunks of 100 (the 2026 methods' IFEval cells on the small model).
@@ -348,7 +356,8 @@ case "${1:-}" in
     for n in 100 200 300 441; do
       $EV sweep --task ifeval --out eval_results/sweep $COMMON --methods seka,spa --test-only --limit $n \
         --test-method grid:spa --test-method grid:seka
-    done ;;
+    done
+    "$0" ifeval-qwen-bf16-spa-test ;;
   qwen-pasta-heads)
     # PASTA's head profile for Qwen2.5-Coder-0.5B (float32; 24 layers x 6 examples, one batch-of-14 forward each:
     # ~50 minutes with the machine to itself, 2.5 hours beside two queues). Not resumable: run it alone. Then
