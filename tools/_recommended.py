@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Callable, Dict, Optional
 
 from attnsteer.models import _ALIASES
 
@@ -20,3 +20,19 @@ def write_entry(model, task: str, entry: Dict[str, Any], recommended: Path, cach
     record["signature"] = [cfg["architectures"][0], cfg["num_hidden_layers"], cfg["hidden_size"]]
     record.setdefault("tasks", {})[task] = entry
     recommended.write_text(json.dumps(table, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def per_family(by_grid: Dict[str, Optional[str]], evidence: Callable[[str], Dict[str, Any]]) -> Dict[str, Any]:
+    """Each method family's dev choice with its test ``evidence(spec)``, from a sweep's ``by_grid``: the first
+    grid of a family is its plain one (``pasta`` before ``pasta-upper``); gated grids (``gate+…``) and families
+    whose choice was not run on the test split (``evidence`` raises ValueError) are left out."""
+    out: Dict[str, Any] = {}
+    for grid, spec in by_grid.items():
+        family = grid.split("-")[0]
+        if not spec or family in out or family.startswith("gate+"):
+            continue
+        try:
+            out[family] = {"method": spec, "evidence": evidence(spec)}
+        except ValueError:
+            continue
+    return out

@@ -23,7 +23,7 @@ from attnsteer.config import RECOMMENDED_FILE
 from attnsteer.models import MODELS, cache_dir
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _recommended import write_entry  # noqa: E402
+from _recommended import per_family, write_entry  # noqa: E402
 
 TEST_PROMPTS = 441  # attnsteer.eval.ifeval's fixed test split
 
@@ -80,15 +80,7 @@ def main(argv=None) -> int:
     if main_evidence["prompt_loose_diff"]["n"] < TEST_PROMPTS and not args.partial:
         print(f"{best}: {main_evidence['split']} only; pass --partial to ship that", file=sys.stderr)
         return 1
-    per_method = {}
-    for family, spec in chosen["by_grid"].items():
-        family = family.split("-")[0]
-        if not spec or family in per_method or family.startswith("gate+"):
-            continue
-        try:
-            per_method[family] = {"method": spec, "evidence": evidence(rows, spec, source)}
-        except ValueError:
-            continue  # the family's dev choice was not run on the test split
+    per_method = per_family(chosen["by_grid"], lambda spec: evidence(rows, spec, source))
     d = main_evidence["prompt_loose_diff"]
     measured = sum(1 for k, v in chosen["scores"].items() if k != "none" and v["n"] >= chosen.get("dev_cases", 100))
     note = (

@@ -21,7 +21,7 @@ from attnsteer.eval import priority
 from attnsteer.models import MODELS, cache_dir
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _recommended import write_entry  # noqa: E402
+from _recommended import per_family, write_entry  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -37,17 +37,7 @@ def main(argv=None) -> int:
     if not chosen.get("best"):
         print("the dev sweep chose nothing (every setting flagged): nothing to ship", file=sys.stderr)
         return 1
-    per_method = {}
-    for family, spec in chosen["by_grid"].items():
-        if not spec:
-            continue
-        family = family.split("-")[0]
-        if family in per_method:
-            continue  # the first grid of a method is its plain one
-        try:
-            per_method[family] = {"method": spec, "evidence": priority.evidence(rows, spec)}
-        except ValueError:
-            continue  # the family's dev choice was not run on the test split
+    per_method = per_family(chosen["by_grid"], lambda spec: priority.evidence(rows, spec))
     best = chosen["best"]
     note = (
         (f"{MODELS[args.from_model].tag}'s choice, not re-tuned for this model: " if args.from_model else "")

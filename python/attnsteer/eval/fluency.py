@@ -16,7 +16,7 @@ from typing import Dict, List, Sequence
 
 import torch
 
-__all__ = ["BOUNDS", "EDGE", "distinct_ngrams", "response_nll", "is_short", "flags", "margins"]
+__all__ = ["BOUNDS", "EDGE", "distinct_ngrams", "response_nll", "flags", "margins"]
 
 # A configuration is flagged when, against unsteered on the same prompts:
 BOUNDS = {
@@ -66,22 +66,10 @@ def response_nll(
     return [float(t / c) if c > 0 else float("nan") for t, c in zip(total, count)]
 
 
-def is_short(n_tokens: float, baseline_n_tokens: float) -> bool:
-    """Replies of mean length ``n_tokens`` are under ``BOUNDS["short"]`` × the unsteered length."""
-    return bool(baseline_n_tokens) and n_tokens < BOUNDS["short"] * baseline_n_tokens
-
-
 def flags(stats: Dict[str, float], baseline: Dict[str, float]) -> List[str]:
     """Which fluency bounds ``stats`` (mean ``n_tokens``, ``nll``, ``distinct4``) breaks
     against ``baseline`` (the unsteered run on the same prompts)."""
-    out = []
-    if is_short(stats["n_tokens"], baseline.get("n_tokens", 0)):
-        out.append("short")
-    if stats["nll"] > baseline["nll"] + BOUNDS["unlikely"]:
-        out.append("unlikely")
-    if stats["distinct4"] < baseline["distinct4"] - BOUNDS["repetitive"]:
-        out.append("repetitive")
-    return out
+    return [bound for bound, m in margins(stats, baseline).items() if m < 0]
 
 
 def margins(stats: Dict[str, float], baseline: Dict[str, float]) -> Dict[str, float]:
