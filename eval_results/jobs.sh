@@ -349,6 +349,19 @@ case "${1:-}" in
         --methods seka,prism,adaseka --test-only --limit $n \
         --test-method grid:seka --test-method grid:prism --test-method grid:adaseka
     done ;;
+  priority-qwen-bf16)
+    # Qwen2.5-Coder-0.5B's priority test cells in bfloat16 (batch 8; a float32 prompt of 2k filler tokens costs
+    # ~40 s of one core here): unsteered and GUIDE 2 at 512 filler tokens (beside the float32 cells: does the
+    # dtype change the result?), then at 2048, then SPA omega 2 at 2048; then SmolLM2's IFEval queue.
+    for f in 512 2048; do
+      for m in none guide:delta=2; do
+        $EV priority --model qwen2.5-coder-0.5b --dtype bfloat16 --split test --fillers $f --entities 8 --batch-size 8 \
+          --out eval_results/priority/qwen-test-bf16 $COMMON --method "$m"
+      done
+    done
+    $EV priority --model qwen2.5-coder-0.5b --dtype bfloat16 --split test --fillers 2048 --entities 8 --batch-size 8 \
+      --out eval_results/priority/qwen-test-bf16 $COMMON --method spa:omega=2
+    "$0" ifeval-smollm2-new ;;
   ifeval-smollm2-new)
     # SmolLM2's IFEval dev grids for SEKA and SPA (float32, the folder of its other grids), then their dev choices
     # and unsteered on the test prompts in chunks of 100 (the 2026 methods' IFEval cells on the small model).
@@ -359,11 +372,11 @@ case "${1:-}" in
     done
     "$0" ifeval-qwen-bf16-spa-test ;;
   qwen-pasta-heads)
-    # PASTA's head profile for Qwen2.5-Coder-0.5B (float32; 24 layers x 6 examples, one batch-of-14 forward each:
-    # ~50 minutes with the machine to itself, 2.5 hours beside two queues). Not resumable: run it alone. Then
-    # name the file in attnsteer.specs.SHIPPED_HEADS and run the priority grid pasta-heads:
+    # PASTA's head profile for Qwen2.5-Coder-0.5B in bfloat16 (24 layers x 6 examples, one batch-of-14 forward
+    # each: ~50 minutes alone in float32, ~4x less in bfloat16). Not resumable. Then name the file in
+    # attnsteer.specs.SHIPPED_HEADS and run the priority grid pasta-heads:
     #   $EV sweep --task priority --model qwen2.5-coder-0.5b --out eval_results/priority/qwen-dev $COMMON --methods pasta-heads
-    .venv/bin/python examples/profile_pasta_heads.py --model qwen2.5-coder-0.5b \
+    .venv/bin/python examples/profile_pasta_heads.py --model qwen2.5-coder-0.5b --dtype bfloat16 \
       --out python/attnsteer/data/pasta_heads_qwen2.5_coder_0.5b.json ;;
   ifeval-qwen-bf16-test)
     # Once the bfloat16 dev grids are complete: the dev choice over every grid and each 2026 method's own dev
