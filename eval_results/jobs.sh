@@ -378,6 +378,12 @@ case "${1:-}" in
     #   $EV sweep --task priority --model qwen2.5-coder-0.5b --out eval_results/priority/qwen-dev $COMMON --methods pasta-heads
     .venv/bin/python examples/profile_pasta_heads.py --model qwen2.5-coder-0.5b --dtype bfloat16 \
       --out python/attnsteer/data/pasta_heads_qwen2.5_coder_0.5b.json ;;
+  qwen-pasta-heads-priority)
+    # The priority dev grid with the shipped head profile (queue qwen-pasta-heads made it), float32 like the
+    # other dev grids, then the dev report over every grid.
+    $EV sweep --task priority --model qwen2.5-coder-0.5b --out eval_results/priority/qwen-dev $COMMON --methods pasta-heads
+    $EV sweep --task priority --model qwen2.5-coder-0.5b --out eval_results/priority/qwen-dev $COMMON --report-only \
+      --methods guide,instaboost,pasta,pasta-heads,spotlight,keyscale,keyscale-both,seka,adaseka,prism,spa > /dev/null ;;
   ifeval-qwen-bf16-test)
     # Once the bfloat16 dev grids are complete: the dev choice over every grid and each 2026 method's own dev
     # choice on the 441 test prompts (paired with unsteered), then the report with intervals.
@@ -435,7 +441,7 @@ case "${1:-}" in
     # Qwen2.5-Coder-0.5B's priority dev report over every grid measured (a sweep run with --methods reports
     # only the grids it was given), then the test reports and the models side by side.
     $EV sweep --task priority --model qwen2.5-coder-0.5b --out eval_results/priority/qwen-dev $COMMON --report-only \
-      --methods guide,instaboost,pasta,spotlight,keyscale,keyscale-both,seka,adaseka,prism,spa > /dev/null
+      --methods guide,instaboost,pasta,pasta-heads,spotlight,keyscale,keyscale-both,seka,adaseka,prism,spa > /dev/null
     .venv/bin/python tools/priority_report.py > /dev/null ;;
   priority-qwen-2k-rest)
     # (new-methods-priority chains here; AdaSEKA's cells, added after it started, run first.)

@@ -84,7 +84,10 @@ HeadMap = Dict[int, Sequence[int]]
 
 # Head profiles that ship with the package (examples/profile_pasta_heads.py made them).
 _DATA = Path(__file__).resolve().parent / "data"
-SHIPPED_HEADS = {"smollm2-135m": "pasta_heads_smollm2_135m.json"}
+SHIPPED_HEADS = {
+    "smollm2-135m": "pasta_heads_smollm2_135m.json",
+    "qwen2.5-coder-0.5b": "pasta_heads_qwen2.5_coder_0.5b.json",  # bfloat16 profile (its provenance inside)
+}
 _CAPABLE = ("qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b")
 # Settings whose value is a name or a list, kept as written in the canonical spec
 _NAMED = ("layers", "heads", "projection", "experts")
