@@ -361,7 +361,27 @@ case "${1:-}" in
     done
     $EV priority --model qwen2.5-coder-0.5b --dtype bfloat16 --split test --fillers 2048 --entities 8 --batch-size 8 \
       --out eval_results/priority/qwen-test-bf16 $COMMON --method spa:omega=2
+    "$0" priority-small-2k ;;
+  priority-small-2k)
+    # SmolLM2 and Gemma 3 270M at 2048 filler tokens (unsteered, GUIDE 2; float32 like their other cells), so
+    # that the effect-against-distance plot has the 2k point for every model; then SmolLM2's IFEval queue.
+    for m in none guide:delta=2; do
+      $EV priority --model smollm2-135m --split test --fillers 2048 --entities 8 --out eval_results/priority/smollm2-135m \
+        $COMMON --method "$m"
+    done
+    for m in none guide:delta=2; do
+      $EV priority --model gemma3-270m --split test --fillers 2048 --entities 8 --out eval_results/priority/gemma3-270m \
+        $COMMON --method "$m"
+    done
     "$0" ifeval-smollm2-new ;;
+  ifeval-qwen15-test)
+    # Qwen2.5-Coder-1.5B on the IFEval test prompts at the 0.5B's dev choice (SPA omega 2, not re-tuned) beside
+    # unsteered, bfloat16, in growing chunks so that a stopped run still pairs them on the same prompts
+    # (~25 s a prompt unsteered, twice that with SPA's two forwards, one core here).
+    for n in 25 50 100 200 441; do
+      $EV ifeval --model qwen2.5-coder-1.5b --dtype bfloat16 --batch-size 8 --split test --limit $n \
+        --out eval_results/qwen-1.5b/ifeval-bf16 $COMMON --method none --method spa:omega=2
+    done ;;
   ifeval-smollm2-new)
     # SmolLM2's IFEval dev grids for SEKA and SPA (float32, the folder of its other grids), then their dev choices
     # and unsteered on the test prompts in chunks of 100 (the 2026 methods' IFEval cells on the small model).
