@@ -352,19 +352,21 @@ case "${1:-}" in
   priority-qwen-bf16)
     # Qwen2.5-Coder-0.5B's priority test cells in bfloat16 (batch 8; a float32 prompt of 2k filler tokens costs
     # ~40 s of one core here): unsteered and GUIDE 2 at 512 filler tokens (beside the float32 cells: does the
-    # dtype change the result?), then at 2048, then SPA omega 2 at 2048; then SmolLM2's IFEval queue.
+    # dtype change the result?), then at 2048; the small models' 2k cells; then SPA omega 2 at 2048 (two
+    # forwards a step); then SmolLM2's IFEval queue.
     for f in 512 2048; do
       for m in none guide:delta=2; do
         $EV priority --model qwen2.5-coder-0.5b --dtype bfloat16 --split test --fillers $f --entities 8 --batch-size 8 \
           --out eval_results/priority/qwen-test-bf16 $COMMON --method "$m"
       done
     done
+    "$0" priority-small-2k
     $EV priority --model qwen2.5-coder-0.5b --dtype bfloat16 --split test --fillers 2048 --entities 8 --batch-size 8 \
       --out eval_results/priority/qwen-test-bf16 $COMMON --method spa:omega=2
-    "$0" priority-small-2k ;;
+    "$0" ifeval-smollm2-new ;;
   priority-small-2k)
     # SmolLM2 and Gemma 3 270M at 2048 filler tokens (unsteered, GUIDE 2; float32 like their other cells), so
-    # that the effect-against-distance plot has the 2k point for every model; then SmolLM2's IFEval queue.
+    # that the effect-against-distance plot has the 2k point for every model.
     for m in none guide:delta=2; do
       $EV priority --model smollm2-135m --split test --fillers 2048 --entities 8 --out eval_results/priority/smollm2-135m \
         $COMMON --method "$m"
@@ -372,8 +374,7 @@ case "${1:-}" in
     for m in none guide:delta=2; do
       $EV priority --model gemma3-270m --split test --fillers 2048 --entities 8 --out eval_results/priority/gemma3-270m \
         $COMMON --method "$m"
-    done
-    "$0" ifeval-smollm2-new ;;
+    done ;;
   ifeval-qwen15-test)
     # Qwen2.5-Coder-1.5B on the IFEval test prompts at the 0.5B's dev choice (SPA omega 2, not re-tuned) beside
     # unsteered, bfloat16, in growing chunks so that a stopped run still pairs them on the same prompts
