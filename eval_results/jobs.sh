@@ -379,9 +379,19 @@ case "${1:-}" in
     # Qwen2.5-Coder-1.5B on the IFEval test prompts at the 0.5B's dev choice (SPA omega 2, not re-tuned) beside
     # unsteered, bfloat16, in growing chunks so that a stopped run still pairs them on the same prompts
     # (~25 s a prompt unsteered, twice that with SPA's two forwards, one core here).
+    # After the first 25 prompts, the 1.5B's priority cells in bfloat16 (0 filler tokens beside the float32 cell,
+    # then 512) run first: cheaper, and the effect-against-distance plot lacks the 1.5B's 512 point.
     for n in 25 50 100 200 441; do
       $EV ifeval --model qwen2.5-coder-1.5b --dtype bfloat16 --batch-size 8 --split test --limit $n \
         --out eval_results/qwen-1.5b/ifeval-bf16 $COMMON --method none --method spa:omega=2
+      if [ $n = 25 ]; then "$0" priority-qwen15-bf16; fi
+    done ;;
+  priority-qwen15-bf16)
+    for f in 0 512; do
+      for m in none guide:delta=2; do
+        $EV priority --model qwen2.5-coder-1.5b --dtype bfloat16 --split test --fillers $f --entities 8 --batch-size 8 \
+          --out eval_results/priority/qwen-1.5b-bf16 $COMMON --method "$m"
+      done
     done ;;
   ifeval-smollm2-new)
     # SmolLM2's IFEval dev grids for SEKA and SPA (float32, the folder of its other grids), then their dev choices

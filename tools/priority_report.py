@@ -17,6 +17,7 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "eval_resu
 # (folder, label, model tag); test folders only in the side-by-side table
 FOLDERS = [
     ("qwen-1.5b", "Qwen2.5-Coder-1.5B", "Qwen2.5-Coder-1.5B-Instruct"),
+    ("qwen-1.5b-bf16", "Qwen2.5-Coder-1.5B bf16", "Qwen2.5-Coder-1.5B-Instruct bf16"),
     ("qwen-test", "Qwen2.5-Coder-0.5B", "Qwen2.5-Coder-0.5B-Instruct"),
     # the same model in bfloat16 (512 beside the float32 cells, then 2048 filler tokens: ~4x faster here)
     ("qwen-test-bf16", "Qwen2.5-Coder-0.5B bf16", "Qwen2.5-Coder-0.5B-Instruct bf16"),
