@@ -26,7 +26,8 @@ __all__ = ["profile_heads", "HeadProfile"]
 
 @dataclass
 class _OneHeadPerRow(Method):
-    """Row b steers head b of one layer with PASTA's down-weighting of the rest of the prompt."""
+    """Row b < H steers head b of one layer with PASTA's down-weighting of the rest of the prompt; row H
+    (the baseline) goes through the same op with a zero bias, so that every row is computed alike."""
 
     layer: int = 0
     num_heads: int = 1
@@ -36,7 +37,15 @@ class _OneHeadPerRow(Method):
     def plan(self, layer_idx: int, ctx: ForwardContext) -> Optional[OpArgs]:
         if layer_idx != self.layer:
             return None
-        bias = ctx.memo("one_head_per_row", lambda: torch.eye(ctx.num_heads, device=ctx.device) * self.log_alpha)
+        bias = ctx.memo(
+            "one_head_per_row",
+            lambda: torch.cat(
+                [
+                    torch.eye(ctx.num_heads, device=ctx.device) * self.log_alpha,
+                    torch.zeros(1, ctx.num_heads, device=ctx.device),
+                ]
+            ),
+        )
         return ctx.args(prompt_rest(ctx, self.keep_sink), bias=bias, phases=self.phases)
 
 
@@ -150,14 +159,15 @@ def profile_heads(
         target_ids = tokenizer(target, add_special_tokens=False, return_tensors="pt")["input_ids"]
         if target_ids.shape[1] == 0:
             raise ValueError("an example's target reply is empty")
-        # The baseline runs at the steered rows' batch shape: in bfloat16 a batch of 1 and a batch of H round
-        # differently (by ~0.006 nats/token on Qwen2.5-0.5B, the size of a head's effect); in float32 they agree.
-        base = float(_reply_logp(model, enc, target_ids, H)[0])
         for layer in range(L):
+            # One batch of H + 1 rows: head b steered alone in row b, the unsteered baseline in the last row,
+            # through the same op at the same batch shape. A baseline from a separate forward (batch 1, SDPA)
+            # rounds differently in bfloat16 by about a head's effect (0.006–0.02 nats/token).
             method = _OneHeadPerRow(layer=layer, num_heads=H, log_alpha=math.log(alpha), keep_sink=keep_sink)
-            spans = enc.span_mask.expand(H, -1)
+            spans = enc.span_mask.expand(H + 1, -1)
             with steer(model, method, spans=spans):
-                scores[layer] += _reply_logp(model, enc, target_ids, H).cpu() - base
+                lp = _reply_logp(model, enc, target_ids, H + 1).cpu()
+            scores[layer] += lp[:H] - lp[H]
             bar.update(1)
     bar.close()
     return HeadProfile(scores / len(examples), alpha)
