@@ -47,6 +47,11 @@ if [ -n "${EVAL_CODE:-}" ]; then export PYTHONPATH="$EVAL_CODE/python"; fi
 EV=".venv/bin/python -m attnsteer.cli eval"
 COMMON="--threads 1 --no-progress"
 QB=eval_results/qwen/ifeval-bf16
+# A priority test cell in bfloat16 (batch 8): MODEL FILLER_TOKENS OUT_FOLDER METHOD
+priority_bf16() {
+  $EV priority --model "$1" --dtype bfloat16 --split test --fillers "$2" --entities 8 --batch-size 8 --out "$3" \
+    $COMMON --method "$4"
+}
 CHOSEN=(guide:delta=1 instaboost:alpha=2 spotlight:target=0.1 pasta:alpha=0.5 "pasta:alpha=0.3,layers=15-29")
 case "${1:-}" in
   dev)
@@ -355,25 +360,18 @@ case "${1:-}" in
     # dtype change the result?), then at 2048; the small models' 2k cells; then SPA omega 2 at 2048 (two
     # forwards a step); then SmolLM2's IFEval queue.
     for f in 512 2048; do
-      for m in none guide:delta=2; do
-        $EV priority --model qwen2.5-coder-0.5b --dtype bfloat16 --split test --fillers $f --entities 8 --batch-size 8 \
-          --out eval_results/priority/qwen-test-bf16 $COMMON --method "$m"
-      done
+      for m in none guide:delta=2; do priority_bf16 qwen2.5-coder-0.5b $f eval_results/priority/qwen-test-bf16 "$m"; done
     done
     "$0" priority-small-2k
-    $EV priority --model qwen2.5-coder-0.5b --dtype bfloat16 --split test --fillers 2048 --entities 8 --batch-size 8 \
-      --out eval_results/priority/qwen-test-bf16 $COMMON --method spa:omega=2
+    priority_bf16 qwen2.5-coder-0.5b 2048 eval_results/priority/qwen-test-bf16 spa:omega=2
     "$0" ifeval-smollm2-new ;;
   priority-small-2k)
     # SmolLM2 and Gemma 3 270M at 2048 filler tokens (unsteered, GUIDE 2; float32 like their other cells), so
     # that the effect-against-distance plot has the 2k point for every model.
-    for m in none guide:delta=2; do
-      $EV priority --model smollm2-135m --split test --fillers 2048 --entities 8 --out eval_results/priority/smollm2-135m \
-        $COMMON --method "$m"
-    done
-    for m in none guide:delta=2; do
-      $EV priority --model gemma3-270m --split test --fillers 2048 --entities 8 --out eval_results/priority/gemma3-270m \
-        $COMMON --method "$m"
+    for model in smollm2-135m gemma3-270m; do
+      for m in none guide:delta=2; do
+        $EV priority --model $model --split test --fillers 2048 --entities 8 --out eval_results/priority/$model $COMMON --method "$m"
+      done
     done ;;
   ifeval-qwen15-test)
     # Qwen2.5-Coder-1.5B on the IFEval test prompts at the 0.5B's dev choice (SPA omega 2, not re-tuned) beside
@@ -388,10 +386,7 @@ case "${1:-}" in
     done ;;
   priority-qwen15-bf16)
     for f in 0 512; do
-      for m in none guide:delta=2; do
-        $EV priority --model qwen2.5-coder-1.5b --dtype bfloat16 --split test --fillers $f --entities 8 --batch-size 8 \
-          --out eval_results/priority/qwen-1.5b-bf16 $COMMON --method "$m"
-      done
+      for m in none guide:delta=2; do priority_bf16 qwen2.5-coder-1.5b $f eval_results/priority/qwen-1.5b-bf16 "$m"; done
     done ;;
   ifeval-smollm2-new)
     # SmolLM2's IFEval dev grids for SEKA and SPA (float32, the folder of its other grids), then their dev choices
@@ -411,10 +406,9 @@ case "${1:-}" in
       --out python/attnsteer/data/pasta_heads_qwen2.5_coder_0.5b.json ;;
   qwen-pasta-heads-priority)
     # The priority dev grid with the shipped head profile (queue qwen-pasta-heads made it), float32 like the
-    # other dev grids, then the dev report over every grid.
+    # other dev grids, then the reports over every grid.
     $EV sweep --task priority --model qwen2.5-coder-0.5b --out eval_results/priority/qwen-dev $COMMON --methods pasta-heads
-    $EV sweep --task priority --model qwen2.5-coder-0.5b --out eval_results/priority/qwen-dev $COMMON --report-only \
-      --methods guide,instaboost,pasta,pasta-heads,spotlight,keyscale,keyscale-both,seka,adaseka,prism,spa > /dev/null ;;
+    "$0" priority-dev-report ;;
   ifeval-qwen-bf16-test)
     # Once the bfloat16 dev grids are complete: the dev choice over every grid and each 2026 method's own dev
     # choice on the 441 test prompts (paired with unsteered), then the report with intervals.

@@ -160,9 +160,8 @@ def profile_heads(
         if target_ids.shape[1] == 0:
             raise ValueError("an example's target reply is empty")
         for layer in range(L):
-            # One batch of H + 1 rows: head b steered alone in row b, the unsteered baseline in the last row,
-            # through the same op at the same batch shape. A baseline from a separate forward (batch 1, SDPA)
-            # rounds differently in bfloat16 by about a head's effect (0.006–0.02 nats/token).
+            # The baseline is row H of the same batch (see _OneHeadPerRow): a separate batch-1 SDPA forward
+            # rounds apart in bfloat16 by about a head's effect (0.006–0.02 nats/token).
             method = _OneHeadPerRow(layer=layer, num_heads=H, log_alpha=math.log(alpha), keep_sink=keep_sink)
             spans = enc.span_mask.expand(H + 1, -1)
             with steer(model, method, spans=spans):
