@@ -50,17 +50,14 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="pasta_heads.json")
     ap.add_argument(
-        "--model", default=None, help="a model name (attnsteer.models.available()); default the embedded one"
+        "--model", default="smollm2-135m", help="a model name (attnsteer.models.available()); default the embedded one"
     )
     ap.add_argument("--k", type=int, default=None, help="heads to keep (default: one per layer on average)")
     ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     args = ap.parse_args()
     torch.set_num_threads(1)
     dtype = getattr(torch, args.dtype)
-    if args.model:
-        model, tok = attnsteer.models.load(args.model, dtype=dtype)
-    else:
-        model, tok = attnsteer.models.load_default(dtype=dtype, progress=False)
+    model, tok = attnsteer.models.load(args.model, dtype=dtype)
     examples = [
         {
             "prompt": [{"role": "system", "content": rule}, {"role": "user", "content": f"{TEXT}\n\n{q}"}],
@@ -70,7 +67,7 @@ def main() -> None:
     ]
     prof = attnsteer.profile_heads(model, tok, examples, alpha=0.01)
     provenance = {
-        "model": args.model or "smollm2-135m",
+        "model": args.model,
         "dtype": args.dtype,
         "examples": len(examples),
         "command": "python examples/profile_pasta_heads.py " + " ".join(sys.argv[1:]),
