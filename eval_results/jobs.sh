@@ -341,6 +341,10 @@ case "${1:-}" in
     # forward together and a stopped run still compares them on the same prompts; then SPA omega 3's dev rest.
     # Omega 1.5 beside it: omega 2 sat at the fluency bound on dev (NLL +0.50) and crossed it on the first 100
     # test prompts (+0.51, "unlikely"); 1.5 is the grid's next point (+6.0 on dev, NLL +0.17).
+    # Two queues chain into it (ifeval-smollm2-new, ifeval-qwen-bf16-new-test): a lock lets only one run it.
+    mkdir -p eval_results/logs
+    exec 9> eval_results/logs/.ifeval-qwen-bf16-spa-test.lock
+    if ! flock -n 9; then echo "ifeval-qwen-bf16-spa-test is already running in another queue: skipped"; exit 0; fi
     for n in 100 200 300 441; do
       $EV sweep --task ifeval --model qwen2.5-coder-0.5b --dtype bfloat16 --batch-size 8 --out $QB $COMMON --shard b \
         --methods spa --test-only --limit $n --test-method spa:omega=2 --test-method spa:omega=1.5
@@ -348,12 +352,14 @@ case "${1:-}" in
     "$0" ifeval-qwen-bf16-b ;;
   ifeval-qwen-bf16-new-test)
     # The 2026 key-editing methods' dev choices (SEKA 0.4, PRISM-Δ 0.4, AdaSEKA 1.0 on dev) on the IFEval test
-    # prompts in chunks of 100, paired with the unsteered replies ifeval-qwen-bf16-spa-test stores (shard b).
+    # prompts in chunks of 100, paired with the unsteered replies ifeval-qwen-bf16-spa-test stores (shard b);
+    # then SPA's test cells (unless the SmolLM2 queue has already started them).
     for n in 100 200 300 441; do
       $EV sweep --task ifeval --model qwen2.5-coder-0.5b --dtype bfloat16 --batch-size 8 --out $QB $COMMON \
         --methods seka,prism,adaseka --test-only --limit $n \
         --test-method grid:seka --test-method grid:prism --test-method grid:adaseka
-    done ;;
+    done
+    "$0" ifeval-qwen-bf16-spa-test ;;
   priority-qwen-bf16)
     # Qwen2.5-Coder-0.5B's priority test cells in bfloat16 (batch 8; a float32 prompt of 2k filler tokens costs
     # ~40 s of one core here): unsteered and GUIDE 2 at 512 filler tokens (beside the float32 cells: does the
