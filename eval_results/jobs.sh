@@ -35,6 +35,7 @@
 #   nohup eval_results/jobs.sh ifeval-qwen-bf16-test > eval_results/logs/ifeval-qwen-bf16-test.log 2>&1 &   (after both)
 #   nohup eval_results/jobs.sh ifeval-qwen-bf16-spa-test > eval_results/logs/ifeval-qwen-bf16-spa-test.log 2>&1 &
 #   nohup eval_results/jobs.sh ifeval-smollm2-new > eval_results/logs/ifeval-smollm2-new.log 2>&1 &
+#   eval_results/jobs.sh ifeval-qwen-bf16-report   (seconds: the Qwen 0.5B IFEval test report from stored replies)
 #   nohup eval_results/jobs.sh qwen-pasta-heads > eval_results/logs/qwen-pasta-heads.log 2>&1 &   (alone: ~50 min)
 # EVAL_CODE=DIR runs the code of another checkout (e.g. a `git worktree` of a fixed commit with
 # its built _C copied in), so that editing this tree does not change a queue that is running;
@@ -360,6 +361,13 @@ case "${1:-}" in
         --test-method grid:seka --test-method grid:prism --test-method grid:adaseka
     done
     "$0" ifeval-qwen-bf16-spa-test ;;
+  ifeval-qwen-bf16-report)
+    # The test report over every stored test cell (each queue's chunk rewrites test/results.md for its own methods
+    # and --limit); nothing generated.
+    $EV sweep --task ifeval --model qwen2.5-coder-0.5b --dtype bfloat16 --batch-size 8 --out $QB $COMMON \
+      --methods seka,prism,adaseka,spa --test-only --report-only --limit 441 \
+      --test-method grid:seka --test-method grid:prism --test-method grid:adaseka \
+      --test-method spa:omega=2 --test-method spa:omega=1.5 ;;
   priority-qwen-bf16)
     # Qwen2.5-Coder-0.5B's priority test cells in bfloat16 (batch 8; a float32 prompt of 2k filler tokens costs
     # ~40 s of one core here): unsteered and GUIDE 2 at 512 filler tokens (beside the float32 cells: does the
