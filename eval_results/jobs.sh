@@ -32,6 +32,7 @@
 #   nohup eval_results/jobs.sh spa-rest > eval_results/logs/spa-rest.log 2>&1 &
 #   nohup eval_results/jobs.sh ifeval-qwen-bf16 > eval_results/logs/ifeval-qwen-bf16.log 2>&1 &
 #   nohup eval_results/jobs.sh ifeval-qwen-bf16-b > eval_results/logs/ifeval-qwen-bf16-b.log 2>&1 &   (beside it)
+#   nohup eval_results/jobs.sh ifeval-qwen-bf16-c > eval_results/logs/ifeval-qwen-bf16-c.log 2>&1 &   (PASTA, SpotLight)
 #   nohup eval_results/jobs.sh ifeval-qwen-bf16-test > eval_results/logs/ifeval-qwen-bf16-test.log 2>&1 &   (after both)
 #   nohup eval_results/jobs.sh ifeval-qwen-bf16-spa-test > eval_results/logs/ifeval-qwen-bf16-spa-test.log 2>&1 &
 #   nohup eval_results/jobs.sh ifeval-smollm2-new > eval_results/logs/ifeval-smollm2-new.log 2>&1 &
@@ -331,10 +332,15 @@ case "${1:-}" in
       --methods instaboost,keyscale ;;
   ifeval-qwen-bf16-b)
     # Beside ifeval-qwen-bf16 (its own shard; start it once unsteered is stored): SPA's grid (two forwards a
-    # step), then PASTA's and SpotLight's.
+    # step), then PASTA's and SpotLight's (unless ifeval-qwen-bf16-c is already running them).
     $EV sweep --task ifeval --model qwen2.5-coder-0.5b --dtype bfloat16 --batch-size 8 --out $QB $COMMON --shard b \
       --methods spa
-    $EV sweep --task ifeval --model qwen2.5-coder-0.5b --dtype bfloat16 --batch-size 8 --out $QB $COMMON --shard b \
+    "$0" ifeval-qwen-bf16-c ;;
+  ifeval-qwen-bf16-c)
+    # PASTA's and SpotLight's IFEval dev grids on Qwen 0.5B (shard c; after ifeval-qwen-bf16, or from -b).
+    exec 8> eval_results/logs/.ifeval-qwen-bf16-c.lock
+    if ! flock -n 8; then echo "ifeval-qwen-bf16-c is already running in another queue: skipped"; exit 0; fi
+    $EV sweep --task ifeval --model qwen2.5-coder-0.5b --dtype bfloat16 --batch-size 8 --out $QB $COMMON --shard c \
       --methods pasta,spotlight ;;
   ifeval-qwen-bf16-spa-test)
     # The test cells that do not wait for the other grids: unsteered and SPA's dev choice (omega 2: omega 3 was

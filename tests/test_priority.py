@@ -256,6 +256,19 @@ def test_evidence_pairs_each_cell_with_unsteered():
     assert "user 0 tok: 50% -> 100% (Δ +50.0 [+40.0, +60.0])" in ev["summary"]
     with pytest.raises(ValueError, match="unsteered twin"):
         priority.evidence(rows, "instaboost:alpha=2")
+    # a bfloat16 report fills the cells the first lacks, each paired with its own unsteered row
+    d2 = {**d, "diff": 0.25, "low": 0.1, "high": 0.4}
+    bf16 = [
+        row("none", "user", 0, 0.0),
+        row("guide:delta=1", "user", 0, 0.25, d2),  # the float32 report has this cell: not taken
+        row("none", "user", 2048, 0.25),
+        row("guide:delta=1", "user", 2048, 0.5, d2),
+    ]
+    ev = priority.evidence(rows, "guide:delta=1", more=[("bfloat16", bf16)])
+    assert [(c["filler_tokens"], c.get("dtype")) for c in ev["cells"]] == [(0, None), (2048, "bfloat16")]
+    assert ev["cells"][1]["unsteered"] == 0.25 and ev["cells"][1]["steered"] == 0.5
+    assert "user 2048 tok (bfloat16): 25% -> 50% (Δ +25.0 [+10.0, +40.0])" in ev["summary"]
+    assert priority.evidence(rows[:1], "guide:delta=1", more=[("bfloat16", bf16)])["cells"][0]["dtype"] == "bfloat16"
 
 
 def test_plot_models_draws_each_model(tmp_path):
@@ -291,12 +304,20 @@ def test_shipped_priority_setting_is_the_committed_evidence():
     cfg = attnsteer.recommended("qwen2.5-coder-0.5b", task="priority")
     chosen = json.loads((root / "qwen-dev" / "sweep.json").read_text())
     rows = json.loads((root / "qwen-test" / "results.json").read_text())["rows"]
+    more = [("bfloat16", json.loads((root / "qwen-test-bf16" / "results.json").read_text())["rows"])]
     assert cfg.method == chosen["best"]
-    assert cfg.evidence == priority.evidence(rows, cfg.method)
+    assert cfg.evidence == priority.evidence(rows, cfg.method, more=more)
     assert all(c["diff"]["verdict"] == "better" for c in cfg.evidence["cells"])
+    # the goal's distances: at 512 and 2048 filler tokens, in both placements, +40 points or more, no flag
+    far = [c for c in cfg.evidence["cells"] if c["filler_tokens"] >= 512]
+    assert {(c["placement"], c["filler_tokens"]) for c in far} == {
+        (p, n) for p in ("user", "system") for n in (512, 2048)
+    }
+    assert all(c["diff"]["diff"] >= 0.40 and not c["flags"] for c in far)
     for family in ("seka", "adaseka", "prism", "spa"):  # the 2026 methods' dev choices, with their test cells
         per = attnsteer.recommended("qwen2.5-coder-0.5b", task="priority", method=family)
-        assert per.method == chosen["by_grid"][family] and per.evidence == priority.evidence(rows, per.method)
+        assert per.method == chosen["by_grid"][family]
+        assert per.evidence == priority.evidence(rows, per.method, more=more)
     labels = [label for label, _ in demo.methods("Qwen2.5-Coder-0.5B-Instruct")]
     assert labels[:2] == ["unsteered", f"{cfg.method} (tuned, priority)"]
     with pytest.raises(KeyError, match="tasks shipped for it: priority.*attnsteer eval sweep --task ifeval"):
@@ -304,5 +325,6 @@ def test_shipped_priority_setting_is_the_committed_evidence():
     # the 1.5B model ships the 0.5B's choice (not re-tuned), with its own test evidence
     big = attnsteer.recommended("qwen2.5-coder-1.5b", task="priority")
     rows15 = json.loads((root / "qwen-1.5b" / "results.json").read_text())["rows"]
+    more15 = [("bfloat16", json.loads((root / "qwen-1.5b-bf16" / "results.json").read_text())["rows"])]
     assert big.method == cfg.method and "not re-tuned" in big.note
-    assert big.evidence == priority.evidence(rows15, big.method)
+    assert big.evidence == priority.evidence(rows15, big.method, more=more15)

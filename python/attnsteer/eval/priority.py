@@ -431,18 +431,28 @@ def main(args, load: Callable, command: str, machine: Callable) -> int:
     return 0
 
 
-def evidence(rows: Sequence[Dict[str, Any]], spec: str, split: str = "priority test") -> Dict[str, Any]:
+def evidence(
+    rows: Sequence[Dict[str, Any]],
+    spec: str,
+    split: str = "priority test",
+    more: Sequence[Tuple[str, Sequence[Dict[str, Any]]]] = (),
+) -> Dict[str, Any]:
     """What `attnsteer.recommended` ships for ``spec`` on this task: per (placement, filler) cell of
     the test rows, the unsteered and steered ``marked`` rates, the paired difference with its
-    interval, the fluency flags; and ``summary``, one line for people (the demo prints it)."""
-    base = {(r["placement"], r["length"]): r for r in rows if r["method"] == "none"}
-    cells = []
-    for r in sorted((r for r in rows if r["method"] == spec), key=lambda r: (r["placement"], r["length"])):
-        b = base.get((r["placement"], r["length"]))
-        if b is None or not r.get("vs_unsteered"):
-            continue
-        cells.append(
-            {
+    interval, the fluency flags; and ``summary``, one line for people (the demo prints it).
+
+    ``more``: ``(dtype, rows)`` of further test reports (e.g. bfloat16 cells at lengths the float32
+    report lacks). Their cells fill only the (placement, filler) cells that ``rows`` lacks for ``spec``,
+    each paired with the unsteered row of its own report, and carry ``"dtype"``."""
+
+    def cells_of(rs: Sequence[Dict[str, Any]], dtype: Optional[str]) -> List[Dict[str, Any]]:
+        base = {(r["placement"], r["length"]): r for r in rs if r["method"] == "none"}
+        out = []
+        for r in rs:
+            b = base.get((r["placement"], r["length"]))
+            if r["method"] != spec or b is None or not r.get("vs_unsteered"):
+                continue
+            cell = {
                 "placement": r["placement"],
                 "filler_tokens": r["length"],
                 "n": r["n"],
@@ -451,11 +461,19 @@ def evidence(rows: Sequence[Dict[str, Any]], spec: str, split: str = "priority t
                 "diff": r["vs_unsteered"],
                 "flags": r["flags"],
             }
-        )
+            out.append({**cell, "dtype": dtype} if dtype else cell)
+        return out
+
+    cells = cells_of(rows, None)
+    for dtype, rs in more:
+        have = {(c["placement"], c["filler_tokens"]) for c in cells}
+        cells += [c for c in cells_of(rs, dtype) if (c["placement"], c["filler_tokens"]) not in have]
+    cells.sort(key=lambda c: (c["placement"], c["filler_tokens"]))
     if not cells:
         raise ValueError(f"no test cell of {spec!r} has an unsteered twin: run it with --method none first")
     parts = [
-        f"{c['placement']} {c['filler_tokens']} tok: {100 * c['unsteered']:.0f}% -> {100 * c['steered']:.0f}% "
+        f"{c['placement']} {c['filler_tokens']} tok{' (' + c['dtype'] + ')' if c.get('dtype') else ''}: "
+        f"{100 * c['unsteered']:.0f}% -> {100 * c['steered']:.0f}% "
         f"(Δ {stats.Difference.from_dict(c['diff']).pct()}{', ' + ', '.join(c['flags']) if c['flags'] else ''})"
         for c in cells
     ]
