@@ -231,3 +231,24 @@ def test_ship_ifeval_config_writes_the_dev_choice_with_its_test_evidence(tmp_pat
     (sweep / "sweep.json").write_text(json.dumps(chosen))
     assert tool.main(["smollm2-135m", str(sweep), "--partial"]) == 1
     assert "ship_no_gain.py" in capsys.readouterr().err
+    # --per-method-only: the shipped choice stays; families measured later join per_method (a "worse" one too,
+    # with its verdict); the record keeps every alias it had (a hub id written by hand is not dropped)
+    table = json.loads(rec.read_text())
+    table["SmolLM2-135M-Instruct"]["aliases"].append("HuggingFaceTB/SmolLM2-135M-Instruct")
+    rec.write_text(json.dumps(table))
+    worse = {"prompt_loose": diff(-0.05, "worse"), "inst_loose": diff(-0.04, "worse")}
+    rows = [row("none", 0.2), row("seka:gain=0.4", 0.15, worse)]
+    (sweep / "test" / "results.json").write_text(json.dumps({"rows": rows}))
+    assert tool.main(["smollm2-135m", str(sweep), "--per-method-only"]) == 1  # 100 prompts: --partial needed
+    assert tool.main(["smollm2-135m", str(sweep), "--per-method-only", "--partial"]) == 0
+    assert "seka -> seka:gain=0.4: -5.0 [-9.0, -1.0] (worse)" in capsys.readouterr().out
+    after = json.loads(rec.read_text())["SmolLM2-135M-Instruct"]
+    assert (
+        after["tasks"]["ifeval"]["method"] == "spa:omega=2" and after["tasks"]["ifeval"]["evidence"] == ship["evidence"]
+    )
+    assert set(after["tasks"]["ifeval"]["per_method"]) == {"spa", "guide", "seka"}
+    assert after["tasks"]["ifeval"]["per_method"]["seka"]["evidence"]["prompt_loose_diff"] == worse["prompt_loose"]
+    assert "HuggingFaceTB/SmolLM2-135M-Instruct" in after["aliases"] and "smollm2-135m" in after["aliases"]
+    rec.write_text("{}")
+    assert tool.main(["smollm2-135m", str(sweep), "--per-method-only", "--partial"]) == 1
+    assert "ships no IFEval choice yet" in capsys.readouterr().err

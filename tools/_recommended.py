@@ -16,7 +16,9 @@ def write_entry(model, task: str, entry: Dict[str, Any], recommended: Path, cach
     cfg = json.load(open(os.path.join(cache, "models", model.name, "config.json"), encoding="utf-8"))
     table = json.loads(recommended.read_text(encoding="utf-8"))
     record = table.setdefault(model.tag, {})
-    record["aliases"] = sorted({model.name, *[a for a, n in _ALIASES.items() if n == model.name]})
+    # the names it answers to: the package's aliases, and any the record already has (e.g. a hub id) — never fewer
+    known = {model.name, *[a for a, n in _ALIASES.items() if n == model.name], *record.get("aliases", [])}
+    record["aliases"] = sorted(known, key=str.lower)
     record["signature"] = [cfg["architectures"][0], cfg["num_hidden_layers"], cfg["hidden_size"]]
     record.setdefault("tasks", {})[task] = entry
     recommended.write_text(json.dumps(table, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")

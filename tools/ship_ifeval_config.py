@@ -6,6 +6,11 @@ choice when it was measured on test.
 
     .venv/bin/python tools/ship_ifeval_config.py qwen2.5-coder-0.5b eval_results/qwen/ifeval-bf16
 
+``--per-method-only`` keeps the shipped choice and adds (or replaces) the per-method entries that DEV's test
+stage measured — the 2026 methods' cells on SmolLM2, run after its choice shipped:
+
+    .venv/bin/python tools/ship_ifeval_config.py smollm2-135m eval_results/sweep --per-method-only
+
 A test split still being filled (the queues run it in chunks of 100 prompts) ships only with
 ``--partial``, and the evidence then names how many of the 441 test prompts it covers. A dev choice
 that does not beat unsteered is not shipped: `tools/ship_no_gain.py` records that instead.
@@ -51,16 +56,48 @@ def evidence(rows: List[Dict[str, Any]], spec: str, source: str) -> Dict[str, An
     }
 
 
+def add_per_method(m, chosen: Dict[str, Any], rows: List[Dict[str, Any]], source: str, partial: bool) -> int:
+    """Add the per-method entries measured in ``rows`` to ``m``'s shipped IFEval entry, keeping its choice."""
+    table = json.loads(RECOMMENDED_FILE.read_text(encoding="utf-8"))
+    entry = table.get(m.tag, {}).get("tasks", {}).get("ifeval")
+    if entry is None:
+        print(f"{m.tag} ships no IFEval choice yet: run without --per-method-only", file=sys.stderr)
+        return 1
+    per = per_family(chosen["by_grid"], lambda spec: evidence(rows, spec, source))
+    short = [f for f, p in per.items() if p["evidence"]["prompt_loose_diff"]["n"] < TEST_PROMPTS]
+    if short and not partial:
+        print(
+            f"{', '.join(short)}: fewer than {TEST_PROMPTS} test prompts; pass --partial to ship that", file=sys.stderr
+        )
+        return 1
+    if not per:
+        print("no grid's dev choice has a test row with an unsteered twin: nothing to add", file=sys.stderr)
+        return 1
+    entry["per_method"] = {**entry.get("per_method", {}), **per}
+    write_entry(m, "ifeval", entry, RECOMMENDED_FILE, cache_dir())
+    for family, p in per.items():
+        d = p["evidence"]["prompt_loose_diff"]
+        print(f"{m.tag}: ifeval, {family} -> {p['method']}: {100 * d['diff']:+.1f} [{100 * d['low']:+.1f}, "
+              f"{100 * d['high']:+.1f}] ({d['verdict']})")  # fmt: skip
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model", choices=sorted(MODELS))
     ap.add_argument("dev", help="the sweep's folder (sweep.json; test/results.json from its --test-only stage)")
     ap.add_argument("--partial", action="store_true", help="ship evidence from fewer than all 441 test prompts")
+    ap.add_argument(
+        "--per-method-only", action="store_true", help="keep the shipped choice; add DEV's per-method cells"
+    )
     args = ap.parse_args(argv)
     m = MODELS[args.model]
     chosen = json.load(open(os.path.join(args.dev, "sweep.json"), encoding="utf-8"))
     test_md = os.path.join(args.dev, "test", "results.md")
     rows = json.load(open(os.path.join(args.dev, "test", "results.json"), encoding="utf-8"))["rows"]
+    source = f"{test_md} (attnsteer eval sweep --task ifeval --test-only)"
+    if args.per_method_only:
+        return add_per_method(m, chosen, rows, source, args.partial)
     best = chosen.get("best")
     if not best:
         print("the dev sweep chose nothing (every setting flagged): nothing to ship", file=sys.stderr)
@@ -71,7 +108,6 @@ def main(argv=None) -> int:
             file=sys.stderr,
         )
         return 1
-    source = f"{test_md} (attnsteer eval sweep --task ifeval --test-only)"
     try:
         main_evidence = evidence(rows, best, source)
     except ValueError as e:
