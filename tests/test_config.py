@@ -252,3 +252,21 @@ def test_ship_ifeval_config_writes_the_dev_choice_with_its_test_evidence(tmp_pat
     rec.write_text("{}")
     assert tool.main(["smollm2-135m", str(sweep), "--per-method-only", "--partial"]) == 1
     assert "ships no IFEval choice yet" in capsys.readouterr().err
+
+
+def test_shipped_smollm2_2026_methods_are_the_committed_test_report():
+    """SmolLM2's per-method IFEval entries for SEKA and SPA carry the paired cells of the committed sweep report
+    (tools/ship_ifeval_config.py --per-method-only wrote them; rerun it after the report changes); its shipped
+    choice stays KeyScale 1.5."""
+    from pathlib import Path
+
+    report = Path(__file__).resolve().parents[1] / "eval_results" / "sweep" / "test" / "results.json"
+    rows = {r["method"]: r for r in json.loads(report.read_text())["rows"]}
+    assert attnsteer.recommended("smollm2-135m", task="ifeval").method == "keyscale:alpha=1.5"
+    for family in ("seka", "spa"):
+        cfg = attnsteer.recommended("smollm2-135m", task="ifeval", method=family)
+        row = rows[cfg.method]
+        assert cfg.evidence["prompt_loose_diff"] == row["vs_unsteered"]["prompt_loose"]
+        assert cfg.evidence["inst_loose_diff"] == row["vs_unsteered"]["inst_loose"]
+        assert cfg.evidence["prompt_loose_diff"]["n"] == 441 and cfg.evidence["split"] == "IFEval test (441 prompts)"
+    assert attnsteer.recommended("HuggingFaceTB/SmolLM2-135M-Instruct").method == "keyscale:alpha=1.5"
