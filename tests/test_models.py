@@ -96,6 +96,8 @@ def test_demo_prints_every_method(smollm, capsys, monkeypatch):
         assert f"start-yes{' ' * 16}{name}" in out
     assert "keyscale:alpha=1.5 (tuned, ifeval)" in out and "DIRECTER:" in out
     assert "Measured on the test split" in out and "ifeval: keyscale:alpha=1.5" in out
+    # the IFEval line: both rates (counts of the 441 prompts) and the paired difference with its interval
+    assert "IFEval test (441 prompts): 24.7% vs 19.0% unsteered (prompt-level loose; Δ +5.7 [+1.8, +9.5])" in out
     with pytest.raises(ValueError, match="unknown task"):
         demo.run("nope")
 

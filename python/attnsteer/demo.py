@@ -169,12 +169,21 @@ def _load(model_name: Optional[str]):
 def measured(model_tag: str) -> List[str]:
     """What the shipped settings measured on the test split, one line per task (``[]``: none ship)."""
     from .config import recommended, shipped_tasks
+    from .eval.stats import Difference
 
     lines = []
     for task in shipped_tasks(model_tag):
         cfg = recommended(model_tag, task=task)
         ev = cfg.evidence
         summary = ev.get("summary") or ev.get("split", "")
+        if "prompt_loose_diff" in ev:  # an IFEval entry: the prompt-level rates and their paired difference
+            d = Difference.from_dict(ev["prompt_loose_diff"])
+            n = ev["prompt_loose_diff"]["n"]
+            rate = lambda x: 100 * round(x * n) / n  # noqa: E731 - a count of prompts (the file keeps 4 digits)
+            summary += (
+                f": {rate(ev['prompt_loose']):.1f}% vs {rate(ev['unsteered_prompt_loose']):.1f}% unsteered "
+                f"(prompt-level loose; Δ {d.pct()})"
+            )
         lines.append(f"  {task}: {cfg.method} — {summary}")
     return lines
 
