@@ -210,7 +210,9 @@ def test_ship_ifeval_config_writes_the_dev_choice_with_its_test_evidence(tmp_pat
     (sweep / "test").mkdir(parents=True)
     scores = {s: {"n": 100} for s in ("none", "spa:omega=2", "guide:delta=1", "seka:gain=0.4")}
     chosen = {"model": "M bf16", "dev_cases": 100, "best": "spa:omega=2", "helps": True, "scores": scores,
-              "by_grid": {"spa": "spa:omega=2", "guide": "guide:delta=1", "seka": "seka:gain=0.4"}}  # fmt: skip
+              "by_grid": {"spa": "spa:omega=2", "guide": "guide:delta=1", "seka": "seka:gain=0.4"},
+              "measured": {"spa": ["spa:omega=2"], "guide": ["guide:delta=0.5", "guide:delta=1", "guide:delta=2"],
+                           "seka": ["seka:gain=0.4"]}}  # fmt: skip
     (sweep / "sweep.json").write_text(json.dumps(chosen))
     n = 100
     good = {"prompt_loose": diff(0.07, "better"), "inst_loose": diff(0.05, "better")}
@@ -227,6 +229,9 @@ def test_ship_ifeval_config_writes_the_dev_choice_with_its_test_evidence(tmp_pat
     assert set(ship["per_method"]) == {"spa", "guide"}  # SEKA's choice has no test row
     assert "+7.0 points [+3.0, +11.0] (better)" in ship["note"] and "among 3 settings" in ship["note"]
     assert "bfloat16" in ship["note"] and entry["signature"] == ["LlamaForCausalLM", 30, 576]
+    # the grids the dev sweep has not finished are named (guide is complete: not named)
+    assert "(points measured): instaboost 0 of 3, spotlight 0 of 3, pasta 0 of 3, pasta-layers 0 of 3, " in ship["note"]
+    assert "keyscale 0 of 3, spa 1 of 3, seka 1 of 2; the complete sweep may choose otherwise." in ship["note"]
     chosen["helps"] = False
     (sweep / "sweep.json").write_text(json.dumps(chosen))
     assert tool.main(["smollm2-135m", str(sweep), "--partial"]) == 1

@@ -25,6 +25,7 @@ import sys
 from typing import Any, Dict, List
 
 from attnsteer.config import RECOMMENDED_FILE
+from attnsteer.eval.sweep import DEFAULT_GRIDS, GRIDS
 from attnsteer.models import MODELS, cache_dir
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -54,6 +55,18 @@ def evidence(rows: List[Dict[str, Any]], spec: str, source: str) -> Dict[str, An
         "flags": list(row["flags"]),
         "source": source,
     }
+
+
+def unmeasured(chosen: Dict[str, Any]) -> List[str]:
+    """The IFEval grids (the default ones and any the sweep ran) not measured on every dev prompt at every
+    strength: ``["instaboost 1 of 3", ...]`` (points measured of the grid's)."""
+    names = [*DEFAULT_GRIDS["ifeval"], *[g for g in chosen["by_grid"] if g not in DEFAULT_GRIDS["ifeval"]]]
+    out = []
+    for g in (g for g in names if g in GRIDS["ifeval"]):
+        have, total = len(chosen.get("measured", {}).get(g, [])), len(GRIDS["ifeval"][g][1])
+        if have < total:
+            out.append(f"{g} {have} of {total}")
+    return out
 
 
 def add_per_method(m, chosen: Dict[str, Any], rows: List[Dict[str, Any]], source: str, partial: bool) -> int:
@@ -131,6 +144,13 @@ def main(argv=None) -> int:
             else ""
         )
     )
+    missing = unmeasured(chosen)
+    if missing:
+        note += (
+            " Grids not yet measured at every strength on the dev split when this shipped (points measured): "
+            + ", ".join(missing)
+            + "; the complete sweep may choose otherwise."
+        )
     entry = {"method": best, "evidence": main_evidence, "note": note, "per_method": per_method}
     write_entry(m, "ifeval", entry, RECOMMENDED_FILE, cache_dir())
     print(f"{m.tag}: ifeval -> {best}\n{note}")
