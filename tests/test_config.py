@@ -275,3 +275,24 @@ def test_shipped_smollm2_2026_methods_are_the_committed_test_report():
         assert cfg.evidence["inst_loose_diff"] == row["vs_unsteered"]["inst_loose"]
         assert cfg.evidence["prompt_loose_diff"]["n"] == 441 and cfg.evidence["split"] == "IFEval test (441 prompts)"
     assert attnsteer.recommended("HuggingFaceTB/SmolLM2-135M-Instruct").method == "keyscale:alpha=1.5"
+
+
+def test_shipped_qwen_ifeval_setting_is_the_committed_test_report():
+    """Qwen2.5-Coder-0.5B's IFEval choice (SPA ω = 2, the bfloat16 dev sweep's) carries the paired cell of the
+    committed 441-prompt test report (tools/ship_ifeval_config.py wrote it), and its note names the grids the
+    dev sweep had not finished."""
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parents[1] / "eval_results" / "qwen" / "ifeval-bf16"
+    rows = {r["method"]: r for r in json.loads((folder / "test" / "results.json").read_text())["rows"]}
+    chosen = json.loads((folder / "sweep.json").read_text())
+    cfg = attnsteer.recommended("qwen2.5-coder-0.5b", task="ifeval")
+    assert cfg.method == chosen["best"] == "spa:omega=2"
+    assert cfg.evidence["prompt_loose_diff"] == rows[cfg.method]["vs_unsteered"]["prompt_loose"]
+    assert cfg.evidence["split"] == "IFEval test (441 prompts)" and cfg.evidence["flags"] == []
+    assert cfg.evidence["prompt_loose_diff"]["verdict"] == "better" and "bfloat16" in cfg.note
+    for family in ("seka", "adaseka", "prism", "spa"):
+        per = attnsteer.recommended("qwen2.5-coder-0.5b", task="ifeval", method=family)
+        assert per.method == chosen["by_grid"][family]
+        assert per.evidence["prompt_loose_diff"] == rows[per.method]["vs_unsteered"]["prompt_loose"]
+    assert isinstance(cfg.build(), attnsteer.SPA)

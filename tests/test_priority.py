@@ -321,7 +321,7 @@ def test_shipped_priority_setting_is_the_committed_evidence():
     labels = [label for label, _ in demo.methods("Qwen2.5-Coder-0.5B-Instruct")]
     assert labels[:2] == ["unsteered", f"{cfg.method} (tuned, priority)"]
     with pytest.raises(KeyError, match="tasks shipped for it: priority.*attnsteer eval sweep --task ifeval"):
-        attnsteer.recommended("qwen2.5-coder-0.5b", task="ifeval")
+        attnsteer.recommended("qwen2.5-coder-1.5b", task="ifeval")
     # the 1.5B model ships the 0.5B's choice (not re-tuned), with its own test evidence
     big = attnsteer.recommended("qwen2.5-coder-1.5b", task="priority")
     rows15 = json.loads((root / "qwen-1.5b" / "results.json").read_text())["rows"]
