@@ -159,8 +159,8 @@ def test_tuned_without_gain_is_an_answer_with_its_evidence(tmp_path):
     assert max(ev["scores"].values()) <= ev["unsteered"] and len(ev["scores"]) >= 8
     with pytest.raises(attnsteer.NoSettingHelps):
         attnsteer.recommended("qwen2.5-coder-0.5b", task="retention", method="guide")
-    with pytest.raises(KeyError, match=r"tuned without a gain: retention"):
-        attnsteer.recommended("qwen2.5-coder-0.5b", task="ifeval")
+    with pytest.raises(KeyError, match=r"tasks shipped for it: priority, ifeval \(tuned without a gain: retention\)"):
+        attnsteer.recommended("qwen2.5-coder-0.5b", task="translation")  # a task never tuned: the message lists both
     # a sweep whose choice helps is refused by the tool (ship it as a setting instead)
     sweep = {"task": "priority", "best": "guide:delta=2", "helps": True, "scores": {}}
     (tmp_path / "sweep.json").write_text(json.dumps(sweep))
