@@ -54,6 +54,13 @@ priority_bf16() {
   $EV priority --model "$1" --dtype bfloat16 --split test --fillers "$2" --entities 8 --batch-size 8 --out "$3" \
     $COMMON --method "$4"
 }
+# Only one copy of a queue that several queues chain into: QUEUE_NAME; a second one exits (the lock is held until
+# the first one's process, and the queues it chains into, end).
+only_one() {
+  mkdir -p eval_results/logs
+  exec 9> "eval_results/logs/.$1.lock"
+  if ! flock -n 9; then echo "$1 is already running in another queue: skipped"; exit 0; fi
+}
 CHOSEN=(guide:delta=1 instaboost:alpha=2 spotlight:target=0.1 pasta:alpha=0.5 "pasta:alpha=0.3,layers=15-29")
 case "${1:-}" in
   dev)
@@ -338,8 +345,7 @@ case "${1:-}" in
     "$0" ifeval-qwen-bf16-c ;;
   ifeval-qwen-bf16-c)
     # PASTA's and SpotLight's IFEval dev grids on Qwen 0.5B (shard c; after ifeval-qwen-bf16, or from -b).
-    exec 8> eval_results/logs/.ifeval-qwen-bf16-c.lock
-    if ! flock -n 8; then echo "ifeval-qwen-bf16-c is already running in another queue: skipped"; exit 0; fi
+    only_one ifeval-qwen-bf16-c
     $EV sweep --task ifeval --model qwen2.5-coder-0.5b --dtype bfloat16 --batch-size 8 --out $QB $COMMON --shard c \
       --methods pasta,spotlight ;;
   ifeval-qwen-bf16-spa-test)
@@ -349,9 +355,7 @@ case "${1:-}" in
     # Omega 1.5 beside it: omega 2 sat at the fluency bound on dev (NLL +0.50) and crossed it on the first 100
     # test prompts (+0.51, "unlikely"); 1.5 is the grid's next point (+6.0 on dev, NLL +0.17).
     # Two queues chain into it (ifeval-smollm2-new, ifeval-qwen-bf16-new-test): a lock lets only one run it.
-    mkdir -p eval_results/logs
-    exec 9> eval_results/logs/.ifeval-qwen-bf16-spa-test.lock
-    if ! flock -n 9; then echo "ifeval-qwen-bf16-spa-test is already running in another queue: skipped"; exit 0; fi
+    only_one ifeval-qwen-bf16-spa-test
     for n in 100 200 300 441; do
       $EV sweep --task ifeval --model qwen2.5-coder-0.5b --dtype bfloat16 --batch-size 8 --out $QB $COMMON --shard b \
         --methods spa --test-only --limit $n --test-method spa:omega=2 --test-method spa:omega=1.5

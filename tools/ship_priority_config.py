@@ -22,6 +22,7 @@ import sys
 
 from attnsteer.config import RECOMMENDED_FILE
 from attnsteer.eval import priority
+from attnsteer.eval.cli import DTYPE_SUFFIX, base_tag
 from attnsteer.models import MODELS, cache_dir
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -42,9 +43,10 @@ def main(argv=None) -> int:
     more = []
     for folder in args.more_test:
         report = json.load(open(os.path.join(folder, "results.json"), encoding="utf-8"))
-        if report["model"].removesuffix(" bf16") != m.tag:
+        if base_tag(report["model"]) != m.tag:
             ap.error(f"--more-test {folder} holds {report['model']!r}, not {m.tag}: give a report of the same model")
-        more.append(("bfloat16" if report["model"].endswith(" bf16") else "float32", report["rows"]))
+        dtype = next((d for d, suffix in DTYPE_SUFFIX.items() if report["model"].endswith(suffix)), "float32")
+        more.append((dtype, report["rows"]))
     if not chosen.get("best"):
         print("the dev sweep chose nothing (every setting flagged): nothing to ship", file=sys.stderr)
         return 1
