@@ -33,6 +33,8 @@
 #   nohup eval_results/jobs.sh ifeval-qwen-bf16 > eval_results/logs/ifeval-qwen-bf16.log 2>&1 &
 #   nohup eval_results/jobs.sh ifeval-qwen-bf16-b > eval_results/logs/ifeval-qwen-bf16-b.log 2>&1 &   (beside it)
 #   nohup eval_results/jobs.sh ifeval-qwen-bf16-c > eval_results/logs/ifeval-qwen-bf16-c.log 2>&1 &   (PASTA, SpotLight)
+#   nohup eval_results/jobs.sh ifeval-qwen-bf16-d > eval_results/logs/ifeval-qwen-bf16-d.log 2>&1 &   (DIRECTER, gated; waits)
+#   nohup eval_results/jobs.sh ifeval-qwen-bf16-e > eval_results/logs/ifeval-qwen-bf16-e.log 2>&1 &   (PASTA upper/heads; waits)
 #   nohup eval_results/jobs.sh ifeval-qwen-bf16-test > eval_results/logs/ifeval-qwen-bf16-test.log 2>&1 &   (after both)
 #   nohup eval_results/jobs.sh ifeval-qwen-bf16-spa-test > eval_results/logs/ifeval-qwen-bf16-spa-test.log 2>&1 &
 #   nohup eval_results/jobs.sh ifeval-smollm2-new > eval_results/logs/ifeval-smollm2-new.log 2>&1 &
@@ -348,6 +350,29 @@ case "${1:-}" in
     only_one ifeval-qwen-bf16-c
     $EV sweep --task ifeval --model qwen2.5-coder-0.5b --dtype bfloat16 --batch-size 8 --out $QB $COMMON --shard c \
       --methods pasta,spotlight ;;
+  ifeval-qwen-bf16-d)
+    # The rest of issue 30's IFEval dev sweep on Qwen 0.5B that is not a grid: DIRECTER at the paper's defaults, then
+    # the plausibility gate around the strongest attention-level points (each flagged on dev: KeyScale 1.5
+    # "unlikely", GUIDE 2 and InstABoost 5 "repetitive"; the gate is meant to rescue over-steered points; SPA, the
+    # best, mixes logits and cannot run inside it). They append to responses.jsonl, so this waits for
+    # ifeval-qwen-bf16 (which writes it too) to end.
+    while pgrep -f "jobs.sh ifeval-qwen-bf16$" > /dev/null; do sleep 60; done
+    for m in directer gate+keyscale:alpha=1.5 gate+guide:delta=2 gate+instaboost:alpha=5; do
+      $EV ifeval --model qwen2.5-coder-0.5b --dtype bfloat16 --batch-size 8 --split dev --out $QB $COMMON --method "$m"
+    done
+    "$0" ifeval-qwen-bf16-dev-report ;;
+  ifeval-qwen-bf16-e)
+    # PASTA on the upper layers (a default IFEval grid that ifeval-qwen-bf16-c does not run) and PASTA on the
+    # shipped head profile, shard d; after ifeval-qwen-bf16-c ends (two cores here).
+    while pgrep -f "jobs.sh ifeval-qwen-bf16-c$" > /dev/null; do sleep 60; done
+    $EV sweep --task ifeval --model qwen2.5-coder-0.5b --dtype bfloat16 --batch-size 8 --out $QB $COMMON --shard d \
+      --methods pasta-layers,pasta-heads
+    "$0" ifeval-qwen-bf16-dev-report ;;
+  ifeval-qwen-bf16-dev-report)
+    # The dev report over every grid measured (each sweep run reports the grids it was given; the gated points
+    # and DIRECTER join as the extra grids where they were measured); nothing generated.
+    $EV sweep --task ifeval --model qwen2.5-coder-0.5b --dtype bfloat16 --batch-size 8 --out $QB $COMMON --report-only \
+      --methods guide,instaboost,spotlight,pasta,pasta-layers,keyscale,pasta-heads,spa,seka,prism,adaseka > /dev/null ;;
   ifeval-qwen-bf16-spa-test)
     # The test cells that do not wait for the other grids: unsteered and SPA's dev choice (omega 2: omega 3 was
     # flagged "unlikely" on the dev prompts it had) on the test prompts in chunks of 100, so that they move

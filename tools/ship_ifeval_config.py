@@ -25,6 +25,7 @@ import sys
 from typing import Any, Dict, List
 
 from attnsteer.config import RECOMMENDED_FILE
+from attnsteer.eval.cli import base_tag
 from attnsteer.eval.sweep import DEFAULT_GRIDS, GRIDS
 from attnsteer.models import MODELS, cache_dir
 
@@ -140,7 +141,7 @@ def main(argv=None) -> int:
         f"{main_evidence['nll'][0]} vs {main_evidence['nll'][1]} under the unsteered model."
         + (
             " Measured in bfloat16 (attnsteer eval --dtype bfloat16)."
-            if chosen.get("model", "").endswith(" bf16")
+            if base_tag(chosen.get("model", "")) != chosen.get("model", "")
             else ""
         )
     )
