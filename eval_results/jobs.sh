@@ -34,6 +34,7 @@
 #   nohup eval_results/jobs.sh ifeval-qwen-bf16-b > eval_results/logs/ifeval-qwen-bf16-b.log 2>&1 &   (beside it)
 #   nohup eval_results/jobs.sh ifeval-qwen-bf16-c > eval_results/logs/ifeval-qwen-bf16-c.log 2>&1 &   (PASTA, SpotLight)
 #   nohup eval_results/jobs.sh ifeval-qwen-bf16-d > eval_results/logs/ifeval-qwen-bf16-d.log 2>&1 &   (DIRECTER, gated; waits)
+#   nohup eval_results/jobs.sh ifeval-qwen-bf16-f > eval_results/logs/ifeval-qwen-bf16-f.log 2>&1 &   (InstABoost 10 test; waits)
 #   nohup eval_results/jobs.sh ifeval-qwen-bf16-e > eval_results/logs/ifeval-qwen-bf16-e.log 2>&1 &   (PASTA upper/heads; waits)
 #   nohup eval_results/jobs.sh ifeval-qwen-bf16-test > eval_results/logs/ifeval-qwen-bf16-test.log 2>&1 &   (after both)
 #   nohup eval_results/jobs.sh ifeval-qwen-bf16-spa-test > eval_results/logs/ifeval-qwen-bf16-spa-test.log 2>&1 &
@@ -368,6 +369,21 @@ case "${1:-}" in
     $EV sweep --task ifeval --model qwen2.5-coder-0.5b --dtype bfloat16 --batch-size 8 --out $QB $COMMON --shard d \
       --methods pasta-layers,pasta-heads
     "$0" ifeval-qwen-bf16-dev-report ;;
+  ifeval-qwen-bf16-f)
+    # InstABoost alpha 10 (the paper's strength) ties SPA omega 2 on Qwen 0.5B's IFEval dev split (27 %, no flag; the
+    # tie rule keeps SPA, the weaker setting): its test cell, paired with the stored unsteered test replies, in chunks
+    # of 100 prompts; then the gate around it and around the flagged points (ifeval-qwen-bf16-d's list, which this
+    # replaces after its first point, DIRECTER). Waits for that point to end (both append to responses.jsonl).
+    while pgrep -f "method directer" > /dev/null; do sleep 60; done
+    for n in 100 200 300 441; do
+      $EV sweep --task ifeval --model qwen2.5-coder-0.5b --dtype bfloat16 --batch-size 8 --out $QB $COMMON \
+        --methods instaboost --test-only --limit $n --test-method instaboost:alpha=10
+    done
+    "$0" ifeval-qwen-bf16-report
+    for m in gate+instaboost:alpha=10 gate+keyscale:alpha=1.5 gate+guide:delta=2 gate+instaboost:alpha=5; do
+      $EV ifeval --model qwen2.5-coder-0.5b --dtype bfloat16 --batch-size 8 --split dev --out $QB $COMMON --method "$m"
+    done
+    "$0" ifeval-qwen-bf16-dev-report ;;
   ifeval-qwen-bf16-dev-report)
     # The dev report over every grid measured (each sweep run reports the grids it was given; the gated points
     # and DIRECTER join as the extra grids where they were measured); nothing generated.
@@ -402,7 +418,7 @@ case "${1:-}" in
     $EV sweep --task ifeval --model qwen2.5-coder-0.5b --dtype bfloat16 --batch-size 8 --out $QB $COMMON \
       --methods seka,prism,adaseka,spa --test-only --report-only --limit 441 \
       --test-method grid:seka --test-method grid:prism --test-method grid:adaseka \
-      --test-method spa:omega=2 --test-method spa:omega=1.5 ;;
+      --test-method spa:omega=2 --test-method spa:omega=1.5 --test-method instaboost:alpha=10 ;;
   priority-qwen-bf16)
     # Qwen2.5-Coder-0.5B's priority test cells in bfloat16 (batch 8; a float32 prompt of 2k filler tokens costs
     # ~40 s of one core here): unsteered and GUIDE 2 at 512 filler tokens (beside the float32 cells: does the
