@@ -371,19 +371,20 @@ case "${1:-}" in
     "$0" ifeval-qwen-bf16-dev-report ;;
   ifeval-qwen-bf16-f)
     # InstABoost alpha 10 (the paper's strength) ties SPA omega 2 on Qwen 0.5B's IFEval dev split (27 %, no flag; the
-    # tie rule keeps SPA, the weaker setting): its test cell, paired with the stored unsteered test replies, in chunks
-    # of 100 prompts; then the gate around it and around the flagged points (ifeval-qwen-bf16-d's list, which this
-    # replaces after its first point, DIRECTER). Waits for that point to end (both append to responses.jsonl).
+    # tie rule keeps SPA, the weaker setting). Its first 100 test prompts ran first (22 vs 25 % unsteered, flagged
+    # repetitive); now the gate around it and around the flagged points on dev (ifeval-qwen-bf16-d's list, which
+    # this replaces after its first point, DIRECTER; both append to responses.jsonl, hence the wait), then the rest
+    # of its test cell in chunks of 100 prompts, paired with the stored unsteered test replies.
     while pgrep -f "method directer" > /dev/null; do sleep 60; done
+    for m in gate+instaboost:alpha=10 gate+keyscale:alpha=1.5 gate+guide:delta=2 gate+instaboost:alpha=5; do
+      $EV ifeval --model qwen2.5-coder-0.5b --dtype bfloat16 --batch-size 8 --split dev --out $QB $COMMON --method "$m"
+    done
+    "$0" ifeval-qwen-bf16-dev-report
     for n in 100 200 300 441; do
       $EV sweep --task ifeval --model qwen2.5-coder-0.5b --dtype bfloat16 --batch-size 8 --out $QB $COMMON \
         --methods instaboost --test-only --limit $n --test-method instaboost:alpha=10
     done
-    "$0" ifeval-qwen-bf16-report
-    for m in gate+instaboost:alpha=10 gate+keyscale:alpha=1.5 gate+guide:delta=2 gate+instaboost:alpha=5; do
-      $EV ifeval --model qwen2.5-coder-0.5b --dtype bfloat16 --batch-size 8 --split dev --out $QB $COMMON --method "$m"
-    done
-    "$0" ifeval-qwen-bf16-dev-report ;;
+    "$0" ifeval-qwen-bf16-report ;;
   ifeval-qwen-bf16-dev-report)
     # The dev report over every grid measured (each sweep run reports the grids it was given; the gated points
     # and DIRECTER join as the extra grids where they were measured); nothing generated.
