@@ -390,10 +390,10 @@ case "${1:-}" in
     # SpotLight target 0.3 (the paper's strength) became Qwen 0.5B's IFEval dev choice when its grid finished: 27 %,
     # no flag, tied with SPA omega 2 and InstABoost alpha 10, the weakest of the three by the tie rule
     # (attnsteer.eval.sweep.strength). Its test cell in chunks of 100 prompts, paired with the stored unsteered
-    # test replies (shard g), then the test report over every stored test cell.
+    # test replies (shard g), then the test report over every stored test cell. Two threads: run it alone.
     for n in 100 200 300 441; do
       $EV sweep --task ifeval --model qwen2.5-coder-0.5b --dtype bfloat16 --batch-size 8 --out $QB $COMMON --shard g \
-        --methods spotlight --test-only --limit $n --test-method spotlight:target=0.3
+        --methods spotlight --test-only --limit $n --test-method spotlight:target=0.3 --threads 2
     done
     "$0" ifeval-qwen-bf16-report ;;
   ifeval-qwen-bf16-dev-report)

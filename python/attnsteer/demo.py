@@ -120,20 +120,25 @@ TASKS: List[Task] = [
 
 def methods(model_tag: str = "SmolLM2-135M-Instruct"):
     """``[(label, method)]``: unsteered, the settings `attnsteer.recommended` ships for the model
-    (each task's best, labelled "tuned"), each method at its paper's strength (labelled "paper") and
-    DIRECTER at the paper's settings."""
+    (each task's best, labelled "tuned"), each method at its paper's strength (labelled "paper"; a tuned
+    setting that is also its paper's strength runs once, labelled both) and DIRECTER at the paper's settings."""
     from . import specs
     from .config import PAPER_STRENGTHS, recommended, shipped_tasks
 
     out = [("unsteered", None)]
-    seen = set()
+    tuned = {}  # canonical spec -> its index in out
     for task in shipped_tasks(model_tag):
         cfg = recommended(model_tag, task=task)
-        if cfg.method not in seen and cfg.method != "none":
-            seen.add(cfg.method)
+        if cfg.method not in tuned and cfg.method != "none":
+            tuned[cfg.method] = len(out)
             out.append((f"{cfg.method} (tuned, {task})", cfg.build()))
     for name in ("guide", "instaboost", "pasta", "spotlight", "keyscale"):
-        out.append((f"{PAPER_STRENGTHS[name]} (paper)", specs.parse(PAPER_STRENGTHS[name])))
+        spec = specs.canonical(PAPER_STRENGTHS[name])
+        if spec in tuned:
+            label, method = out[tuned[spec]]
+            out[tuned[spec]] = (label[:-1] + "; paper)", method)
+        else:
+            out.append((f"{PAPER_STRENGTHS[name]} (paper)", specs.parse(PAPER_STRENGTHS[name])))
     out.append(("directer:alpha=100 (paper)", Directer()))
     return out
 
