@@ -145,6 +145,15 @@ def main(argv=None) -> int:
             else ""
         )
     )
+    top = chosen["scores"].get(best, {})
+    tied = [k for k, v in chosen["scores"].items()
+            if k not in ("none", best) and v.get("n", 0) >= chosen.get("dev_cases", 100) and not v.get("flags")
+            and v.get("score") is not None and v.get("score") == top.get("score")]  # fmt: skip
+    if tied:
+        note += (
+            f" Tied on dev with {', '.join(tied)}: the tie rule keeps the weaker setting "
+            "(attnsteer.eval.sweep.strength); the dev split cannot tell them apart."
+        )
     missing = unmeasured(chosen)
     if missing:
         note += (
