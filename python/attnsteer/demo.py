@@ -230,10 +230,10 @@ def run(task_name: Optional[str] = None, max_new_tokens: int = 40, model_name: O
         "'tuned' = the setting attnsteer.recommended() ships for this model and task (chosen on a dev split); "
         "'paper' = the paper's strength.\n"
     )
-    print(f"{'task':24s} {'method':40s} {'kept':5s} {'tok/s':>6s}  reply")
+    print(f"{'task':24s} {'method':44s} {'kept':5s} {'tok/s':>6s}  reply")
     for task, name, ok, tps, text in rows:
         snippet = text.replace("\n", " ")[:60]
-        print(f"{task:24s} {name:40s} {'yes' if ok else 'no':5s} {tps:6.1f}  {snippet}")
+        print(f"{task:24s} {name:44s} {'yes' if ok else 'no':5s} {tps:6.1f}  {snippet}")
     for note in notes:
         print(note)
     lines = measured(tag)
