@@ -33,7 +33,7 @@
 #   nohup eval_results/jobs.sh ifeval-qwen-bf16 > eval_results/logs/ifeval-qwen-bf16.log 2>&1 &
 #   nohup eval_results/jobs.sh ifeval-qwen-bf16-b > eval_results/logs/ifeval-qwen-bf16-b.log 2>&1 &   (beside it)
 #   nohup eval_results/jobs.sh ifeval-qwen-bf16-c > eval_results/logs/ifeval-qwen-bf16-c.log 2>&1 &   (PASTA, SpotLight)
-#   nohup eval_results/jobs.sh ifeval-qwen-bf16-d > eval_results/logs/ifeval-qwen-bf16-d.log 2>&1 &   (DIRECTER, gated; waits)
+#   nohup eval_results/jobs.sh ifeval-qwen-bf16-d > eval_results/logs/ifeval-qwen-bf16-d.log 2>&1 &   (DIRECTER; waits)
 #   nohup eval_results/jobs.sh ifeval-qwen-bf16-f > eval_results/logs/ifeval-qwen-bf16-f.log 2>&1 &   (gated dev points, InstABoost 10 test; waits)
 #   nohup eval_results/jobs.sh ifeval-qwen-bf16-g > eval_results/logs/ifeval-qwen-bf16-g.log 2>&1 &   (SpotLight 0.3 test)
 #   nohup eval_results/jobs.sh ifeval-qwen-bf16-e > eval_results/logs/ifeval-qwen-bf16-e.log 2>&1 &   (PASTA upper/heads; waits)
@@ -65,6 +65,8 @@ only_one() {
   exec 9> "eval_results/logs/.$1.lock"
   if ! flock -n 9; then echo "$1 is already running in another queue: skipped"; exit 0; fi
 }
+# Wait while a process whose command line matches PATTERN (pgrep -f) runs.
+wait_for() { while pgrep -f "$1" > /dev/null; do sleep 60; done; }
 CHOSEN=(guide:delta=1 instaboost:alpha=2 spotlight:target=0.1 pasta:alpha=0.5 "pasta:alpha=0.3,layers=15-29")
 case "${1:-}" in
   dev)
@@ -353,30 +355,25 @@ case "${1:-}" in
     $EV sweep --task ifeval --model qwen2.5-coder-0.5b --dtype bfloat16 --batch-size 8 --out $QB $COMMON --shard c \
       --methods pasta,spotlight ;;
   ifeval-qwen-bf16-d)
-    # The rest of issue 30's IFEval dev sweep on Qwen 0.5B that is not a grid: DIRECTER at the paper's defaults, then
-    # the plausibility gate around the strongest attention-level points (each flagged on dev: KeyScale 1.5
-    # "unlikely", GUIDE 2 and InstABoost 5 "repetitive"; the gate is meant to rescue over-steered points; SPA, the
-    # best, mixes logits and cannot run inside it). They append to responses.jsonl, so this waits for
-    # ifeval-qwen-bf16 (which writes it too) to end.
-    while pgrep -f "jobs.sh ifeval-qwen-bf16$" > /dev/null; do sleep 60; done
-    for m in directer gate+keyscale:alpha=1.5 gate+guide:delta=2 gate+instaboost:alpha=5; do
-      $EV ifeval --model qwen2.5-coder-0.5b --dtype bfloat16 --batch-size 8 --split dev --out $QB $COMMON --method "$m"
-    done
+    # DIRECTER at the paper's defaults on Qwen 0.5B's IFEval dev split (not a grid). It appends to responses.jsonl, so
+    # it waits for ifeval-qwen-bf16 (which writes it too) to end. The gated points are ifeval-qwen-bf16-f's.
+    wait_for "jobs.sh ifeval-qwen-bf16$"
+    $EV ifeval --model qwen2.5-coder-0.5b --dtype bfloat16 --batch-size 8 --split dev --out $QB $COMMON --method directer
     "$0" ifeval-qwen-bf16-dev-report ;;
   ifeval-qwen-bf16-e)
     # PASTA on the upper layers (a default IFEval grid that ifeval-qwen-bf16-c does not run) and PASTA on the
     # shipped head profile, shard d; after ifeval-qwen-bf16-c ends (two cores here).
-    while pgrep -f "jobs.sh ifeval-qwen-bf16-c$" > /dev/null; do sleep 60; done
+    wait_for "jobs.sh ifeval-qwen-bf16-c$"
     $EV sweep --task ifeval --model qwen2.5-coder-0.5b --dtype bfloat16 --batch-size 8 --out $QB $COMMON --shard d \
       --methods pasta-layers,pasta-heads
     "$0" ifeval-qwen-bf16-dev-report ;;
   ifeval-qwen-bf16-f)
     # InstABoost alpha 10 (the paper's strength) ties SPA omega 2 on Qwen 0.5B's IFEval dev split (27 %, no flag; the
     # tie rule keeps SPA, the weaker setting). Its first 100 test prompts ran first (22 vs 25 % unsteered, flagged
-    # repetitive); now the gate around it and around the flagged points on dev (ifeval-qwen-bf16-d's list, which
-    # this replaces after its first point, DIRECTER; both append to responses.jsonl, hence the wait), then the rest
+    # repetitive); now the gate around it and around the flagged points on dev (after ifeval-qwen-bf16-d's DIRECTER
+    # point: both append to responses.jsonl, hence the wait), then the rest
     # of its test cell in chunks of 100 prompts, paired with the stored unsteered test replies.
-    while pgrep -f "method directer" > /dev/null; do sleep 60; done
+    wait_for "method directer"
     for m in gate+instaboost:alpha=10 gate+keyscale:alpha=1.5 gate+guide:delta=2 gate+instaboost:alpha=5; do
       $EV ifeval --model qwen2.5-coder-0.5b --dtype bfloat16 --batch-size 8 --split dev --out $QB $COMMON --method "$m"
     done
