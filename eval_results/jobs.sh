@@ -37,6 +37,8 @@
 #   nohup eval_results/jobs.sh ifeval-qwen-bf16-f > eval_results/logs/ifeval-qwen-bf16-f.log 2>&1 &   (gated dev points, InstABoost 10 test; waits)
 #   nohup eval_results/jobs.sh ifeval-qwen-bf16-g > eval_results/logs/ifeval-qwen-bf16-g.log 2>&1 &   (SpotLight 0.3 test)
 #   nohup eval_results/jobs.sh ifeval-qwen-bf16-e > eval_results/logs/ifeval-qwen-bf16-e.log 2>&1 &   (PASTA upper/heads; waits)
+#   nohup eval_results/jobs.sh ifeval-qwen-bf16-e2 > eval_results/logs/ifeval-qwen-bf16-e2.log 2>&1 &   (-e, then retention grids)
+#   nohup eval_results/jobs.sh ifeval-qwen-bf16-h > eval_results/logs/ifeval-qwen-bf16-h.log 2>&1 &   (gated dev, then retention)
 #   nohup eval_results/jobs.sh ifeval-qwen-bf16-test > eval_results/logs/ifeval-qwen-bf16-test.log 2>&1 &   (after both)
 #   nohup eval_results/jobs.sh ifeval-qwen-bf16-spa-test > eval_results/logs/ifeval-qwen-bf16-spa-test.log 2>&1 &
 #   nohup eval_results/jobs.sh ifeval-smollm2-new > eval_results/logs/ifeval-smollm2-new.log 2>&1 &
@@ -393,6 +395,28 @@ case "${1:-}" in
         --methods spotlight --test-only --limit $n --test-method spotlight:target=0.3 --threads 2
     done
     "$0" ifeval-qwen-bf16-report ;;
+  ifeval-qwen-bf16-e2)
+    # Session 20, core 1: PASTA's remaining IFEval dev grids (queue -e), then half of Qwen's retention dev grids
+    # that never ran (queue qwen-retention-rest-a).
+    "$0" ifeval-qwen-bf16-e
+    "$0" qwen-retention-rest-a ;;
+  ifeval-qwen-bf16-h)
+    # Session 20, core 2: queue -f's gated IFEval dev points (without its InstABoost-10 test rest: that setting is
+    # flagged repetitive on its first 140 test prompts and cannot be chosen), then the other half of the retention grids.
+    for m in gate+instaboost:alpha=10 gate+keyscale:alpha=1.5 gate+guide:delta=2 gate+instaboost:alpha=5; do
+      $EV ifeval --model qwen2.5-coder-0.5b --dtype bfloat16 --batch-size 8 --split dev --out $QB $COMMON --method "$m"
+    done
+    "$0" ifeval-qwen-bf16-dev-report
+    "$0" qwen-retention-rest-b ;;
+  qwen-retention-rest-a | qwen-retention-rest-b)
+    # The retention dev grids queue qwen-retention did not run on Qwen2.5-Coder-0.5B (float32, batch 4, the same
+    # 18 dev cases), as two shards side by side; each ends with the report over every grid measured.
+    RQ="$EV sweep --task retention --model qwen2.5-coder-0.5b --out eval_results/qwen/retention-sweep $COMMON --batch-size 4"
+    case "$1" in
+      qwen-retention-rest-a) $RQ --shard a --methods guide-upper,guide-prefill,pasta-upper > /dev/null ;;
+      qwen-retention-rest-b) $RQ --shard b --methods spotlight-decode,keyscale-ranked,spa > /dev/null ;;
+    esac
+    $RQ --report-only --methods guide,guide-length,guide-upper,guide-prefill,instaboost,spotlight,spotlight-decode,pasta-upper,keyscale,keyscale-ranked,spa > /dev/null ;;
   ifeval-qwen-bf16-dev-report)
     # The dev report over every grid measured (each sweep run reports the grids it was given; the gated points
     # and DIRECTER join as the extra grids where they were measured); nothing generated.
