@@ -96,6 +96,11 @@ def add_per_method(m, chosen: Dict[str, Any], rows: List[Dict[str, Any]], source
     return 0
 
 
+def complete_points(chosen: Dict[str, Any]) -> List[str]:
+    """The steered settings of a sweep.json's ``chosen`` measured on every dev case (the ones the rule can choose)."""
+    return [k for k, v in chosen["scores"].items() if k != "none" and v.get("n", 0) >= chosen.get("dev_cases", 100)]
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model", choices=sorted(MODELS))
@@ -132,7 +137,8 @@ def main(argv=None) -> int:
         return 1
     per_method = per_family(chosen["by_grid"], lambda spec: evidence(rows, spec, source))
     d = main_evidence["prompt_loose_diff"]
-    measured = sum(1 for k, v in chosen["scores"].items() if k != "none" and v["n"] >= chosen.get("dev_cases", 100))
+    complete = complete_points(chosen)
+    measured = len(complete)
     note = (
         f"Chosen on the IFEval dev split (100 prompts) among {measured} settings measured on all of it by "
         "prompt-level loose accuracy with no fluency flag, the weaker strength on a tie; reported on the test "
@@ -146,9 +152,8 @@ def main(argv=None) -> int:
         )
     )
     top = chosen["scores"].get(best, {})
-    tied = [k for k, v in chosen["scores"].items()
-            if k not in ("none", best) and v.get("n", 0) >= chosen.get("dev_cases", 100) and not v.get("flags")
-            and v.get("score") is not None and v.get("score") == top.get("score")]  # fmt: skip
+    tied = [k for k in complete if k != best and not chosen["scores"][k].get("flags")
+            and chosen["scores"][k].get("score") is not None and chosen["scores"][k]["score"] == top.get("score")]  # fmt: skip
     if tied:
         note += (
             f" Tied on dev with {', '.join(tied)}: the tie rule keeps the weaker setting "
