@@ -413,7 +413,7 @@ case "${1:-}" in
     # 18 dev cases), as two shards side by side; each ends with the report over every grid measured.
     RQ="$EV sweep --task retention --model qwen2.5-coder-0.5b --out eval_results/qwen/retention-sweep $COMMON --batch-size 4"
     case "$1" in
-      qwen-retention-rest-a) $RQ --shard a --methods guide-upper,guide-prefill,pasta-upper > /dev/null ;;
+      qwen-retention-rest-a) $RQ --shard a --methods guide-length,guide-upper,guide-prefill,pasta-upper > /dev/null ;;
       qwen-retention-rest-b) $RQ --shard b --methods spotlight-decode,keyscale-ranked,spa > /dev/null ;;
     esac
     $RQ --report-only --methods guide,guide-length,guide-upper,guide-prefill,instaboost,spotlight,spotlight-decode,pasta-upper,keyscale,keyscale-ranked,spa > /dev/null ;;
