@@ -414,7 +414,10 @@ case "${1:-}" in
     RQ="$EV sweep --task retention --model qwen2.5-coder-0.5b --out eval_results/qwen/retention-sweep $COMMON --batch-size 4"
     case "$1" in
       qwen-retention-rest-a) $RQ --shard a --methods guide-length,guide-upper,guide-prefill,pasta-upper > /dev/null ;;
-      qwen-retention-rest-b) $RQ --shard b --methods spotlight-decode,keyscale-ranked,spa > /dev/null ;;
+      qwen-retention-rest-b)
+        # the small models' 2k-filler priority cells first (cheap; the effect-against-distance plot lacks them)
+        "$0" priority-small-2k
+        $RQ --shard b --methods spotlight-decode,keyscale-ranked,spa > /dev/null ;;
     esac
     $RQ --report-only --methods guide,guide-length,guide-upper,guide-prefill,instaboost,spotlight,spotlight-decode,pasta-upper,keyscale,keyscale-ranked,spa > /dev/null ;;
   ifeval-qwen-bf16-dev-report)
