@@ -286,7 +286,8 @@ def test_shipped_qwen_ifeval_setting_is_the_committed_test_report():
     27 % on dev, tied with SPA ω = 2, InstABoost α = 10 and the gated InstABoost α = 5, the weakest by the tie
     rule) and carries the paired cell of the committed 441-prompt test report whatever it says
     (tools/ship_ifeval_config.py wrote it); each family's dev choice measured on test ships beside it, SPA ω = 2
-    (the choice before SpotLight's grid finished) with its own test cell; the note names every setting tied with it on dev (the sweep is complete: 33 settings)."""
+    (the choice before SpotLight's grid finished) with its own test cell; the note names every setting tied
+    with it on dev (the sweep is complete: 33 settings)."""
     from pathlib import Path
 
     from attnsteer.eval.sweep import RULE
