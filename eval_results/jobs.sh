@@ -38,6 +38,8 @@
 #   nohup eval_results/jobs.sh ifeval-qwen-bf16-g > eval_results/logs/ifeval-qwen-bf16-g.log 2>&1 &   (SpotLight 0.3 test)
 #   nohup eval_results/jobs.sh ifeval-qwen-bf16-e > eval_results/logs/ifeval-qwen-bf16-e.log 2>&1 &   (PASTA upper/heads; waits)
 #   nohup eval_results/jobs.sh ifeval-qwen-bf16-e2 > eval_results/logs/ifeval-qwen-bf16-e2.log 2>&1 &   (-e, then retention grids)
+#   nohup eval_results/jobs.sh qwen-retention-s21-a > eval_results/logs/qwen-retention-s21-a.log 2>&1 &   (a, b)
+#   nohup eval_results/jobs.sh qwen-retention-s21-c > eval_results/logs/qwen-retention-s21-c.log 2>&1 &   (c, d: test cells; they wait)
 #   nohup eval_results/jobs.sh ifeval-qwen-bf16-h > eval_results/logs/ifeval-qwen-bf16-h.log 2>&1 &   (gated dev, then retention)
 #   nohup eval_results/jobs.sh ifeval-qwen-bf16-test > eval_results/logs/ifeval-qwen-bf16-test.log 2>&1 &   (after both)
 #   nohup eval_results/jobs.sh ifeval-qwen-bf16-spa-test > eval_results/logs/ifeval-qwen-bf16-spa-test.log 2>&1 &
@@ -376,10 +378,7 @@ case "${1:-}" in
     # point: both append to responses.jsonl, hence the wait), then the rest
     # of its test cell in chunks of 100 prompts, paired with the stored unsteered test replies.
     wait_for "method directer"
-    for m in gate+instaboost:alpha=10 gate+keyscale:alpha=1.5 gate+guide:delta=2 gate+instaboost:alpha=5; do
-      $EV ifeval --model qwen2.5-coder-0.5b --dtype bfloat16 --batch-size 8 --split dev --out $QB $COMMON --method "$m"
-    done
-    "$0" ifeval-qwen-bf16-dev-report
+    "$0" ifeval-qwen-bf16-gated
     for n in 100 200 300 441; do
       $EV sweep --task ifeval --model qwen2.5-coder-0.5b --dtype bfloat16 --batch-size 8 --out $QB $COMMON \
         --methods instaboost --test-only --limit $n --test-method instaboost:alpha=10
@@ -403,11 +402,40 @@ case "${1:-}" in
   ifeval-qwen-bf16-h)
     # Session 20, core 2: queue -f's gated IFEval dev points (without its InstABoost-10 test rest: that setting is
     # flagged repetitive on its first 140 test prompts and cannot be chosen), then the other half of the retention grids.
-    for m in gate+instaboost:alpha=10 gate+keyscale:alpha=1.5 gate+guide:delta=2 gate+instaboost:alpha=5; do
-      $EV ifeval --model qwen2.5-coder-0.5b --dtype bfloat16 --batch-size 8 --split dev --out $QB $COMMON --method "$m"
-    done
-    "$0" ifeval-qwen-bf16-dev-report
+    "$0" ifeval-qwen-bf16-gated
     "$0" qwen-retention-rest-b ;;
+  qwen-retention-s21-a | qwen-retention-s21-b)
+    # Session 21: the rest of Qwen 0.5B's retention dev grids rebalanced over the two cores (queue -rest-b put
+    # the small models' 2k priority cells first). Core 1: shard a's grids (guide-prefill 2, PASTA 0.1 upper),
+    # then SPA (shard c); core 2: SpotLight decode-only and KeyScale on ranked layers (shard b), then Gemma's
+    # 2k priority cells. Each ends with the report over every grid measured.
+    RQ="$EV sweep --task retention --model qwen2.5-coder-0.5b --out eval_results/qwen/retention-sweep $COMMON --batch-size 4"
+    case "$1" in
+      qwen-retention-s21-a)
+        $RQ --shard a --methods guide-length,guide-upper,guide-prefill,pasta-upper > /dev/null
+        $RQ --shard c --methods spa > /dev/null ;;
+      qwen-retention-s21-b)
+        $RQ --shard b --methods spotlight-decode,keyscale-ranked > /dev/null ;;
+    esac
+    $RQ --report-only --methods guide,guide-length,guide-upper,guide-prefill,instaboost,spotlight,spotlight-decode,pasta-upper,keyscale,keyscale-ranked,spa > /dev/null
+    if [ "$1" = qwen-retention-s21-b ]; then "$0" priority-small-2k; fi ;;
+  qwen-retention-s21-c)
+    # Core 1 after queue -s21-a (every dev grid measured by then): the dev choice and unsteered on the 33 test
+    # replies at 1k tokens (shard e), beside -s21-d's 2k cells.
+    wait_for "jobs.sh qwen-retention-s21-a$"
+    $EV sweep --task retention --model qwen2.5-coder-0.5b --out eval_results/qwen/retention-sweep $COMMON --batch-size 4 \
+      --shard e --methods guide,guide-length,guide-upper,guide-prefill,instaboost,spotlight,spotlight-decode,pasta-upper,keyscale,keyscale-ranked,spa \
+      --test-only --test-method best --test-lengths 1024 --test-placements before > /dev/null ;;
+  qwen-retention-s21-d)
+    # Core 2 after shard b's grids: unsteered on the test documents at 2k tokens (shard d; needs no dev choice),
+    # then, once queue -s21-a has measured the last dev grid, the dev choice there; then Gemma's 2k priority cells.
+    wait_for "shard b --methods spotlight-decode"
+    RQ="$EV sweep --task retention --model qwen2.5-coder-0.5b --out eval_results/qwen/retention-sweep $COMMON --batch-size 4"
+    ALL=guide,guide-length,guide-upper,guide-prefill,instaboost,spotlight,spotlight-decode,pasta-upper,keyscale,keyscale-ranked,spa
+    $RQ --shard d --methods $ALL --test-only --test-method none --test-lengths 2048 --test-placements before > /dev/null
+    wait_for "jobs.sh qwen-retention-s21-a$"
+    $RQ --shard d --methods $ALL --test-only --test-method best --test-lengths 2048 --test-placements before > /dev/null
+    "$0" priority-small-2k ;;
   qwen-retention-rest-a | qwen-retention-rest-b)
     # The retention dev grids queue qwen-retention did not run on Qwen2.5-Coder-0.5B (float32, batch 4, the same
     # 18 dev cases), as two shards side by side; each ends with the report over every grid measured.
@@ -420,6 +448,13 @@ case "${1:-}" in
         $RQ --shard b --methods spotlight-decode,keyscale-ranked,spa > /dev/null ;;
     esac
     $RQ --report-only --methods guide,guide-length,guide-upper,guide-prefill,instaboost,spotlight,spotlight-decode,pasta-upper,keyscale,keyscale-ranked,spa > /dev/null ;;
+  ifeval-qwen-bf16-gated)
+    # The plausibility gate around Qwen 0.5B's IFEval dev points that tie the top or were flagged (queues -f, -h),
+    # then the dev report.
+    for m in gate+instaboost:alpha=10 gate+keyscale:alpha=1.5 gate+guide:delta=2 gate+instaboost:alpha=5; do
+      $EV ifeval --model qwen2.5-coder-0.5b --dtype bfloat16 --batch-size 8 --split dev --out $QB $COMMON --method "$m"
+    done
+    "$0" ifeval-qwen-bf16-dev-report ;;
   ifeval-qwen-bf16-dev-report)
     # The dev report over every grid measured (each sweep run reports the grids it was given; the gated points
     # and DIRECTER join as the extra grids where they were measured); nothing generated.

@@ -27,7 +27,8 @@ def write_entry(model, task: str, entry: Dict[str, Any], recommended: Path, cach
 def per_family(by_grid: Dict[str, Optional[str]], evidence: Callable[[str], Dict[str, Any]]) -> Dict[str, Any]:
     """Each method family's dev choice with its test ``evidence(spec)``, from a sweep's ``by_grid``: the first
     grid of a family is its plain one (``pasta`` before ``pasta-upper``); gated grids (``gate+…``) and families
-    whose choice was not run on the test split (``evidence`` raises ValueError) are left out."""
+    whose choice was not run on the test split (``evidence`` raises ValueError) are left out. Sorted by family, so
+    that re-shipping leaves the keys of recommended.json in place."""
     out: Dict[str, Any] = {}
     for grid, spec in by_grid.items():
         family = grid.split("-")[0]
@@ -37,4 +38,4 @@ def per_family(by_grid: Dict[str, Optional[str]], evidence: Callable[[str], Dict
             out[family] = {"method": spec, "evidence": evidence(spec)}
         except ValueError:
             continue
-    return out
+    return dict(sorted(out.items()))

@@ -22,7 +22,7 @@ import argparse
 import json
 import os
 import sys
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 from attnsteer.config import RECOMMENDED_FILE
 from attnsteer.eval.cli import base_tag
@@ -70,6 +70,11 @@ def unmeasured(chosen: Dict[str, Any]) -> List[str]:
     return out
 
 
+def _unflagged_score(point: Dict[str, Any]) -> Optional[float]:
+    """A dev point's score, or None when it carries a fluency flag (a flagged point cannot tie the choice)."""
+    return None if point.get("flags") else point.get("score")
+
+
 def add_per_method(m, chosen: Dict[str, Any], rows: List[Dict[str, Any]], source: str, partial: bool) -> int:
     """Add the per-method entries measured in ``rows`` to ``m``'s shipped IFEval entry, keeping its choice."""
     table = json.loads(RECOMMENDED_FILE.read_text(encoding="utf-8"))
@@ -87,7 +92,7 @@ def add_per_method(m, chosen: Dict[str, Any], rows: List[Dict[str, Any]], source
     if not per:
         print("no grid's dev choice has a test row with an unsteered twin: nothing to add", file=sys.stderr)
         return 1
-    entry["per_method"] = {**entry.get("per_method", {}), **per}
+    entry["per_method"] = dict(sorted({**entry.get("per_method", {}), **per}.items()))
     write_entry(m, "ifeval", entry, RECOMMENDED_FILE, cache_dir())
     for family, p in per.items():
         d = p["evidence"]["prompt_loose_diff"]
@@ -151,9 +156,8 @@ def main(argv=None) -> int:
             else ""
         )
     )
-    top = chosen["scores"].get(best, {})
-    tied = [k for k in complete if k != best and not chosen["scores"][k].get("flags")
-            and chosen["scores"][k].get("score") is not None and chosen["scores"][k]["score"] == top.get("score")]  # fmt: skip
+    top = chosen["scores"].get(best, {}).get("score")
+    tied = [k for k in complete if k != best and top is not None and _unflagged_score(chosen["scores"][k]) == top]
     if tied:
         note += (
             f" Tied on dev with {', '.join(tied)}: the tie rule keeps the weaker setting "
