@@ -168,6 +168,45 @@ def test_tuned_without_gain_is_an_answer_with_its_evidence(tmp_path):
         _ship_no_gain().evidence(str(tmp_path))
 
 
+def test_ship_no_gain_accepts_a_dev_gain_only_when_the_test_split_shows_none(tmp_path):
+    """tools/ship_no_gain.py --test: a dev choice that beat unsteered on dev is recorded as no gain only when
+    none of its test cells is better (interval clear of 0) without a fluency flag; the cells join the record."""
+    tool = _ship_no_gain()
+    sweep = {"task": "retention", "best": "pasta:alpha=0.3,layers=12-23", "helps": True, "dev_cases": 18,
+             "metric": "m", "command": "c", "scores": {"none": {"score": 1 / 3, "flags": []},
+             "pasta:alpha=0.3,layers=12-23": {"score": 7 / 18, "flags": []}}}  # fmt: skip
+    (tmp_path / "sweep.json").write_text(json.dumps(sweep))
+    none = [{"method": "none", "rule": rule, "loose": [ok]} for rule, ok in [("french", True), ("lowercase", False)]]
+    (tmp_path / "responses.jsonl").write_text("".join(json.dumps(r) + "\n" for r in none))
+    (tmp_path / "test").mkdir()
+
+    def report(verdict, flags, low):
+        def row(method, acc, vs):
+            return {"method": method, "rule": "all", "placement": "before", "length": 2048, "n": 33,
+                    "accuracy": acc, "flags": flags if vs else [], "vs_unsteered": vs}  # fmt: skip
+
+        vs = {"diff": 0.1, "low": low, "high": 0.2, "n": 33, "level": 0.95, "verdict": verdict}
+        rows = [row("none", 0.3, None), row(sweep["best"], 0.4, vs), row("guide:delta=1", 0.9, dict(vs, diff=0.6))]
+        (tmp_path / "test" / "results.json").write_text(json.dumps({"rows": rows}))
+
+    with pytest.raises(SystemExit, match="--test DEV/test"):
+        tool.evidence(str(tmp_path))  # a dev gain needs the test split's word
+    report("no evidence of a difference", [], -0.05)
+    ev = tool.evidence(str(tmp_path), str(tmp_path / "test"))
+    cell = ev["test"]["before"]["2048"]
+    assert (cell["accuracy"], cell["unsteered_accuracy"], cell["n"]) == (0.4, 0.3, 33)  # the choice's row, not guide's
+    assert "does not carry over" in ev["summary"] and "before 2048 tok 40 vs 30 %" in ev["summary"]
+    assert ev["unsteered_by_rule"] == "french 1 of 1, lowercase 0 of 1"
+    report("better", ["repetitive"], 0.03)  # better but flagged: still no usable gain
+    assert tool.evidence(str(tmp_path), str(tmp_path / "test"))["test"]["before"]["2048"]["flags"] == ["repetitive"]
+    report("better", [], 0.03)
+    with pytest.raises(SystemExit, match="ship it as a setting"):
+        tool.evidence(str(tmp_path), str(tmp_path / "test"))
+    (tmp_path / "test" / "results.json").write_text(json.dumps({"rows": []}))
+    with pytest.raises(SystemExit, match="--test-only"):
+        tool.evidence(str(tmp_path), str(tmp_path / "test"))
+
+
 def test_eval_method_at_file_is_the_saved_spec(tmp_path, capsys):
     from attnsteer import cli
 
