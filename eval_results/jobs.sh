@@ -151,11 +151,16 @@ case "${1:-}" in
         $RS --report-only --test-method none --test-lengths 512,1024,2048,4096 --test-placements before,system,after
         $EV sweep --task retention --model gemma3-270m --out eval_results/gemma/retention-sweep $COMMON --methods guide --test-only \
           --report-only --test-method none --test-docs 11 --test-lengths 512,1024,2048,4096 --test-placements before
-        # both models side by side (the README's plot and table): unsteered and the chosen setting
+        # Qwen 0.5B's own sweep (its dev choice is the same setting) and its 1k / 2k test cells
+        $EV sweep --task retention --model qwen2.5-coder-0.5b --out eval_results/qwen/retention-sweep $COMMON \
+          --methods guide,guide-length,guide-upper,guide-prefill,instaboost,spotlight,spotlight-decode,pasta-upper,keyscale,keyscale-ranked,spa \
+          --test-only --report-only --test-method best --test-lengths 1024,2048 --test-placements before > /dev/null
+        # the models side by side (the README's plot and table): unsteered and the chosen setting
         $EV curves "SmolLM2-135M-Instruct=eval_results/retention-sweep/test/results.json" \
-          "Gemma 3 270M (base)=eval_results/gemma/retention-sweep/test/results.json" --placement before \
+          "Gemma 3 270M (base)=eval_results/gemma/retention-sweep/test/results.json" \
+          "Qwen2.5-Coder-0.5B-Instruct=eval_results/qwen/retention-sweep/test/results.json" --placement before \
           --method none --method "spotlight:phases=decode,target=0.1" --out eval_results/retention_models.png \
-          --title "Rule before the document, test documents (the setting chosen on SmolLM2's dev documents)"
+          --title "Rule before the document, test documents (SpotLight 0.1 on generated rows: SmolLM2's and Qwen's dev choice)"
         # the results page's copies of these tables (each marked with its source)
         .venv/bin/python tools/sync_result_tables.py ;;
     esac ;;

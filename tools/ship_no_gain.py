@@ -115,7 +115,8 @@ def evidence(dev: str, test: Optional[str] = None) -> dict:
            "summary": summary}  # fmt: skip
     if cells:
         out["test"] = cells
-        out["test_source"] = os.path.join(test, "results.md")
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository: the same from any cwd
+        out["test_source"] = os.path.relpath(os.path.join(os.path.abspath(test), "results.md"), root)
     if sweep["task"] == "retention":
         out["unsteered_by_rule"] = _per_rule(dev)
     return out

@@ -129,9 +129,10 @@ def resolve_method(method: Any) -> Any:
 
 
 class NoSettingHelps(KeyError):
-    """`recommended` for a model and task that was tuned, where no setting beat unsteered on the dev split:
-    nothing ships. ``evidence`` holds what the sweep measured (every setting's dev score, unsteered's, the
-    command that ran it).
+    """`recommended` for a model and task that was tuned, where no setting beat unsteered on the dev split
+    (or the dev choice's gain did not carry over to the test split): nothing ships. ``evidence`` holds what
+    the sweep measured (every setting's dev score, unsteered's, the command that ran it; ``test``: the dev
+    choice's test cells, when it was run there).
 
     Guide: ``docs/guides/methods.md`` (with a runnable example).
     """
