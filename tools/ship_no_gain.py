@@ -96,7 +96,7 @@ def evidence(dev: str, test: Optional[str] = None) -> dict:
         if better:
             raise SystemExit(
                 f"{sweep['best']} is better than unsteered on the test split without a fluency flag ({', '.join(better)} "
-                "tokens): it helps — ship it as a setting, not as no gain"
+                "tokens): it helps — ship it as a setting (`attnsteer eval sweep --save-config`), not as no gain"
             )
     scores = {spec: round(s["score"], 4) for spec, s in sweep["scores"].items()}
     flags = {spec: s["flags"] for spec, s in sweep["scores"].items() if s["flags"]}
