@@ -181,8 +181,11 @@ def test_ship_no_gain_accepts_a_dev_gain_only_when_the_test_split_shows_none(tmp
              "metric": "m", "command": "c", "scores": {"none": {"score": 1 / 3, "flags": []},
              "pasta:alpha=0.3,layers=12-23": {"score": 7 / 18, "flags": []}}}  # fmt: skip
     (tmp_path / "sweep.json").write_text(json.dumps(sweep))
-    none = [{"method": "none", "rule": rule, "loose": [ok]} for rule, ok in [("french", True), ("lowercase", False)]]
-    (tmp_path / "responses.jsonl").write_text("".join(json.dumps(r) + "\n" for r in none))
+    none = [{"model": "m", "method": "none", "strategy": "retention", "max_new_tokens": 64, "key": f"{rule}|before|1024|{case}",
+             "rule": rule, "loose": [ok]} for rule, ok, case in [("french", True, "dev0"), ("lowercase", False, "dev0"),
+             ("lowercase", True, "test0")]]  # fmt: skip
+    (tmp_path / "responses.jsonl").write_text("".join(json.dumps(r) + "\n" for r in none[:2]))
+    (tmp_path / "responses.d.jsonl").write_text(json.dumps(none[2]) + "\n")  # a shard's test reply: not counted
     (tmp_path / "test").mkdir()
 
     def report(verdict, flags, low):

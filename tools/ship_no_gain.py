@@ -25,19 +25,18 @@ import sys
 from typing import Any, Dict, Optional
 
 from attnsteer.config import RECOMMENDED_FILE
+from attnsteer.eval.runner import ResponseStore
 from attnsteer.models import MODELS
 
 
 def _per_rule(dev: str) -> str:
-    """Retention: the unsteered pass rate of each rule on dev (where a floor or ceiling explains a no-gain)."""
-    path = os.path.join(dev, "responses.jsonl")
+    """Retention: the unsteered pass rate of each rule on the dev cases (where a floor or ceiling explains a
+    no-gain), from every shard of the sweep's store; test replies (``…|testN`` keys) are left out."""
     counts = collections.defaultdict(lambda: [0, 0])
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            r = json.loads(line)
-            if r.get("method") == "none" and "rule" in r:
-                counts[r["rule"]][0] += bool(all(r["loose"]))
-                counts[r["rule"]][1] += 1
+    for r in ResponseStore(os.path.join(dev, "responses.jsonl")).records.values():
+        if r.get("method") == "none" and "rule" in r and r["key"].rsplit("|", 1)[-1].startswith("dev"):
+            counts[r["rule"]][0] += bool(all(r["loose"]))
+            counts[r["rule"]][1] += 1
     return ", ".join(f"{rule} {k} of {n}" for rule, (k, n) in sorted(counts.items()))
 
 
