@@ -56,6 +56,9 @@ cd "$(dirname "$0")/.."
 if [ -n "${EVAL_CODE:-}" ]; then export PYTHONPATH="$EVAL_CODE/python"; fi
 EV=".venv/bin/python -m attnsteer.cli eval"
 COMMON="--threads 1 --no-progress"
+# Qwen2.5-Coder-0.5B's retention sweep: every grid it measured (reports and test stages name them all)
+QWEN_RETENTION_GRIDS=guide,guide-length,guide-upper,guide-prefill,instaboost,spotlight,spotlight-decode,pasta-upper,keyscale,keyscale-ranked,spa
+QRQ="$EV sweep --task retention --model qwen2.5-coder-0.5b --out eval_results/qwen/retention-sweep $COMMON --batch-size 4"
 QB=eval_results/qwen/ifeval-bf16
 # A priority test cell in bfloat16 (batch 8): MODEL FILLER_TOKENS OUT_FOLDER METHOD
 priority_bf16() {
@@ -153,7 +156,7 @@ case "${1:-}" in
           --report-only --test-method none --test-docs 11 --test-lengths 512,1024,2048,4096 --test-placements before
         # Qwen 0.5B's own sweep (its dev choice is the same setting) and its 1k / 2k test cells
         $EV sweep --task retention --model qwen2.5-coder-0.5b --out eval_results/qwen/retention-sweep $COMMON \
-          --methods guide,guide-length,guide-upper,guide-prefill,instaboost,spotlight,spotlight-decode,pasta-upper,keyscale,keyscale-ranked,spa \
+          --methods $QWEN_RETENTION_GRIDS \
           --test-only --report-only --test-method best --test-lengths 1024,2048 --test-placements before > /dev/null
         # the models side by side (the README's plot and table): unsteered and the chosen setting
         $EV curves "SmolLM2-135M-Instruct=eval_results/retention-sweep/test/results.json" \
@@ -414,45 +417,40 @@ case "${1:-}" in
     # the small models' 2k priority cells first). Core 1: shard a's grids (guide-prefill 2, PASTA 0.1 upper),
     # then SPA (shard c); core 2: SpotLight decode-only and KeyScale on ranked layers (shard b), then Gemma's
     # 2k priority cells. Each ends with the report over every grid measured.
-    RQ="$EV sweep --task retention --model qwen2.5-coder-0.5b --out eval_results/qwen/retention-sweep $COMMON --batch-size 4"
     case "$1" in
       qwen-retention-s21-a)
-        $RQ --shard a --methods guide-length,guide-upper,guide-prefill,pasta-upper > /dev/null
-        $RQ --shard c --methods spa > /dev/null ;;
+        $QRQ --shard a --methods guide-length,guide-upper,guide-prefill,pasta-upper > /dev/null
+        $QRQ --shard c --methods spa > /dev/null ;;
       qwen-retention-s21-b)
-        $RQ --shard b --methods spotlight-decode,keyscale-ranked > /dev/null ;;
+        $QRQ --shard b --methods spotlight-decode,keyscale-ranked > /dev/null ;;
     esac
-    $RQ --report-only --methods guide,guide-length,guide-upper,guide-prefill,instaboost,spotlight,spotlight-decode,pasta-upper,keyscale,keyscale-ranked,spa > /dev/null
+    $QRQ --report-only --methods $QWEN_RETENTION_GRIDS > /dev/null
     if [ "$1" = qwen-retention-s21-b ]; then "$0" priority-small-2k; fi ;;
   qwen-retention-s21-c)
     # Core 1 after queue -s21-a (every dev grid measured by then): the dev choice and unsteered on the 33 test
     # replies at 1k tokens (shard e), beside -s21-d's 2k cells.
     wait_for "jobs.sh qwen-retention-s21-a$"
-    $EV sweep --task retention --model qwen2.5-coder-0.5b --out eval_results/qwen/retention-sweep $COMMON --batch-size 4 \
-      --shard e --methods guide,guide-length,guide-upper,guide-prefill,instaboost,spotlight,spotlight-decode,pasta-upper,keyscale,keyscale-ranked,spa \
+    $QRQ --shard e --methods $QWEN_RETENTION_GRIDS \
       --test-only --test-method best --test-lengths 1024 --test-placements before > /dev/null ;;
   qwen-retention-s21-d)
     # Core 2 after shard b's grids: unsteered on the test documents at 2k tokens (shard d; needs no dev choice),
     # then, once queue -s21-a has measured the last dev grid, the dev choice there; then Gemma's 2k priority cells.
     wait_for "shard b --methods spotlight-decode"
-    RQ="$EV sweep --task retention --model qwen2.5-coder-0.5b --out eval_results/qwen/retention-sweep $COMMON --batch-size 4"
-    ALL=guide,guide-length,guide-upper,guide-prefill,instaboost,spotlight,spotlight-decode,pasta-upper,keyscale,keyscale-ranked,spa
-    $RQ --shard d --methods $ALL --test-only --test-method none --test-lengths 2048 --test-placements before > /dev/null
+    $QRQ --shard d --methods $QWEN_RETENTION_GRIDS --test-only --test-method none --test-lengths 2048 --test-placements before > /dev/null
     wait_for "jobs.sh qwen-retention-s21-a$"
-    $RQ --shard d --methods $ALL --test-only --test-method best --test-lengths 2048 --test-placements before > /dev/null
+    $QRQ --shard d --methods $QWEN_RETENTION_GRIDS --test-only --test-method best --test-lengths 2048 --test-placements before > /dev/null
     "$0" priority-small-2k ;;
   qwen-retention-rest-a | qwen-retention-rest-b)
     # The retention dev grids queue qwen-retention did not run on Qwen2.5-Coder-0.5B (float32, batch 4, the same
     # 18 dev cases), as two shards side by side; each ends with the report over every grid measured.
-    RQ="$EV sweep --task retention --model qwen2.5-coder-0.5b --out eval_results/qwen/retention-sweep $COMMON --batch-size 4"
     case "$1" in
-      qwen-retention-rest-a) $RQ --shard a --methods guide-length,guide-upper,guide-prefill,pasta-upper > /dev/null ;;
+      qwen-retention-rest-a) $QRQ --shard a --methods guide-length,guide-upper,guide-prefill,pasta-upper > /dev/null ;;
       qwen-retention-rest-b)
         # the small models' 2k-filler priority cells first (cheap; the effect-against-distance plot lacks them)
         "$0" priority-small-2k
-        $RQ --shard b --methods spotlight-decode,keyscale-ranked,spa > /dev/null ;;
+        $QRQ --shard b --methods spotlight-decode,keyscale-ranked,spa > /dev/null ;;
     esac
-    $RQ --report-only --methods guide,guide-length,guide-upper,guide-prefill,instaboost,spotlight,spotlight-decode,pasta-upper,keyscale,keyscale-ranked,spa > /dev/null ;;
+    $QRQ --report-only --methods $QWEN_RETENTION_GRIDS > /dev/null ;;
   ifeval-qwen-bf16-gated)
     # The plausibility gate around Qwen 0.5B's IFEval dev points that tie the top or were flagged (queues -f, -h),
     # then the dev report.
