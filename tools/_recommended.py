@@ -20,6 +20,8 @@ def write_entry(model, task: str, entry: Dict[str, Any], recommended: Path, cach
     known = {model.name, *[a for a, n in _ALIASES.items() if n == model.name], *record.get("aliases", [])}
     record["aliases"] = sorted(known, key=str.lower)
     record["signature"] = [cfg["architectures"][0], cfg["num_hidden_layers"], cfg["hidden_size"]]
+    if "per_method" in entry:  # sorted by family, so that re-shipping leaves the keys of recommended.json in place
+        entry = {**entry, "per_method": dict(sorted(entry["per_method"].items()))}
     record.setdefault("tasks", {})[task] = entry
     recommended.write_text(json.dumps(table, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
 
@@ -27,8 +29,7 @@ def write_entry(model, task: str, entry: Dict[str, Any], recommended: Path, cach
 def per_family(by_grid: Dict[str, Optional[str]], evidence: Callable[[str], Dict[str, Any]]) -> Dict[str, Any]:
     """Each method family's dev choice with its test ``evidence(spec)``, from a sweep's ``by_grid``: the first
     grid of a family is its plain one (``pasta`` before ``pasta-upper``); gated grids (``gate+…``) and families
-    whose choice was not run on the test split (``evidence`` raises ValueError) are left out. Sorted by family, so
-    that re-shipping leaves the keys of recommended.json in place."""
+    whose choice was not run on the test split (``evidence`` raises ValueError) are left out."""
     out: Dict[str, Any] = {}
     for grid, spec in by_grid.items():
         family = grid.split("-")[0]
@@ -38,4 +39,4 @@ def per_family(by_grid: Dict[str, Optional[str]], evidence: Callable[[str], Dict
             out[family] = {"method": spec, "evidence": evidence(spec)}
         except ValueError:
             continue
-    return dict(sorted(out.items()))
+    return out

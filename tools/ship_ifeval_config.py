@@ -92,7 +92,7 @@ def add_per_method(m, chosen: Dict[str, Any], rows: List[Dict[str, Any]], source
     if not per:
         print("no grid's dev choice has a test row with an unsteered twin: nothing to add", file=sys.stderr)
         return 1
-    entry["per_method"] = dict(sorted({**entry.get("per_method", {}), **per}.items()))
+    entry["per_method"] = {**entry.get("per_method", {}), **per}
     write_entry(m, "ifeval", entry, RECOMMENDED_FILE, cache_dir())
     for family, p in per.items():
         d = p["evidence"]["prompt_loose_diff"]
